@@ -1,0 +1,100 @@
+"""Structured events: one JSON object per line, the project's only log format.
+
+Every layer reports what happened through :func:`emit`.  Sinks (a JSON-lines
+file, a human renderer on stderr, an in-memory list for tests) subscribe to the
+process-wide :class:`EventLog`.  Human output is rendered from the same events.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+Event = dict[str, Any]
+Sink = Callable[[Event], None]
+
+
+class EventLog:
+    def __init__(self) -> None:
+        self._sinks: list[Sink] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, sink: Sink) -> Callable[[], None]:
+        with self._lock:
+            self._sinks.append(sink)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if sink in self._sinks:
+                    self._sinks.remove(sink)
+
+        return unsubscribe
+
+    def emit(self, kind: str, **fields: Any) -> Event:
+        event: Event = {"time": round(time.time(), 6), "event": kind, **fields}
+        for sink in list(self._sinks):
+            sink(event)
+        return event
+
+
+LOG = EventLog()
+
+
+def emit(kind: str, **fields: Any) -> Event:
+    """Record one event (``kind`` is dotted, e.g. ``doe.abort``)."""
+    return LOG.emit(kind, **fields)
+
+
+class JsonLinesSink:
+    """Appends events to a file, one JSON object per line, flushed each time."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def __call__(self, event: Event) -> None:
+        self.stream.write(json.dumps(event, default=_json_default, sort_keys=False) + "\n")
+        self.stream.flush()
+
+
+class HumanSink:
+    """Renders events as short lines for a terminal."""
+
+    def __init__(self, stream: IO[str] | None = None, kinds: tuple[str, ...] = ()) -> None:
+        self.stream = stream or sys.stderr
+        self.kinds = kinds
+
+    def __call__(self, event: Event) -> None:
+        kind = event["event"]
+        if self.kinds and not kind.startswith(self.kinds):
+            return
+        stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+        rest = " ".join(
+            f"{k}={v}" for k, v in event.items() if k not in ("time", "event")
+        )
+        self.stream.write(f"{stamp} {kind} {rest}\n")
+        self.stream.flush()
+
+
+class Recorder:
+    """Collects events in memory (used by tests and by the run command)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: str) -> list[Event]:
+        return [e for e in self.events if e["event"] == kind]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    if hasattr(value, "name"):
+        return value.name
+    return str(value)

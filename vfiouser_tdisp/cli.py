@@ -1,0 +1,83 @@
+"""`vfiouser-tdisp` command line: setup, serve, qemu-args, run, certs.
+
+Each subcommand's arguments are declared here; the work is done by the layer
+that owns it (imported lazily so `--help` stays fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+DEFAULT_PROFILE = "virtio-rng"
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", required=True, action="append", metavar="PATH",
+                   help="UNIX socket to serve the device on; repeat for several devices "
+                        "(each gets its own socket)")
+    p.add_argument("--profile", default=DEFAULT_PROFILE,
+                   help=f"device profile (default: {DEFAULT_PROFILE}); see --list-profiles")
+    p.add_argument("--events", metavar="FILE",
+                   help="append structured events (JSON lines) to FILE")
+    p.add_argument("--quiet", action="store_true", help="no human-readable event output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vfiouser-tdisp",
+        description="A virtual TDISP-capable PCIe device for stock QEMU (vfio-user-pci).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("setup", help="provision QEMU >= 10.1, the guest kernel and busybox "
+                                     "into the cache (idempotent)")
+    p.add_argument("--qemu", metavar="PATH",
+                   help="use this qemu-system-x86_64 (else $VFIOUSER_TDISP_QEMU, then PATH, "
+                        "then a private build in the cache)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="cache directory (default: $VFIOUSER_TDISP_CACHE or "
+                        "$XDG_CACHE_HOME/vfiouser-tdisp)")
+    p.add_argument("--force", action="store_true", help="re-provision even if cached")
+    p.set_defaults(handler="vfiouser_tdisp.run.provision:main_setup")
+
+    p = sub.add_parser("serve", help="run the vfio-user server alone")
+    _add_serve_args(p)
+    p.set_defaults(handler="vfiouser_tdisp.server:main_serve")
+
+    p = sub.add_parser("qemu-args", help="print the QEMU arguments that attach the device")
+    p.add_argument("--socket", required=True, metavar="PATH", help="the server's socket")
+    p.add_argument("--bus", default="rp0", help="root port id to attach to (default: rp0)")
+    p.set_defaults(handler="vfiouser_tdisp.run.qemu:main_qemu_args")
+
+    p = sub.add_parser("run", help="the main job: provision, serve, boot a guest with the "
+                                   "device and run the flow inside it")
+    p.add_argument("--out", default="out", metavar="DIR",
+                   help="output directory for console.log and events.jsonl (default: out)")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, help="device profile")
+    p.add_argument("--qemu", metavar="PATH", help="qemu-system-x86_64 to use")
+    p.add_argument("--cache-dir", metavar="DIR", help="cache directory")
+    p.add_argument("--timeout", type=float, default=180.0,
+                   help="hard deadline for the guest in seconds (default: 180)")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                   help="accelerator: auto probes KVM with a deadline and falls back to TCG")
+    p.set_defaults(handler="vfiouser_tdisp.run.job:main_run")
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module_name, func_name = args.handler.split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Assemble a TDISP-capable device from a profile: functions, capabilities, DOE.
+
+Function 0 is the DSM: it carries the DOE mailbox (at 0x100, version 2) that
+the SPDM/IDE_KM/TDISP layers hang off.  Every function carries PM, PCI
+Express (Endpoint, FLR, TEE-IO) and DSN; the personality adds the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..doe.mailbox import DoeCapability
+from ..doe.protocols import DoeDispatcher
+from ..events import emit
+from ..pci.caps import DsnCapability, PcieCapability, PmCapability
+from .function import PciFunction
+from .personality import Personality, get_personality
+
+
+@dataclass
+class DeviceProfile:
+    """What the device is; selected by name with ``--profile``."""
+
+    name: str
+    personality: str
+    functions: int = 1
+    serial: int = 0x5644_5450_0000_0001  # "VDTP" + index
+    tee_io: bool = True
+    description: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+PROFILES: dict[str, DeviceProfile] = {
+    "virtio-rng": DeviceProfile(
+        "virtio-rng", "virtio-rng",
+        description="modern virtio-pci entropy device (virtio_rng binds in the guest)"),
+    "virtio-rng-2fn": DeviceProfile(
+        "virtio-rng-2fn", "virtio-rng", functions=2,
+        description="two virtio-rng functions behind one DSM (function 0 holds DOE)"),
+}
+
+
+def get_profile(name: str) -> DeviceProfile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise KeyError(f"unknown profile {name!r}; known: {', '.join(sorted(PROFILES))}") from None
+
+
+class Device:
+    """One physical device: a DSM (function 0) plus optional further functions."""
+
+    def __init__(self, profile: DeviceProfile, instance: int = 0) -> None:
+        self.profile = profile
+        self.instance = instance
+        self.doe = DoeDispatcher(name=f"{profile.name}.{instance}.doe")
+        self.functions: list[PciFunction] = []
+        self.personalities: list[Personality] = []
+        pcls = get_personality(profile.personality)
+        multifunction = profile.functions > 1
+        for fn_no in range(profile.functions):
+            pers = pcls()
+            fn = PciFunction(
+                name=f"{profile.name}.{instance}.fn{fn_no}",
+                vendor_id=pcls.VENDOR_ID, device_id=pcls.DEVICE_ID,
+                class_code=pcls.CLASS_CODE, revision=pcls.REVISION,
+                subsystem_vendor_id=pcls.SUBSYSTEM_VENDOR_ID,
+                subsystem_id=pcls.SUBSYSTEM_ID,
+                multifunction=multifunction, devfn=fn_no,
+            )
+            fn.config.add_capability(PmCapability())
+            pcie = PcieCapability(tee_io=profile.tee_io)
+            fn.config.add_capability(pcie)
+            fn.pcie = pcie
+            pers.function = fn
+            pers.build(fn)
+            if fn_no == 0:
+                fn.config.add_capability(DoeCapability(self.doe, name=self.doe.name))
+            fn.config.add_capability(DsnCapability(profile.serial + (instance << 8) + fn_no))
+            pcie.on_flr = _flr_handler(fn)
+            fn.reset_hooks.append(pers.reset)
+            self.functions.append(fn)
+            self.personalities.append(pers)
+        emit("device.created", profile=profile.name, instance=instance,
+             functions=[f.name for f in self.functions])
+
+    @property
+    def dsm(self) -> PciFunction:
+        return self.functions[0]
+
+
+def _flr_handler(fn: PciFunction):  # type: ignore[no-untyped-def]
+    def on_flr() -> None:
+        fn.reset("flr")
+    return on_flr

@@ -1,0 +1,65 @@
+"""Device personalities: what a function *does*, declared in one small class.
+
+The security machinery (DOE, SPDM, IDE, TDISP) is generic; a personality says
+which IDs the function has, which BARs, how many MSI-X vectors and what the
+registers inside the BARs do.  Register a new one with :func:`register` and
+select it by name with ``--profile``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from .function import PciFunction
+
+
+class Personality:
+    NAME: ClassVar[str]
+    DESCRIPTION: ClassVar[str] = ""
+    VENDOR_ID: ClassVar[int]
+    DEVICE_ID: ClassVar[int]
+    CLASS_CODE: ClassVar[int]
+    REVISION: ClassVar[int] = 0
+    SUBSYSTEM_VENDOR_ID: ClassVar[int] = 0
+    SUBSYSTEM_ID: ClassVar[int] = 0
+
+    def __init__(self) -> None:
+        self.function: PciFunction | None = None
+
+    def build(self, fn: PciFunction) -> None:
+        """Declare BARs, MSI-X and personality capabilities on ``fn``."""
+        raise NotImplementedError
+
+    def reset(self, cause: str) -> None:
+        """Return the personality's own state to power-on values."""
+
+    def non_tee_ranges(self) -> list[tuple[int, int, int]]:
+        """(bar, offset, size) ranges that hold no TEE data (for TDISP reports)."""
+        return []
+
+
+_REGISTRY: dict[str, type[Personality]] = {}
+
+
+def register(cls: type[Personality]) -> type[Personality]:
+    _REGISTRY[cls.NAME] = cls
+    return cls
+
+
+def personality_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_personality(name: str) -> type[Personality]:
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown personality {name!r}; known: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def _load_builtin() -> None:
+    from . import virtio_rng  # noqa: F401  (registers itself)

@@ -116,7 +116,38 @@ class Struct:
                 total += meta["size"]
         return total
 
+    @classmethod
+    def _fast(cls) -> tuple[struct.Struct, int, str | None]:
+        """Compiled format of the leading fixed fields, how many there are, and
+        the name of a trailing ``tail()`` field if it is the only other one."""
+        fast = cls.__dict__.get("_fast_cache")
+        if fast is None:
+            fmt = "<"
+            n = 0
+            plan = cls._fields_plan()
+            for _name, kind, meta in plan:
+                if kind in _INT_FORMATS:
+                    fmt += _INT_FORMATS[kind]
+                elif kind == "raw":
+                    fmt += f"{meta['size']}s"
+                else:
+                    break
+                n += 1
+            rest = plan[n:]
+            tail_name = rest[0][0] if len(rest) == 1 and rest[0][1] == "tail" else None
+            fast = (struct.Struct(fmt), n, tail_name)
+            cls._fast_cache = fast  # type: ignore[attr-defined]
+        return fast
+
     def pack(self) -> bytes:
+        compiled, n, tail_name = self._fast()
+        plan = self._fields_plan()
+        if n == len(plan) or tail_name is not None:
+            try:
+                head = compiled.pack(*(getattr(self, name) for name, _k, _m in plan[:n]))
+            except struct.error as exc:
+                raise ValueError(f"{type(self).__name__}: {exc}") from None
+            return head + getattr(self, tail_name) if tail_name else head
         out = bytearray()
         values = {name: getattr(self, name) for name, _k, _m in self._fields_plan()}
         for name, kind, meta in self._fields_plan():
@@ -167,6 +198,18 @@ class Struct:
         cls: type[T], data: bytes | bytearray | memoryview, offset: int = 0
     ) -> tuple[T, int]:
         """Decode at ``offset``; returns the message and the offset after it."""
+        compiled, n, tail_name = cls._fast()
+        plan = cls._fields_plan()
+        if n == len(plan) or tail_name is not None:
+            if len(data) - offset < compiled.size:
+                raise DecodeError(
+                    f"{cls.__name__}: {len(data) - offset} bytes, need {compiled.size}")
+            values = compiled.unpack_from(data, offset)
+            kwargs = {name: v for (name, _k, _m), v in zip(plan, values, strict=False)}
+            if tail_name is None:
+                return cls(**kwargs), offset + compiled.size
+            kwargs[tail_name] = bytes(data[offset + compiled.size :])
+            return cls(**kwargs), len(data)
         buf = bytes(data)
         pos = offset
         values: dict[str, Any] = {}

@@ -34,6 +34,9 @@ PROFILES: dict[str, DeviceProfile] = {
     "virtio-rng": DeviceProfile(
         "virtio-rng", "virtio-rng",
         description="modern virtio-pci entropy device (virtio_rng binds in the guest)"),
+    "dma-test": DeviceProfile(
+        "dma-test", "dma-test",
+        description="transport test device (scratch register, DMA engine, memory BAR)"),
     "virtio-rng-2fn": DeviceProfile(
         "virtio-rng-2fn", "virtio-rng", functions=2,
         description="two virtio-rng functions behind one DSM (function 0 holds DOE)"),

@@ -425,8 +425,11 @@ class Connection:
             send_fd = areas[0][1].fd
         needed = 32 + len(caps)
         if req.argsz < needed:
-            # Tell the client how much room the capabilities need (VFIO convention).
-            info = VfioRegionInfo(needed, flags, req.index, 0, size, 0)
+            # Tell the client how much room the capabilities need (VFIO
+            # convention).  QEMU rejects CAPS with cap_offset 0, so the flag
+            # only comes with the capabilities themselves.
+            info = VfioRegionInfo(needed, flags & ~VFIO_REGION_INFO_FLAG_CAPS, req.index, 0,
+                                  size, 0)
             return reply(hdr, info.pack())
         info = VfioRegionInfo(needed, flags, req.index, 32 if caps else 0, size, 0, caps)
         out = reply(hdr, info.pack())

@@ -157,6 +157,7 @@ class Connection:
         self.pending: deque[tuple[VfioUserHeader, bytes, list[int]]] = deque()
         self.next_id = 0
         self.closed = threading.Event()
+        self.ending = False  # set once the thread has started tearing down
         self._closing = False
         self.stats = {"requests": 0, "errors": 0}
         sock.setblocking(True)
@@ -631,6 +632,7 @@ class Connection:
             self.thread.join(5)
 
     def _teardown(self, reason: str) -> None:
+        self.ending = True
         self.sock.close()
         with self.lock:
             for _hdr, _payload, fds in self.pending:
@@ -706,7 +708,11 @@ class FunctionServer:
         assert self.listener is not None
         while True:
             client, _ = await loop.sock_accept(self.listener)
-            if self.connection is not None and not self.connection.closed.is_set():
+            conn = self.connection
+            if conn is not None and conn.ending and not conn.closed.is_set():
+                # The previous client just left: let its reset finish first.
+                await loop.run_in_executor(None, conn.closed.wait, 5.0)
+            if conn is not None and not conn.closed.is_set():
                 emit("vfio_user.rejected", socket=self.path, reason="already has a client")
                 client.close()
                 continue

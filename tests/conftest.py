@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 from collections.abc import Iterator
@@ -12,43 +11,43 @@ import pytest
 
 from vfiouser_tdisp.events import LOG, Recorder
 from vfiouser_tdisp.server import RunningDevices, start_devices
+from vfiouser_tdisp.vfio_user.server import Reactor
 
 
 class ServerThread:
-    """Runs ``start_devices`` on an event loop in a thread."""
+    """Runs a reactor with ``start_devices`` in a background thread."""
 
     def __init__(self, paths: list[str], profile: str) -> None:
-        self.loop = asyncio.new_event_loop()
         self.paths = paths
         self.profile = profile
+        self.reactor = Reactor()
         self.running: RunningDevices | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.running = self.loop.run_until_complete(start_devices(self.paths, self.profile))
-        except BaseException as exc:  # surfaced to the test
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        self.loop.run_forever()
+        self.thread = threading.Thread(target=self.reactor.run, daemon=True)
 
     def start(self) -> ServerThread:
+        self.running = start_devices(self.reactor, self.paths, self.profile)
         self.thread.start()
-        self._ready.wait(10)
-        if self._error is not None:
-            raise self._error
         return self
+
+    def call(self, func):  # type: ignore[no-untyped-def]
+        """Run ``func`` on the reactor thread and return its result."""
+        done = threading.Event()
+        box: list[object] = []
+
+        def run() -> None:
+            box.append(func())
+            done.set()
+
+        self.reactor.call_soon(run)
+        assert done.wait(10)
+        return box[0]
 
     def stop(self) -> None:
         if self.running is not None:
-            asyncio.run_coroutine_threadsafe(self.running.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+            self.call(self.running.close)
+        self.reactor.stop()
         self.thread.join(10)
+        self.reactor.close()
 
     @property
     def device(self):  # type: ignore[no-untyped-def]

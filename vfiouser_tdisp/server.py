@@ -2,13 +2,12 @@
 
 Each ``--socket PATH`` gets its own device built from the profile.  Function 0
 is served at PATH; further functions of a multi-function profile at
-``PATH.fnN`` (attach them to QEMU at the same slot with ``addr=S.N``).
+``PATH.fnN`` (attach them to QEMU in the same slot with ``addr=S.N``).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import signal
 import sys
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .device.device import Device, get_profile
 from .events import LOG, HumanSink, JsonLinesSink, emit
-from .vfio_user.server import FunctionServer
+from .vfio_user.server import FunctionServer, Reactor
 
 
 def function_socket_path(path: str, fn: int) -> str:
@@ -25,42 +24,47 @@ def function_socket_path(path: str, fn: int) -> str:
 
 @dataclass
 class RunningDevices:
+    reactor: Reactor
     devices: list[Device] = field(default_factory=list)
     servers: list[FunctionServer] = field(default_factory=list)
 
-    async def close(self) -> None:
+    def close(self) -> None:
+        """Stop listening and drop clients (call on the reactor's thread)."""
         for srv in self.servers:
-            await srv.close()
+            srv.close()
 
 
-async def start_devices(paths: list[str], profile_name: str) -> RunningDevices:
+def start_devices(reactor: Reactor, paths: list[str], profile_name: str) -> RunningDevices:
     profile = get_profile(profile_name)
-    running = RunningDevices()
+    running = RunningDevices(reactor)
     try:
         for i, path in enumerate(paths):
             dev = Device(profile, instance=i)
             running.devices.append(dev)
             for fn_no, fn in enumerate(dev.functions):
                 srv = FunctionServer(fn, function_socket_path(path, fn_no))
-                await srv.start()
+                srv.start(reactor)
                 running.servers.append(srv)
     except BaseException:
-        await running.close()
+        running.close()
         raise
     return running
 
 
-async def serve_forever(paths: list[str], profile_name: str) -> None:
-    running = await start_devices(paths, profile_name)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+def serve_forever(paths: list[str], profile_name: str) -> None:
+    reactor = Reactor()
+    running = start_devices(reactor, paths, profile_name)
+    old = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old_fd = signal.set_wakeup_fd(reactor.wakeup_fd())
     emit("server.ready", sockets=[s.path for s in running.servers], profile=profile_name)
     try:
-        await stop.wait()
+        reactor.run()
     finally:
-        await running.close()
+        signal.set_wakeup_fd(old_fd)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        running.close()
+        reactor.close()
         emit("server.stopped")
 
 
@@ -80,7 +84,7 @@ def main_serve(args: argparse.Namespace) -> int:
                 "vfio_user.error_reply", "vfio_user.protocol_error", "device.", "doe.error",
                 "function.reset"))))
         try:
-            asyncio.run(serve_forever(args.socket, args.profile))
+            serve_forever(args.socket, args.profile)
         except (FileExistsError, PermissionError, OSError) as exc:
             print(f"vfiouser-tdisp serve: {exc}", file=sys.stderr)
             return 1

@@ -204,8 +204,8 @@ class Struct:
             if len(data) - offset < compiled.size:
                 raise DecodeError(
                     f"{cls.__name__}: {len(data) - offset} bytes, need {compiled.size}")
-            values = compiled.unpack_from(data, offset)
-            kwargs = {name: v for (name, _k, _m), v in zip(plan, values, strict=False)}
+            fixed = compiled.unpack_from(data, offset)
+            kwargs = {name: v for (name, _k, _m), v in zip(plan, fixed, strict=False)}
             if tail_name is None:
                 return cls(**kwargs), offset + compiled.size
             kwargs[tail_name] = bytes(data[offset + compiled.size :])

@@ -548,7 +548,7 @@ class Connection:
         self.function.reset("device_reset")
         return reply(hdr)
 
-    _handlers = {
+    _handlers: dict[int, Callable[[Connection, VfioUserHeader, bytes, list[int]], bytes]] = {
         Command.VFIO_USER_DMA_MAP: _dma_map,
         Command.VFIO_USER_DMA_UNMAP: _dma_unmap,
         Command.VFIO_USER_DEVICE_GET_INFO: _device_get_info,

@@ -1,7 +1,8 @@
 """Assemble a TDISP-capable device from a profile: functions, capabilities, DOE.
 
 Function 0 is the DSM: it carries the DOE mailbox (at 0x100, version 2) that
-the SPDM/IDE_KM/TDISP layers hang off.  Every function carries PM, PCI
+the SPDM/IDE_KM/TDISP layers hang off, and the IDE capability whose streams
+IDE_KM keys.  Every function carries PM, PCI
 Express (Endpoint, FLR, TEE-IO) and DSN; the personality adds the rest.
 """
 
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from ..doe.mailbox import DoeCapability
 from ..doe.protocols import DoeDispatcher
 from ..events import emit
+from ..ide.capability import IdeCapability
+from ..ide.km import IdeKmResponder
 from ..pci.caps import DsnCapability, PcieCapability, PmCapability
 from .function import PciFunction
 from .personality import Personality, get_personality
@@ -26,6 +29,9 @@ class DeviceProfile:
     functions: int = 1
     serial: int = 0x5644_5450_0000_0001  # "VDTP" + index
     tee_io: bool = True
+    ide_link_streams: int = 0
+    ide_selective_streams: int = 2
+    ide_assoc_blocks: int = 1
     description: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -79,6 +85,10 @@ class Device:
             pers.build(fn)
             if fn_no == 0:
                 fn.config.add_capability(DoeCapability(self.doe, name=self.doe.name))
+                self.ide = IdeCapability(profile.ide_link_streams, profile.ide_selective_streams,
+                                         profile.ide_assoc_blocks, function_name=fn.name)
+                fn.config.add_capability(self.ide)
+                self.ide_km = IdeKmResponder([self.ide], devfn=fn.devfn)
             fn.config.add_capability(DsnCapability(profile.serial + (instance << 8) + fn_no))
             pcie.on_flr = _flr_handler(fn)
             fn.reset_hooks.append(pers.reset)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import statistics
 import struct
@@ -71,18 +72,27 @@ def report(name: str, lat: list[float]) -> None:
           f"p99 {percentile(lat, 0.99):7.1f} us")
 
 
-def bench_latency(tmp: str, samples: int) -> None:
-    print("Round-trip latency (Python client, server in its own process)")
-    path = os.path.join(tmp, "bench.sock")
-    srv = subprocess.Popen([sys.executable, "-m", "vfiouser_tdisp", "serve", "--socket", path,
-                            "--profile", "dma-test", "--quiet"])
-    echo_path = os.path.join(tmp, "echo.sock")
-    echo = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, echo_path])
+def bench_latency(tmp: str, samples: int, server_cpu: int | None,
+                  client_cpu: int | None) -> None:
+    where = ("unpinned" if server_cpu is None else
+             f"server on CPU {server_cpu}, client on CPU {client_cpu}")
+    print(f"Round-trip latency (Python client, server in its own process; {where})")
+    pin = [] if server_cpu is None else ["taskset", "-c", str(server_cpu)]
+    if client_cpu is not None:
+        os.sched_setaffinity(0, {client_cpu})
+    path = os.path.join(tmp, f"bench-{server_cpu}-{client_cpu}.sock")
+    srv = subprocess.Popen(pin + [sys.executable, "-m", "vfiouser_tdisp", "serve", "--socket",
+                                  path, "--profile", "dma-test", "--quiet"])
+    echo_path = os.path.join(tmp, f"echo-{server_cpu}-{client_cpu}.sock")
+    echo = subprocess.Popen(pin + [sys.executable, "-c", ECHO_SERVER, echo_path])
     try:
         wait_for(path, srv)
         wait_for(echo_path, echo)
         c = VfioUserClient(path)
         c.version()
+        # Plain blocking socket, like the echo client: a timeout adds a poll()
+        # before every recv.
+        c.sock.settimeout(None)
         cfg = _HDR.pack(1, Command.VFIO_USER_REGION_READ, 32, 0, 0) + struct.pack("<QII", 0, 7, 4)
         bar = _HDR.pack(2, Command.VFIO_USER_REGION_READ, 32, 0, 0) + struct.pack("<QII", 0, 0, 4)
         e = socket.socket(socket.AF_UNIX)
@@ -167,8 +177,16 @@ def main() -> int:
     ap.add_argument("--no-boot", action="store_true", help="skip the guest boot timing")
     ap.add_argument("--boot-runs", type=int, default=3)
     args = ap.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="vtb-", dir="/tmp") as tmp:
-        bench_latency(tmp, args.samples)
+        # Where the scheduler puts the two processes dominates the figure on a
+        # VM (a cross-CPU wake-up costs tens of microseconds): show both.
+        placements: list[tuple[int | None, int | None]] = [(None, None)]
+        if len(cpus) >= 2 and shutil.which("taskset"):
+            placements = [(cpus[0], cpus[0]), (cpus[0], cpus[1])]
+        for server_cpu, client_cpu in placements:
+            bench_latency(tmp, args.samples, server_cpu, client_cpu)
+        os.sched_setaffinity(0, cpus)
         bench_dma(tmp)
     if not args.no_boot:
         bench_boot(args.boot_runs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,43 +10,23 @@ import pytest
 
 from vfiouser_tdisp.events import LOG, Recorder
 from vfiouser_tdisp.server import RunningDevices, start_devices
-from vfiouser_tdisp.vfio_user.server import Reactor
 
 
 class ServerThread:
-    """Runs a reactor with ``start_devices`` in a background thread."""
+    """Runs ``start_devices`` (accept and connection threads) for a test."""
 
     def __init__(self, paths: list[str], profile: str) -> None:
         self.paths = paths
         self.profile = profile
-        self.reactor = Reactor()
         self.running: RunningDevices | None = None
-        self.thread = threading.Thread(target=self.reactor.run, daemon=True)
 
     def start(self) -> ServerThread:
-        self.running = start_devices(self.reactor, self.paths, self.profile)
-        self.thread.start()
+        self.running = start_devices(self.paths, self.profile)
         return self
-
-    def call(self, func):  # type: ignore[no-untyped-def]
-        """Run ``func`` on the reactor thread and return its result."""
-        done = threading.Event()
-        box: list[object] = []
-
-        def run() -> None:
-            box.append(func())
-            done.set()
-
-        self.reactor.call_soon(run)
-        assert done.wait(10)
-        return box[0]
 
     def stop(self) -> None:
         if self.running is not None:
-            self.call(self.running.close)
-        self.reactor.stop()
-        self.thread.join(10)
-        self.reactor.close()
+            self.running.close()
 
     @property
     def device(self):  # type: ignore[no-untyped-def]

@@ -11,11 +11,12 @@ import argparse
 import contextlib
 import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 
 from .device.device import Device, get_profile
 from .events import LOG, HumanSink, JsonLinesSink, emit
-from .vfio_user.server import FunctionServer, Reactor
+from .vfio_user.server import FunctionServer
 
 
 def function_socket_path(path: str, fn: int) -> str:
@@ -24,26 +25,26 @@ def function_socket_path(path: str, fn: int) -> str:
 
 @dataclass
 class RunningDevices:
-    reactor: Reactor
     devices: list[Device] = field(default_factory=list)
     servers: list[FunctionServer] = field(default_factory=list)
 
     def close(self) -> None:
-        """Stop listening and drop clients (call on the reactor's thread)."""
+        """Stop listening and drop clients."""
         for srv in self.servers:
             srv.close()
 
 
-def start_devices(reactor: Reactor, paths: list[str], profile_name: str) -> RunningDevices:
+def start_devices(paths: list[str], profile_name: str) -> RunningDevices:
     profile = get_profile(profile_name)
-    running = RunningDevices(reactor)
+    running = RunningDevices()
     try:
         for i, path in enumerate(paths):
             dev = Device(profile, instance=i)
             running.devices.append(dev)
+            lock = threading.RLock()  # one per device: its functions share state
             for fn_no, fn in enumerate(dev.functions):
-                srv = FunctionServer(fn, function_socket_path(path, fn_no))
-                srv.start(reactor)
+                srv = FunctionServer(fn, function_socket_path(path, fn_no), lock)
+                srv.start()
                 running.servers.append(srv)
     except BaseException:
         running.close()
@@ -52,19 +53,21 @@ def start_devices(reactor: Reactor, paths: list[str], profile_name: str) -> Runn
 
 
 def serve_forever(paths: list[str], profile_name: str) -> None:
-    reactor = Reactor()
-    running = start_devices(reactor, paths, profile_name)
-    old = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
-    old_fd = signal.set_wakeup_fd(reactor.wakeup_fd())
+    running = start_devices(paths, profile_name)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     emit("server.ready", sockets=[s.path for s in running.servers], profile=profile_name)
     try:
-        reactor.run()
+        while not stop.wait(1.0):
+            pass
     finally:
-        signal.set_wakeup_fd(old_fd)
         for sig, handler in old.items():
             signal.signal(sig, handler)
         running.close()
-        reactor.close()
         emit("server.stopped")
 
 

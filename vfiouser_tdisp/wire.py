@@ -160,7 +160,8 @@ class Struct:
             elif kind == "raw":
                 if len(value) != meta["size"]:
                     raise ValueError(
-                        f"{type(self).__name__}.{name} must be {meta['size']} bytes, got {len(value)}"
+                        f"{type(self).__name__}.{name} must be {meta['size']} bytes, "
+                        f"got {len(value)}"
                     )
                 out += value
             elif kind == "tail":

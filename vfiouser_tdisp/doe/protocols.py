@@ -139,7 +139,8 @@ class DoeDispatcher:
             if handler is None:
                 emit("doe.unsupported", mailbox=self.name, vendor_id=hdr.vendor_id,
                      type=hdr.data_object_type)
-                raise DoeError(f"unsupported object vid {hdr.vendor_id:#x} type {hdr.data_object_type}")
+                raise DoeError(f"unsupported object vid {hdr.vendor_id:#x} "
+                               f"type {hdr.data_object_type}")
             try:
                 rsp_payload = handler(payload)
             except DoeError:

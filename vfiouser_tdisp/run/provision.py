@@ -68,7 +68,8 @@ def parse_apt_mirrors(sources_list: str = "/etc/apt/sources.list",
     if os.path.isfile(sources_list):
         files.append(Path(sources_list))
     if os.path.isdir(sources_dir):
-        files += sorted(Path(sources_dir).glob("*.list")) + sorted(Path(sources_dir).glob("*.sources"))
+        d = Path(sources_dir)
+        files += sorted(d.glob("*.list")) + sorted(d.glob("*.sources"))
     for f in files:
         text = f.read_text(errors="replace")
         if f.suffix == ".sources":

@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from .device.device import PROFILES
+
 DEFAULT_PROFILE = "virtio-rng"
 
 
@@ -18,11 +20,19 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket", required=True, action="append", metavar="PATH",
                    help="UNIX socket to serve the device on; repeat for several devices "
                         "(each gets its own socket)")
-    p.add_argument("--profile", default=DEFAULT_PROFILE,
-                   help=f"device profile (default: {DEFAULT_PROFILE}); see --list-profiles")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
+                   help=f"device profile (default: {DEFAULT_PROFILE})")
     p.add_argument("--events", metavar="FILE",
                    help="append structured events (JSON lines) to FILE")
     p.add_argument("--quiet", action="store_true", help="no human-readable event output")
+    p.add_argument("--spdm-port", type=int, metavar="PORT",
+                   help="also serve the DOE mailbox over the DMTF spdm-emu TCP socket "
+                        "protocol on PORT (device i on PORT+i; 0 picks a free port)")
+    p.add_argument("--spdm-host", default="127.0.0.1", metavar="ADDR",
+                   help="address for --spdm-port (default: 127.0.0.1, loopback only)")
+    p.add_argument("--pcap", metavar="FILE",
+                   help="capture every DOE object, both directions, as pcap with "
+                        "LINKTYPE 291 (PCI DOE); device i > 0 writes FILE.i")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "device and run the flow inside it")
     p.add_argument("--out", default="out", metavar="DIR",
                    help="output directory for console.log and events.jsonl (default: out)")
-    p.add_argument("--profile", default=DEFAULT_PROFILE, help="device profile")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
+                   help=f"device profile (default: {DEFAULT_PROFILE})")
     p.add_argument("--qemu", metavar="PATH", help="qemu-system-x86_64 to use")
     p.add_argument("--cache-dir", metavar="DIR", help="cache directory")
     p.add_argument("--timeout", type=float, default=180.0,

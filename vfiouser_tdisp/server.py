@@ -3,6 +3,8 @@
 Each ``--socket PATH`` gets its own device built from the profile.  Function 0
 is served at PATH; further functions of a multi-function profile at
 ``PATH.fnN`` (attach them to QEMU in the same slot with ``addr=S.N``).
+``--spdm-port`` also serves each device's DOE mailbox over the DMTF spdm-emu
+socket protocol; ``--pcap`` captures every DOE object.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from .device.device import Device, get_profile
+from .doe.capture import PcapWriter
+from .doe.emu_socket import SpdmEmuServer
 from .events import LOG, HumanSink, JsonLinesSink, emit
 from .vfio_user.server import FunctionServer
 
@@ -23,27 +28,51 @@ def function_socket_path(path: str, fn: int) -> str:
     return path if fn == 0 else f"{path}.fn{fn}"
 
 
+def numbered(path: str, i: int) -> str:
+    return path if i == 0 else f"{path}.{i}"
+
+
 @dataclass
 class RunningDevices:
     devices: list[Device] = field(default_factory=list)
     servers: list[FunctionServer] = field(default_factory=list)
+    spdm_servers: list[SpdmEmuServer] = field(default_factory=list)
+    captures: list[BinaryIO] = field(default_factory=list)
 
     def close(self) -> None:
         """Stop listening and drop clients."""
         for srv in self.servers:
             srv.close()
+        for emu in self.spdm_servers:
+            emu.close()
+        for f in self.captures:
+            f.close()
 
 
-def start_devices(paths: list[str], profile_name: str) -> RunningDevices:
+def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = None,
+                  spdm_host: str = "127.0.0.1", pcap: str | None = None) -> RunningDevices:
+    """Build one device per socket path and start serving it.
+
+    Device ``i`` gets the spdm-emu port ``spdm_port + i`` and the capture file
+    ``pcap`` (``pcap.i`` for i > 0).
+    """
     profile = get_profile(profile_name)
     running = RunningDevices()
     try:
         for i, path in enumerate(paths):
             dev = Device(profile, instance=i)
             running.devices.append(dev)
-            lock = threading.RLock()  # one per device: its functions share state
+            if pcap:
+                stream = open(numbered(pcap, i), "wb")
+                running.captures.append(stream)
+                dev.doe.observers.append(PcapWriter(stream).observer)
+            if spdm_port is not None:
+                emu = SpdmEmuServer(dev.doe, dev.lock, spdm_host,
+                                    spdm_port + i if spdm_port else 0)
+                emu.start()
+                running.spdm_servers.append(emu)
             for fn_no, fn in enumerate(dev.functions):
-                srv = FunctionServer(fn, function_socket_path(path, fn_no), lock)
+                srv = FunctionServer(fn, function_socket_path(path, fn_no), dev.lock)
                 srv.start()
                 running.servers.append(srv)
     except BaseException:
@@ -52,15 +81,17 @@ def start_devices(paths: list[str], profile_name: str) -> RunningDevices:
     return running
 
 
-def serve_forever(paths: list[str], profile_name: str) -> None:
-    running = start_devices(paths, profile_name)
+def serve_forever(paths: list[str], profile_name: str, spdm_port: int | None = None,
+                  spdm_host: str = "127.0.0.1", pcap: str | None = None) -> None:
+    running = start_devices(paths, profile_name, spdm_port, spdm_host, pcap)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
         stop.set()
 
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    emit("server.ready", sockets=[s.path for s in running.servers], profile=profile_name)
+    emit("server.ready", sockets=[s.path for s in running.servers], profile=profile_name,
+         spdm_ports=[e.port for e in running.spdm_servers])
     try:
         while not stop.wait(1.0):
             pass
@@ -85,9 +116,9 @@ def main_serve(args: argparse.Namespace) -> int:
             stack.callback(LOG.subscribe(HumanSink(sys.stderr, kinds=(
                 "server.", "vfio_user.connect", "vfio_user.disconnect", "vfio_user.listening",
                 "vfio_user.error_reply", "vfio_user.protocol_error", "device.", "doe.error",
-                "function.reset"))))
+                "function.reset", "spdm_emu.listening", "spdm_emu.connect"))))
         try:
-            serve_forever(args.socket, args.profile)
+            serve_forever(args.socket, args.profile, args.spdm_port, args.spdm_host, args.pcap)
         except (FileExistsError, PermissionError, OSError) as exc:
             print(f"vfiouser-tdisp serve: {exc}", file=sys.stderr)
             return 1

@@ -8,6 +8,7 @@ Express (Endpoint, FLR, TEE-IO) and DSN; the personality adds the rest.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from ..doe.mailbox import DoeCapability
@@ -63,6 +64,10 @@ class Device:
         self.profile = profile
         self.instance = instance
         self.doe = DoeDispatcher(name=f"{profile.name}.{instance}.doe")
+        # Every transport (vfio-user connections of each function, the
+        # spdm-emu socket) takes this lock around a request: functions of one
+        # device share the DSM's state.
+        self.lock = threading.RLock()
         self.functions: list[PciFunction] = []
         self.personalities: list[Personality] = []
         pcls = get_personality(profile.personality)

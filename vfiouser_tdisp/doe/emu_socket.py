@@ -1,0 +1,203 @@
+"""DMTF spdm-emu socket transport for a device's DOE mailbox.
+
+The de-facto way to attach an external SPDM requester (DMTF spdm-emu's
+requester, QEMU's ``spdm-socket`` backend): TCP, each frame is::
+
+    u32 command | u32 transport type | u32 payload size   (all big-endian)
+    payload
+
+Commands: NORMAL 0x0001, CONTINUE 0xFFFD, SHUTDOWN 0xFFFE, TEST 0xDEAD
+("Client Hello!" / "Server Hello!").  With transport 2 (PCI DOE) a NORMAL
+payload is a whole DOE data object, header included; it goes through the same
+:class:`DoeDispatcher` as the config-space mailbox (discovery included), so
+both transports reach one responder and one capture.
+
+DMTF's tools write each frame in several small ``send()`` calls; with Nagle on
+their side and delayed ACKs on ours every message would stall ~40 ms, so
+accepted sockets get TCP_NODELAY and TCP_QUICKACK (re-armed after every
+receive), and each frame is written with a single call.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+from ..events import emit
+from .protocols import DoeDispatcher, DoeError
+
+SOCKET_SPDM_COMMAND_NORMAL = 0x0001
+SOCKET_SPDM_COMMAND_CONTINUE = 0xFFFD
+SOCKET_SPDM_COMMAND_SHUTDOWN = 0xFFFE
+SOCKET_SPDM_COMMAND_UNKNOWN = 0xFFFF
+SOCKET_SPDM_COMMAND_TEST = 0xDEAD
+SOCKET_TRANSPORT_TYPE_NONE = 0
+SOCKET_TRANSPORT_TYPE_MCTP = 1
+SOCKET_TRANSPORT_TYPE_PCI_DOE = 2
+DEFAULT_SPDM_PORT = 2323
+MAX_FRAME = (1 << 18) * 4 + 8  # the largest DOE object
+_FRAME = struct.Struct(">III")
+
+
+def _quickack(sock: socket.socket) -> None:
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    if quickack is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+        except OSError:
+            pass
+
+
+def build_frame(command: int, transport: int, payload: bytes = b"") -> bytes:
+    return _FRAME.pack(command, transport, len(payload)) + payload
+
+
+class SpdmEmuServer:
+    """Serves one DOE dispatcher to spdm-emu clients, one client at a time."""
+
+    def __init__(self, dispatcher: DoeDispatcher, lock: threading.RLock,
+                 host: str = "127.0.0.1", port: int = DEFAULT_SPDM_PORT) -> None:
+        self.dispatcher = dispatcher
+        self.lock = lock
+        self.host = host
+        self.port = port
+        self.listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._client: socket.socket | None = None
+
+    def start(self) -> None:
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET,
+                             socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        sock.listen(2)
+        self.port = sock.getsockname()[1]
+        self.listener = sock
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True,
+                                        name=f"spdm-emu {self.port}")
+        self._thread.start()
+        emit("spdm_emu.listening", host=self.host, port=self.port,
+             mailbox=self.dispatcher.name)
+
+    def _accept_loop(self) -> None:
+        assert self.listener is not None
+        while not self._stopping:
+            try:
+                client, peer = self.listener.accept()
+            except OSError:
+                return
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _quickack(client)
+            self._client = client
+            emit("spdm_emu.connect", port=self.port, peer=f"{peer[0]}:{peer[1]}")
+            try:
+                reason = self._serve(client)
+            except OSError as exc:
+                reason = f"socket error: {exc}"
+            finally:
+                client.close()
+                self._client = None
+            emit("spdm_emu.disconnect", port=self.port, reason=reason)
+
+    def _recv_exact(self, sock: socket.socket, n: int) -> bytes | None:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                return None
+            buf += chunk
+            _quickack(sock)
+        return bytes(buf)
+
+    def _serve(self, sock: socket.socket) -> str:
+        while True:
+            head = self._recv_exact(sock, _FRAME.size)
+            if head is None:
+                return "client disconnected"
+            command, transport, size = _FRAME.unpack(head)
+            if size > MAX_FRAME:
+                emit("spdm_emu.error", port=self.port, reason=f"frame of {size} bytes")
+                return "oversized frame"
+            payload = self._recv_exact(sock, size) if size else b""
+            if payload is None:
+                return "client disconnected mid-frame"
+            reply, done = self.handle_frame(command, transport, payload)
+            sock.sendall(reply)  # one call per frame
+            if done:
+                return "shutdown"
+
+    def handle_frame(self, command: int, transport: int, payload: bytes) -> tuple[bytes, bool]:
+        """Answer one frame; returns (reply frame, connection finished)."""
+        if command == SOCKET_SPDM_COMMAND_TEST:
+            return build_frame(command, transport, b"Server Hello!\0"), False
+        if command == SOCKET_SPDM_COMMAND_SHUTDOWN:
+            return build_frame(command, transport), True
+        if command == SOCKET_SPDM_COMMAND_CONTINUE:
+            return build_frame(command, transport), False
+        if command != SOCKET_SPDM_COMMAND_NORMAL:
+            emit("spdm_emu.error", port=self.port, reason=f"unknown command {command:#x}")
+            return build_frame(SOCKET_SPDM_COMMAND_UNKNOWN, transport), False
+        if transport != SOCKET_TRANSPORT_TYPE_PCI_DOE:
+            emit("spdm_emu.error", port=self.port,
+                 reason=f"transport {transport} is not PCI DOE")
+            return build_frame(command, transport), False
+        try:
+            with self.lock:
+                response = self.dispatcher.exchange(payload)
+        except DoeError as exc:
+            # The mailbox would set its ERROR bit; on the socket: an empty reply.
+            emit("spdm_emu.error", port=self.port, reason=str(exc))
+            return build_frame(command, transport), False
+        return build_frame(command, transport, response), False
+
+    def close(self) -> None:
+        self._stopping = True
+        if self.listener is not None:
+            try:
+                self.listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.listener.close()
+            self.listener = None
+        client = self._client
+        if client is not None:
+            try:
+                client.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+class SpdmEmuClient:
+    """Requester side of the socket protocol (tests, tools)."""
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def call(self, command: int, payload: bytes = b"",
+             transport: int = SOCKET_TRANSPORT_TYPE_PCI_DOE) -> tuple[int, int, bytes]:
+        self.sock.sendall(build_frame(command, transport, payload))
+        head = self._exact(_FRAME.size)
+        cmd, tr, size = _FRAME.unpack(head)
+        return cmd, tr, self._exact(size) if size else b""
+
+    def doe(self, request_object: bytes) -> bytes:
+        _cmd, _tr, body = self.call(SOCKET_SPDM_COMMAND_NORMAL, request_object)
+        return body
+
+    def _exact(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            buf += chunk
+        return bytes(buf)
+
+    def close(self) -> None:
+        self.sock.close()
+

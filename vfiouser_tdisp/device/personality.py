@@ -8,6 +8,8 @@ select it by name with ``--profile``.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from typing import ClassVar
 
 from .function import PciFunction
@@ -61,5 +63,12 @@ def get_personality(name: str) -> type[Personality]:
         ) from None
 
 
+BUILTIN_MODULES = ("dma_test", "virtio_rng")
+
+
 def _load_builtin() -> None:
-    from . import dma_test, virtio_rng  # noqa: F401  (they register themselves)
+    """Import the built-in personality modules (they register themselves)."""
+    for name in BUILTIN_MODULES:
+        full = f"{__package__}.{name}"
+        if importlib.util.find_spec(full) is not None:
+            importlib.import_module(full)

@@ -24,6 +24,9 @@ class Personality:
     REVISION: ClassVar[int] = 0
     SUBSYSTEM_VENDOR_ID: ClassVar[int] = 0
     SUBSYSTEM_ID: ClassVar[int] = 0
+    # guest-scripts/check_<name>.sh run by `vfiouser-tdisp run` for this personality
+    GUEST_CHECKS: ClassVar[tuple[str, ...]] = (
+        "device", "ids", "tee_io", "doe_features", "doe_dmesg", "ide_cap")
 
     def __init__(self) -> None:
         self.function: PciFunction | None = None

@@ -1,0 +1,52 @@
+# Shared helpers for the guest checks (busybox sh).
+PASSED=0
+FAILED=0
+VENDOR=${VENDOR:-$(sed -n 's/.*vtdisp\.vendor=\([^ ]*\).*/\1/p' /proc/cmdline)}
+DEVICE=${DEVICE:-$(sed -n 's/.*vtdisp\.device=\([^ ]*\).*/\1/p' /proc/cmdline)}
+
+result() {  # name PASS|FAIL detail...
+    name=$1; status=$2; shift 2
+    echo "VTDISP-RESULT $name $status $*"
+    if [ "$status" = PASS ]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); fi
+}
+
+# All PCI functions with our vendor:device, one BDF per line.
+find_functions() {
+    for d in /sys/bus/pci/devices/*; do
+        [ "$(cat "$d/vendor")" = "$VENDOR" ] && [ "$(cat "$d/device")" = "$DEVICE" ] \
+            && basename "$d"
+    done
+}
+
+# Read a little-endian value of $3 bytes at offset $2 of config space of BDF $1.
+cfg_read() {
+    od -An -tu"$3" -j "$2" -N "$3" "/sys/bus/pci/devices/$1/config" | tr -d ' '
+}
+
+# Offset of standard capability id $2 (decimal) of BDF $1, or empty.
+find_cap() {
+    pos=$(cfg_read "$1" 52 1)
+    n=0
+    while [ "$pos" -ne 0 ] && [ $n -lt 48 ]; do
+        id=$(cfg_read "$1" "$pos" 1)
+        [ "$id" -eq "$2" ] && { echo "$pos"; return; }
+        pos=$(cfg_read "$1" $((pos + 1)) 1)
+        n=$((n + 1))
+    done
+}
+
+# Offset of extended capability id $2 (decimal) of BDF $1, or empty.
+find_ext_cap() {
+    pos=256
+    n=0
+    while [ "$pos" -ne 0 ] && [ $n -lt 64 ]; do
+        hdr=$(cfg_read "$1" "$pos" 4)
+        [ "$hdr" -eq 0 ] && return
+        [ $((hdr & 0xffff)) -eq "$2" ] && { echo "$pos"; return; }
+        pos=$(( (hdr >> 20) & 0xffc ))
+        n=$((n + 1))
+    done
+}
+
+BDFS=$(find_functions)
+BDF=$(echo "$BDFS" | head -n 1)

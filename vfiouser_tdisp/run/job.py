@@ -125,6 +125,7 @@ def boot_guest(prov: Provisioned, out: Path, profile: str | None, timeout: float
             checks = checks or list(pers.GUEST_CHECKS)
         if checks:
             append += " vtdisp.checks=" + ",".join(checks)
+        append += " vtdisp.hold=1"  # time for the QMP snapshot below
         chosen = choose_accel(prov.qemu, prov.kernel, accel, prov.cache)
         cfg = QemuConfig(kernel=prov.kernel, initrd=str(initrd), append=append,
                          sockets=sockets, accel=chosen, console_log=str(console),
@@ -134,8 +135,17 @@ def boot_guest(prov: Provisioned, out: Path, profile: str | None, timeout: float
         if log:
             print(f"run: booting the guest ({chosen}, deadline {timeout:.0f} s)", file=sys.stderr)
         qmp_box: list[dict[str, object] | None] = []
-        qmp_thread = threading.Thread(
-            target=lambda: qmp_box.append(qmp_query(str(sockdir / "qmp.sock"))), daemon=True)
+
+        def snapshot() -> None:
+            # Once the guest is up its PCI enumeration is done: ask QEMU then.
+            end = time.monotonic() + timeout
+            while time.monotonic() < end:
+                if "VTDISP-INFO" in console.read_text(errors="replace"):
+                    qmp_box.append(qmp_query(str(sockdir / "qmp.sock")))
+                    return
+                time.sleep(0.1)
+
+        qmp_thread = threading.Thread(target=snapshot, daemon=True)
         qmp_thread.start()
         started = time.monotonic()
         rc, err = run_with_deadline(cmd, prov.qemu.environ(), timeout)

@@ -49,7 +49,7 @@ def cpio_newc(entries: list[Entry]) -> bytes:
 
 def parse_cpio_newc(data: bytes) -> list[Entry]:
     """Read back an archive written by :func:`cpio_newc` (used by the tests)."""
-    out = []
+    out: list[Entry] = []
     pos = 0
     while True:
         if data[pos : pos + 6] != b"070701":

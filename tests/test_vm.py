@@ -62,3 +62,17 @@ def test_guest_sees_the_device(prov: Provisioned, tmp_path: Path) -> None:
     kinds = {e["event"] for e in events}
     assert {"vfio_user.version", "vfio_user.dma_map", "doe.transition"} <= kinds
     assert any(e["event"] == "vfio_user.dma_map" and e["fd"] for e in events)
+
+
+def test_virtio_rng_driver_binds_and_hwrng_delivers(prov: Provisioned, tmp_path: Path) -> None:
+    run = boot_guest(prov, tmp_path, "virtio-rng", 120,
+                     checks=["device", "ids", "tee_io", "virtio_rng", "hwrng", "msix"], log=False)
+    assert run.done and run.exit_code == 0, run.console[-3000:]
+    assert_passed(run, "device", "ids", "tee_io", "virtio_rng", "hwrng", "msix")
+    rng = (run.result("hwrng") or (False, ""))[1]
+    assert len(rng) == 64 and rng != "0" * 64
+    msix = (run.result("msix") or (False, ""))[1]
+    assert "virtio0-config" in msix and "virtio0-input" in msix
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "vfio_user.set_irqs" and e["index"] == "MSIX" for e in events)
+    assert any(e["event"] == "virtio.status" and e["status"] & 0x4 for e in events)  # DRIVER_OK

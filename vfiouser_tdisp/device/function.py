@@ -240,6 +240,12 @@ class Interrupts:
                 self.pending[index].discard(v)
                 self._signal(index, v)
 
+    def deliver_pending(self, index: IrqIndex) -> None:
+        """Signal pending vectors that are no longer masked (Function Mask cleared)."""
+        for v in sorted(self.pending[index] - self.masked[index]):
+            self.pending[index].discard(v)
+            self._signal(index, v)
+
     def trigger(self, index: IrqIndex, vector: int) -> bool:
         """Raise an interrupt; returns True if it was delivered now."""
         msix = self.function.msix
@@ -348,6 +354,14 @@ class PciFunction:
                 raise ValueError(f"MSI-X BAR{bar_index} is not declared")
         self.config.add_capability(cap)
         self.msix = cap
+        control_dw = cap.offset  # Message Control is the upper half of the header dword
+        mask_bit = MsixCapability.FUNCTION_MASK << 16
+
+        def on_config_write(dw: int, old: int, new: int, byte_mask: int) -> None:
+            if dw == control_dw and old & mask_bit and not new & mask_bit:
+                self.irqs.deliver_pending(IrqIndex.MSIX)
+
+        self.config.listeners.append(on_config_write)
         table = bytearray(cap.table_size)
         for v in range(vectors):  # each vector starts masked (Vector Control bit0)
             table[v * 16 + 12] = 1

@@ -27,6 +27,7 @@ from vfiouser_tdisp.doe.mailbox import (
     PCI_DOE_WRITE,
     DoeCapability,
 )
+from vfiouser_tdisp.doe.protocols import DoeDispatcher, DoeError, build_object
 from vfiouser_tdisp.events import LOG, Recorder
 from vfiouser_tdisp.pci.config import ConfigSpace
 
@@ -202,9 +203,18 @@ def test_capability_header_and_no_interrupt_support(dev: Device, doe: LinuxDoe) 
     assert status(doe) == 0
 
 
-def test_discovery_with_only_the_builtin_protocol(doe: LinuxDoe) -> None:
-    assert doe.discovery(0) == (1, 0, 0)
-    assert doe.features() == [(1, 0)]
+def test_discovery_declares_cma_before_a_responder_is_attached(doe: LinuxDoe) -> None:
+    # The DSM advertises CMA and secured CMA; objects of those types get the
+    # mailbox ERROR until the SPDM layer registers its responders.
+    assert doe.discovery(0) == (1, 0, 1)
+    assert doe.features() == [(1, 0), (1, 1), (1, 2)]
+
+
+def test_declared_protocol_without_responder_sets_error() -> None:
+    d = DoeDispatcher("t")
+    d.declare(1, 1)
+    with pytest.raises(DoeError):
+        d.exchange(build_object(1, 1, b"\x10\x84\x00\x00"))
 
 
 def test_discovery_chain(dev: Device, doe: LinuxDoe) -> None:

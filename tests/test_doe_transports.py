@@ -44,7 +44,7 @@ def test_discovery_and_exchange_through_config_registers(served, sock_dir) -> No
         c.version()
         drv = DoeDriver(c.config_read32, c.config_write32, DOE_OFFSET)
         drv.abort()
-        assert drv.discover() == [(1, 0), (1, 1)]
+        assert drv.discover() == [(1, 0), (1, 1), (1, 2)]
         assert drv.call(1, 1, b"abcdefgh") == b"hgfedcba"
         with pytest.raises(DoeTransferError):  # unsupported type: ERROR bit
             drv.call(1, 0x77, b"\0" * 4)

@@ -362,7 +362,7 @@ def test_flr_resets_bars_and_command_and_device_keeps_working(
     assert fn.bar_address(0) == 0xFE00_0000
     fn.region_write(0, 0x14, bytes([VIRTIO_CONFIG_S_ACKNOWLEDGE]))
     assert fn.region_read(0, 0x14, 1) == bytes([VIRTIO_CONFIG_S_ACKNOWLEDGE])
-    assert dev.doe.exchange(struct.pack("<III", 0x00000001, 3, 0))[8:] == b"\x01\x00\x00\x00"
+    assert dev.doe.exchange(struct.pack("<III", 0x00000001, 3, 0))[8:] == b"\x01\x00\x00\x01"
 
 
 def test_flr_not_offered_is_ignored() -> None:

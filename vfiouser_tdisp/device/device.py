@@ -12,7 +12,12 @@ import threading
 from dataclasses import dataclass, field
 
 from ..doe.mailbox import DoeCapability
-from ..doe.protocols import DoeDispatcher
+from ..doe.protocols import (
+    PCI_DOE_FEATURE_CMA,
+    PCI_DOE_FEATURE_SSESSION,
+    PCI_SIG_VENDOR_ID,
+    DoeDispatcher,
+)
 from ..events import emit
 from ..ide.capability import IdeCapability
 from ..ide.km import IdeKmResponder
@@ -64,6 +69,10 @@ class Device:
         self.profile = profile
         self.instance = instance
         self.doe = DoeDispatcher(name=f"{profile.name}.{instance}.doe")
+        # The DSM is a CMA device: its mailbox offers CMA/SPDM (type 1) and
+        # secured CMA/SPDM (type 2); the SPDM layer attaches the responders.
+        self.doe.declare(PCI_SIG_VENDOR_ID, PCI_DOE_FEATURE_CMA)
+        self.doe.declare(PCI_SIG_VENDOR_ID, PCI_DOE_FEATURE_SSESSION)
         # Every transport (vfio-user connections of each function, the
         # spdm-emu socket) takes this lock around a request: functions of one
         # device share the DSM's state.

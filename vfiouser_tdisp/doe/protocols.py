@@ -108,6 +108,16 @@ class DoeDispatcher:
             self._protocols.append(key)
         self._handlers[key] = handler
 
+    def declare(self, vendor_id: int, object_type: int) -> None:
+        """Advertise a protocol in discovery before its responder is attached.
+
+        Objects of a declared protocol with no handler get the mailbox ERROR
+        (and a ``doe.unsupported`` event), like any object nobody answers.
+        """
+        key = (vendor_id, object_type)
+        if key not in self._protocols:
+            self._protocols.append(key)
+
     @property
     def protocols(self) -> list[tuple[int, int]]:
         return list(self._protocols)

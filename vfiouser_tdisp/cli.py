@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("qemu-args", help="print the QEMU arguments that attach the device")
     p.add_argument("--socket", required=True, metavar="PATH", help="the server's socket")
     p.add_argument("--bus", default="rp0", help="root port id to attach to (default: rp0)")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
+                   help="profile the server runs (multi-function profiles need one "
+                        "-device per function)")
     p.set_defaults(handler="vfiouser_tdisp.run.qemu:main_qemu_args")
 
     p = sub.add_parser("run", help="the main job: provision, serve, boot a guest with the "

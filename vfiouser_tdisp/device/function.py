@@ -185,6 +185,33 @@ class NoDma:
         raise DmaError("no client attached")
 
 
+DmaGate = Callable[[str, int, int], str | None]
+"""(direction "read"/"write", address, size) -> reason to hold the access, or None."""
+
+
+class GatedDma:
+    """The DMA space personalities see while gates are installed: every access
+    asks each gate first and fails with :class:`DmaError` if one holds it
+    (TDISP: a TDI in CONFIG_LOCKED or ERROR issues no DMA)."""
+
+    def __init__(self, function: PciFunction) -> None:
+        self.function = function
+
+    def _check(self, direction: str, addr: int, size: int) -> None:
+        for gate in self.function.dma_gates:
+            reason = gate(direction, addr, size)
+            if reason is not None:
+                raise DmaError(f"DMA held: {reason}")
+
+    async def read(self, addr: int, size: int) -> bytes:
+        self._check("read", addr, size)
+        return await self.function._dma.read(addr, size)
+
+    async def write(self, addr: int, data: bytes) -> None:
+        self._check("write", addr, len(data))
+        await self.function._dma.write(addr, data)
+
+
 class IrqIndex(enum.IntEnum):
     INTX = 0
     MSI = 1
@@ -305,8 +332,12 @@ class PciFunction:
         self.msix: MsixCapability | None = None
         self.pcie: PcieCapability | None = None
         self.irqs = Interrupts(self)
-        self.dma: DmaSpace = NoDma()
+        self._dma: DmaSpace = NoDma()
+        self._gated_dma = GatedDma(self)
+        self.dma_gates: list[DmaGate] = []
         self.reset_hooks: list[Callable[[str], None]] = []
+        # (offset in table, bytes written) after each MSI-X table write
+        self.msix_table_listeners: list[Callable[[int, bytes], None]] = []
         self.config.declare(0, [
             Reg("VendorID", 0x00, 2, vendor_id),
             Reg("DeviceID", 0x02, 2, device_id),
@@ -371,6 +402,8 @@ class PciFunction:
 
         def table_write(off: int, data: bytes) -> None:
             table[off : off + len(data)] = data
+            for listener in self.msix_table_listeners:
+                listener(off, data)
 
         def pba_read(off: int, size: int) -> bytes:
             return self.irqs.pba_bytes()[off : off + size]
@@ -382,6 +415,16 @@ class PciFunction:
         pbar.add(pba_offset, RegisterArea(cap.pba_size, pba_read, lambda o, d: None))
         self._msix_table = table
         return cap
+
+    # -- DMA -----------------------------------------------------------------------
+    @property
+    def dma(self) -> DmaSpace:
+        """Guest memory; goes through ``dma_gates`` when any are installed."""
+        return self._gated_dma if self.dma_gates else self._dma
+
+    @dma.setter
+    def dma(self, space: DmaSpace) -> None:
+        self._dma = space
 
     # -- state derived from config space -------------------------------------------
     @property

@@ -1,0 +1,676 @@
+"""TDISP 1.0 responder: one TDI per function, its state machine and its enforcement.
+
+Implements the DSM side of PCIe r6.1+ §11 (TEE Device Interface Security
+Protocol; clauses below cite r7.0 by section and figure -- subsection numbers
+moved between revisions).  Bytes in, bytes out: :meth:`TdispResponder.handle`
+takes a TDISP message (header first; the PCI-SIG protocol_id byte already
+stripped) and returns the response or a TDISP_ERROR.  :func:`pci_sig_vendor_handler` is what
+the SPDM responder registers for the PCI-SIG vendor-defined protocols: it
+demands a secured session and dispatches by protocol_id to TDISP (1) or
+IDE_KM (0).
+
+TDI state machine (PCIe r7.0 §11, Figure 11-5 "TDISP State Machine"), one
+table (:data:`TDI_TRANSITIONS`)::
+
+    CONFIG_UNLOCKED --LOCK_INTERFACE_REQUEST--> CONFIG_LOCKED --START_INTERFACE_REQUEST--> RUN
+    CONFIG_LOCKED / RUN --security-relevant change--> ERROR
+    CONFIG_LOCKED / RUN / ERROR --STOP_INTERFACE_REQUEST--> CONFIG_UNLOCKED
+
+Requests that the table does not list for the current state are answered
+with INVALID_INTERFACE_STATE; requests for unknown interfaces with
+INVALID_INTERFACE; messages this DSM does not implement (P2P streams, MMIO
+attribute updates, VDMs, XT mode configuration) with UNSUPPORTED_REQUEST.
+
+While a TDI is CONFIG_LOCKED or RUN the function's TDISP-relevant
+configuration is watched (config-space writes, MSI-X table writes, resets,
+IDE stream state, firmware updates); a change moves the TDI to ERROR.  In
+CONFIG_LOCKED and ERROR the TDI issues no DMA (a gate on ``fn.dma``).
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..device.function import (
+    PCI_BASE_ADDRESS_0,
+    PCI_COMMAND,
+    PCI_COMMAND_MASTER,
+    PCI_COMMAND_MEMORY,
+    BarKind,
+    PciFunction,
+)
+from ..events import emit
+from ..fsm import StateMachine
+from ..ide.capability import IdeStreamState
+from ..ide.km import IdeKmError
+from ..wire import DecodeError
+from . import messages as m
+from .messages import (
+    FUNCTION_ID_RID_MASK,
+    FUNCTION_ID_SEGMENT_MASK,
+    FUNCTION_ID_SEGMENT_SHIFT,
+    FUNCTION_ID_SEGMENT_VALID,
+    PCI_PROTOCOL_ID_IDE_KM,
+    PCI_PROTOCOL_ID_TDISP,
+    START_INTERFACE_NONCE_SIZE,
+    TDISP_VERSION_10,
+    LockInterfaceFlags,
+    TdispErrorCode,
+    TdispMessage,
+    TdispRequest,
+    TdiState,
+)
+from .report import (
+    FirstPageEncoding,
+    NonTeeRange,
+    TdispConfigurationRecord,
+    build_report,
+    configuration_digest,
+    configuration_record,
+)
+
+# -- the TDI state machine -------------------------------------------------------------
+
+U, L, R, E = TdiState.CONFIG_UNLOCKED, TdiState.CONFIG_LOCKED, TdiState.RUN, TdiState.ERROR
+
+
+class Enforcement(enum.Enum):
+    """Device-side triggers: security-relevant changes while the TDI is locked."""
+
+    BAR_CHANGE = "bar_change"
+    MEMORY_SPACE_DISABLED = "memory_space_disabled"
+    BUS_MASTER_DISABLED = "bus_master_disabled"
+    RESET = "reset"
+    MSIX_CHANGE = "msix_change"
+    IDE_STREAM_INSECURE = "ide_stream_insecure"
+    FIRMWARE_UPDATE = "firmware_update"
+
+
+CONVENTIONAL_RESET = "conventional_reset"
+
+_QUERIES = (TdispRequest.GET_TDISP_VERSION, TdispRequest.GET_TDISP_CAPABILITIES,
+            TdispRequest.GET_DEVICE_INTERFACE_STATE)
+
+# (state, trigger) -> next state.  Triggers are request names (a self-loop means
+# "legal, no state change") and Enforcement values.  Anything absent is illegal.
+TDI_TRANSITIONS: dict[tuple[TdiState, str], TdiState] = {
+    **{(s, q.name): s for s in TdiState for q in _QUERIES},
+    (U, TdispRequest.LOCK_INTERFACE_REQUEST.name): L,
+    # STOP on an unlocked TDI is accepted and changes nothing, so a TSM's
+    # teardown path need not know whether the lock ever happened.
+    (U, TdispRequest.STOP_INTERFACE_REQUEST.name): U,
+    (L, TdispRequest.GET_DEVICE_INTERFACE_REPORT.name): L,
+    (L, TdispRequest.START_INTERFACE_REQUEST.name): R,
+    (L, TdispRequest.STOP_INTERFACE_REQUEST.name): U,
+    (R, TdispRequest.GET_DEVICE_INTERFACE_REPORT.name): R,
+    (R, TdispRequest.STOP_INTERFACE_REQUEST.name): U,
+    (E, TdispRequest.STOP_INTERFACE_REQUEST.name): U,
+    **{(s, t.value): E for s in (L, R) for t in Enforcement},
+    **{(s, CONVENTIONAL_RESET): U for s in TdiState},
+}
+
+SUPPORTED_REQUESTS = frozenset({
+    TdispRequest.GET_TDISP_VERSION, TdispRequest.GET_TDISP_CAPABILITIES,
+    TdispRequest.LOCK_INTERFACE_REQUEST, TdispRequest.GET_DEVICE_INTERFACE_REPORT,
+    TdispRequest.GET_DEVICE_INTERFACE_STATE, TdispRequest.START_INTERFACE_REQUEST,
+    TdispRequest.STOP_INTERFACE_REQUEST,
+})
+
+SUPPORTED_LOCK_FLAGS = (LockInterfaceFlags.NO_FW_UPDATE
+                        | LockInterfaceFlags.SYSTEM_CACHE_LINE_SIZE
+                        | LockInterfaceFlags.LOCK_MSIX
+                        | LockInterfaceFlags.ALL_REQUEST_REDIRECT)
+
+SUPPORTED_VERSIONS = bytes([TDISP_VERSION_10])
+
+# SPDM ERROR codes the vendor handler asks for (DSP0274 ERROR response).
+SPDM_ERROR_INVALID_REQUEST = 0x01
+SPDM_ERROR_UNSUPPORTED_REQUEST = 0x07
+SPDM_ERROR_SESSION_REQUIRED = 0x0B
+
+
+class TdispFailure(Exception):
+    """A request that is answered with TDISP_ERROR."""
+
+    def __init__(self, code: TdispErrorCode, detail: str = "", error_data: int = 0,
+                 extended: bytes = b"") -> None:
+        super().__init__(f"{code.name}: {detail}" if detail else code.name)
+        self.code = code
+        self.detail = detail
+        self.error_data = error_data
+        self.extended = extended
+
+
+# -- collaborators (structural, so tdisp/ depends on no assembly code) ------------------
+
+
+class NonTeeSource(Protocol):
+    """A personality: which BAR ranges hold no TEE data, and how to scrub state."""
+
+    def non_tee_ranges(self) -> list[NonTeeRange]: ...
+
+    def reset(self, cause: str) -> None: ...
+
+
+class IdeStreams(Protocol):
+    """The DSM's IDE capability as far as TDISP needs it."""
+
+    insecure_listeners: list[Callable[[int], None]]
+
+    def stream_state(self, stream_id: int) -> IdeStreamState | None: ...
+
+
+class DeviceLike(Protocol):
+    functions: list[PciFunction]
+    personalities: list[Any]
+    ide: Any
+
+
+# -- one TDI ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LockState:
+    """What LOCK_INTERFACE_REQUEST fixed for a TDI until STOP."""
+
+    flags: LockInterfaceFlags
+    default_stream_id: int
+    mmio_reporting_offset: int
+    bind_p2p_address_mask: int
+    nonce: bytes
+    report: bytes  # TDI_REPORT_STRUCTURE as of the lock
+    ide_stream: int | None  # the IDE stream the TDI depends on, if known
+
+
+class Tdi:
+    """The TEE Device Interface of one function."""
+
+    def __init__(self, responder: TdispResponder, fn: PciFunction,
+                 personality: NonTeeSource | None) -> None:
+        self.responder = responder
+        self.function = fn
+        self.personality = personality
+        self.lock: LockState | None = None
+        self.tsm_caps: int | None = None
+        self.fsm: StateMachine[TdiState] = StateMachine(
+            "tdi", TDI_TRANSITIONS, TdiState.CONFIG_UNLOCKED, function=fn.name)
+        self._hooks: list[tuple[list[Any], Any]] = []
+        self._hook(fn.config.listeners, self._on_config_write)
+        self._hook(fn.msix_table_listeners, self._on_msix_table_write)
+        self._hook(fn.reset_hooks, self._on_reset)
+        self._hook(fn.dma_gates, self._dma_gate)
+
+    def _hook(self, hooks: list[Any], hook: Any) -> None:
+        hooks.append(hook)
+        self._hooks.append((hooks, hook))
+
+    def detach(self) -> None:
+        for hooks, hook in self._hooks:
+            if hook in hooks:
+                hooks.remove(hook)
+        self._hooks.clear()
+
+    @property
+    def state(self) -> TdiState:
+        return self.fsm.state
+
+    @property
+    def function_id(self) -> int:
+        return m.make_function_id(self.responder.bus, self.function.devfn,
+                                  self.responder.segment)
+
+    @property
+    def locked(self) -> bool:
+        return self.state in (TdiState.CONFIG_LOCKED, TdiState.RUN)
+
+    def fire(self, trigger: str, cause: str, **detail: Any) -> None:
+        new = self.fsm.fire(trigger, cause=cause, function_id=f"{self.function_id:#x}",
+                            **detail)
+        if new is TdiState.CONFIG_UNLOCKED:
+            self.lock = None
+            if trigger == TdispRequest.STOP_INTERFACE_REQUEST.name:
+                self._scrub()
+
+    def enforce(self, trigger: Enforcement, cause: str, **detail: Any) -> bool:
+        """Move a locked TDI to ERROR; returns whether it moved."""
+        if not self.fsm.can(trigger.value):
+            return False
+        self.fire(trigger.value, cause, **detail)
+        return True
+
+    def _scrub(self) -> None:
+        # PCIe r7.0 §11 (TDI state machine): returning to CONFIG_UNLOCKED must not
+        # leak TDI data to the untrusted host, so the personality drops its state.
+        if self.personality is not None and self.responder.scrub_on_stop:
+            self.personality.reset("tdisp_stop")
+            emit("tdisp.scrub", function=self.function.name)
+
+    # -- enforcement hooks (each clause cited) --------------------------------------
+    def _on_config_write(self, dw: int, old: int, new: int, byte_mask: int) -> None:
+        if old == new or not self.locked:
+            return
+        fn = self.function
+        if PCI_BASE_ADDRESS_0 <= dw < PCI_BASE_ADDRESS_0 + 24:
+            # PCIe r7.0 §11, Figure 11-5: a change to the TDISP-relevant
+            # configuration (BARs, PCIe §7.5.1.2.1) of a CONFIG_LOCKED/RUN TDI
+            # moves it to ERROR.
+            self.enforce(Enforcement.BAR_CHANGE, f"BAR{(dw - PCI_BASE_ADDRESS_0) // 4} "
+                         f"{old:#010x} -> {new:#010x}")
+        elif dw == PCI_COMMAND & ~3:
+            # PCIe r7.0 §11, Figure 11-5: clearing Memory Space Enable or Bus
+            # Master Enable (Command register, PCIe §7.5.1.1.3) of a
+            # CONFIG_LOCKED/RUN TDI moves it to ERROR.
+            if old & PCI_COMMAND_MEMORY and not new & PCI_COMMAND_MEMORY:
+                self.enforce(Enforcement.MEMORY_SPACE_DISABLED, "Memory Space Enable cleared")
+            elif old & PCI_COMMAND_MASTER and not new & PCI_COMMAND_MASTER:
+                self.enforce(Enforcement.BUS_MASTER_DISABLED, "Bus Master Enable cleared")
+        elif self.lock is not None and self.lock.flags & LockInterfaceFlags.LOCK_MSIX \
+                and fn.msix is not None and fn.msix.offset <= dw < fn.msix.offset + fn.msix.size:
+            # PCIe r7.0 §11, LOCK_INTERFACE_REQUEST flag LOCK_MSIX: the MSI-X
+            # capability (PCIe §7.7.2) is part of the locked configuration;
+            # a change moves the TDI to ERROR.
+            self.enforce(Enforcement.MSIX_CHANGE, f"MSI-X capability dword {dw:#x} "
+                         f"{old:#010x} -> {new:#010x}")
+
+    def _on_msix_table_write(self, offset: int, data: bytes) -> None:
+        # PCIe r7.0 §11, LOCK_INTERFACE_REQUEST flag LOCK_MSIX: the MSI-X table
+        # and PBA (PCIe §7.7.2) are locked with the TDI; a write is a change.
+        if self.lock is not None and self.lock.flags & LockInterfaceFlags.LOCK_MSIX:
+            self.enforce(Enforcement.MSIX_CHANGE, f"MSI-X table write at {offset:#x}",
+                         data=data.hex())
+
+    def _on_reset(self, cause: str) -> None:
+        # PCIe r7.0 §11, Figure 11-5: an FLR (PCIe §6.6.2) of a CONFIG_LOCKED/RUN
+        # TDI moves it to ERROR; the TSM must STOP it.  Other resets of the
+        # function ("device_reset", "disconnect") wipe the same configuration
+        # and are treated the same way.
+        self.enforce(Enforcement.RESET, cause)
+
+    def _dma_gate(self, direction: str, addr: int, size: int) -> str | None:
+        # PCIe r7.0 §11 (TDI states): in CONFIG_LOCKED the TDI issues no DMA
+        # until the TSM starts it (RUN); in ERROR it issues none at all.
+        state = self.state
+        if state in (TdiState.CONFIG_LOCKED, TdiState.ERROR):
+            emit("tdisp.dma_held", function=self.function.name, state=state.name,
+                 direction=direction, address=addr, size=size)
+            return f"TDI {state.name}"
+        return None
+
+    # -- measurement ----------------------------------------------------------------
+    def configuration_record(self) -> TdispConfigurationRecord:
+        lock = self.lock
+        return configuration_record(
+            self.function, function_id=self.function_id,
+            lock_flags=int(lock.flags) if lock else 0,
+            default_stream_id=lock.default_stream_id if lock else 0,
+            mmio_reporting_offset=lock.mmio_reporting_offset if lock else 0,
+            bind_p2p_address_mask=lock.bind_p2p_address_mask if lock else 0)
+
+    def configuration_digest(self) -> bytes:
+        return configuration_digest([self.configuration_record()])
+
+
+# -- the responder ------------------------------------------------------------------
+
+
+@dataclass
+class _InjectedError:
+    code: TdispErrorCode
+    request: TdispRequest | None
+    count: int
+    error_data: int
+    extended: bytes
+
+
+class TdispResponder:
+    """The DSM's TDISP responder for a set of functions (one TDI each).
+
+    ``bus``/``segment`` give the INTERFACE_ID the TDIs answer to (RID =
+    bus:devfn; a request carrying a valid segment must match ``segment``,
+    which is reported only when not None).  ``personalities`` (parallel to
+    ``functions``) supply non-TEE ranges and the scrub on STOP.  With ``ide``
+    the TDI depends on the IDE stream named by DEFAULT_STREAM_ID when it is
+    SECURE at lock time (and LOCK fails unless it is, with
+    ``require_secure_stream``).
+    """
+
+    def __init__(
+        self,
+        functions: Sequence[PciFunction],
+        *,
+        personalities: Sequence[NonTeeSource | None] | None = None,
+        bus: int = 0,
+        segment: int | None = None,
+        encoding: FirstPageEncoding = FirstPageEncoding.PAGE_NUMBER,
+        ide: IdeStreams | None = None,
+        require_secure_stream: bool = False,
+        dma_capable: bool = True,
+        nonce_source: Callable[[int], bytes] = os.urandom,
+        max_report_portion: int = 0xFFFF,
+        scrub_on_stop: bool = True,
+        dev_addr_width: int = 64,
+    ) -> None:
+        if personalities is not None and len(personalities) != len(functions):
+            raise ValueError("personalities must parallel functions")
+        if not 0 < max_report_portion <= 0xFFFF:
+            raise ValueError("max_report_portion must be 1..65535")
+        self.bus = bus
+        self.segment = segment
+        self.encoding = encoding
+        self.ide = ide
+        self.require_secure_stream = require_secure_stream
+        self.dma_capable = dma_capable
+        self.nonce_source = nonce_source
+        self.max_report_portion = max_report_portion
+        self.scrub_on_stop = scrub_on_stop
+        self.dev_addr_width = dev_addr_width
+        self._faults: list[_InjectedError] = []
+        self.tdis: list[Tdi] = [
+            Tdi(self, fn, personalities[i] if personalities is not None else None)
+            for i, fn in enumerate(functions)
+        ]
+        if ide is not None:
+            ide.insecure_listeners.append(self.ide_stream_insecure)
+        self._handlers: dict[TdispRequest, Callable[[Tdi, Any], TdispMessage]] = {
+            TdispRequest.GET_TDISP_VERSION: self._get_version,
+            TdispRequest.GET_TDISP_CAPABILITIES: self._get_capabilities,
+            TdispRequest.LOCK_INTERFACE_REQUEST: self._lock_interface,
+            TdispRequest.GET_DEVICE_INTERFACE_REPORT: self._get_report,
+            TdispRequest.GET_DEVICE_INTERFACE_STATE: self._get_state,
+            TdispRequest.START_INTERFACE_REQUEST: self._start_interface,
+            TdispRequest.STOP_INTERFACE_REQUEST: self._stop_interface,
+        }
+
+    @classmethod
+    def for_device(cls, device: DeviceLike, **options: Any) -> TdispResponder:
+        """One TDI per function of an assembled ``Device``, wired to its IDE."""
+        return cls(device.functions, personalities=device.personalities,
+                   ide=getattr(device, "ide", None), **options)
+
+    def close(self) -> None:
+        for tdi in self.tdis:
+            tdi.detach()
+        if self.ide is not None and self.ide_stream_insecure in self.ide.insecure_listeners:
+            self.ide.insecure_listeners.remove(self.ide_stream_insecure)
+
+    # -- lookup ---------------------------------------------------------------------
+    def find(self, function_id: int) -> Tdi | None:
+        if function_id & ~(FUNCTION_ID_RID_MASK | FUNCTION_ID_SEGMENT_MASK
+                           | FUNCTION_ID_SEGMENT_VALID):
+            return None  # reserved bits 31:25 set: not an interface we know
+        if function_id & FUNCTION_ID_SEGMENT_VALID:
+            seg = (function_id & FUNCTION_ID_SEGMENT_MASK) >> FUNCTION_ID_SEGMENT_SHIFT
+            if seg != (self.segment or 0):
+                return None
+        rid = function_id & FUNCTION_ID_RID_MASK
+        for tdi in self.tdis:
+            if rid == ((self.bus & 0xFF) << 8) | tdi.function.devfn:
+                return tdi
+        return None
+
+    def tdi_for(self, fn: PciFunction) -> Tdi:
+        for tdi in self.tdis:
+            if tdi.function is fn:
+                return tdi
+        raise KeyError(fn.name)
+
+    # -- device-side events -----------------------------------------------------------
+    def ide_stream_insecure(self, stream_id: int) -> None:
+        """Called by the IDE layer when a stream leaves SECURE (PCIe §6.33)."""
+        for tdi in self.tdis:
+            # PCIe r7.0 §11, Figure 11-5 with §6.33 (IDE): a TDI whose IDE
+            # stream leaves Secure can no longer protect TEE traffic: ERROR.
+            if tdi.lock is not None and tdi.lock.ide_stream == stream_id:
+                tdi.enforce(Enforcement.IDE_STREAM_INSECURE,
+                            f"IDE stream {stream_id} left SECURE", stream_id=stream_id)
+
+    def firmware_update(self) -> list[Tdi]:
+        """A firmware update of the device happened; returns the TDIs it errored."""
+        hit = []
+        for tdi in self.tdis:
+            # PCIe r7.0 §11, LOCK_INTERFACE_REQUEST flag NO_FW_UPDATE: firmware
+            # must not change while locked; if it does, the TDI is in ERROR.
+            if tdi.lock is not None and tdi.lock.flags & LockInterfaceFlags.NO_FW_UPDATE:
+                if tdi.enforce(Enforcement.FIRMWARE_UPDATE, "firmware update"):
+                    hit.append(tdi)
+        emit("tdisp.firmware_update", errored=[t.function.name for t in hit])
+        return hit
+
+    def conventional_reset(self) -> None:
+        """Conventional reset of the device (PCIe §6.6.1): every TDI unlocks."""
+        for tdi in self.tdis:
+            if tdi.state is not TdiState.CONFIG_UNLOCKED:
+                tdi.fire(CONVENTIONAL_RESET, "conventional reset")
+
+    def configuration_digest(self) -> bytes:
+        """SHA-384 of every TDI's TDISP-relevant configuration (for SPDM measurements)."""
+        return configuration_digest(t.configuration_record() for t in self.tdis)
+
+    # -- fault injection (for TSM error paths) -------------------------------------------
+    def inject_error(self, code: TdispErrorCode, *, request: TdispRequest | None = None,
+                     count: int = 1, error_data: int = 0, extended: bytes = b"") -> None:
+        """Answer the next ``count`` requests (of type ``request``, or any) with
+        TDISP_ERROR ``code`` -- e.g. BUSY to exercise a TSM's retry loop."""
+        self._faults.append(_InjectedError(code, request, count, error_data, extended))
+
+    def _take_fault(self, request: TdispRequest) -> _InjectedError | None:
+        for fault in self._faults:
+            if fault.request is None or fault.request is request:
+                fault.count -= 1
+                if fault.count <= 0:
+                    self._faults.remove(fault)
+                return fault
+        return None
+
+    # -- bytes in, bytes out -------------------------------------------------------------
+    def handle(self, message: bytes) -> bytes:
+        """Answer one TDISP request (header first); never raises."""
+        function_id = 0
+        known = m.REQUESTS.get(message[1]) if len(message) > 1 else None
+        name = known.__name__ if known else (f"{message[1]:#04x}" if len(message) > 1 else "?")
+        try:
+            try:
+                header, _ = m.TdispHeader.unpack_from(message)
+            except DecodeError as exc:
+                raise TdispFailure(TdispErrorCode.INVALID_REQUEST, str(exc)) from None
+            function_id = header.function_id
+            response = self._dispatch(header, message)
+            result = type(response).__name__
+        except TdispFailure as failure:
+            result = failure.code.name
+            emit("tdisp.error", message=name, function_id=f"{function_id:#x}",
+                 error=failure.code.name, detail=failure.detail)
+            response = m.TDISP_ERROR(function_id=function_id, error_code=failure.code,
+                                     error_data=failure.error_data,
+                                     extended_error_data=failure.extended)
+        except Exception as exc:  # a bug answers UNSPECIFIED instead of killing the transport
+            result = TdispErrorCode.UNSPECIFIED.name
+            emit("tdisp.internal_error", message=name, error=repr(exc))
+            response = m.TDISP_ERROR(function_id=function_id,
+                                     error_code=TdispErrorCode.UNSPECIFIED)
+        emit("tdisp.request", message=name, function_id=f"{function_id:#x}", result=result)
+        return response.pack()
+
+    def _dispatch(self, header: TdispMessage, message: bytes) -> TdispMessage:
+        if header.version != TDISP_VERSION_10:
+            raise TdispFailure(TdispErrorCode.VERSION_MISMATCH,
+                               f"version {header.version:#x}, supported 0x10")
+        try:
+            request = TdispRequest(header.message_type)
+        except ValueError:
+            raise TdispFailure(TdispErrorCode.UNSUPPORTED_REQUEST,
+                               f"message type {header.message_type:#x}") from None
+        if request not in SUPPORTED_REQUESTS:
+            raise TdispFailure(TdispErrorCode.UNSUPPORTED_REQUEST, request.name)
+        tdi = self.find(header.function_id)
+        if tdi is None:
+            raise TdispFailure(TdispErrorCode.INVALID_INTERFACE,
+                               f"no TDI with function_id {header.function_id:#x}")
+        fault = self._take_fault(request)
+        if fault is not None:
+            raise TdispFailure(fault.code, "injected", fault.error_data, fault.extended)
+        try:
+            req = m.REQUESTS[request].unpack(message)
+        except DecodeError as exc:
+            raise TdispFailure(TdispErrorCode.INVALID_REQUEST, str(exc)) from None
+        if not tdi.fsm.can(request.name):
+            raise TdispFailure(TdispErrorCode.INVALID_INTERFACE_STATE,
+                               f"{request.name} in {tdi.state.name}")
+        response = self._handlers[request](tdi, req)
+        if TDI_TRANSITIONS[(tdi.state, request.name)] is not tdi.state:
+            tdi.fire(request.name, request.name)
+        return response
+
+    # -- request handlers (legality already checked against the table) -------------------
+    def _get_version(self, tdi: Tdi, req: m.GET_TDISP_VERSION) -> TdispMessage:
+        return m.TDISP_VERSION(function_id=req.function_id,
+                               version_num_count=len(SUPPORTED_VERSIONS),
+                               version_num_entry=SUPPORTED_VERSIONS)
+
+    def _get_capabilities(self, tdi: Tdi, req: m.GET_TDISP_CAPABILITIES) -> TdispMessage:
+        tdi.tsm_caps = req.tsm_caps
+        bitmap = 0
+        for r in SUPPORTED_REQUESTS:
+            bitmap |= 1 << (r - TdispRequest.GET_TDISP_VERSION)
+        return m.TDISP_CAPABILITIES(
+            function_id=req.function_id, dsm_caps=0,  # no XT mode
+            req_msg_supported=bitmap.to_bytes(16, "little"),
+            lock_interface_flags_supported=int(SUPPORTED_LOCK_FLAGS),
+            dev_addr_width=self.dev_addr_width, num_req_this=1, num_req_all=1)
+
+    def _lock_interface(self, tdi: Tdi, req: m.LOCK_INTERFACE_REQUEST) -> TdispMessage:
+        fn = tdi.function
+        unsupported = req.flags & ~int(SUPPORTED_LOCK_FLAGS)
+        if unsupported:
+            raise TdispFailure(TdispErrorCode.INVALID_REQUEST,
+                               f"unsupported lock flags {unsupported:#x}")
+        if req.mmio_reporting_offset & (m.PAGE_SIZE - 1):
+            raise TdispFailure(TdispErrorCode.INVALID_REQUEST,
+                               "MMIO_REPORTING_OFFSET is not 4 KiB aligned")
+        # PCIe r7.0 §11, LOCK_INTERFACE_REQUEST: the DSM checks that the TDI is
+        # configured (decoding enabled, BARs assigned) before locking it.
+        if not fn.memory_enabled:
+            raise TdispFailure(TdispErrorCode.INVALID_DEVICE_CONFIGURATION,
+                               "Memory Space Enable is clear")
+        for index, bar in enumerate(fn.bars):
+            if bar is not None and bar.kind is not BarKind.IO and fn.bar_address(index) == 0:
+                raise TdispFailure(TdispErrorCode.INVALID_DEVICE_CONFIGURATION,
+                                   f"BAR{index} is not programmed")
+        ide_stream: int | None = req.default_stream_id
+        if self.ide is not None:
+            secure = self.ide.stream_state(req.default_stream_id) is IdeStreamState.SECURE
+            if not secure and self.require_secure_stream:
+                raise TdispFailure(TdispErrorCode.INVALID_DEVICE_CONFIGURATION,
+                                   f"IDE stream {req.default_stream_id} is not SECURE")
+            ide_stream = req.default_stream_id if secure else None
+        try:
+            nonce = self.nonce_source(START_INTERFACE_NONCE_SIZE)
+        except Exception as exc:
+            raise TdispFailure(TdispErrorCode.INSUFFICIENT_ENTROPY, repr(exc)) from None
+        if len(nonce) != START_INTERFACE_NONCE_SIZE:
+            raise TdispFailure(TdispErrorCode.INSUFFICIENT_ENTROPY, "short nonce")
+        flags = LockInterfaceFlags(req.flags)
+        report = build_report(
+            fn, lock_flags=int(flags), mmio_reporting_offset=req.mmio_reporting_offset,
+            encoding=self.encoding, dma_capable=self.dma_capable,
+            non_tee=tdi.personality.non_tee_ranges() if tdi.personality else ())
+        tdi.lock = LockState(flags, req.default_stream_id, req.mmio_reporting_offset,
+                             req.bind_p2p_address_mask, nonce, report.pack(), ide_stream)
+        emit("tdisp.locked", function=fn.name, flags=int(flags),
+             default_stream_id=req.default_stream_id, ide_stream=ide_stream,
+             mmio_reporting_offset=req.mmio_reporting_offset,
+             ranges=report.mmio_range_count)
+        return m.LOCK_INTERFACE_RESPONSE(function_id=req.function_id,
+                                         start_interface_nonce=nonce)
+
+    def _get_report(self, tdi: Tdi, req: m.GET_DEVICE_INTERFACE_REPORT) -> TdispMessage:
+        assert tdi.lock is not None
+        report = tdi.lock.report
+        if req.length == 0 or req.offset >= len(report):
+            raise TdispFailure(TdispErrorCode.INVALID_REQUEST,
+                               f"offset {req.offset} length {req.length} of {len(report)}")
+        portion = report[req.offset : req.offset + min(req.length, self.max_report_portion)]
+        return m.DEVICE_INTERFACE_REPORT(
+            function_id=req.function_id, portion_length=len(portion),
+            remainder_length=len(report) - req.offset - len(portion), report=portion)
+
+    def _get_state(self, tdi: Tdi, req: m.GET_DEVICE_INTERFACE_STATE) -> TdispMessage:
+        return m.DEVICE_INTERFACE_STATE(function_id=req.function_id, tdi_state=tdi.state)
+
+    def _start_interface(self, tdi: Tdi, req: m.START_INTERFACE_REQUEST) -> TdispMessage:
+        assert tdi.lock is not None
+        if not hmac.compare_digest(req.start_interface_nonce, tdi.lock.nonce):
+            raise TdispFailure(TdispErrorCode.INVALID_NONCE, "nonce differs from LOCK's")
+        return m.START_INTERFACE_RESPONSE(function_id=req.function_id)
+
+    def _stop_interface(self, tdi: Tdi, req: m.STOP_INTERFACE_REQUEST) -> TdispMessage:
+        return m.STOP_INTERFACE_RESPONSE(function_id=req.function_id)
+
+
+# -- the PCI-SIG vendor-defined protocol handler ---------------------------------------
+
+
+class VendorRequestContext(Protocol):
+    """What the SPDM layer passes with a vendor-defined request."""
+
+    @property
+    def session_id(self) -> int | None: ...
+
+
+class VendorRequestError(Exception):
+    """Default exception asking SPDM for an ERROR response with ``code``."""
+
+    def __init__(self, code: int, detail: str = "") -> None:
+        super().__init__(f"SPDM error {code:#x}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+VendorHandler = Callable[[VendorRequestContext, bytes], bytes]
+
+
+def pci_sig_vendor_handler(
+    tdisp: Callable[[bytes], bytes],
+    ide_km: Callable[[bytes], bytes] | None = None,
+    *,
+    vendor_error: Callable[[int], Exception] = VendorRequestError,
+    require_session: bool = True,
+) -> VendorHandler:
+    """The handler to register for standard_id 3 (PCI-SIG), vendor_id 0x0001.
+
+    The payload starts with the protocol_id byte; TDISP (1) and IDE_KM (0)
+    handlers get the message after it and their answer goes back behind the
+    same byte.  Both protocols must run inside a secured SPDM session (TDISP
+    §11.3, IDE_KM §6.33.4): outside one the request is refused with SPDM
+    ERROR SessionRequired.  ``vendor_error`` builds the exception the SPDM
+    responder turns into an ERROR (pass the SPDM layer's ``VendorError``).
+    """
+    protocols: dict[int, Callable[[bytes], bytes]] = {PCI_PROTOCOL_ID_TDISP: tdisp}
+    if ide_km is not None:
+        protocols[PCI_PROTOCOL_ID_IDE_KM] = ide_km
+
+    def handler(ctx: VendorRequestContext, payload: bytes) -> bytes:
+        if not payload:
+            raise vendor_error(SPDM_ERROR_INVALID_REQUEST)
+        protocol_id = payload[0]
+        handle = protocols.get(protocol_id)
+        if handle is None:
+            emit("pci_sig.unsupported_protocol", protocol_id=protocol_id)
+            raise vendor_error(SPDM_ERROR_UNSUPPORTED_REQUEST)
+        if require_session and ctx.session_id is None:
+            emit("pci_sig.session_required", protocol_id=protocol_id)
+            raise vendor_error(SPDM_ERROR_SESSION_REQUIRED)
+        try:
+            answer = handle(bytes(payload[1:]))
+        except IdeKmError as exc:
+            emit("pci_sig.ide_km_error", error=str(exc))
+            raise vendor_error(SPDM_ERROR_INVALID_REQUEST) from None
+        return bytes([protocol_id]) + answer
+
+    return handler
+

@@ -107,16 +107,6 @@ class Struct:
         return total
 
     @classmethod
-    def min_size(cls) -> int:
-        total = 0
-        for _name, kind, meta in cls._fields_plan():
-            if kind in _INT_FORMATS:
-                total += struct.calcsize("<" + _INT_FORMATS[kind])
-            elif kind == "raw":
-                total += meta["size"]
-        return total
-
-    @classmethod
     def _fast(cls) -> tuple[struct.Struct, int, str | None]:
         """Compiled format of the leading fixed fields, how many there are, and
         the name of a trailing ``tail()`` field if it is the only other one."""

@@ -25,6 +25,7 @@ import struct
 import threading
 
 from ..events import emit
+from ..sockets import wake_blocked
 from .protocols import DoeDispatcher, DoeError
 
 SOCKET_SPDM_COMMAND_NORMAL = 0x0001
@@ -155,18 +156,12 @@ class SpdmEmuServer:
     def close(self) -> None:
         self._stopping = True
         if self.listener is not None:
-            try:
-                self.listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            wake_blocked(self.listener)
             self.listener.close()
             self.listener = None
         client = self._client
         if client is not None:
-            try:
-                client.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            wake_blocked(client)
         if self._thread is not None:
             self._thread.join(5)
 

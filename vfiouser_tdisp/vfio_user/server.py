@@ -38,6 +38,7 @@ from ..device.function import (
 )
 from ..events import emit
 from ..pci.config import ConfigAccessError
+from ..sockets import wake_blocked
 from ..wire import DecodeError
 from .dma import DmaTable
 from .messages import (
@@ -626,10 +627,7 @@ class Connection:
     def shutdown(self) -> None:
         """Ask the connection thread to end (from any thread) and wait for it."""
         self.closing = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        wake_blocked(self.sock)
         if threading.current_thread() is not self.thread and self.thread.is_alive():
             self.thread.join(10)
 
@@ -738,10 +736,7 @@ class FunctionServer:
     def close(self) -> None:
         self._stopping = True
         if self.listener is not None:
-            try:
-                self.listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            wake_blocked(self.listener)
             self.listener.close()
             self.listener = None
             if self._thread is not None:

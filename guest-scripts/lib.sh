@@ -1,13 +1,27 @@
 # Shared helpers for the guest checks (busybox sh).
 PASSED=0
 FAILED=0
-VENDOR=${VENDOR:-$(sed -n 's/.*vtdisp\.vendor=\([^ ]*\).*/\1/p' /proc/cmdline)}
-DEVICE=${DEVICE:-$(sed -n 's/.*vtdisp\.device=\([^ ]*\).*/\1/p' /proc/cmdline)}
+
+# The value of kernel command line option vtdisp.$1 (empty if absent).
+cmdline_opt() {
+    sed -n "s/.*vtdisp\.$1=\([^ ]*\).*/\1/p" /proc/cmdline
+}
+
+VENDOR=${VENDOR:-$(cmdline_opt vendor)}
+DEVICE=${DEVICE:-$(cmdline_opt device)}
 
 result() {  # name PASS|FAIL detail...
     name=$1; status=$2; shift 2
     echo "VTDISP-RESULT $name $status $*"
     if [ "$status" = PASS ]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); fi
+}
+
+# Load kernel module $1 and what it depends on (modules.dep in the initramfs).
+load_module() {
+    grep -q "^$(echo "$1" | tr - _) " /proc/modules && return 0
+    modprobe "$1" 2>/dev/null && return 0
+    f=$(find /lib/modules -name "$1.ko" -o -name "$(echo "$1" | tr _ -).ko" | head -n 1)
+    [ -n "$f" ] && insmod "$f"
 }
 
 # All PCI functions with our vendor:device, one BDF per line.

@@ -1,43 +1,56 @@
 """Build the guest's initramfs in pure Python: a gzip'd cpio (newc) archive.
 
-Contents: static busybox with its applet links, ``/init`` and the other
-``guest-scripts/`` files, and the kernel modules the guest needs.  The output
-is deterministic (fixed mtimes and inode numbers) so it can be cached.
+Contents: static busybox with an absolute symlink per applet, ``/init`` and the
+other ``guest-scripts/`` files, and the kernel modules the guest needs with
+their dependencies, decompressed (busybox insmod wants plain ``.ko``) at
+``/lib/modules/<uname -r>/<path>.ko`` next to a ``modules.dep`` for them, so
+busybox ``modprobe`` works in the guest.  The output is deterministic (sorted
+entries, fixed inode numbers, zero mtimes, gzip mtime 0).
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import lzma
+import re
 import stat
+import struct
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 GUEST_SCRIPTS = Path(__file__).resolve().parents[2] / "guest-scripts"
+# Modules every guest carries; checks load them with `modprobe` (lib.sh: load_module).
+GUEST_MODULES: tuple[str, ...] = ("virtio_rng",)
+ROOT_DIRS = ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run",
+             "etc", "lib", "lib/modules", "mnt", "root", "var", "guest-scripts")
 
 
 @dataclass(frozen=True)
 class Entry:
     path: str  # without leading slash
     mode: int
-    data: bytes = b""
+    data: bytes = b""  # file contents, or a symlink's target
 
     @property
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.mode)
 
 
+# -- cpio (newc) --------------------------------------------------------------------------
+
 def _newc_header(ino: int, e: Entry, nlink: int) -> bytes:
     name = e.path.encode() + b"\0"
+    # ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor rdevminor namesize check
     fields = [ino, e.mode, 0, 0, nlink, 0, len(e.data), 0, 0, 0, 0, len(name), 0]
-    head = b"070701" + b"".join(f"{v:08X}".encode() for v in fields)
-    out = head + name
-    out += b"\0" * (-len(out) % 4)
-    return out
+    out = b"070701" + b"".join(f"{v:08X}".encode() for v in fields) + name
+    return out + b"\0" * (-len(out) % 4)
 
 
-def cpio_newc(entries: list[Entry]) -> bytes:
+def cpio_newc(entries: Iterable[Entry]) -> bytes:
+    """The archive (uncompressed), entries in the given order, then the trailer."""
     buf = io.BytesIO()
     for ino, e in enumerate(entries, start=1):
         buf.write(_newc_header(ino, e, 2 if e.is_dir else 1))
@@ -48,19 +61,25 @@ def cpio_newc(entries: list[Entry]) -> bytes:
 
 
 def parse_cpio_newc(data: bytes) -> list[Entry]:
-    """Read back an archive written by :func:`cpio_newc` (used by the tests)."""
+    """Read back a newc archive (the kernel's rules: 4-byte alignment, trailer)."""
     out: list[Entry] = []
     pos = 0
     while True:
-        if data[pos : pos + 6] != b"070701":
+        if len(data) < pos + 110:
+            raise ValueError(f"cpio archive truncated at {pos} (no trailer)")
+        if data[pos:pos + 6] != b"070701":
             raise ValueError(f"bad cpio magic at {pos}")
-        fields = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
+        fields = [int(data[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
         mode, filesize, namesize = fields[1], fields[6], fields[11]
         pos += 110
-        name = data[pos : pos + namesize - 1].decode()
+        name = data[pos:pos + namesize - 1].decode()
+        if data[pos + namesize - 1] != 0:
+            raise ValueError(f"cpio name {name!r} is not NUL-terminated")
         pos += namesize
         pos += -pos % 4
-        body = data[pos : pos + filesize]
+        body = data[pos:pos + filesize]
+        if len(body) != filesize:
+            raise ValueError(f"cpio entry {name!r} is truncated")
         pos += filesize
         pos += -pos % 4
         if name == "TRAILER!!!":
@@ -68,44 +87,205 @@ def parse_cpio_newc(data: bytes) -> list[Entry]:
         out.append(Entry(name, mode, body))
 
 
-def busybox_applets(busybox: str) -> list[str]:
-    proc = subprocess.run([busybox, "--list-full"], capture_output=True, text=True,
-                          timeout=30, check=True)
-    return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+# -- kernel modules ------------------------------------------------------------------------
+
+def read_module(path: Path) -> bytes:
+    """A module's ELF image (``.ko.xz`` decompressed with lzma)."""
+    data = path.read_bytes()
+    if path.name.endswith(".ko.xz"):
+        return lzma.decompress(data)
+    if path.name.endswith(".ko.gz"):
+        return gzip.decompress(data)
+    if path.name.endswith(".ko"):
+        return data
+    raise ValueError(f"{path}: unsupported module compression")
 
 
-def build_initramfs(busybox: str, modules_dir: str, out: Path,
-                    scripts_dir: Path = GUEST_SCRIPTS) -> Path:
-    entries: list[Entry] = []
-    dirs = ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run",
-            "etc", "lib", "lib/modules", "guest-scripts"]
-    for d in dirs:
-        entries.append(Entry(d, stat.S_IFDIR | 0o755))
-    entries.append(Entry("bin/busybox", stat.S_IFREG | 0o755, Path(busybox).read_bytes()))
-    for applet in busybox_applets(busybox):
-        rel = applet.lstrip("/")
-        if rel == "bin/busybox" or rel.count("/") > 2:
+def modinfo(elf: bytes) -> dict[str, list[str]]:
+    """The ``.modinfo`` section of a module (``key=value`` strings) as a dict."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+        raise ValueError("not a little-endian ELF64 module")
+    shoff, = struct.unpack_from("<Q", elf, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
+
+    def section(i: int) -> tuple[int, int, int]:  # name offset, file offset, size
+        name, _type, _flags, _addr, off, size = struct.unpack_from(
+            "<IIQQQQ", elf, shoff + i * shentsize)
+        return name, off, size
+
+    _n, stroff, _s = section(shstrndx)
+    info: dict[str, list[str]] = {}
+    for i in range(shnum):
+        name_off, off, size = section(i)
+        end = elf.index(b"\0", stroff + name_off)
+        if elf[stroff + name_off:end] != b".modinfo":
             continue
-        depth = rel.count("/")
-        target = "../" * (depth - 1) + "bin/busybox" if depth > 1 else "busybox"
-        if rel.startswith("bin/"):
-            target = "busybox"
-        entries.append(Entry(rel, stat.S_IFLNK | 0o777, target.encode()))
-    for mod in sorted(Path(modules_dir).glob("*.ko")):
-        entries.append(Entry(f"lib/modules/{mod.name}", stat.S_IFREG | 0o644, mod.read_bytes()))
+        for item in elf[off:off + size].split(b"\0"):
+            if b"=" in item:
+                k, v = item.decode(errors="replace").split("=", 1)
+                info.setdefault(k, []).append(v)
+    return info
+
+
+def _norm(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def _plain(rel: str) -> str:
+    """The path of a module once decompressed."""
+    return re.sub(r"\.(xz|gz)$", "", rel)
+
+
+def _module_name(rel: str) -> str:
+    base = rel.rsplit("/", 1)[-1]
+    return _norm(re.sub(r"\.ko(\.(xz|gz|zst))?$", "", base))
+
+
+class ModuleTree:
+    """A kernel's modules directory (``/lib/modules/<ver>`` as Debian ships it)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self._paths: dict[str, str] | None = None
+        self._dep: dict[str, list[str]] | None = None
+
+    @property
+    def paths(self) -> dict[str, str]:
+        """Module name (``_`` form) -> path relative to the root."""
+        if self._paths is None:
+            self._paths = {}
+            kernel = self.root / "kernel"
+            for p in sorted(kernel.rglob("*.ko*")) if kernel.is_dir() else []:
+                rel = p.relative_to(self.root).as_posix()
+                self._paths.setdefault(_module_name(rel), rel)
+        return self._paths
+
+    def _modules_dep(self) -> dict[str, list[str]]:
+        if self._dep is None:
+            self._dep = {}
+            f = self.root / "modules.dep"
+            if f.exists():
+                for line in f.read_text().splitlines():
+                    if ":" in line:
+                        mod, deps = line.split(":", 1)
+                        self._dep[_module_name(mod)] = [_module_name(d) for d in deps.split()]
+        return self._dep
+
+    def depends(self, name: str) -> list[str]:
+        """Direct dependencies (from modules.dep, else the module's modinfo)."""
+        name = _norm(name)
+        dep = self._modules_dep()
+        if name in dep:
+            return dep[name]
+        rel = self.paths.get(name)
+        if rel is None:
+            raise KeyError(f"kernel module {name} not found under {self.root}")
+        info = modinfo(read_module(self.root / rel))
+        return [_norm(d) for v in info.get("depends", []) for d in v.split(",") if d]
+
+    def closure(self, names: Iterable[str]) -> list[str]:
+        """``names`` and everything they need, dependencies first (load order)."""
+        order: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(n: str) -> None:
+            n = _norm(n)
+            if n in order or n in visiting:
+                return
+            visiting.add(n)
+            for d in self.depends(n):
+                visit(d)
+            visiting.discard(n)
+            order.append(n)
+
+        for n in names:
+            visit(n)
+        return order
+
+
+def module_entries(modules_dir: str | Path, names: Iterable[str], kver: str) -> list[Entry]:
+    """Decompressed modules (with dependencies) and a ``modules.dep`` for them."""
+    tree = ModuleTree(modules_dir)
+    base = f"lib/modules/{kver}"
+    entries: list[Entry] = []
+    dep_lines: list[str] = []
+    order = tree.closure(names)
+    for name in order:
+        rel = tree.paths[name]
+        plain = _plain(rel)
+        entries.append(Entry(f"{base}/{plain}", stat.S_IFREG | 0o644,
+                             read_module(tree.root / rel)))
+        # modules.dep lists the full closure, the one loaded last first.
+        deps = [_plain(tree.paths[d]) for d in reversed(tree.closure([name])[:-1])]
+        dep_lines.append(f"{plain}: {' '.join(deps)}".rstrip())
+    entries.append(Entry(f"{base}/modules.dep", stat.S_IFREG | 0o644,
+                         ("\n".join(dep_lines) + "\n").encode()))
+    entries.append(Entry(f"{base}/modules.order", stat.S_IFREG | 0o644,
+                         "".join(_plain(tree.paths[n]) + "\n" for n in order).encode()))
+    return entries
+
+
+# -- the archive -----------------------------------------------------------------------------
+
+def busybox_applets(busybox: str | Path) -> list[str]:
+    """Install paths of busybox's applets (``bin/sh``, ``sbin/insmod``, ...)."""
+    proc = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True,
+                          timeout=30, check=True)
+    return sorted({line.strip().lstrip("/") for line in proc.stdout.splitlines()
+                   if line.strip()})
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def initramfs_entries(busybox: str | Path, modules_dir: str | Path | None,
+                      scripts_dir: Path = GUEST_SCRIPTS,
+                      modules: Iterable[str] = GUEST_MODULES,
+                      kver: str | None = None) -> list[Entry]:
+    """Every entry of the archive, directories before their contents, sorted."""
+    files: dict[str, Entry] = {}
+    files["bin/busybox"] = Entry("bin/busybox", stat.S_IFREG | 0o755,
+                                 Path(busybox).read_bytes())
+    for rel in busybox_applets(busybox):
+        if rel in ("bin/busybox", "linuxrc") or "/" not in rel:
+            continue
+        files[rel] = Entry(rel, stat.S_IFLNK | 0o777, b"/bin/busybox")
     for script in sorted(scripts_dir.iterdir()):
-        if script.is_file():
-            mode = 0o755 if script.stat().st_mode & 0o111 else 0o644
-            entries.append(Entry(f"guest-scripts/{script.name}", stat.S_IFREG | mode,
-                                 script.read_bytes()))
-    init = (scripts_dir / "init").read_bytes()
-    entries.append(Entry("init", stat.S_IFREG | 0o755, init))
-    seen: set[str] = set()
-    unique = []
-    for e in entries:
-        if e.path not in seen:
-            seen.add(e.path)
-            unique.append(e)
+        if script.is_file() and not script.name.startswith("."):
+            mode = 0o755 if script.stat().st_mode & 0o111 or script.name == "init" else 0o644
+            files[f"guest-scripts/{script.name}"] = Entry(
+                f"guest-scripts/{script.name}", stat.S_IFREG | mode, script.read_bytes())
+    files["init"] = Entry("init", stat.S_IFREG | 0o755, (scripts_dir / "init").read_bytes())
+    if modules_dir is not None:
+        mdir = Path(modules_dir)
+        if kver is None:
+            version = mdir / "version"
+            kver = version.read_text().strip() if version.exists() else mdir.name
+        for e in module_entries(mdir, modules, kver):
+            files[e.path] = e
+    dirs = set(ROOT_DIRS)
+    for path in files:
+        dirs.update(_parents(path))
+    entries = [Entry(d, stat.S_IFDIR | 0o755) for d in dirs]
+    entries += files.values()
+    # Parents sort before children ("a" < "a/b"); the kernel needs that order.
+    return sorted(entries, key=lambda e: e.path.split("/"))
+
+
+def build_initramfs(busybox: str | Path, modules_dir: str | Path | None, out: Path,
+                    scripts_dir: Path = GUEST_SCRIPTS,
+                    modules: Iterable[str] = GUEST_MODULES) -> Path:
+    """Write the gzip'd cpio to ``out`` (deterministic: same inputs, same bytes)."""
+    entries = initramfs_entries(busybox, modules_dir, scripts_dir, modules)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(gzip.compress(cpio_newc(unique), compresslevel=6, mtime=0))
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(gzip.compress(cpio_newc(entries), compresslevel=6, mtime=0))
+    tmp.replace(out)
     return out
+
+
+__all__ = ["Entry", "GUEST_MODULES", "GUEST_SCRIPTS", "ModuleTree", "build_initramfs",
+           "busybox_applets", "cpio_newc", "initramfs_entries", "modinfo", "module_entries",
+           "parse_cpio_newc", "read_module"]

@@ -2,35 +2,45 @@
 
 The server runs as its own process (``vfiouser-tdisp serve``), exactly as a
 user would run it; QEMU gets the device through ``vfio-user-pci``; the guest's
-``/init`` (guest-scripts/) runs the checks and prints ``VTDISP-RESULT`` lines
-on the serial console, which this job parses.  Exit status 0 only if every
-check passed.  Leaves ``DIR/console.log`` and ``DIR/events.jsonl``.
+``/init`` (guest-scripts/) runs the checks named on its kernel command line and
+prints ``VTDISP-RESULT`` lines on the serial console, which this job parses.
+Exit status 0 only if every check passed and the guest reported ``VTDISP-DONE``.
+Leaves ``DIR/console.log`` (the guest's serial console), ``DIR/events.jsonl``
+(the server's events), ``DIR/server.log``, ``DIR/qemu.log`` (QEMU's own
+output), ``DIR/qemu-cmdline.txt`` and ``DIR/initrd.gz``.  The server and QEMU are always
+stopped, also on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
-import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 from ..device.device import get_profile
 from ..device.personality import get_personality
 from ..server import function_socket_path
 from .initramfs import build_initramfs
 from .provision import Provisioned, ProvisionError, ensure_provisioned
-from .qemu import QemuConfig, choose_accel, qmp_query, run_with_deadline
+from .qemu import ANSI_ESCAPE, QemuCommand, accel_decision, qmp_query, run_with_deadline
 
 RESULT_RE = re.compile(r"VTDISP-RESULT (\S+) (PASS|FAIL) ?(.*)")
 DONE_RE = re.compile(r"VTDISP-DONE (\d+) (\d+)")
+INFO_RE = re.compile(r"VTDISP-INFO (\S+) ?(.*)")
+SOCKET_MAX = 107  # sun_path is 108 bytes with the NUL
+SERVER_READY_TIMEOUT = 20.0
 
 
 @dataclass
@@ -41,10 +51,21 @@ class GuestRun:
     console: str = ""
     qmp: dict[str, object] | None = None
     seconds: float = 0.0
+    info: dict[str, str] = field(default_factory=dict)
+    accel: str = ""
 
     @property
     def ok(self) -> bool:
         return self.done and bool(self.results) and all(ok for _n, ok, _d in self.results)
+
+    @property
+    def powered_off(self) -> bool:
+        """The guest shut itself down (rather than panicking or being killed)."""
+        return "reboot: Power down" in self.console
+
+    @property
+    def panicked(self) -> bool:
+        return "Kernel panic" in self.console
 
     def result(self, name: str) -> tuple[bool, str] | None:
         for n, ok, detail in self.results:
@@ -62,108 +83,187 @@ def parse_console(text: str) -> GuestRun:
             run.results.append((m.group(1), m.group(2) == "PASS", m.group(3).strip()))
         elif DONE_RE.search(line):
             run.done = True
+        elif (i := INFO_RE.search(line)) is not None:
+            run.info[i.group(1)] = i.group(2).strip()
     return run
 
 
 class ServerProcess:
-    """``vfiouser-tdisp serve`` in a child process, stopped on exit."""
+    """``vfiouser-tdisp serve`` in a child process (its own process group)."""
 
-    def __init__(self, socket_path: str, profile: str, events: str,
+    def __init__(self, socket_path: str, profile: str, events: str, log: str,
                  extra: list[str] | None = None) -> None:
         self.socket_path = socket_path
-        self.stderr_path = events + ".stderr"
+        self.log_path = log
         cmd = [sys.executable, "-m", "vfiouser_tdisp", "serve", "--socket", socket_path,
                "--profile", profile, "--events", events, "--quiet"] + (extra or [])
-        self.stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.stderr,
+        self._log = open(log, "wb")
+        env = dict(os.environ)
+        # The child must import this very package, wherever it was started from.
+        pkg_parent = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(
+            [pkg_parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
 
-    def wait_ready(self, paths: list[str], timeout: float = 20.0) -> None:
+    def output(self, limit: int = 3000) -> str:
+        self._log.flush()
+        try:
+            return Path(self.log_path).read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+    def wait_ready(self, paths: list[str], timeout: float = SERVER_READY_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while not all(os.path.exists(p) for p in paths):
             if self.proc.poll() is not None:
-                raise RuntimeError("the server exited:\n" + Path(self.stderr_path).read_text())
+                raise RuntimeError(f"the server exited with status {self.proc.returncode} "
+                                   f"before listening:\n{self.output()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not create {paths} in {timeout} s")
+                raise RuntimeError(f"the server did not create {' '.join(paths)} within "
+                                   f"{timeout:.0f} s:\n{self.output()}")
             time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        self.stderr.close()
+        self._log.close()
+
+
+@contextlib.contextmanager
+def socket_dir(out: Path, longest_suffix: str = ".fn7") -> Iterator[Path]:
+    """Where the sockets go: ``out`` itself when the paths fit in sun_path, else a
+    short private directory under /tmp (removed afterwards)."""
+    if len(str(out.absolute() / "vfio-user.sock") + longest_suffix) <= SOCKET_MAX:
+        yield out.absolute()
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="vtdisp-", dir="/tmp"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove(paths: list[str]) -> None:
+    for p in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(p)
 
 
 def boot_guest(prov: Provisioned, out: Path, profile: str | None, timeout: float,
                accel: str = "auto", checks: list[str] | None = None,
-               log: bool = True) -> GuestRun:
-    """Boot the guest (with the device of ``profile``, or none) and parse its report."""
+               log: bool = True, append: str = "") -> GuestRun:
+    """Boot the guest (with the device of ``profile``, or none) and parse its report.
+
+    ``checks`` names guest-scripts/check_<name>.sh to run (default: the
+    personality's list); ``append`` adds kernel command line options.
+    """
     out.mkdir(parents=True, exist_ok=True)
     console = out / "console.log"
     console.write_text("")
     initrd = build_initramfs(prov.busybox, prov.modules, out / "initrd.gz")
-    # AF_UNIX paths are short: keep sockets in a short private directory.
-    sockdir = Path(tempfile.mkdtemp(prefix="vtdisp-", dir="/tmp"))
     server: ServerProcess | None = None
     sockets: list[list[str]] = []
     # DOE discovery messages are pci_dbg(): enable them for the doe_dmesg check.
-    append = 'console=ttyS0 panic=-1 loglevel=7 dyndbg="file drivers/pci/doe.c +p"'
-    try:
-        if profile is not None:
-            prof = get_profile(profile)
-            pers = get_personality(prof.personality)
-            sock = str(sockdir / "vfio-user.sock")
-            fn_socks = [function_socket_path(sock, fn) for fn in range(prof.functions)]
-            server = ServerProcess(sock, profile, str(out / "events.jsonl"))
-            server.wait_ready(fn_socks)
-            sockets = [fn_socks]
-            append += f" vtdisp.vendor=0x{pers.VENDOR_ID:04x} vtdisp.device=0x{pers.DEVICE_ID:04x}"
-            checks = checks or list(pers.GUEST_CHECKS)
-        if checks:
-            append += " vtdisp.checks=" + ",".join(checks)
-        append += " vtdisp.hold=1"  # time for the QMP snapshot below
-        chosen = choose_accel(prov.qemu, prov.kernel, accel, prov.cache)
-        cfg = QemuConfig(kernel=prov.kernel, initrd=str(initrd), append=append,
-                         sockets=sockets, accel=chosen, console_log=str(console),
-                         qmp_socket=str(sockdir / "qmp.sock"))
-        cmd = prov.qemu.command(cfg.args())
-        (out / "qemu-cmdline.txt").write_text(" ".join(shlex.quote(a) for a in cmd) + "\n")
-        if log:
-            print(f"run: booting the guest ({chosen}, deadline {timeout:.0f} s)", file=sys.stderr)
-        qmp_box: list[dict[str, object] | None] = []
+    cmdline = 'console=ttyS0 panic=-1 loglevel=7 dyndbg="file drivers/pci/doe.c +p"'
+    with socket_dir(out) as sockdir:
+        qmp_sock = str(sockdir / "qmp.sock")
+        fn_socks: list[str] = []
+        try:
+            if profile is not None:
+                prof = get_profile(profile)
+                pers = get_personality(prof.personality)
+                sock = str(sockdir / "vfio-user.sock")
+                fn_socks = [function_socket_path(sock, fn) for fn in range(prof.functions)]
+                _remove(fn_socks)
+                server = ServerProcess(sock, profile, str(out / "events.jsonl"),
+                                       str(out / "server.log"))
+                server.wait_ready(fn_socks)
+                sockets = [fn_socks]
+                cmdline += (f" vtdisp.vendor=0x{pers.VENDOR_ID:04x}"
+                            f" vtdisp.device=0x{pers.DEVICE_ID:04x}")
+                checks = checks or list(pers.GUEST_CHECKS)
+            if checks:
+                cmdline += " vtdisp.checks=" + ",".join(checks)
+            cmdline += " vtdisp.hold=1"  # time for the QMP snapshot below
+            if append:
+                cmdline += " " + append
+            chosen, why = accel_decision(prov.qemu, prov.kernel, accel, prov.cache)
+            qc = QemuCommand(kernel=prov.kernel, initrd=str(initrd), append=cmdline,
+                             sockets=sockets, accel=chosen, console_log=str(console),
+                             qmp_socket=qmp_sock)
+            (out / "qemu-cmdline.txt").write_text(qc.shell(prov.qemu) + "\n")
+            if log:
+                print(f"run: booting the guest ({chosen}: {why}; deadline {timeout:.0f} s)",
+                      file=sys.stderr, flush=True)
+            snap = _QmpSnapshot(console, qmp_sock)
+            started = time.monotonic()
+            try:
+                rc, err = run_with_deadline(qc.command(prov.qemu), prov.qemu.environ(),
+                                            timeout, qmp_socket=qmp_sock)
+            finally:
+                snap.stop()
+            (out / "qemu.log").write_bytes(err)
+            run = parse_console(console.read_text(errors="replace"))
+            run.exit_code = rc
+            run.seconds = time.monotonic() - started
+            run.qmp = snap.result
+            run.accel = chosen
+            if rc is None:
+                said = _first_error(err)
+                run.results.append(("qemu", False, f"stopped at the {timeout:.0f} s deadline"
+                                    + (f"; it said: {said}" if said else "")))
+            elif rc != 0:
+                run.results.append(("qemu", False, f"exit {rc}: {_first_error(err)}"))
+            if server is not None and server.proc.poll() is not None:
+                run.results.append(("server", False, f"exited with status "
+                                    f"{server.proc.returncode}: {server.output(800)}"))
+            return run
+        finally:
+            if server is not None:
+                server.stop()
+            _remove(fn_socks + [qmp_sock])
 
-        def snapshot() -> None:
-            # Once the guest is up its PCI enumeration is done: ask QEMU then.
-            end = time.monotonic() + timeout
-            while time.monotonic() < end:
-                if "VTDISP-INFO" in console.read_text(errors="replace"):
-                    qmp_box.append(qmp_query(str(sockdir / "qmp.sock")))
-                    return
-                time.sleep(0.1)
 
-        qmp_thread = threading.Thread(target=snapshot, daemon=True)
-        qmp_thread.start()
-        started = time.monotonic()
-        rc, err = run_with_deadline(cmd, prov.qemu.environ(), timeout)
-        elapsed = time.monotonic() - started
-        qmp_thread.join(5)
-        run = parse_console(console.read_text(errors="replace"))
-        run.exit_code = rc
-        run.seconds = elapsed
-        run.qmp = qmp_box[0] if qmp_box else None
-        if rc is None:
-            run.results.append(("qemu", False, f"killed at the {timeout:.0f} s deadline"))
-        elif rc != 0:
-            run.results.append(("qemu", False, f"exit {rc}: {err.decode(errors='replace')[-500:]}"))
-        return run
-    finally:
-        if server is not None:
-            server.stop()
-        shutil.rmtree(sockdir, ignore_errors=True)
+def _first_error(output: bytes) -> str:
+    """The line of QEMU's output that explains a failure (or its last line)."""
+    lines = [ln.strip() for ln in ANSI_ESCAPE.sub("", output.decode(errors="replace"))
+             .splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower() or "failure" in ln.lower()]
+    for ln in [e for e in errors if "warning:" not in e] + errors + lines[-1:]:
+        return ln[:300]
+    return ""
+
+
+class _QmpSnapshot:
+    """Once the guest is up (its first VTDISP-INFO line), PCI enumeration is
+    done: ask QEMU over QMP for its status and PCI topology then."""
+
+    def __init__(self, console: Path, qmp_sock: str) -> None:
+        self.console = console
+        self.qmp_sock = qmp_sock
+        self.result: dict[str, object] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            if "VTDISP-INFO" in self.console.read_text(errors="replace"):
+                self.result = qmp_query(self.qmp_sock)
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 def boot_time(with_device: bool, profile: str = "virtio-rng") -> float:
@@ -175,25 +275,52 @@ def boot_time(with_device: bool, profile: str = "virtio-rng") -> float:
     return run.seconds
 
 
-def main_run(args: argparse.Namespace) -> int:
-    try:
-        prov = ensure_provisioned(args.cache_dir, args.qemu)
-    except ProvisionError as exc:
-        print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)
-        return 1
-    out = Path(args.out)
-    if (out / "events.jsonl").exists():
-        (out / "events.jsonl").unlink()
-    try:
-        run = boot_guest(prov, out, args.profile, args.timeout, args.accel)
-    except RuntimeError as exc:
-        print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)
-        return 1
-    print(f"guest kernel {prov.kernel_version}, QEMU {prov.qemu_version}, "
-          f"profile {args.profile}, {run.seconds:.1f} s")
+def summary(run: GuestRun, prov: Provisioned, profile: str, out: Path) -> list[str]:
+    passed = sum(ok for _n, ok, _d in run.results)
+    lines = [f"guest kernel {prov.kernel_version}, QEMU {prov.qemu_version} ({run.accel}), "
+             f"profile {profile}: {run.seconds:.1f} s"]
     for name, ok, detail in run.results:
-        print(f"  {'PASS' if ok else 'FAIL'}  {name:<14} {detail}")
+        lines.append(f"  {'PASS' if ok else 'FAIL'}  {name:<14} {detail}")
     if not run.done:
-        print("  the guest did not finish its checks (see console.log)")
-    print(f"console: {out / 'console.log'}\nevents:  {out / 'events.jsonl'}")
-    return 0 if run.ok else 1
+        why = "the guest kernel panicked" if run.panicked else "the guest did not finish"
+        lines.append(f"  {why} (VTDISP-DONE missing): see {out / 'console.log'}")
+    lines.append(f"{'OK' if run.ok else 'FAILED'}: {passed} passed, "
+                 f"{len(run.results) - passed} failed")
+    lines.append(f"console: {out / 'console.log'}   events: {out / 'events.jsonl'}   "
+                 f"qemu: {out / 'qemu-cmdline.txt'}")
+    return lines
+
+
+def _sigterm(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main_run(args: argparse.Namespace) -> int:
+    old = signal.signal(signal.SIGTERM, _sigterm)  # stop server and QEMU on SIGTERM too
+    try:
+        try:
+            prov = ensure_provisioned(args.cache_dir, args.qemu)
+        except ProvisionError as exc:
+            print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)
+            return 1
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            (out / "events.jsonl").unlink()
+        try:
+            run = boot_guest(prov, out, args.profile, args.timeout, args.accel)
+        except (RuntimeError, OSError) as exc:
+            print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("vfiouser-tdisp run: interrupted; the server and QEMU were stopped",
+                  file=sys.stderr)
+            raise
+        print("\n".join(summary(run, prov, args.profile, out)))
+        return 0 if run.ok else 1
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+__all__ = ["GuestRun", "ServerProcess", "boot_guest", "boot_time", "main_run",
+           "parse_console", "summary"]

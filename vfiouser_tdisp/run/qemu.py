@@ -1,29 +1,42 @@
 """Launch QEMU with the device: q35, pcie-root-port, JSON ``-device``, memfd RAM.
 
-Every QEMU started here has a hard deadline (its process group is killed at
-the deadline): a broken KVM can hang QEMU forever.  KVM is probed with a
-short deadline first; TCG is the fallback.  QMP goes through ``qemu.qmp``.
+Every QEMU started here has a hard deadline: at the deadline it is asked to
+quit over QMP (when it has a QMP socket) and its process group is killed
+whatever happens, also when the caller is interrupted (Ctrl-C).  A broken KVM
+can hang QEMU forever, so KVM is probed once with a short deadline and TCG is
+the fallback.  QMP goes through the ``qemu.qmp`` library.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .provision import QemuInstall
 
+KVM_PROBE_DEADLINE = 8.0
+ANSI_ESCAPE = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[^\[])")
+QMP_QUIT_GRACE = 3.0
+
+
+# -- the command line -------------------------------------------------------------------------
 
 def vfio_user_device_json(socket_path: str, bus: str, addr: str | None = None,
                           multifunction: bool = False, dev_id: str | None = None) -> str:
+    """The ``-device`` argument for one vfio-user function (only the JSON form
+    of ``-device`` accepts a ``socket`` SocketAddress)."""
     dev: dict[str, Any] = {"driver": "vfio-user-pci",
                            "socket": {"type": "unix", "path": socket_path}, "bus": bus}
     if addr is not None:
@@ -37,7 +50,8 @@ def vfio_user_device_json(socket_path: str, bus: str, addr: str | None = None,
 
 def device_args(sockets: list[list[str]]) -> list[str]:
     """Root port + vfio-user-pci arguments; ``sockets[i]`` lists device i's
-    function sockets (function 0 first)."""
+    function sockets (function 0 first).  Device i sits alone behind root port
+    ``rp<i>`` (so the guest sees a PCIe Endpoint, not an RCiEP)."""
     args: list[str] = []
     for i, fns in enumerate(sockets):
         port = f"rp{i}"
@@ -50,7 +64,11 @@ def device_args(sockets: list[list[str]]) -> list[str]:
 
 
 @dataclass
-class QemuConfig:
+class QemuCommand:
+    """A q35 guest booted from ``-kernel``/``-initrd``, serial console to a file,
+    guest RAM in a shared memfd (so vfio-user DMA_MAP carries fds), optional QMP
+    socket, and one root port + vfio-user-pci device per entry of ``sockets``."""
+
     kernel: str
     initrd: str
     append: str
@@ -59,12 +77,18 @@ class QemuConfig:
     accel: str = "tcg"
     console_log: str = "console.log"
     qmp_socket: str | None = None
+    smp: int = 1
     extra: list[str] = field(default_factory=list)
+
+    def add_device(self, function_sockets: list[str]) -> QemuCommand:
+        """Attach one more device (its functions' sockets) behind a new root port."""
+        self.sockets.append(list(function_sockets))
+        return self
 
     def args(self) -> list[str]:
         a = ["-M", "q35,memory-backend=mem",
              "-object", f"memory-backend-memfd,id=mem,size={self.memory_mb}M,share=on",
-             "-m", f"{self.memory_mb}M", "-smp", "1", "-accel", self.accel,
+             "-m", f"{self.memory_mb}M", "-smp", str(self.smp), "-accel", self.accel,
              "-nographic", "-no-reboot", "-nodefaults",
              "-serial", f"file:{self.console_log}",
              "-kernel", self.kernel, "-initrd", self.initrd, "-append", self.append]
@@ -72,34 +96,68 @@ class QemuConfig:
             a += ["-qmp", f"unix:{self.qmp_socket},server=on,wait=off"]
         return a + device_args(self.sockets) + self.extra
 
+    def command(self, qemu: QemuInstall) -> list[str]:
+        return qemu.command(self.args())
 
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    def shell(self, qemu: QemuInstall) -> str:
+        """The command line, shell-quoted (for qemu-cmdline.txt and bug reports)."""
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(qemu.env.items()))
+        line = " ".join(shlex.quote(a) for a in self.command(qemu))
+        return f"{env} {line}" if env else line
+
+
+QemuConfig = QemuCommand  # the earlier name
+
+
+# -- running with a deadline -----------------------------------------------------------------
+
+def kill_group(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL the process group ``proc`` leads, then reap ``proc``."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()
 
 
-def run_with_deadline(cmd: list[str], env: dict[str, str], deadline: float,
+def run_with_deadline(cmd: list[str], env: Mapping[str, str] | None, deadline: float,
                       stdout: Any = subprocess.DEVNULL, stderr: Any = subprocess.PIPE,
-                      until: bytes | None = None) -> tuple[int | None, bytes]:
-    """Run ``cmd`` for at most ``deadline`` seconds, then kill its process group.
+                      until: bytes | None = None,
+                      qmp_socket: str | None = None) -> tuple[int | None, bytes]:
+    """Run ``cmd`` in its own process group for at most ``deadline`` seconds.
 
-    Returns (exit code, captured output); the code is None if it was killed at
-    the deadline.  With ``until``, stop (code 0) as soon as the captured stdout
-    contains that marker.
+    Returns (exit code, captured output); the code is None if it was stopped at
+    the deadline.  With ``until`` (and ``stdout=PIPE``), stop it (code 0) as
+    soon as stdout contains that marker.  With ``qmp_socket``, QEMU is first
+    asked to ``quit`` over QMP at the deadline; its group is killed in any case
+    (also when this call is interrupted).
     """
-    proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr,
+    proc = subprocess.Popen(cmd, env=dict(env) if env is not None else None,
+                            stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
                             start_new_session=True)
-    if until is None:
-        try:
-            out, err = proc.communicate(timeout=deadline)
-            return proc.returncode, (out or b"") + (err or b"")
-        except subprocess.TimeoutExpired:
+    try:
+        if until is None:
+            try:
+                out, err = proc.communicate(timeout=deadline)
+                return proc.returncode, (out or b"") + (err or b"")
+            except subprocess.TimeoutExpired:
+                if qmp_socket and qmp_quit(qmp_socket, QMP_QUIT_GRACE):
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(QMP_QUIT_GRACE)
+                if proc.poll() is None:
+                    kill_group(proc)
+                try:  # what it said before it hung (e.g. "KVM internal error")
+                    out, err = proc.communicate(timeout=5)
+                except (subprocess.TimeoutExpired, ValueError):
+                    out, err = b"", b""
+                return None, (out or b"") + (err or b"")
+        return _read_until(proc, deadline, until)
+    finally:
+        if proc.poll() is None:
             kill_group(proc)
-            return None, b""
-    assert proc.stdout is not None
+
+
+def _read_until(proc: subprocess.Popen[bytes], deadline: float,
+                until: bytes) -> tuple[int | None, bytes]:
+    assert proc.stdout is not None, "until= needs stdout=PIPE"
     os.set_blocking(proc.stdout.fileno(), False)
     buf = b""
     end = time.monotonic() + deadline
@@ -111,36 +169,50 @@ def run_with_deadline(cmd: list[str], env: dict[str, str], deadline: float,
         if chunk:
             buf += chunk
             if until in buf:
-                kill_group(proc)
                 return 0, buf
         elif proc.poll() is not None:
             return proc.returncode, buf
         else:
             time.sleep(0.05)
-    kill_group(proc)
     return None, buf
 
 
-def probe_kvm(qemu: QemuInstall, kernel: str, timeout: float = 8.0) -> bool:
+# -- KVM or TCG ---------------------------------------------------------------------------------
+
+def probe_kvm(qemu: QemuInstall, kernel: str,
+              deadline: float = KVM_PROBE_DEADLINE) -> tuple[bool, str]:
     """Does KVM really run guest code?  Boot the guest kernel under KVM with a
-    deadline and look for its banner on the serial port.  A KVM without
-    VMX/SVM fails with "emulation failure" or hangs: both mean no."""
+    deadline and wait for its banner on the serial port.  A KVM without VMX/SVM
+    fails ("emulation failure") and then hangs: both mean no."""
+    if not os.path.exists("/dev/kvm"):
+        return False, "no /dev/kvm"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return False
+        return False, "/dev/kvm is not accessible"
+    started = time.monotonic()
     rc, out = run_with_deadline(
         qemu.command(["-M", "q35", "-accel", "kvm", "-m", "256M", "-nographic", "-nodefaults",
                       "-no-reboot", "-serial", "stdio", "-kernel", kernel,
                       "-append", "console=ttyS0 panic=-1 earlyprintk=serial"]),
-        qemu.environ(), timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        qemu.environ(), deadline, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         until=b"Linux version")
-    return rc == 0 and b"Linux version" in out
+    if rc == 0 and b"Linux version" in out:
+        return True, f"the KVM probe booted a kernel in {time.monotonic() - started:.1f} s"
+    text = ANSI_ESCAPE.sub("", out.decode(errors="replace"))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for key in ("emulation failure", "KVM", "kvm"):
+        for line in lines:
+            if key in line:
+                return False, f"KVM probe: {line[:160]}"
+    if rc is None:
+        return False, f"the KVM probe showed no kernel banner within {deadline:.0f} s"
+    return False, f"the KVM probe exited {rc}: {text.strip()[-160:]}"
 
 
-def choose_accel(qemu: QemuInstall, kernel: str, requested: str = "auto",
-                 cache: str | None = None) -> str:
-    """``kvm`` or ``tcg``.  The probe result is cached per host boot."""
+def accel_decision(qemu: QemuInstall, kernel: str, requested: str = "auto",
+                   cache: str | None = None) -> tuple[str, str]:
+    """(``kvm`` or ``tcg``, why).  The probe result is cached per host boot and QEMU."""
     if requested in ("kvm", "tcg"):
-        return requested
+        return requested, "requested"
     stamp = Path(cache) / "kvm-probe.json" if cache else None
     try:
         boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -149,61 +221,114 @@ def choose_accel(qemu: QemuInstall, kernel: str, requested: str = "auto",
     if stamp is not None and stamp.exists():
         try:
             data = json.loads(stamp.read_text())
-            if data.get("boot_id") == boot_id and data.get("qemu") == qemu.prefix:
-                return str(data["accel"])
-        except (ValueError, KeyError):
+            if data.get("boot_id") == boot_id and data.get("qemu") == qemu.prefix \
+                    and data.get("accel") in ("kvm", "tcg"):
+                return str(data["accel"]), str(data.get("reason", "probed earlier")) \
+                    + "; cached for this host boot"
+        except (OSError, ValueError):
             pass
-    accel = "kvm" if probe_kvm(qemu, kernel) else "tcg"
+    ok, reason = probe_kvm(qemu, kernel)
+    accel = "kvm" if ok else "tcg"
     if stamp is not None:
-        stamp.write_text(json.dumps({"boot_id": boot_id, "qemu": qemu.prefix, "accel": accel}))
-    return accel
+        with contextlib.suppress(OSError):
+            stamp.write_text(json.dumps({"boot_id": boot_id, "qemu": qemu.prefix,
+                                         "accel": accel, "reason": reason}))
+    return accel, reason
 
 
-async def _qmp_query(sock: str, timeout: float) -> dict[str, Any]:
+def choose_accel(qemu: QemuInstall, kernel: str, requested: str = "auto",
+                 cache: str | None = None) -> str:
+    """``kvm`` or ``tcg`` (see :func:`accel_decision`)."""
+    return accel_decision(qemu, kernel, requested, cache)[0]
+
+
+# -- QMP ------------------------------------------------------------------------------------------
+
+async def _qmp(sock: str, commands: list[str], timeout: float) -> dict[str, Any]:
     from qemu.qmp import QMPClient
 
     client = QMPClient("vfiouser-tdisp")
     await asyncio.wait_for(client.connect(sock), timeout)
+    out: dict[str, Any] = {}
     try:
-        status = await client.execute("query-status")
-        pci = await client.execute("query-pci")
-        return {"status": status, "pci": pci}
+        for cmd in commands:
+            out[cmd] = await asyncio.wait_for(client.execute(cmd), timeout)
     finally:
-        await client.disconnect()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.disconnect(), timeout)
+    return out
+
+
+def qmp_execute(sock: str, commands: list[str], timeout: float = 5.0) -> dict[str, Any]:
+    """Run argument-less QMP commands in order; returns their results by name.
+    Raises on any failure (connect, command error, timeout)."""
+    return asyncio.run(_qmp(sock, commands, timeout))
+
+
+def _wait_for_socket(sock: str, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while not os.path.exists(sock):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def qmp_query(sock: str, timeout: float = 5.0) -> dict[str, Any] | None:
-    """Status and PCI topology through QMP (None if QEMU did not answer)."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(sock):
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.05)
+    """``{"status": query-status, "pci": query-pci}``, or None if QEMU did not answer."""
+    if not _wait_for_socket(sock, timeout):
+        return None
     try:
-        return asyncio.run(_qmp_query(sock, timeout))
+        got = qmp_execute(sock, ["query-status", "query-pci"], timeout)
     except Exception:
         return None
+    return {"status": got["query-status"], "pci": got["query-pci"]}
 
 
-def main_qemu_args(args: argparse.Namespace) -> int:
-    from ..device.device import get_profile
+def qmp_quit(sock: str, timeout: float = QMP_QUIT_GRACE) -> bool:
+    """Ask QEMU to quit; True if it accepted."""
+    if not os.path.exists(sock):
+        return False
+    try:
+        qmp_execute(sock, ["quit"], timeout)
+        return True
+    except Exception:
+        return False
+
+
+# -- `vfiouser-tdisp qemu-args` -------------------------------------------------------------------
+
+def user_qemu_args(socket: str, bus: str = "rp0", functions: int = 1,
+                   memory: str = "1G") -> list[str]:
+    """What a user adds to their own qemu-system-x86_64 to attach the device."""
     from ..server import function_socket_path
+
+    args = ["-M", "q35,memory-backend=mem",
+            "-object", f"memory-backend-memfd,id=mem,size={memory},share=on", "-m", memory,
+            "-device", f"pcie-root-port,id={bus},chassis=1"]
+    for fn in range(functions):
+        args += ["-device", vfio_user_device_json(
+            function_socket_path(socket, fn), bus, addr=f"0.{fn}" if functions > 1 else None,
+            multifunction=functions > 1 and fn == 0)]
+    return args
+
+
+def main_qemu_args(args: argparse.Namespace, out: IO[str] | None = None) -> int:
+    from ..device.device import get_profile
 
     profile = get_profile(args.profile) if getattr(args, "profile", None) else None
     nfn = profile.functions if profile else 1
-    sockets = [function_socket_path(args.socket, fn) for fn in range(nfn)]
-    dev = []
-    for fn, path in enumerate(sockets):
-        dev += ["-device", vfio_user_device_json(
-            path, args.bus, addr=f"0.{fn}" if nfn > 1 else None,
-            multifunction=nfn > 1 and fn == 0)]
-    base = ["-M", "q35,memory-backend=mem",
-            "-object", "memory-backend-memfd,id=mem,size=1G,share=on", "-m", "1G",
-            "-device", f"pcie-root-port,id={args.bus},chassis=1"]
-    print("# add to your qemu-system-x86_64 command line (adjust size= to your -m):")
-    print(" ".join(shlex.quote(a) for a in base + dev))
+    lines = [
+        "# Add to your qemu-system-x86_64 (QEMU >= 10.1 with vfio-user-pci) command line.",
+        "# Guest RAM must be a shared memfd (memory-backend-memfd ... share=on, the machine's",
+        "# memory-backend): the server then maps it and does DMA directly. Keep size= equal",
+        "# to your -m. The device sits behind its own PCIe root port on q35.",
+        " ".join(shlex.quote(a) for a in user_qemu_args(args.socket, args.bus, nfn)),
+    ]
+    print("\n".join(lines), file=out)
     return 0
 
 
-__all__ = ["QemuConfig", "choose_accel", "device_args", "kill_group", "main_qemu_args",
-           "probe_kvm", "qmp_query", "run_with_deadline", "vfio_user_device_json"]
+__all__ = ["QemuCommand", "QemuConfig", "accel_decision", "choose_accel", "device_args",
+           "kill_group", "main_qemu_args", "probe_kvm", "qmp_execute", "qmp_query", "qmp_quit",
+           "run_with_deadline", "user_qemu_args", "vfio_user_device_json"]

@@ -38,6 +38,19 @@ class DeviceProfile:
     ide_link_streams: int = 0
     ide_selective_streams: int = 2
     ide_assoc_blocks: int = 1
+    # SPDM algorithms the device offers, most preferred first (names as in
+    # vfiouser_tdisp.spdm.algorithms); negotiation picks the first one the
+    # requester also offers.
+    spdm_versions: tuple[str, ...] = ("1.0", "1.1", "1.2", "1.3")
+    spdm_hash: tuple[str, ...] = ("sha384", "sha256", "sha512")
+    spdm_asym: tuple[str, ...] = ("ecdsa-p384", "ecdsa-p256", "rsassa-3072")
+    spdm_dhe: tuple[str, ...] = ("secp384r1", "secp256r1")
+    spdm_aead: tuple[str, ...] = ("aes-256-gcm", "aes-128-gcm", "chacha20-poly1305")
+    # Largest SPDM message the device takes in one transfer; bigger requests and
+    # responses go through CHUNK_SEND / CHUNK_GET.
+    spdm_data_transfer_size: int = 4096
+    spdm_max_message_size: int = 65536
+    firmware_version: str = "1.0.0"
     description: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 

@@ -1,0 +1,732 @@
+"""SPDM 1.0-1.3 messages (DSP0274 §10), declared once.
+
+Every request and response is a frozen dataclass whose fields are named as
+in the specification and carry their wire format in field metadata.  Several
+SPDM fields have sizes fixed only by the negotiation (hash size ``H``,
+signature size ``S``, DHE exchange size ``D``), exist only from a given
+version on, or only when a flag in the same message says so; the codec below
+takes those from a :class:`Sizes` context, so handlers never do offset
+arithmetic.  A malformed message fails in ``unpack`` with
+:class:`~vfiouser_tdisp.wire.DecodeError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from ..wire import DecodeError
+
+# -- request / response codes (DSP0274 Table 4 / Table 5) -------------------------------
+GET_DIGESTS_CODE = 0x81
+GET_CERTIFICATE_CODE = 0x82
+CHALLENGE_CODE = 0x83
+GET_VERSION_CODE = 0x84
+CHUNK_SEND_CODE = 0x85
+CHUNK_GET_CODE = 0x86
+GET_MEASUREMENTS_CODE = 0xE0
+GET_CAPABILITIES_CODE = 0xE1
+NEGOTIATE_ALGORITHMS_CODE = 0xE3
+KEY_EXCHANGE_CODE = 0xE4
+FINISH_CODE = 0xE5
+PSK_EXCHANGE_CODE = 0xE6
+PSK_FINISH_CODE = 0xE7
+HEARTBEAT_CODE = 0xE8
+KEY_UPDATE_CODE = 0xE9
+GET_ENCAPSULATED_REQUEST_CODE = 0xEA
+DELIVER_ENCAPSULATED_RESPONSE_CODE = 0xEB
+END_SESSION_CODE = 0xEC
+GET_CSR_CODE = 0xED
+SET_CERTIFICATE_CODE = 0xEE
+VENDOR_DEFINED_REQUEST_CODE = 0xFE
+RESPOND_IF_READY_CODE = 0xFF
+
+DIGESTS_CODE = 0x01
+CERTIFICATE_CODE = 0x02
+CHALLENGE_AUTH_CODE = 0x03
+VERSION_CODE = 0x04
+CHUNK_SEND_ACK_CODE = 0x05
+CHUNK_RESPONSE_CODE = 0x06
+MEASUREMENTS_CODE = 0x60
+CAPABILITIES_CODE = 0x61
+ALGORITHMS_CODE = 0x63
+KEY_EXCHANGE_RSP_CODE = 0x64
+FINISH_RSP_CODE = 0x65
+HEARTBEAT_ACK_CODE = 0x68
+KEY_UPDATE_ACK_CODE = 0x69
+END_SESSION_ACK_CODE = 0x6C
+VENDOR_DEFINED_RESPONSE_CODE = 0x7E
+ERROR_CODE = 0x7F
+
+
+class SpdmErrorCode:
+    """ERROR response codes (DSP0274 Table 58)."""
+
+    InvalidRequest = 0x01
+    Busy = 0x03
+    UnexpectedRequest = 0x04
+    Unspecified = 0x05
+    DecryptError = 0x06
+    UnsupportedRequest = 0x07
+    RequestInFlight = 0x08
+    InvalidResponseCode = 0x09
+    SessionLimitExceeded = 0x0A
+    SessionRequired = 0x0B
+    ResetRequired = 0x0C
+    ResponseTooLarge = 0x0D
+    RequestTooLarge = 0x0E
+    LargeResponse = 0x0F
+    MessageLost = 0x10
+    InvalidPolicy = 0x11
+    VersionMismatch = 0x41
+    ResponseNotReady = 0x42
+    RequestResynch = 0x43
+    OperationFailed = 0x44
+    NoPendingRequests = 0x45
+    VendorDefined = 0xFF
+
+    @classmethod
+    def name(cls, code: int) -> str:
+        for key, value in vars(cls).items():
+            if value == code and not key.startswith("_"):
+                return key
+        return f"0x{code:02x}"
+
+
+# -- capability flags (DSP0274 Table 11 / Table 12) ---------------------------------------
+class CapFlags:
+    CACHE_CAP = 1 << 0
+    CERT_CAP = 1 << 1
+    CHAL_CAP = 1 << 2
+    MEAS_CAP_NO_SIG = 1 << 3
+    MEAS_CAP_SIG = 2 << 3
+    MEAS_CAP_MASK = 3 << 3
+    MEAS_FRESH_CAP = 1 << 5
+    ENCRYPT_CAP = 1 << 6
+    MAC_CAP = 1 << 7
+    MUT_AUTH_CAP = 1 << 8
+    KEY_EX_CAP = 1 << 9
+    PSK_CAP_MASK = 3 << 10
+    ENCAP_CAP = 1 << 12
+    HBEAT_CAP = 1 << 13
+    KEY_UPD_CAP = 1 << 14
+    HANDSHAKE_IN_THE_CLEAR_CAP = 1 << 15
+    PUB_KEY_ID_CAP = 1 << 16
+    CHUNK_CAP = 1 << 17
+    ALIAS_CERT_CAP = 1 << 18
+
+
+# Algorithm structure types in NEGOTIATE_ALGORITHMS / ALGORITHMS (Table 16)
+ALG_TYPE_DHE = 2
+ALG_TYPE_AEAD = 3
+ALG_TYPE_REQ_BASE_ASYM = 4
+ALG_TYPE_KEY_SCHEDULE = 5
+
+# KEY_UPDATE operations (Table 97)
+KEY_UPDATE_UPDATE_KEY = 1
+KEY_UPDATE_UPDATE_ALL_KEYS = 2
+KEY_UPDATE_VERIFY_NEW_KEY = 3
+
+# GET_MEASUREMENTS attributes / operations (Table 43)
+MEAS_ATTR_SIGNATURE_REQUESTED = 1 << 0
+MEAS_ATTR_RAW_BIT_STREAM_REQUESTED = 1 << 1
+MEAS_OPERATION_TOTAL_NUMBER = 0x00
+MEAS_OPERATION_ALL = 0xFF
+
+# Measurement summary hash types (CHALLENGE param2, KEY_EXCHANGE param1)
+SUMMARY_HASH_NONE = 0x00
+SUMMARY_HASH_TCB = 0x01
+SUMMARY_HASH_ALL = 0xFF
+
+CHUNK_LAST = 1 << 0
+NONCE_SIZE = 32
+RANDOM_DATA_SIZE = 32
+REQUESTER_CONTEXT_SIZE = 8
+MIN_DATA_TRANSFER_SIZE_V12 = 42
+REGISTRY_ID_PCISIG = 3
+
+V10, V11, V12, V13 = 0x10, 0x11, 0x12, 0x13
+SUPPORTED_VERSIONS = (V10, V11, V12, V13)
+
+
+def version_byte(text: str) -> int:
+    """"1.2" -> 0x12."""
+    major, minor = text.split(".")
+    return (int(major) << 4) | int(minor)
+
+
+@dataclass
+class Sizes:
+    """What the negotiation fixed: the codec needs it for sized fields."""
+
+    version: int = V10
+    hash: int = 0           # H: base hash size
+    signature: int = 0      # S: base asym signature size
+    dhe: int = 0            # D: DHE exchange data size
+    summary_hash: bool = False   # MeasurementSummaryHash present (request asked for one)
+    signed: bool = False          # MEASUREMENTS carries a signature
+    responder_verify: bool = True  # FINISH_RSP carries ResponderVerifyData
+
+
+Cond = Callable[[Any, Sizes], bool]
+
+
+def _f(kind: str, default: Any = 0, *, size: int | str | None = None, ref: str | None = None,
+       unit: int = 1, since: int = V10, when: Cond | None = None) -> Any:
+    meta = {"spdm": kind, "size": size, "ref": ref, "unit": unit, "since": since, "when": when}
+    if isinstance(default, bytes | list):
+        return dataclasses.field(default=default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def u8(default: int = 0, **kw: Any) -> Any:
+    return _f("u8", default, **kw)
+
+
+def u16(default: int = 0, **kw: Any) -> Any:
+    return _f("u16", default, **kw)
+
+
+def u24(default: int = 0, **kw: Any) -> Any:
+    return _f("u24", default, **kw)
+
+
+def u32(default: int = 0, **kw: Any) -> Any:
+    return _f("u32", default, **kw)
+
+
+def raw(size: int | str, **kw: Any) -> Any:
+    """``size`` is a byte count or one of "H", "S", "D" (negotiated sizes)."""
+    return _f("raw", bytes(size) if isinstance(size, int) else b"", size=size, **kw)
+
+
+def counted(ref: str, unit: int = 1, **kw: Any) -> Any:
+    return _f("counted", b"", ref=ref, unit=unit, **kw)
+
+
+def tail(**kw: Any) -> Any:
+    return _f("tail", b"", **kw)
+
+
+_INT = {"u8": ("<B", 1), "u16": ("<H", 2), "u32": ("<I", 4)}
+M = TypeVar("M", bound="SpdmMessage")
+
+
+@dataclass(frozen=True)
+class SpdmMessage:
+    """The 4-byte SPDM header every message starts with, and the codec."""
+
+    CODE: ClassVar[int] = 0
+    spdm_version: int = _f("u8", V10)
+    request_response_code: int = _f("u8", 0)
+    param1: int = _f("u8", 0)
+    param2: int = _f("u8", 0)
+
+    def __post_init__(self) -> None:
+        if self.CODE and self.request_response_code == 0:
+            object.__setattr__(self, "request_response_code", self.CODE)
+
+    @classmethod
+    def _plan(cls) -> list[tuple[str, dict[str, Any]]]:
+        plan = cls.__dict__.get("_plan_cache")
+        if plan is None:
+            plan = [(f.name, dict(f.metadata)) for f in dataclasses.fields(cls) if f.metadata]
+            cls._plan_cache = plan  # type: ignore[attr-defined]
+        return plan
+
+    @staticmethod
+    def _size(meta: dict[str, Any], sizes: Sizes) -> int:
+        size = meta["size"]
+        if isinstance(size, int):
+            return size
+        return {"H": sizes.hash, "S": sizes.signature, "D": sizes.dhe,
+                "MS": sizes.hash if sizes.summary_hash else 0}[size]
+
+    @staticmethod
+    def _present(meta: dict[str, Any], values: dict[str, Any], version: int,
+                 sizes: Sizes) -> bool:
+        if version < meta["since"]:
+            return False
+        when = meta["when"]
+        return when is None or bool(when(values, sizes))
+
+    def pack(self, sizes: Sizes | None = None) -> bytes:
+        sizes = sizes or Sizes(version=self.spdm_version)
+        values = {name: getattr(self, name) for name, _ in self._plan()}
+        out = bytearray()
+        for name, meta in self._plan():
+            if not self._present(meta, values, self.spdm_version, sizes):
+                continue
+            kind, value = meta["spdm"], values[name]
+            if kind in _INT:
+                out += struct.pack(_INT[kind][0], value)
+            elif kind == "u24":
+                out += value.to_bytes(3, "little")
+            elif kind == "raw":
+                size = self._size(meta, sizes)
+                if len(value) != size:
+                    raise ValueError(f"{type(self).__name__}.{name}: {len(value)} bytes, "
+                                     f"expected {size}")
+                out += value
+            elif kind == "counted":
+                want = values[meta["ref"]] * meta["unit"]
+                if len(value) != want:
+                    raise ValueError(f"{type(self).__name__}.{name}: {len(value)} bytes but "
+                                     f"{meta['ref']} says {want}")
+                out += value
+            else:
+                out += value
+        return bytes(out)
+
+    @classmethod
+    def unpack(cls: type[M], data: bytes | bytearray | memoryview,
+               sizes: Sizes | None = None, *, exact: bool = True) -> M:
+        msg, used = cls.unpack_partial(data, sizes)
+        if exact and used != len(data):
+            raise DecodeError(f"{cls.__name__}: {len(data) - used} unexpected trailing bytes")
+        return msg
+
+    @classmethod
+    def unpack_partial(cls: type[M], data: bytes | bytearray | memoryview,
+                       sizes: Sizes | None = None) -> tuple[M, int]:
+        """The message at the start of ``data`` and how many bytes it took.
+
+        DOE pads objects to whole dwords, so a message may be followed by up to
+        three padding bytes; transcripts use exactly the consumed bytes.
+        """
+        data = bytes(data)
+        if len(data) < 4:
+            raise DecodeError(f"{cls.__name__}: {len(data)} bytes, shorter than the SPDM header")
+        version = data[0]
+        sizes = sizes or Sizes(version=version)
+        values: dict[str, Any] = {}
+        pos = 0
+        for name, meta in cls._plan():
+            if not cls._present(meta, values, version, sizes):
+                continue
+            kind = meta["spdm"]
+            if kind == "tail":
+                values[name] = data[pos:]
+                pos = len(data)
+                continue
+            if kind in _INT:
+                fmt, size = _INT[kind]
+            elif kind == "u24":
+                size = 3
+            elif kind == "raw":
+                size = cls._size(meta, sizes)
+            else:
+                size = values[meta["ref"]] * meta["unit"]
+            if pos + size > len(data):
+                raise DecodeError(f"{cls.__name__}: truncated at {name} "
+                                  f"(needs {pos + size} bytes, has {len(data)})")
+            chunk = data[pos:pos + size]
+            if kind in _INT:
+                values[name] = struct.unpack(fmt, chunk)[0]
+            elif kind == "u24":
+                values[name] = int.from_bytes(chunk, "little")
+            else:
+                values[name] = chunk
+            pos += size
+        if cls.CODE and values["request_response_code"] != cls.CODE:
+            raise DecodeError(f"{cls.__name__}: code {values['request_response_code']:#x}")
+        return cls(**values), pos
+
+    def replace(self: M, **changes: Any) -> M:
+        return dataclasses.replace(self, **changes)
+
+
+def _sig_requested(v: dict[str, Any], s: Sizes) -> bool:
+    return bool(v["param1"] & MEAS_ATTR_SIGNATURE_REQUESTED)
+
+
+def _signed(v: dict[str, Any], s: Sizes) -> bool:
+    return s.signed
+
+
+def _first_chunk(v: dict[str, Any], s: Sizes) -> bool:
+    return v["chunk_seq_no"] == 0
+
+
+# -- VCA ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GET_VERSION(SpdmMessage):
+    CODE: ClassVar[int] = GET_VERSION_CODE
+
+
+@dataclass(frozen=True)
+class VERSION(SpdmMessage):
+    CODE: ClassVar[int] = VERSION_CODE
+    reserved: int = u8()
+    version_number_entry_count: int = u8()
+    version_number_entries: bytes = counted("version_number_entry_count", 2)
+
+    @property
+    def versions(self) -> list[int]:
+        """Entries as version bytes (0x12), from VersionNumberEntry bits 15:8."""
+        raw_entries = self.version_number_entries
+        return [raw_entries[i + 1] for i in range(0, len(raw_entries), 2)]
+
+    @classmethod
+    def build(cls, versions: list[int]) -> VERSION:
+        entries = b"".join(struct.pack("<H", v << 8) for v in versions)
+        return cls(spdm_version=V10, version_number_entry_count=len(versions),
+                   version_number_entries=entries)
+
+
+@dataclass(frozen=True)
+class GET_CAPABILITIES(SpdmMessage):
+    CODE: ClassVar[int] = GET_CAPABILITIES_CODE
+    reserved: int = u8(since=V11)
+    ct_exponent: int = u8(since=V11)
+    reserved2: int = u16(since=V11)
+    flags: int = u32(since=V11)
+    data_transfer_size: int = u32(since=V12)
+    max_spdm_msg_size: int = u32(since=V12)
+
+
+@dataclass(frozen=True)
+class CAPABILITIES(SpdmMessage):
+    CODE: ClassVar[int] = CAPABILITIES_CODE
+    reserved: int = u8()
+    ct_exponent: int = u8()
+    reserved2: int = u16()
+    flags: int = u32()
+    data_transfer_size: int = u32(since=V12)
+    max_spdm_msg_size: int = u32(since=V12)
+
+
+@dataclass(frozen=True)
+class AlgStruct:
+    """One AlgStruct of NEGOTIATE_ALGORITHMS / ALGORITHMS (Table 16)."""
+
+    alg_type: int
+    alg_supported: int
+    ext_count: int = 0
+
+    def pack(self) -> bytes:
+        # AlgCount: bits 7:4 fixed-field bytes (2), bits 3:0 external count (we send none)
+        return struct.pack("<BBH", self.alg_type, 0x20, self.alg_supported)
+
+
+def parse_alg_structs(data: bytes, count: int) -> list[AlgStruct]:
+    out, pos = [], 0
+    for _ in range(count):
+        if pos + 2 > len(data):
+            raise DecodeError("AlgStruct truncated")
+        alg_type, alg_count = data[pos], data[pos + 1]
+        fixed, ext = alg_count >> 4, alg_count & 0xF
+        if fixed != 2:
+            raise DecodeError(f"AlgStruct {alg_type}: fixed algorithm field of {fixed} bytes")
+        end = pos + 2 + fixed + 4 * ext
+        if end > len(data):
+            raise DecodeError("AlgStruct truncated")
+        supported = int.from_bytes(data[pos + 2:pos + 4], "little")
+        out.append(AlgStruct(alg_type, supported, ext))
+        pos = end
+    if pos != len(data):
+        raise DecodeError("bytes after the last AlgStruct")
+    return out
+
+
+@dataclass(frozen=True)
+class NEGOTIATE_ALGORITHMS(SpdmMessage):
+    CODE: ClassVar[int] = NEGOTIATE_ALGORITHMS_CODE
+    length: int = u16()
+    measurement_specification: int = u8()
+    other_params_support: int = u8()
+    base_asym_algo: int = u32()
+    base_hash_algo: int = u32()
+    reserved: bytes = raw(12)
+    ext_asym_count: int = u8()
+    ext_hash_count: int = u8()
+    reserved2: int = u8()
+    mel_specification: int = u8()
+    ext_asym: bytes = counted("ext_asym_count", 4)
+    ext_hash: bytes = counted("ext_hash_count", 4)
+    req_alg_struct: bytes = tail()
+
+    def alg_structs(self) -> list[AlgStruct]:
+        return parse_alg_structs(self.req_alg_struct, self.param1)
+
+
+@dataclass(frozen=True)
+class ALGORITHMS(SpdmMessage):
+    CODE: ClassVar[int] = ALGORITHMS_CODE
+    length: int = u16()
+    measurement_specification_sel: int = u8()
+    other_params_selection: int = u8()
+    measurement_hash_algo: int = u32()
+    base_asym_sel: int = u32()
+    base_hash_sel: int = u32()
+    reserved: bytes = raw(11)
+    mel_specification_sel: int = u8()
+    ext_asym_sel_count: int = u8()
+    ext_hash_sel_count: int = u8()
+    reserved2: int = u16()
+    ext_asym_sel: bytes = counted("ext_asym_sel_count", 4)
+    ext_hash_sel: bytes = counted("ext_hash_sel_count", 4)
+    resp_alg_struct: bytes = tail()
+
+    def alg_structs(self) -> list[AlgStruct]:
+        return parse_alg_structs(self.resp_alg_struct, self.param1)
+
+
+# -- identity ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GET_DIGESTS(SpdmMessage):
+    CODE: ClassVar[int] = GET_DIGESTS_CODE
+
+
+@dataclass(frozen=True)
+class DIGESTS(SpdmMessage):
+    CODE: ClassVar[int] = DIGESTS_CODE
+    digest: bytes = tail()  # one H-byte digest per slot set in param2
+
+
+@dataclass(frozen=True)
+class GET_CERTIFICATE(SpdmMessage):
+    CODE: ClassVar[int] = GET_CERTIFICATE_CODE
+    offset: int = u16()
+    length: int = u16()
+
+
+@dataclass(frozen=True)
+class CERTIFICATE(SpdmMessage):
+    CODE: ClassVar[int] = CERTIFICATE_CODE
+    portion_length: int = u16()
+    remainder_length: int = u16()
+    cert_chain: bytes = counted("portion_length")
+
+
+@dataclass(frozen=True)
+class CHALLENGE(SpdmMessage):
+    CODE: ClassVar[int] = CHALLENGE_CODE
+    nonce: bytes = raw(NONCE_SIZE)
+    requester_context: bytes = raw(REQUESTER_CONTEXT_SIZE, since=V13)
+
+
+@dataclass(frozen=True)
+class CHALLENGE_AUTH(SpdmMessage):
+    CODE: ClassVar[int] = CHALLENGE_AUTH_CODE
+    cert_chain_hash: bytes = raw("H")
+    nonce: bytes = raw(NONCE_SIZE)
+    measurement_summary_hash: bytes = raw("MS")
+    opaque_length: int = u16()
+    opaque_data: bytes = counted("opaque_length")
+    requester_context: bytes = raw(REQUESTER_CONTEXT_SIZE, since=V13)
+    signature: bytes = raw("S")
+
+
+@dataclass(frozen=True)
+class GET_MEASUREMENTS(SpdmMessage):
+    CODE: ClassVar[int] = GET_MEASUREMENTS_CODE
+    nonce: bytes = raw(NONCE_SIZE, when=_sig_requested)
+    slot_id_param: int = u8(since=V11, when=_sig_requested)
+    requester_context: bytes = raw(REQUESTER_CONTEXT_SIZE, since=V13)
+
+
+@dataclass(frozen=True)
+class MEASUREMENTS(SpdmMessage):
+    CODE: ClassVar[int] = MEASUREMENTS_CODE
+    number_of_blocks: int = u8()
+    measurement_record_length: int = u24()
+    measurement_record: bytes = counted("measurement_record_length")
+    nonce: bytes = raw(NONCE_SIZE)
+    opaque_length: int = u16()
+    opaque_data: bytes = counted("opaque_length")
+    requester_context: bytes = raw(REQUESTER_CONTEXT_SIZE, since=V13)
+    signature: bytes = raw("S", when=_signed)
+
+
+@dataclass(frozen=True)
+class MeasurementBlock:
+    """One measurement block in the DMTF measurement specification format (§10.11.1)."""
+
+    index: int
+    value_type: int         # DMTFSpecMeasurementValueType bits 6:0
+    value: bytes
+    raw_bit_stream: bool = False
+    tcb: bool = True        # counted in the TCB measurement summary hash
+
+    def pack(self) -> bytes:
+        dmtf = struct.pack("<BH", self.value_type | (0x80 if self.raw_bit_stream else 0),
+                           len(self.value)) + self.value
+        return struct.pack("<BBH", self.index, 0x01, len(dmtf)) + dmtf
+
+
+def parse_measurement_record(record: bytes, count: int) -> list[MeasurementBlock]:
+    out, pos = [], 0
+    for _ in range(count):
+        if pos + 4 > len(record):
+            raise DecodeError("measurement block truncated")
+        index, spec, size = struct.unpack_from("<BBH", record, pos)
+        if spec != 0x01 or size < 3 or pos + 4 + size > len(record):
+            raise DecodeError(f"measurement block {index} malformed")
+        vtype, vsize = struct.unpack_from("<BH", record, pos + 4)
+        if vsize != size - 3:
+            raise DecodeError(f"measurement block {index}: value size {vsize} vs {size - 3}")
+        out.append(MeasurementBlock(index, vtype & 0x7F, record[pos + 7:pos + 4 + size],
+                                    bool(vtype & 0x80)))
+        pos += 4 + size
+    if pos != len(record):
+        raise DecodeError("bytes after the last measurement block")
+    return out
+
+
+# -- sessions ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KEY_EXCHANGE(SpdmMessage):
+    CODE: ClassVar[int] = KEY_EXCHANGE_CODE
+    req_session_id: int = u16()
+    session_policy: int = u8()
+    reserved: int = u8()
+    random_data: bytes = raw(RANDOM_DATA_SIZE)
+    exchange_data: bytes = raw("D")
+    opaque_length: int = u16()
+    opaque_data: bytes = counted("opaque_length")
+
+
+@dataclass(frozen=True)
+class KEY_EXCHANGE_RSP(SpdmMessage):
+    CODE: ClassVar[int] = KEY_EXCHANGE_RSP_CODE
+    rsp_session_id: int = u16()
+    mut_auth_requested: int = u8()
+    req_slot_id_param: int = u8()
+    random_data: bytes = raw(RANDOM_DATA_SIZE)
+    exchange_data: bytes = raw("D")
+    measurement_summary_hash: bytes = raw("MS")
+    opaque_length: int = u16()
+    opaque_data: bytes = counted("opaque_length")
+    signature: bytes = raw("S")
+    responder_verify_data: bytes = raw("H", when=lambda v, s: s.responder_verify)
+
+
+@dataclass(frozen=True)
+class FINISH(SpdmMessage):
+    CODE: ClassVar[int] = FINISH_CODE
+    signature: bytes = raw("S", when=lambda v, s: bool(v["param1"] & 1))
+    requester_verify_data: bytes = raw("H")
+
+
+@dataclass(frozen=True)
+class FINISH_RSP(SpdmMessage):
+    CODE: ClassVar[int] = FINISH_RSP_CODE
+    responder_verify_data: bytes = raw("H", when=lambda v, s: not s.responder_verify)
+
+
+@dataclass(frozen=True)
+class HEARTBEAT(SpdmMessage):
+    CODE: ClassVar[int] = HEARTBEAT_CODE
+
+
+@dataclass(frozen=True)
+class HEARTBEAT_ACK(SpdmMessage):
+    CODE: ClassVar[int] = HEARTBEAT_ACK_CODE
+
+
+@dataclass(frozen=True)
+class KEY_UPDATE(SpdmMessage):
+    CODE: ClassVar[int] = KEY_UPDATE_CODE
+
+
+@dataclass(frozen=True)
+class KEY_UPDATE_ACK(SpdmMessage):
+    CODE: ClassVar[int] = KEY_UPDATE_ACK_CODE
+
+
+@dataclass(frozen=True)
+class END_SESSION(SpdmMessage):
+    CODE: ClassVar[int] = END_SESSION_CODE
+
+
+@dataclass(frozen=True)
+class END_SESSION_ACK(SpdmMessage):
+    CODE: ClassVar[int] = END_SESSION_ACK_CODE
+
+
+# -- vendor-defined, errors, chunking -------------------------------------------------------
+@dataclass(frozen=True)
+class VENDOR_DEFINED_REQUEST(SpdmMessage):
+    CODE: ClassVar[int] = VENDOR_DEFINED_REQUEST_CODE
+    standard_id: int = u16()
+    len: int = u8()
+    vendor_id: bytes = counted("len")
+    req_length: int = u16()
+    vendor_defined_req_payload: bytes = counted("req_length")
+
+
+@dataclass(frozen=True)
+class VENDOR_DEFINED_RESPONSE(SpdmMessage):
+    CODE: ClassVar[int] = VENDOR_DEFINED_RESPONSE_CODE
+    standard_id: int = u16()
+    len: int = u8()
+    vendor_id: bytes = counted("len")
+    resp_length: int = u16()
+    vendor_defined_resp_payload: bytes = counted("resp_length")
+
+
+@dataclass(frozen=True)
+class ERROR(SpdmMessage):
+    CODE: ClassVar[int] = ERROR_CODE
+    extended_error_data: bytes = tail()
+
+
+@dataclass(frozen=True)
+class RESPOND_IF_READY(SpdmMessage):
+    CODE: ClassVar[int] = RESPOND_IF_READY_CODE
+
+
+@dataclass(frozen=True)
+class CHUNK_SEND(SpdmMessage):
+    CODE: ClassVar[int] = CHUNK_SEND_CODE
+    chunk_seq_no: int = u16()
+    reserved: int = u16()
+    chunk_size: int = u32()
+    large_message_size: int = u32(when=_first_chunk)
+    spdm_chunk: bytes = counted("chunk_size")
+
+
+@dataclass(frozen=True)
+class CHUNK_SEND_ACK(SpdmMessage):
+    CODE: ClassVar[int] = CHUNK_SEND_ACK_CODE
+    chunk_seq_no: int = u16()
+    response_to_large_request: bytes = tail()
+
+
+@dataclass(frozen=True)
+class CHUNK_GET(SpdmMessage):
+    CODE: ClassVar[int] = CHUNK_GET_CODE
+    chunk_seq_no: int = u16()
+
+
+@dataclass(frozen=True)
+class CHUNK_RESPONSE(SpdmMessage):
+    CODE: ClassVar[int] = CHUNK_RESPONSE_CODE
+    chunk_seq_no: int = u16()
+    reserved: int = u16()
+    chunk_size: int = u32()
+    large_message_size: int = u32(when=_first_chunk)
+    response_chunk: bytes = counted("chunk_size")
+
+
+REQUESTS: dict[int, type[SpdmMessage]] = {
+    cls.CODE: cls for cls in (
+        GET_VERSION, GET_CAPABILITIES, NEGOTIATE_ALGORITHMS, GET_DIGESTS, GET_CERTIFICATE,
+        CHALLENGE, GET_MEASUREMENTS, KEY_EXCHANGE, FINISH, HEARTBEAT, KEY_UPDATE, END_SESSION,
+        VENDOR_DEFINED_REQUEST, RESPOND_IF_READY, CHUNK_SEND, CHUNK_GET)
+}
+RESPONSES: dict[int, type[SpdmMessage]] = {
+    cls.CODE: cls for cls in (
+        VERSION, CAPABILITIES, ALGORITHMS, DIGESTS, CERTIFICATE, CHALLENGE_AUTH, MEASUREMENTS,
+        KEY_EXCHANGE_RSP, FINISH_RSP, HEARTBEAT_ACK, KEY_UPDATE_ACK, END_SESSION_ACK,
+        VENDOR_DEFINED_RESPONSE, ERROR, CHUNK_SEND_ACK, CHUNK_RESPONSE)
+}
+
+
+def request_name(code: int) -> str:
+    cls = REQUESTS.get(code) or RESPONSES.get(code)
+    return cls.__name__ if cls else f"0x{code:02x}"

@@ -78,6 +78,7 @@ def make(functions: int = 1, **options: Any) -> tuple[Device, TdispResponder]:
     profile = get_profile("dma-test") if functions == 1 else DeviceProfile(
         "dma-test-multi", "dma-test", functions=functions)
     dev = Device(profile)
+    dev.tdisp.close()  # the device's own responder: these tests build theirs with options
     for k, fn in enumerate(dev.functions):
         program(fn, k)
     return dev, TdispResponder.for_device(dev, **options)
@@ -494,6 +495,7 @@ def test_require_secure_stream() -> None:
 
 def test_ide_insecure_without_ide_capability_uses_default_stream_id() -> None:
     dev = Device(get_profile("dma-test"))
+    dev.tdisp.close()
     program(dev.dsm)
     r = TdispResponder(dev.functions)  # no IDE wired: the IDE layer's calls are authoritative
     drive(r, dev.dsm, R, default_stream_id=9)
@@ -713,6 +715,7 @@ def test_report_splits_msix_and_non_tee_ranges(monkeypatch: pytest.MonkeyPatch,
                                                encoding: FirstPageEncoding) -> None:
     monkeypatch.setitem(personality_mod._REGISTRY, SplitReport.NAME, SplitReport)
     dev = Device(DeviceProfile("split", SplitReport.NAME))
+    dev.tdisp.close()
     fn = dev.dsm
     w(fn, 0x10, 0x0000000C)  # 64-bit prefetchable BAR0 at 0x9_0000_0000
     w(fn, 0x14, 0x9)

@@ -33,6 +33,17 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pcap", metavar="FILE",
                    help="capture every DOE object, both directions, as pcap with "
                         "LINKTYPE 291 (PCI DOE); device i > 0 writes FILE.i")
+    p.add_argument("--pcap-keys", metavar="FILE",
+                   help="append SPDM session keys (JSON lines, secret!) to FILE so a decoder "
+                        "can open the secured records of --pcap; device i > 0 writes FILE.i")
+    p.add_argument("--cert-chain", metavar="FILE",
+                   help="present this certificate chain (PEM or DER, root to leaf) instead "
+                        "of the generated one; needs --cert-key")
+    p.add_argument("--cert-key", metavar="FILE",
+                   help="private key of the --cert-chain leaf (PEM or DER)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="cache for the generated device identity (default: "
+                        "$VFIOUSER_TDISP_CACHE or ~/.cache/vfiouser-tdisp)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import IO, Any
 
 from .device.device import Device, get_profile
 from .doe.capture import PcapWriter
 from .doe.emu_socket import SpdmEmuServer
 from .events import LOG, HumanSink, JsonLinesSink, emit
+from .spdm.identity import IdentityError
+from .spdm.keylog import KeyLogWriter
 from .vfio_user.server import FunctionServer
 
 
@@ -37,7 +40,7 @@ class RunningDevices:
     devices: list[Device] = field(default_factory=list)
     servers: list[FunctionServer] = field(default_factory=list)
     spdm_servers: list[SpdmEmuServer] = field(default_factory=list)
-    captures: list[BinaryIO] = field(default_factory=list)
+    captures: list[IO[Any]] = field(default_factory=list)
 
     def close(self) -> None:
         """Stop listening and drop clients."""
@@ -50,22 +53,34 @@ class RunningDevices:
 
 
 def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = None,
-                  spdm_host: str = "127.0.0.1", pcap: str | None = None) -> RunningDevices:
+                  spdm_host: str = "127.0.0.1", pcap: str | None = None, *,
+                  pcap_keys: str | None = None,
+                  identity_options: dict[str, Any] | None = None) -> RunningDevices:
     """Build one device per socket path and start serving it.
 
     Device ``i`` gets the spdm-emu port ``spdm_port + i`` and the capture file
-    ``pcap`` (``pcap.i`` for i > 0).
+    ``pcap`` (``pcap.i`` for i > 0), its session keys in ``pcap_keys`` (``.i``).
+    ``identity_options`` go to :func:`identity_for_device` (chain_file,
+    key_file, cache_dir).  The SPDM identity is loaded (or generated) here,
+    before the guest can ask: a key generation inside a DOE exchange would
+    exceed the kernel's 1 s DOE timeout.
     """
     profile = get_profile(profile_name)
     running = RunningDevices()
     try:
         for i, path in enumerate(paths):
-            dev = Device(profile, instance=i)
+            dev = Device(profile, instance=i, identity_options=identity_options)
             running.devices.append(dev)
+            spdm = dev.spdm
             if pcap:
                 stream = open(numbered(pcap, i), "wb")
                 running.captures.append(stream)
                 dev.doe.observers.append(PcapWriter(stream).observer)
+            if pcap_keys:
+                keys = open(numbered(pcap_keys, i), "a", encoding="utf-8")
+                os.chmod(keys.fileno(), 0o600)
+                running.captures.append(keys)
+                spdm.key_sink = KeyLogWriter(keys)
             if spdm_port is not None:
                 emu = SpdmEmuServer(dev.doe, dev.lock, spdm_host,
                                     spdm_port + i if spdm_port else 0)
@@ -82,8 +97,11 @@ def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = N
 
 
 def serve_forever(paths: list[str], profile_name: str, spdm_port: int | None = None,
-                  spdm_host: str = "127.0.0.1", pcap: str | None = None) -> None:
-    running = start_devices(paths, profile_name, spdm_port, spdm_host, pcap)
+                  spdm_host: str = "127.0.0.1", pcap: str | None = None, *,
+                  pcap_keys: str | None = None,
+                  identity_options: dict[str, Any] | None = None) -> None:
+    running = start_devices(paths, profile_name, spdm_port, spdm_host, pcap,
+                            pcap_keys=pcap_keys, identity_options=identity_options)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -117,8 +135,18 @@ def main_serve(args: argparse.Namespace) -> int:
                 "server.", "vfio_user.connect", "vfio_user.disconnect", "vfio_user.listening",
                 "vfio_user.error_reply", "vfio_user.protocol_error", "device.", "doe.error",
                 "function.reset", "spdm_emu.listening", "spdm_emu.connect"))))
+        if bool(args.cert_chain) != bool(args.cert_key):
+            print("vfiouser-tdisp serve: --cert-chain and --cert-key go together",
+                  file=sys.stderr)
+            return 2
+        identity = {"chain_file": args.cert_chain, "key_file": args.cert_key,
+                    "cache_dir": args.cache_dir}
         try:
-            serve_forever(args.socket, args.profile, args.spdm_port, args.spdm_host, args.pcap)
+            serve_forever(args.socket, args.profile, args.spdm_port, args.spdm_host, args.pcap,
+                          pcap_keys=args.pcap_keys, identity_options=identity)
+        except IdentityError as exc:
+            print(f"vfiouser-tdisp serve: {exc}", file=sys.stderr)
+            return 2
         except (FileExistsError, PermissionError, OSError) as exc:
             print(f"vfiouser-tdisp serve: {exc}", file=sys.stderr)
             return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..doe.mailbox import DoeCapability
 from ..doe.protocols import (
@@ -22,7 +23,13 @@ from ..events import emit
 from ..ide.capability import IdeCapability
 from ..ide.km import IdeKmResponder
 from ..pci.caps import DsnCapability, PcieCapability, PmCapability
+from ..spdm.identity import DeviceIdentity, identity_for_device
+from ..spdm.messages import REGISTRY_ID_PCISIG, version_byte
+from ..spdm.responder import ResponderConfig, SpdmResponder, VendorError
+from ..tdisp.report import FirstPageEncoding
+from ..tdisp.responder import TdispResponder, pci_sig_vendor_handler
 from .function import PciFunction
+from .measurements import DeviceMeasurements
 from .personality import Personality, get_personality
 
 
@@ -51,6 +58,9 @@ class DeviceProfile:
     spdm_data_transfer_size: int = 4096
     spdm_max_message_size: int = 65536
     firmware_version: str = "1.0.0"
+    # TDISP device interface report: how mmio_range.first_page is encoded
+    # ("page-number" as the Linux kernel parses it, or "byte-address" as in libspdm).
+    tdisp_first_page: str = "page-number"
     description: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -78,14 +88,22 @@ def get_profile(name: str) -> DeviceProfile:
 class Device:
     """One physical device: a DSM (function 0) plus optional further functions."""
 
-    def __init__(self, profile: DeviceProfile, instance: int = 0) -> None:
+    def __init__(self, profile: DeviceProfile, instance: int = 0, *,
+                 identity: DeviceIdentity | None = None,
+                 identity_options: dict[str, Any] | None = None) -> None:
         self.profile = profile
         self.instance = instance
         self.doe = DoeDispatcher(name=f"{profile.name}.{instance}.doe")
-        # The DSM is a CMA device: its mailbox offers CMA/SPDM (type 1) and
-        # secured CMA/SPDM (type 2); the SPDM layer attaches the responders.
-        self.doe.declare(PCI_SIG_VENDOR_ID, PCI_DOE_FEATURE_CMA)
-        self.doe.declare(PCI_SIG_VENDOR_ID, PCI_DOE_FEATURE_SSESSION)
+        # The DSM is a CMA device: its mailbox carries CMA/SPDM (type 1) and
+        # secured CMA/SPDM (type 2).  The SPDM responder (and the identity it
+        # needs, which may take a key generation) is built on first use.
+        self._identity = identity
+        self._identity_options = identity_options or {}
+        self._spdm: SpdmResponder | None = None
+        self.doe.register(PCI_SIG_VENDOR_ID, PCI_DOE_FEATURE_CMA,
+                          lambda payload: self.spdm.handle_cma(payload))
+        self.doe.register(PCI_SIG_VENDOR_ID, PCI_DOE_FEATURE_SSESSION,
+                          lambda payload: self.spdm.handle_secured(payload))
         # Every transport (vfio-user connections of each function, the
         # spdm-emu socket) takes this lock around a request: functions of one
         # device share the DSM's state.
@@ -121,12 +139,40 @@ class Device:
             fn.reset_hooks.append(pers.reset)
             self.functions.append(fn)
             self.personalities.append(pers)
+        self.tdisp = TdispResponder.for_device(
+            self, encoding=FirstPageEncoding(profile.tdisp_first_page))
+        self.measurements = DeviceMeasurements(self)
         emit("device.created", profile=profile.name, instance=instance,
              functions=[f.name for f in self.functions])
 
     @property
     def dsm(self) -> PciFunction:
         return self.functions[0]
+
+    @property
+    def identity(self) -> DeviceIdentity:
+        if self._identity is None:
+            self._identity = identity_for_device(self, **self._identity_options)
+        return self._identity
+
+    @property
+    def spdm(self) -> SpdmResponder:
+        """The DSM's SPDM responder, with IDE_KM and TDISP behind PCI-SIG vendor requests."""
+        if self._spdm is None:
+            p = self.profile
+            config = ResponderConfig(
+                identity=self.identity,
+                versions=tuple(version_byte(v) for v in p.spdm_versions),
+                hashes=p.spdm_hash, asyms=p.spdm_asym, dhes=p.spdm_dhe, aeads=p.spdm_aead,
+                data_transfer_size=p.spdm_data_transfer_size,
+                max_spdm_msg_size=p.spdm_max_message_size, measurements=self.measurements)
+            spdm = SpdmResponder(config, name=f"{p.name}.{self.instance}.spdm")
+            spdm.register_vendor_protocol(
+                REGISTRY_ID_PCISIG, PCI_SIG_VENDOR_ID.to_bytes(2, "little"),
+                pci_sig_vendor_handler(self.tdisp.handle, self.ide_km.handle,
+                                       vendor_error=VendorError))
+            self._spdm = spdm
+        return self._spdm
 
 
 def _flr_handler(fn: PciFunction):  # type: ignore[no-untyped-def]

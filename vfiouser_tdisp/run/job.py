@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -160,11 +160,16 @@ def _remove(paths: list[str]) -> None:
 
 def boot_guest(prov: Provisioned, out: Path, profile: str | None, timeout: float,
                accel: str = "auto", checks: list[str] | None = None,
-               log: bool = True, append: str = "") -> GuestRun:
+               log: bool = True, append: str = "", server_args: list[str] | None = None,
+               host_turn: Callable[[str], str] | None = None) -> GuestRun:
     """Boot the guest (with the device of ``profile``, or none) and parse its report.
 
     ``checks`` names guest-scripts/check_<name>.sh to run (default: the
-    personality's list); ``append`` adds kernel command line options.
+    personality's list); ``append`` adds kernel command line options;
+    ``server_args`` go to ``vfiouser-tdisp serve``.  ``host_turn`` is called
+    with the console so far when the guest's ``wait_host`` check hands over
+    (while the guest keeps its state); what it returns, or the exception it
+    raises, becomes the result ``host``.
     """
     out.mkdir(parents=True, exist_ok=True)
     console = out / "console.log"
@@ -185,11 +190,12 @@ def boot_guest(prov: Provisioned, out: Path, profile: str | None, timeout: float
                 fn_socks = [function_socket_path(sock, fn) for fn in range(prof.functions)]
                 _remove(fn_socks)
                 server = ServerProcess(sock, profile, str(out / "events.jsonl"),
-                                       str(out / "server.log"))
+                                       str(out / "server.log"), server_args)
                 server.wait_ready(fn_socks)
                 sockets = [fn_socks]
                 cmdline += (f" vtdisp.vendor=0x{pers.VENDOR_ID:04x}"
-                            f" vtdisp.device=0x{pers.DEVICE_ID:04x}")
+                            f" vtdisp.device=0x{pers.DEVICE_ID:04x}"
+                            f" vtdisp.functions={prof.functions}")
                 checks = checks or list(pers.GUEST_CHECKS)
             if checks:
                 cmdline += " vtdisp.checks=" + ",".join(checks)
@@ -205,18 +211,23 @@ def boot_guest(prov: Provisioned, out: Path, profile: str | None, timeout: float
                 print(f"run: booting the guest ({chosen}: {why}; deadline {timeout:.0f} s)",
                       file=sys.stderr, flush=True)
             snap = _QmpSnapshot(console, qmp_sock)
+            turn = _HostTurn(console, host_turn) if host_turn is not None else None
             started = time.monotonic()
             try:
                 rc, err = run_with_deadline(qc.command(prov.qemu), prov.qemu.environ(),
                                             timeout, qmp_socket=qmp_sock)
             finally:
                 snap.stop()
+                if turn is not None:
+                    turn.stop()
             (out / "qemu.log").write_bytes(err)
             run = parse_console(console.read_text(errors="replace"))
             run.exit_code = rc
             run.seconds = time.monotonic() - started
             run.qmp = snap.result
             run.accel = chosen
+            if turn is not None:
+                run.results.append(turn.result or ("host", False, "the guest never handed over"))
             if rc is None:
                 said = _first_error(err)
                 run.results.append(("qemu", False, f"stopped at the {timeout:.0f} s deadline"
@@ -241,6 +252,34 @@ def _first_error(output: bytes) -> str:
     for ln in [e for e in errors if "warning:" not in e] + errors + lines[-1:]:
         return ln[:300]
     return ""
+
+
+class _HostTurn:
+    """Calls ``action(console)`` once the guest prints VTDISP-HOST-TURN."""
+
+    MARKER = "VTDISP-HOST-TURN"
+
+    def __init__(self, console: Path, action: Callable[[str], str]) -> None:
+        self.console = console
+        self.action = action
+        self.result: tuple[str, bool, str] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            text = self.console.read_text(errors="replace")
+            if self.MARKER in text:
+                try:
+                    self.result = ("host", True, self.action(text))
+                except Exception as exc:  # reported as the failed "host" result
+                    self.result = ("host", False, f"{type(exc).__name__}: {exc}")
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
 
 
 class _QmpSnapshot:

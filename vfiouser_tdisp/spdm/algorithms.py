@@ -50,8 +50,9 @@ class HashAlgo:
         return hmac.new(key, data, self.name).digest()
 
     def crypto_hash(self) -> hashes.HashAlgorithm:
-        return {"sha256": hashes.SHA256, "sha384": hashes.SHA384,
-                "sha512": hashes.SHA512}[self.name]()
+        algorithms: dict[str, type[hashes.HashAlgorithm]] = {
+            "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+        return algorithms[self.name]()  # type: ignore[abstract]
 
     def hkdf_expand(self, prk: bytes, info: bytes, length: int) -> bytes:
         """RFC 5869 HKDF-Expand (written out: the key schedule tests rebuild it)."""

@@ -49,6 +49,7 @@ from .algorithms import (
     mask,
     select,
 )
+from .keylog import key_entry
 from .session import (
     DirectionKeys,
     KeySchedule,
@@ -209,8 +210,8 @@ class SpdmResponder:
         self._large_response: tuple[int, bytes] | None = None
         self._chunk_in: dict[str, Any] | None = None
         self._next_handle = 1
-        self.key_log: list[dict[str, Any]] = []  # secrets for --pcap keys (opt-in)
-        self.keep_key_log = False
+        # Receives session keys as they change (serve --pcap-keys); None = never.
+        self.key_sink: Callable[[dict[str, Any]], None] | None = None
 
     # -- registry ------------------------------------------------------------------------
     def register_vendor_protocol(self, standard_id: int, vendor_id: bytes,
@@ -248,7 +249,7 @@ class SpdmResponder:
         sealed = sess.secured.seal(response)
         if sess.next_response_keys is not None:
             sess.secured.response, sess.next_response_keys = sess.next_response_keys, None
-            self._log_keys(sess, "data")
+            self._log_keys(sess, "response")
         if sess.rotate_response_after_send:
             sess.rotate_response_after_send = False
             sess.secured.update_keys("response")
@@ -675,7 +676,7 @@ class SpdmResponder:
         self.sessions[session_id] = session
         emit("spdm.session.opened", endpoint=self.name, session_id=f"{session_id:#010x}",
              dhe=neg.dhe.name, aead=neg.aead.name, hash=hash_algo.name)
-        self._log_keys(session, "handshake")
+        self._log_keys(session, "request", "response")
         return unsigned + signature + verify
 
     def _new_session_id(self, req_sid: int) -> int:
@@ -725,6 +726,7 @@ class SpdmResponder:
         req_keys, rsp_keys = sess.secured.schedule.data(th2)
         sess.secured.request = req_keys
         sess.next_response_keys = rsp_keys
+        self._log_keys(sess, "request")
         sess.secured.fsm.fire("finish")
         return rsp
 
@@ -852,18 +854,14 @@ class SpdmResponder:
                           "no ResponseNotReady was sent")
 
     # -- key log (for decrypting captures) --------------------------------------------------
-    def _log_keys(self, sess: ResponderSession, phase: str) -> None:
-        if not self.keep_key_log:
+    def _log_keys(self, sess: ResponderSession, *directions: str) -> None:
+        if self.key_sink is None:
             return
         s = sess.secured
-        self.key_log.append({
-            "session_id": f"{s.session_id:#010x}", "phase": phase,
-            "aead": s.schedule.aead.name,
-            "request_key": s.request.key.hex() if s.request else None,
-            "request_iv": s.request.iv.hex() if s.request else None,
-            "response_key": s.response.key.hex() if s.response else None,
-            "response_iv": s.response.iv.hex() if s.response else None,
-        })
+        for direction in directions:
+            keys = s.request if direction == "request" else s.response
+            if keys is not None:
+                self.key_sink(key_entry(s.session_id, direction, s.schedule.aead.name, keys))
 
     _HANDLERS: dict[int, Callable[..., bytes]] = {}
 

@@ -1,0 +1,81 @@
+"""The device's SPDM measurements (DSP0274 §10.11, DMTF measurement format).
+
+Index  DMTF type                       content
+1      0x01 mutable firmware            digest of the firmware identity (package,
+                                        personality, firmware version)
+2      0x06 firmware version number     raw: the version string
+3      0x02 hardware configuration      digest of what the hardware is: IDs, BAR
+                                        sizes/kinds, capability chains, IDE counts
+4      0x03 firmware configuration      digest of the TDISP-relevant configuration
+                                        (TdispResponder.configuration_digest():
+                                        BAR addresses, command, MSI-X, lock state)
+
+Indices 1-3 are TCB components (the TCB summary hash covers them); 4 changes
+with the device's configuration, so a TSM sees a BAR reprogrammed or a TDI
+locked in its measurement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from typing import TYPE_CHECKING
+
+from ..spdm.algorithms import HashAlgo
+from ..spdm.messages import MeasurementBlock
+
+if TYPE_CHECKING:
+    from .device import Device
+
+FIRMWARE_IDENTITY = b"vfiouser-tdisp virtual TDISP device firmware"
+
+
+class DeviceMeasurements:
+    def __init__(self, device: Device) -> None:
+        self.device = device
+
+    def firmware_image(self) -> bytes:
+        p = self.device.profile
+        return b"|".join([FIRMWARE_IDENTITY, p.personality.encode(),
+                          p.firmware_version.encode()])
+
+    def hardware_configuration(self) -> bytes:
+        out = bytearray()
+        p = self.device.profile
+        out += struct.pack("<BBBB", p.functions, p.ide_link_streams, p.ide_selective_streams,
+                           p.ide_assoc_blocks)
+        for fn in self.device.functions:
+            out += struct.pack("<HHIBHHB", fn.vendor_id, fn.device_id, fn.class_code,
+                               fn.revision, fn.subsystem_vendor_id, fn.subsystem_id, fn.devfn)
+            for bar in fn.bars:
+                if bar is not None:
+                    out += struct.pack("<BQ", bar.index, bar.size) + bar.kind.name.encode()
+            for cap in fn.config.capabilities:
+                out += struct.pack("<HHHB", cap.CAP_ID, cap.offset, cap.size, cap.EXTENDED)
+        return bytes(out)
+
+    def tdisp_configuration(self) -> bytes:
+        return self.device.tdisp.configuration_digest()
+
+    def measurement_blocks(self, hash_algo: HashAlgo | None,
+                           raw_requested: bool) -> list[MeasurementBlock]:
+        def value(data: bytes) -> tuple[bytes, bool]:
+            if hash_algo is None or raw_requested:
+                return data, True
+            return hash_algo.digest(data), False
+
+        blocks = []
+        for index, vtype, data, tcb in (
+            (1, 0x01, self.firmware_image(), True),
+            (3, 0x02, self.hardware_configuration(), True),
+            (4, 0x03, self.tdisp_configuration(), False),
+        ):
+            v, is_raw = value(data)
+            blocks.append(MeasurementBlock(index, vtype, v, is_raw, tcb))
+        version = self.device.profile.firmware_version.encode()
+        blocks.insert(1, MeasurementBlock(2, 0x06, version, True, True))
+        return blocks
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.sha384(data).digest()

@@ -1,0 +1,407 @@
+"""The device's SPDM identity: certificate chains and keys (DSP0274 §10.6, PCIe CMA).
+
+By default a device presents a generated chain -- a root CA, an intermediate
+CA and one device leaf per signature algorithm it offers -- cached per
+profile and instance, so restarts present the same identity.  Each leaf
+carries the PCIe CMA SubjectAlternativeName: an otherName with type-id
+2.23.147 whose value is the UTF8String
+``Vendor=vvvv:Device=dddd:CC=cccccc:REV=rr[:SSVID=ssss:SSID=ssss][:DSN=...]``,
+which is what the Linux CMA code looks for.  A user may supply a chain and
+key instead (PEM or DER).
+
+``SlotIdentity.spdm_chain`` renders the SPDM certificate chain format:
+``Length (u16) | Reserved (u16) | RootHash | certificates (DER)``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import struct
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID, ObjectIdentifier
+
+from ..events import emit
+
+if TYPE_CHECKING:
+    from ..device.device import Device
+
+ASYM_ALGORITHMS = ("ecdsa-p256", "ecdsa-p384", "rsassa-3072")
+OID_PCIE_CMA_SAN = ObjectIdentifier("2.23.147")
+VALIDITY = datetime.timedelta(days=20 * 365)
+
+
+class IdentityError(ValueError):
+    """A certificate chain or key cannot serve as the device identity."""
+
+
+@dataclass(frozen=True)
+class PcieSan:
+    vendor_id: int
+    device_id: int
+    class_code: int
+    revision: int
+    subsystem_vendor_id: int | None = None
+    subsystem_id: int | None = None
+    serial: int | None = None
+
+    def text(self) -> str:
+        out = (f"Vendor={self.vendor_id:04x}:Device={self.device_id:04x}:"
+               f"CC={self.class_code:06x}:REV={self.revision:02x}")
+        if self.subsystem_vendor_id is not None and self.subsystem_id is not None:
+            out += f":SSVID={self.subsystem_vendor_id:04x}:SSID={self.subsystem_id:04x}"
+        if self.serial is not None:
+            out += f":DSN={self.serial:016x}"
+        return out
+
+
+def _der_utf8string(text: str) -> bytes:
+    data = text.encode()
+    n = len(data)
+    length = bytes([n]) if n < 0x80 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + \
+        n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return b"\x0c" + length + data
+
+
+def san_extension(san: PcieSan) -> x509.SubjectAlternativeName:
+    return x509.SubjectAlternativeName(
+        [x509.OtherName(OID_PCIE_CMA_SAN, _der_utf8string(san.text()))])
+
+
+def asym_of_key(key: Any) -> str | None:
+    """The SPDM algorithm name a (private or public) key signs with, if supported."""
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        return {"secp256r1": "ecdsa-p256", "secp384r1": "ecdsa-p384"}.get(key.curve.name)
+    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey) and key.key_size == 3072:
+        return "rsassa-3072"
+    return None
+
+
+def _new_key(asym: str) -> Any:
+    if asym == "ecdsa-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if asym == "ecdsa-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if asym == "rsassa-3072":
+        return rsa.generate_private_key(65537, 3072)
+    raise IdentityError(f"unsupported signature algorithm {asym!r}; "
+                        f"known: {', '.join(ASYM_ALGORITHMS)}")
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+@dataclass(frozen=True)
+class SlotIdentity:
+    asym: str
+    certs: tuple[x509.Certificate, ...]   # root first, leaf last
+    key: Any                               # the leaf's private key
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.certs[-1]
+
+    def certs_der(self) -> bytes:
+        return b"".join(_der(c) for c in self.certs)
+
+    def spdm_chain(self, hash_name: str) -> bytes:
+        root_hash = hashlib.new(hash_name, _der(self.certs[0])).digest()
+        body = root_hash + self.certs_der()
+        total = 4 + len(body)
+        if total > 0xFFFF:
+            raise ValueError(f"certificate chain of {total} bytes exceeds 65535")
+        return struct.pack("<HH", total, 0) + body
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vfiouser-tdisp"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _not_before() -> datetime.datetime:
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _ca(subject: str, key: Any, issuer: x509.Certificate | None, issuer_key: Any,
+        path_length: int | None) -> x509.Certificate:
+    start = _not_before()
+    builder = (x509.CertificateBuilder()
+               .subject_name(_name(subject))
+               .issuer_name(issuer.subject if issuer else _name(subject))
+               .public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(start).not_valid_after(start + VALIDITY)
+               .add_extension(x509.BasicConstraints(ca=True, path_length=path_length),
+                              critical=True)
+               .add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
+                                            False, False), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                              critical=False))
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False)
+    return builder.sign(issuer_key, hashes.SHA384())
+
+
+def _leaf(label: str, asym: str, key: Any, san: PcieSan, issuer: x509.Certificate,
+          issuer_key: Any) -> x509.Certificate:
+    start = _not_before()
+    return (x509.CertificateBuilder()
+            .subject_name(_name(f"vfiouser-tdisp {label} device ({asym})"))
+            .issuer_name(issuer.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(start + VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False,
+                                         False, False), critical=True)
+            .add_extension(san_extension(san), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                issuer_key.public_key()), critical=False)
+            .sign(issuer_key, hashes.SHA384()))
+
+
+def leaf_san_text(cert: x509.Certificate) -> str | None:
+    """The PCIe CMA SAN text of a certificate, if it has one."""
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return None
+    for name in ext.value.get_values_for_type(x509.OtherName):
+        if name.type_id == OID_PCIE_CMA_SAN and name.value[:1] == b"\x0c":
+            n = name.value[1]
+            head = 2 if n < 0x80 else 2 + (n & 0x7F)
+            return name.value[head:].decode()
+    return None
+
+
+def _write(path: Path, data: bytes, private: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        if private:
+            os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _pem_key(key: Any) -> bytes:
+    return bytes(key.private_bytes(serialization.Encoding.PEM,
+                                   serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
+
+
+def _pem_cert(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class DeviceIdentity:
+    def __init__(self, root: x509.Certificate, slots: dict[str, SlotIdentity]) -> None:
+        self.root = root
+        self.slots = slots
+
+    def for_asym(self, asym: str) -> SlotIdentity | None:
+        return self.slots.get(asym)
+
+    # -- generated ---------------------------------------------------------------------
+    @classmethod
+    def generated(cls, san: PcieSan, asym: Sequence[str], *, cache_dir: Path | None,
+                  label: str) -> DeviceIdentity:
+        for a in asym:
+            if a not in ASYM_ALGORITHMS:
+                raise IdentityError(f"unsupported signature algorithm {a!r}")
+        where = cache_dir / label if cache_dir is not None else None
+        cas = cls._load_cas(where) if where is not None else None
+        if cas is None:
+            root_key = ec.generate_private_key(ec.SECP384R1())
+            root = _ca(f"vfiouser-tdisp {label} root CA", root_key, None, root_key, None)
+            inter_key = ec.generate_private_key(ec.SECP384R1())
+            inter = _ca(f"vfiouser-tdisp {label} intermediate CA", inter_key, root,
+                        root_key, 0)
+            if where is not None:
+                _write(where / "root.key.pem", _pem_key(root_key), private=True)
+                _write(where / "root.pem", _pem_cert(root))
+                _write(where / "intermediate.key.pem", _pem_key(inter_key), private=True)
+                _write(where / "intermediate.pem", _pem_cert(inter))
+            fresh = True
+        else:
+            root, inter, inter_key = cas
+            fresh = False
+        slots = {}
+        for a in asym:
+            slot = None if fresh or where is None else cls._load_leaf(where, a, san, inter)
+            if slot is None:
+                key = _new_key(a)
+                leaf = _leaf(label, a, key, san, inter, inter_key)
+                if where is not None:
+                    _write(where / f"leaf-{a}.key.pem", _pem_key(key), private=True)
+                    _write(where / f"leaf-{a}.pem", _pem_cert(leaf))
+                slot = SlotIdentity(a, (root, inter, leaf), key)
+                emit("identity.generated", label=label, asym=a, san=san.text())
+            else:
+                slot = SlotIdentity(a, (root, inter, slot.leaf), slot.key)
+            slots[a] = slot
+        return cls(root, slots)
+
+    @staticmethod
+    def _load_cas(where: Path) -> tuple[x509.Certificate, x509.Certificate, Any] | None:
+        try:
+            root = x509.load_pem_x509_certificate((where / "root.pem").read_bytes())
+            inter = x509.load_pem_x509_certificate((where / "intermediate.pem").read_bytes())
+            inter_key = serialization.load_pem_private_key(
+                (where / "intermediate.key.pem").read_bytes(), None)
+            inter.verify_directly_issued_by(root)
+            if inter.public_key() != inter_key.public_key():
+                return None
+            return root, inter, inter_key
+        except (OSError, ValueError, TypeError):
+            return None
+        except Exception:  # InvalidSignature and friends: regenerate
+            return None
+
+    @staticmethod
+    def _load_leaf(where: Path, asym: str, san: PcieSan,
+                   inter: x509.Certificate) -> SlotIdentity | None:
+        try:
+            leaf = x509.load_pem_x509_certificate((where / f"leaf-{asym}.pem").read_bytes())
+            key = serialization.load_pem_private_key(
+                (where / f"leaf-{asym}.key.pem").read_bytes(), None)
+            leaf.verify_directly_issued_by(inter)
+        except Exception:
+            return None
+        if leaf.public_key() != key.public_key() or asym_of_key(key) != asym or \
+                leaf_san_text(leaf) != san.text():
+            return None
+        return SlotIdentity(asym, (leaf,), key)
+
+    # -- user supplied -----------------------------------------------------------------
+    @classmethod
+    def from_files(cls, chain_file: Path | str, key_file: Path | str, *,
+                   password: bytes | None = None) -> DeviceIdentity:
+        chain_file, key_file = Path(chain_file), Path(key_file)
+        try:
+            data = chain_file.read_bytes()
+            key_data = key_file.read_bytes()
+        except OSError as exc:
+            raise IdentityError(f"{exc.filename}: {exc.strerror}") from None
+        certs = _load_certs(data, chain_file)
+        try:
+            if b"-----BEGIN" in key_data:
+                key = serialization.load_pem_private_key(key_data, password)
+            else:
+                key = serialization.load_der_private_key(key_data, password)
+        except (ValueError, TypeError) as exc:
+            raise IdentityError(f"{key_file}: not a private key ({exc})") from None
+        # Normalise to root first: the root is the self-issued certificate.
+        if len(certs) > 1 and certs[0].issuer == certs[0].subject:
+            pass
+        elif len(certs) > 1 and certs[-1].issuer == certs[-1].subject:
+            certs.reverse()
+        if certs[0].issuer != certs[0].subject:
+            raise IdentityError(f"{chain_file}: the chain has no self-signed root at either "
+                                "end")
+        for parent, child in zip(certs, certs[1:], strict=False):
+            try:
+                child.verify_directly_issued_by(parent)
+            except Exception as exc:
+                raise IdentityError(f"{chain_file}: {child.subject.rfc4514_string()} is not "
+                                    f"issued by {parent.subject.rfc4514_string()} ({exc})") \
+                    from None
+        try:
+            certs[0].verify_directly_issued_by(certs[0])
+        except Exception as exc:
+            raise IdentityError(f"{chain_file}: root signature does not verify ({exc})") \
+                from None
+        asym = asym_of_key(key)
+        if asym is None:
+            raise IdentityError(f"{key_file}: key type not usable for SPDM here (need EC "
+                                "P-256/P-384 or RSA 3072)")
+        if certs[-1].public_key() != key.public_key():  # type: ignore[union-attr]
+            raise IdentityError(f"{key_file}: the key does not match the leaf certificate "
+                                f"{certs[-1].subject.rfc4514_string()}")
+        return cls(certs[0], {asym: SlotIdentity(asym, tuple(certs), key)})
+
+    # -- export ------------------------------------------------------------------------
+    def export(self, out_dir: Path | str, *, asym: str, hash_name: str) -> list[Path]:
+        out_dir = Path(out_dir)
+        slot = self.for_asym(asym)
+        if slot is None:
+            raise IdentityError(f"no chain for {asym}; have {', '.join(self.slots)}")
+        written = []
+
+        def put(name: str, data: bytes) -> None:
+            _write(out_dir / name, data)
+            written.append(out_dir / name)
+
+        put("root.pem", _pem_cert(self.root))
+        put("root.der", _der(self.root))
+        put("chain.der", slot.spdm_chain(hash_name))
+        put("leaf.pem", _pem_cert(slot.leaf))
+        for name, other in self.slots.items():
+            put(f"chain-{name}.der", other.spdm_chain(hash_name))
+            put(f"leaf-{name}.pem", _pem_cert(other.leaf))
+        return written
+
+
+def _load_certs(data: bytes, path: Path) -> list[x509.Certificate]:
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            certs = x509.load_pem_x509_certificates(data)
+        else:
+            certs, pos = [], 0
+            while pos < len(data):
+                if data[pos] != 0x30 or pos + 2 > len(data):
+                    raise ValueError(f"no DER SEQUENCE at byte {pos}")
+                n = data[pos + 1]
+                head, size = (2, n) if n < 0x80 else \
+                    (2 + (n & 0x7F), int.from_bytes(data[pos + 2:pos + 2 + (n & 0x7F)], "big"))
+                certs.append(x509.load_der_x509_certificate(data[pos:pos + head + size]))
+                pos += head + size
+    except ValueError as exc:
+        raise IdentityError(f"{path}: not a PEM or DER certificate chain ({exc})") from None
+    if not certs:
+        raise IdentityError(f"{path}: no certificate")
+    return certs
+
+
+def default_identity_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    from ..run.provision import cache_dir as project_cache
+    return project_cache(cache_dir) / "identity"
+
+
+def device_san(device: Device) -> PcieSan:
+    fn = device.dsm
+    has_ss = bool(fn.subsystem_vendor_id or fn.subsystem_id)
+    return PcieSan(fn.vendor_id, fn.device_id, fn.class_code, fn.revision,
+                   fn.subsystem_vendor_id if has_ss else None,
+                   fn.subsystem_id if has_ss else None,
+                   device.profile.serial + (device.instance << 8))
+
+
+def identity_for_device(device: Device, *, cache_dir: str | os.PathLike[str] | None = None,
+                        chain_file: str | os.PathLike[str] | None = None,
+                        key_file: str | os.PathLike[str] | None = None) -> DeviceIdentity:
+    """The identity ``serve`` presents for ``device`` (and ``certs`` exports)."""
+    if (chain_file is None) != (key_file is None):
+        raise IdentityError("a certificate chain and its key go together")
+    if chain_file is not None and key_file is not None:
+        return DeviceIdentity.from_files(Path(chain_file), Path(key_file))
+    return DeviceIdentity.generated(
+        device_san(device), device.profile.spdm_asym, cache_dir=default_identity_dir(cache_dir),
+        label=f"{device.profile.name}.{device.instance}")

@@ -76,6 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "-device per function)")
     p.set_defaults(handler="vfiouser_tdisp.run.qemu:main_qemu_args")
 
+    p = sub.add_parser("certs", help="write the root CA and SPDM certificate chain a device "
+                                     "presents, so a verifier can trust it")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
+                   help=f"device profile (default: {DEFAULT_PROFILE})")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="where to write root.pem, root.der, chain.der, leaf.pem (and "
+                        "chain-<alg>.der, leaf-<alg>.pem per signature algorithm)")
+    p.add_argument("--asym", metavar="ALG",
+                   help="signature algorithm of chain.der/leaf.pem (default: the profile's "
+                        "first that the identity has)")
+    p.add_argument("--hash", metavar="ALG",
+                   help="hash for the chain's RootHash (default: the profile's first)")
+    p.add_argument("--cert-chain", metavar="FILE", help="as for serve: a user-supplied chain")
+    p.add_argument("--cert-key", metavar="FILE", help="as for serve: its leaf's key")
+    p.add_argument("--cache-dir", metavar="DIR", help="as for serve: the identity cache")
+    p.set_defaults(handler="vfiouser_tdisp.spdm.identity:main_certs")
+
     p = sub.add_parser("run", help="the main job: provision, serve, boot a guest with the "
                                    "device and run the flow inside it")
     p.add_argument("--out", default="out", metavar="DIR",

@@ -405,3 +405,36 @@ def identity_for_device(device: Device, *, cache_dir: str | os.PathLike[str] | N
     return DeviceIdentity.generated(
         device_san(device), device.profile.spdm_asym, cache_dir=default_identity_dir(cache_dir),
         label=f"{device.profile.name}.{device.instance}")
+
+
+def main_certs(args: Any) -> int:
+    """``vfiouser-tdisp certs``: export what ``serve`` with the same options presents."""
+    import sys
+
+    from ..device.device import Device, get_profile
+    from .algorithms import HASHES
+
+    profile = get_profile(args.profile)
+    device = Device(profile)
+    device.tdisp.close()
+    try:
+        identity = identity_for_device(device, cache_dir=args.cache_dir,
+                                       chain_file=args.cert_chain, key_file=args.cert_key)
+        asym = args.asym or next((a for a in profile.spdm_asym if identity.for_asym(a)), None)
+        hash_name = args.hash or profile.spdm_hash[0]
+        if asym is None or identity.for_asym(asym) is None:
+            raise IdentityError(f"no chain for {args.asym or 'any profile algorithm'}; the "
+                                f"identity has {', '.join(identity.slots)}")
+        if hash_name not in HASHES:
+            raise IdentityError(f"unknown hash {hash_name!r}; known: {', '.join(HASHES)}")
+        written = identity.export(Path(args.out), asym=asym, hash_name=hash_name)
+    except IdentityError as exc:
+        print(f"vfiouser-tdisp certs: {exc}", file=sys.stderr)
+        return 2
+    leaf = identity.for_asym(asym)
+    assert leaf is not None
+    print(f"{profile.name}: slot 0 = {asym} chain, RootHash {hash_name}")
+    print(f"PCIe SAN: {leaf_san_text(leaf.leaf) or '(none: user-supplied chain)'}")
+    for path in written:
+        print(f"  {path}")
+    return 0

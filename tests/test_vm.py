@@ -82,72 +82,27 @@ def test_virtio_rng_driver_binds_and_hwrng_delivers(prov: Provisioned, tmp_path:
     assert any(e["event"] == "virtio.status" and e["status"] & 0x4 for e in events)  # DRIVER_OK
 
 
-def _guest_bars(console: str) -> dict[int, dict[int, tuple[int, int]]]:
-    """function number -> BAR index -> (start, size), from the functions check."""
-    line = next(ln for ln in console.splitlines()
-                if ln.startswith("VTDISP-RESULT functions PASS"))
-    out: dict[int, dict[int, tuple[int, int]]] = {}
-    for item in line.split()[4:]:
-        bdf, _, bars = item.rpartition(":")
-        fn = int(bdf.rsplit(".", 1)[1])
-        out[fn] = {}
-        for bar in filter(None, bars.split(",")):
-            name, _, span = bar.partition("=")
-            start, _, size = span.partition("+")
-            out[fn][int(name[3:])] = (int(start, 16), int(size, 16))
-    return out
-
 
 def test_tsm_reports_match_the_bars_the_guest_assigned(prov: Provisioned,
                                                        tmp_path: Path) -> None:
     """Two functions behind one DSM: the guest enumerates both (IDE cap on the
-    DSM); while it holds, a host-side TSM opens an SPDM session over the
-    spdm-emu socket, locks both TDIs and reads their interface reports, whose
-    ranges must be the BARs the guest kernel assigned."""
-    import socket as socketlib
+    DSM); while it holds, the host-side TSM flow runs over the spdm-emu socket
+    (authenticate against the device root, session, IDE_KM keys, LOCK, report,
+    START, STOP per function) and the reports' ranges must be the BARs the
+    guest kernel assigned (the flow fails otherwise)."""
+    from vfiouser_tdisp.run.host_flow import guest_bars, tsm_flow
+    from vfiouser_tdisp.run.job import free_tcp_port
 
-    from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
-    from vfiouser_tdisp.spdm.requester import SpdmRequester
-    from vfiouser_tdisp.tdisp import messages as t
-    from vfiouser_tdisp.tsm.core import PciSigChannel, TdispRequester, parse_report
-
-    with socketlib.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    seen: dict[str, object] = {}
-
-    def tsm(console: str) -> str:
-        bars = _guest_bars(console)
-        client = SpdmEmuClient("127.0.0.1", port)
-        try:
-            spdm = SpdmRequester(client.doe)
-            spdm.authenticate()
-            session = spdm.start_session()
-            tdisp = TdispRequester(PciSigChannel(spdm, session))
-            for fn, fn_bars in sorted(bars.items()):
-                fid = t.make_function_id(0, fn)
-                tdisp.lock(fid)
-                report = parse_report(tdisp.report(fid))
-                spans: dict[int, list[tuple[int, int]]] = {}
-                for r in report.mmio_range:
-                    spans.setdefault(r.range_id, []).append((r.first_page << 12,
-                                                             r.number_of_pages << 12))
-                got = {i: (min(s for s, _ in v), sum(n for _, n in v))
-                       for i, v in spans.items()}
-                seen[f"fn{fn}"] = (fn_bars, got)
-                tdisp.stop(fid)
-            spdm.end_session(session)
-        finally:
-            client.close()
-        return f"reports for {len(bars)} functions"
-
+    port = free_tcp_port()
     run = boot_guest(prov, tmp_path, "virtio-rng-2fn", 150,
                      checks=["device", "functions", "ide_cap", "doe_features", "wait_host"],
                      log=False, append="vtdisp.wait=8",
-                     server_args=["--spdm-port", str(port)], host_turn=tsm)
+                     server_args=["--spdm-port", str(port)],
+                     host_turn=lambda console: tsm_flow(port, console))
     assert run.done and run.exit_code == 0, run.console[-3000:]
     assert_passed(run, "device", "functions", "ide_cap", "doe_features", "host")
-    assert (run.result("functions") or (False, ""))[1].startswith("n=2 ")
-    assert sorted(seen) == ["fn0", "fn1"]
-    for fn_bars, got in seen.values():  # type: ignore[misc]
-        assert fn_bars and got == fn_bars
+    bars = guest_bars(run.console)
+    assert sorted(bars) == [0, 1] and all(len(b) == 3 for b in bars.values())
+    detail = (run.result("host") or (False, ""))[1]
+    assert "fn0 LOCK/report (3 BARs = guest's)/START/STOP" in detail
+    assert "fn1 LOCK/report (3 BARs = guest's)/START/STOP" in detail

@@ -36,6 +36,11 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pcap-keys", metavar="FILE",
                    help="append SPDM session keys (JSON lines, secret!) to FILE so a decoder "
                         "can open the secured records of --pcap; device i > 0 writes FILE.i")
+    _add_identity_args(p)
+
+
+def _add_identity_args(p: argparse.ArgumentParser) -> None:
+    """The device identity options, shared by serve and certs (same meaning)."""
     p.add_argument("--cert-chain", metavar="FILE",
                    help="present this certificate chain (PEM or DER, root to leaf) instead "
                         "of the generated one; needs --cert-key")
@@ -88,9 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "first that the identity has)")
     p.add_argument("--hash", metavar="ALG",
                    help="hash for the chain's RootHash (default: the profile's first)")
-    p.add_argument("--cert-chain", metavar="FILE", help="as for serve: a user-supplied chain")
-    p.add_argument("--cert-key", metavar="FILE", help="as for serve: its leaf's key")
-    p.add_argument("--cache-dir", metavar="DIR", help="as for serve: the identity cache")
+    _add_identity_args(p)
     p.set_defaults(handler="vfiouser_tdisp.spdm.identity:main_certs")
 
     p = sub.add_parser("run", help="the main job: provision, serve, boot a guest with the "

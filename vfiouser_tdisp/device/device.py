@@ -133,7 +133,7 @@ class Device:
                 self.ide = IdeCapability(profile.ide_link_streams, profile.ide_selective_streams,
                                          profile.ide_assoc_blocks, function_name=fn.name)
                 fn.config.add_capability(self.ide)
-                self.ide_km = IdeKmResponder([self.ide], devfn=fn.devfn)
+                self.ide_km = IdeKmResponder([self.ide], devfn=fn.devfn, function_name=fn.name)
             fn.config.add_capability(DsnCapability(profile.serial + (instance << 8) + fn_no))
             pcie.on_flr = _flr_handler(fn)
             fn.reset_hooks.append(pers.reset)

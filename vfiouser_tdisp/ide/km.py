@@ -116,7 +116,7 @@ class IdeKmResponder:
     """Answers IDE_KM for one device: port 0 is the function's IDE capability."""
 
     def __init__(self, ports: list[IdeCapability], bus: int = 0, devfn: int = 0,
-                 segment: int = 0, debug_keys: bool = False) -> None:
+                 segment: int = 0, debug_keys: bool = False, function_name: str = "") -> None:
         if not ports:
             raise ValueError("IDE_KM needs at least one port")
         self.ports = ports
@@ -124,6 +124,7 @@ class IdeKmResponder:
         self.devfn = devfn
         self.segment = segment
         self.debug_keys = debug_keys
+        self.function_name = function_name
 
     @property
     def max_port_index(self) -> int:
@@ -148,7 +149,7 @@ class IdeKmResponder:
         if req.port_index > self.max_port_index:
             raise IdeKmError(f"QUERY for port {req.port_index} of {self.max_port_index + 1}")
         dump = self.ports[req.port_index].register_dump()
-        emit("ide_km.query", port=req.port_index)
+        emit("ide_km.query", function=self.function_name, port=req.port_index)
         return QUERY_RESP(IdeKmObject.QUERY_RESP, 0, req.port_index, self.devfn, self.bus,
                           self.segment, self.max_port_index, dump).pack()
 
@@ -156,7 +157,8 @@ class IdeKmResponder:
         head = K_SET.unpack(message[: K_SET.fixed_size()])  # same first 8 bytes
 
         def ack(status: KpAckStatus) -> bytes:
-            emit("ide_km.key_prog", stream_id=head.stream_id, port=head.port_index,
+            emit("ide_km.key_prog", function=self.function_name, stream_id=head.stream_id,
+                 port=head.port_index,
                  key_sub_stream=head.key_sub_stream, status=status.name)
             return KP_ACK(IdeKmObject.KP_ACK, 0, head.stream_id, status, head.key_sub_stream,
                           head.port_index).pack()
@@ -175,10 +177,11 @@ class IdeKmResponder:
         self.ports[req.port_index].key_prog(req.stream_id, key_set, sub, direction, req.key,
                                             req.ifv)
         if self.debug_keys:
-            emit("ide_km.key_debug", stream_id=req.stream_id, key=req.key.hex(),
+            emit("ide_km.key_debug", function=self.function_name, stream_id=req.stream_id,
+                 key=req.key.hex(),
                  ifv=req.ifv.hex())
         else:  # a fingerprint lets logs correlate keys without revealing them
-            emit("ide_km.key_fingerprint", stream_id=req.stream_id,
+            emit("ide_km.key_fingerprint", function=self.function_name, stream_id=req.stream_id,
                  sha256_prefix=hashlib.sha256(req.key).hexdigest()[:8])
         return ack(KpAckStatus.SUCCESS)
 
@@ -196,7 +199,8 @@ class IdeKmResponder:
         else:
             port.key_set_stop(req.stream_id, key_set, sub, direction)
             applied = True
-        emit("ide_km.k_set_go" if go else "ide_km.k_set_stop", stream_id=req.stream_id,
+        emit("ide_km.k_set_go" if go else "ide_km.k_set_stop", function=self.function_name,
+             stream_id=req.stream_id,
              key_set=key_set, direction=direction.name, sub_stream=sub.name, applied=applied)
         return K_SET(IdeKmObject.K_GOSTOP_ACK, 0, req.stream_id, 0, req.key_sub_stream,
                      req.port_index).pack()

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,9 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from ..device.device import get_profile
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from ..device.device import Device, get_profile
 from ..device.personality import get_personality
 from ..server import function_socket_path
+from ..spdm.identity import identity_for_device
+from .host_flow import tsm_flow
 from .initramfs import build_initramfs
 from .provision import Provisioned, ProvisionError, ensure_provisioned
 from .qemu import ANSI_ESCAPE, QemuCommand, accel_decision, qmp_query, run_with_deadline
@@ -330,6 +335,12 @@ def summary(run: GuestRun, prov: Provisioned, profile: str, out: Path) -> list[s
     return lines
 
 
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _sigterm(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -346,8 +357,20 @@ def main_run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             (out / "events.jsonl").unlink()
+        port = free_tcp_port()
+        device = Device(get_profile(args.profile))
+        device.tdisp.close()
+        root = identity_for_device(device, cache_dir=args.cache_dir).root
+        (out / "root.pem").write_bytes(root.public_bytes(Encoding.PEM))
+        checks = list(get_personality(device.profile.personality).GUEST_CHECKS)
+        checks += ["functions", "wait_host"]
         try:
-            run = boot_guest(prov, out, args.profile, args.timeout, args.accel)
+            run = boot_guest(
+                prov, out, args.profile, args.timeout, args.accel, checks=checks,
+                append="vtdisp.wait=5",
+                server_args=["--spdm-port", str(port)] +
+                (["--cache-dir", args.cache_dir] if args.cache_dir else []),
+                host_turn=lambda console: tsm_flow(port, console, root))
         except (RuntimeError, OSError) as exc:
             print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)
             return 1

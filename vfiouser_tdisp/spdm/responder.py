@@ -200,7 +200,7 @@ class SpdmResponder:
         self.config = config
         self.name = name
         self.fsm: StateMachine[ConnectionState] = StateMachine(
-            f"{name}.connection", CONNECTION_TABLE, ConnectionState.NOT_STARTED, endpoint=name)
+            "spdm.connection", CONNECTION_TABLE, ConnectionState.NOT_STARTED, endpoint=name)
         self.neg = Negotiated(m.V10)
         self.message_a = bytearray()
         self.message_b = bytearray()

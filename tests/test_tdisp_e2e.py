@@ -6,6 +6,7 @@ reports (ranges = the BARs as programmed), START, a BAR write -> ERROR, STOP
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def program_bars(c: VfioUserClient, fn: int) -> dict[int, tuple[int, int]]:
     return bars
 
 
-def test_lock_report_start_error_stop_through_doe_registers(served) -> None:  # type: ignore[no-untyped-def]
+def test_lock_report_start_error_stop_through_doe_registers(served, events) -> None:  # type: ignore[no-untyped-def]
     running, path = served
     dev = running.devices[0]
     fn0 = VfioUserClient(path)
@@ -93,7 +94,10 @@ def test_lock_report_start_error_stop_through_doe_registers(served) -> None:  # 
         # IDE: query, six keys + K_SET_GO, then enabling the stream reads SECURE
         query = ide_km.query()
         assert query.max_port_index == 0 and len(query.ide_registers) > 8
-        ide_km.program_stream(STREAM_ID)
+        keys = ide_km.program_stream(STREAM_ID)
+        logged = json.dumps(events.events, default=str)
+        assert not any(k.hex() in logged for k in keys.values())  # keys never in clear
+        assert len(events.of("ide_km.key_fingerprint")) == 6
         fn0.config_write32(SEL0_CTL, (STREAM_ID << 24) | 1)
         assert fn0.config_read32(SEL0_STS) & 0xF == IdeStreamState.SECURE.value
 

@@ -36,6 +36,8 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pcap-keys", metavar="FILE",
                    help="append SPDM session keys (JSON lines, secret!) to FILE so a decoder "
                         "can open the secured records of --pcap; device i > 0 writes FILE.i")
+    p.add_argument("--debug-ide-keys", action="store_true",
+                   help="log IDE_KM keys in clear in the events (default: a fingerprint)")
     _add_identity_args(p)
 
 

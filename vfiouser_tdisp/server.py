@@ -55,7 +55,8 @@ class RunningDevices:
 def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = None,
                   spdm_host: str = "127.0.0.1", pcap: str | None = None, *,
                   pcap_keys: str | None = None,
-                  identity_options: dict[str, Any] | None = None) -> RunningDevices:
+                  identity_options: dict[str, Any] | None = None,
+                  debug_ide_keys: bool = False) -> RunningDevices:
     """Build one device per socket path and start serving it.
 
     Device ``i`` gets the spdm-emu port ``spdm_port + i`` and the capture file
@@ -69,7 +70,8 @@ def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = N
     running = RunningDevices()
     try:
         for i, path in enumerate(paths):
-            dev = Device(profile, instance=i, identity_options=identity_options)
+            dev = Device(profile, instance=i, identity_options=identity_options,
+                         debug_ide_keys=debug_ide_keys)
             running.devices.append(dev)
             spdm = dev.spdm
             if pcap:
@@ -99,9 +101,11 @@ def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = N
 def serve_forever(paths: list[str], profile_name: str, spdm_port: int | None = None,
                   spdm_host: str = "127.0.0.1", pcap: str | None = None, *,
                   pcap_keys: str | None = None,
-                  identity_options: dict[str, Any] | None = None) -> None:
+                  identity_options: dict[str, Any] | None = None,
+                  debug_ide_keys: bool = False) -> None:
     running = start_devices(paths, profile_name, spdm_port, spdm_host, pcap,
-                            pcap_keys=pcap_keys, identity_options=identity_options)
+                            pcap_keys=pcap_keys, identity_options=identity_options,
+                            debug_ide_keys=debug_ide_keys)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -143,7 +147,8 @@ def main_serve(args: argparse.Namespace) -> int:
                     "cache_dir": args.cache_dir}
         try:
             serve_forever(args.socket, args.profile, args.spdm_port, args.spdm_host, args.pcap,
-                          pcap_keys=args.pcap_keys, identity_options=identity)
+                          pcap_keys=args.pcap_keys, identity_options=identity,
+                          debug_ide_keys=args.debug_ide_keys)
         except IdentityError as exc:
             print(f"vfiouser-tdisp serve: {exc}", file=sys.stderr)
             return 2

@@ -90,7 +90,8 @@ class Device:
 
     def __init__(self, profile: DeviceProfile, instance: int = 0, *,
                  identity: DeviceIdentity | None = None,
-                 identity_options: dict[str, Any] | None = None) -> None:
+                 identity_options: dict[str, Any] | None = None,
+                 debug_ide_keys: bool = False) -> None:
         self.profile = profile
         self.instance = instance
         self.doe = DoeDispatcher(name=f"{profile.name}.{instance}.doe")
@@ -133,7 +134,8 @@ class Device:
                 self.ide = IdeCapability(profile.ide_link_streams, profile.ide_selective_streams,
                                          profile.ide_assoc_blocks, function_name=fn.name)
                 fn.config.add_capability(self.ide)
-                self.ide_km = IdeKmResponder([self.ide], devfn=fn.devfn, function_name=fn.name)
+                self.ide_km = IdeKmResponder([self.ide], devfn=fn.devfn, function_name=fn.name,
+                                             debug_keys=debug_ide_keys)
             fn.config.add_capability(DsnCapability(profile.serial + (instance << 8) + fn_no))
             pcie.on_flr = _flr_handler(fn)
             fn.reset_hooks.append(pers.reset)

@@ -329,6 +329,8 @@ class SpdmResponder:
                               f"request code {code:#04x}", data=code)
         if self.fsm.state is ConnectionState.NOT_STARTED:
             raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "no GET_VERSION yet")
+        if self.fsm.state is ConnectionState.AFTER_VERSION and code != m.GET_CAPABILITIES_CODE:
+            raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "GET_CAPABILITIES comes next")
         choosing = code == m.GET_CAPABILITIES_CODE and \
             self.fsm.state is ConnectionState.AFTER_VERSION  # this request picks the version
         if version != self.neg.version and not choosing:

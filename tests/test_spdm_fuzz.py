@@ -1,0 +1,191 @@
+"""Fuzzing the SPDM responder's request parsers (hypothesis).
+
+Whatever arrives -- random bytes, valid requests with flipped, cut or added
+bytes, garbage inside a valid secured record, forged records -- the responder
+answers with a well-formed SPDM message (or, for an undecodable secured
+record, the mailbox error), never raises anything else, and afterwards a full
+VCA + certificate + CHALLENGE still succeeds.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vfiouser_tdisp.doe.protocols import DoeError
+from vfiouser_tdisp.spdm import messages as m
+from vfiouser_tdisp.spdm.requester import SpdmRequester
+
+from .spdm_support import requester, responder
+
+FAST = dict(hashes=("sha256",), asyms=("ecdsa-p256",), dhes=("secp256r1",),
+            aeads=("aes-128-gcm",))
+RESPONSE_CODES = {cls.CODE for cls in m.RESPONSES.values()}
+STATES = ["none", "version", "capabilities", "negotiated", "authenticated"]
+
+
+def valid_requests(version: int = 0x13) -> list[bytes]:
+    v = version
+    return [
+        m.GET_VERSION().pack(),
+        m.GET_CAPABILITIES(spdm_version=v, ct_exponent=12, flags=SpdmRequester.CAP_FLAGS,
+                           data_transfer_size=4096, max_spdm_msg_size=65536).pack(),
+        m.NEGOTIATE_ALGORITHMS(spdm_version=v, param1=2, length=40,
+                               measurement_specification=1, other_params_support=2,
+                               base_asym_algo=0x90, base_hash_algo=3,
+                               req_alg_struct=bytes.fromhex("0220180003200300")).pack(),
+        m.GET_DIGESTS(spdm_version=v).pack(),
+        m.GET_CERTIFICATE(spdm_version=v, offset=0, length=0x200).pack(),
+        m.CHALLENGE(spdm_version=v, param2=1, nonce=bytes(32)).pack(),
+        m.GET_MEASUREMENTS(spdm_version=v, param1=1, param2=0xFF, nonce=bytes(32)).pack(),
+        m.KEY_EXCHANGE(spdm_version=v, req_session_id=5, exchange_data=bytes(96)).pack(
+            m.Sizes(version=v, dhe=96)),
+        m.VENDOR_DEFINED_REQUEST(spdm_version=v, standard_id=3, len=2, vendor_id=b"\x01\x00",
+                                 req_length=3, vendor_defined_req_payload=b"\x01\x10\x81").pack(),
+        m.CHUNK_SEND(spdm_version=v, chunk_size=4, large_message_size=4,
+                     spdm_chunk=b"\x13\x81\0\0").pack(),
+        m.CHUNK_GET(spdm_version=v, param2=1).pack(),
+        m.HEARTBEAT(spdm_version=v).pack(),
+        m.KEY_UPDATE(spdm_version=v, param1=1, param2=1).pack(),
+        m.END_SESSION(spdm_version=v).pack(),
+        m.RESPOND_IF_READY(spdm_version=v).pack(),
+    ]
+
+
+VALID = valid_requests()
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    base = bytearray(draw(st.sampled_from(VALID)))
+    for _ in range(draw(st.integers(0, 4))):
+        op = draw(st.sampled_from(["flip", "cut", "add", "set"]))
+        if op == "flip" and base:
+            i = draw(st.integers(0, len(base) - 1))
+            base[i] ^= 1 << draw(st.integers(0, 7))
+        elif op == "cut":
+            del base[draw(st.integers(0, len(base))):]
+        elif op == "add":
+            base += draw(st.binary(min_size=1, max_size=64))
+        elif op == "set" and base:
+            base[draw(st.integers(0, min(len(base) - 1, 8)))] = draw(st.integers(0, 255))
+    return bytes(base)
+
+
+requests = st.one_of(st.binary(max_size=300), mutated())
+
+
+def prepared(state: str):  # type: ignore[no-untyped-def]
+    r = responder()
+    if state == "none":
+        return r
+    req = requester(r, **FAST)
+    if state == "version":
+        r.handle_cma(m.GET_VERSION().pack())
+    elif state == "capabilities":
+        r.handle_cma(m.GET_VERSION().pack())
+        r.handle_cma(VALID[1])
+    else:
+        req.init_connection()
+        if state == "authenticated":
+            req.get_digests()
+            req.get_certificate()
+    return r
+
+
+def well_formed(rsp: bytes) -> None:
+    assert len(rsp) >= 4 and 0x10 <= rsp[0] <= 0x13
+    assert rsp[1] in RESPONSE_CODES, rsp.hex()
+    if rsp[1] == m.ERROR_CODE:
+        assert m.SpdmErrorCode.name(rsp[2]) != f"0x{rsp[2]:02x}", rsp.hex()
+
+
+def still_works(r) -> None:  # type: ignore[no-untyped-def]
+    req = requester(r, **FAST)
+    req.authenticate()
+
+
+RESPONDERS = {state: prepared(state) for state in STATES}
+
+
+def fuzz_plain(state: str, data: bytes, recover: bool) -> None:
+    r = RESPONDERS[state]
+    well_formed(r.handle_cma(data))
+    if recover:
+        still_works(r)
+        RESPONDERS[state] = prepared(state)
+
+
+@pytest.mark.parametrize("state", STATES)
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=requests, recover=st.integers(0, 9))
+def test_plain_requests(state: str, data: bytes, recover: int) -> None:
+    fuzz_plain(state, data, recover == 0)
+
+
+class SessionFixture:
+    def __init__(self) -> None:
+        self.r = responder()
+        self.req = requester(self.r, **FAST)
+        self.req.authenticate()
+        self.s = self.req.start_session()
+
+    def alive(self) -> None:
+        if self.s.session_id not in self.r.sessions:
+            self.s = self.req.start_session()
+
+
+SESSION = SessionFixture()
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=requests)
+def test_garbage_inside_a_valid_secured_record(data: bytes) -> None:
+    """The SPDM layer inside a session sees arbitrary plaintext."""
+    SESSION.alive()
+    record = SESSION.s.secured.seal(data)
+    answer = SESSION.r.handle_secured(record)
+    if answer[1:2] == bytes([m.ERROR_CODE]) and answer[:4] != record[:4]:
+        well_formed(answer)  # a plain ERROR: the session ended
+        return
+    inner = SESSION.s.secured.open(answer)
+    well_formed(inner)
+    if inner[1] in (m.END_SESSION_ACK_CODE, m.KEY_UPDATE_ACK_CODE) or \
+            SESSION.s.session_id not in SESSION.r.sessions:
+        # the fuzzer changed session keys or ended it: start afresh
+        SESSION.s = SESSION.req.start_session()
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(flip=st.integers(0, 10_000), extra=st.binary(max_size=16), cut=st.integers(0, 200))
+def test_forged_secured_records(flip: int, extra: bytes, cut: int) -> None:
+    SESSION.alive()
+    record = bytearray(SESSION.s.secured.seal(m.HEARTBEAT(spdm_version=0x13).pack()))
+    record[flip % len(record)] ^= 1 << (flip % 8)
+    data = bytes(record[:max(6, len(record) - cut % 8)]) + extra
+    try:
+        answer = SESSION.r.handle_secured(data)
+    except DoeError:
+        return  # undecodable or unknown session: the mailbox error
+    if answer[:4] == data[:4] and SESSION.s.session_id in SESSION.r.sessions:
+        # the flip hit padding or the trailing extra bytes: a good record after all
+        well_formed(SESSION.s.secured.open(answer))
+    else:
+        well_formed(answer)
+    if SESSION.s.session_id not in SESSION.r.sessions:
+        SESSION.s = SESSION.req.start_session()
+
+
+def test_fuzzed_responders_still_authenticate() -> None:
+    for r in RESPONDERS.values():
+        still_works(r)
+    SESSION.alive()
+    SESSION.req.heartbeat(SESSION.s)
+
+
+@pytest.mark.slow
+@settings(max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(state=st.sampled_from(STATES), data=requests)
+def test_plain_requests_long(state: str, data: bytes) -> None:
+    fuzz_plain(state, data, False)

@@ -133,7 +133,13 @@ class SessionFixture:
 
     def alive(self) -> None:
         if self.s.session_id not in self.r.sessions:
-            self.s = self.req.start_session()
+            self.fresh()
+
+    def fresh(self) -> None:
+        """Drop whatever the fuzzer left (ended or re-keyed sessions): a new one."""
+        for other in list(self.r.sessions.values()):
+            self.r._end_session(other, "test_reset")
+        self.s = self.req.start_session()
 
 
 SESSION = SessionFixture()
@@ -154,7 +160,7 @@ def test_garbage_inside_a_valid_secured_record(data: bytes) -> None:
     if inner[1] in (m.END_SESSION_ACK_CODE, m.KEY_UPDATE_ACK_CODE) or \
             SESSION.s.session_id not in SESSION.r.sessions:
         # the fuzzer changed session keys or ended it: start afresh
-        SESSION.s = SESSION.req.start_session()
+        SESSION.fresh()
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -174,7 +180,7 @@ def test_forged_secured_records(flip: int, extra: bytes, cut: int) -> None:
     else:
         well_formed(answer)
     if SESSION.s.session_id not in SESSION.r.sessions:
-        SESSION.s = SESSION.req.start_session()
+        SESSION.fresh()
 
 
 def test_fuzzed_responders_still_authenticate() -> None:

@@ -141,6 +141,7 @@ OK = "ok"
 # request -> {state: (outcome, next state)}; outcome is OK or the TDISP error code.
 IIS = TdispErrorCode.INVALID_INTERFACE_STATE
 UNS = TdispErrorCode.UNSUPPORTED_REQUEST
+INV = TdispErrorCode.INVALID_REQUEST
 EXPECTED: dict[TdispRequest, dict[TdiState, tuple[Any, TdiState]]] = {
     TdispRequest.GET_TDISP_VERSION: {s: (OK, s) for s in TdiState},
     TdispRequest.GET_TDISP_CAPABILITIES: {s: (OK, s) for s in TdiState},
@@ -150,10 +151,14 @@ EXPECTED: dict[TdispRequest, dict[TdiState, tuple[Any, TdiState]]] = {
     TdispRequest.GET_DEVICE_INTERFACE_STATE: {s: (OK, s) for s in TdiState},
     TdispRequest.START_INTERFACE_REQUEST: {U: (IIS, U), L: (OK, R), R: (IIS, R), E: (IIS, E)},
     TdispRequest.STOP_INTERFACE_REQUEST: {s: (OK, U) for s in TdiState},
-    **{req: {s: (UNS, s) for s in TdiState} for req in (
+    # Legal only in RUN; there the table's plain request fails its own checks
+    # (no BIND_P2P lock, nothing bound, range not reported): INVALID_REQUEST.
+    **{req: {U: (IIS, U), L: (IIS, L), R: (INV, R), E: (IIS, E)} for req in (
         TdispRequest.BIND_P2P_STREAM_REQUEST, TdispRequest.UNBIND_P2P_STREAM_REQUEST,
-        TdispRequest.SET_MMIO_ATTRIBUTE_REQUEST, TdispRequest.VDM_REQUEST,
-        TdispRequest.SET_TDISP_CONFIG_REQUEST)},
+        TdispRequest.SET_MMIO_ATTRIBUTE_REQUEST)},
+    TdispRequest.VDM_REQUEST: {s: (OK, s) for s in TdiState},
+    TdispRequest.SET_TDISP_CONFIG_REQUEST: {U: (OK, U), L: (IIS, L), R: (IIS, R),
+                                            E: (IIS, E)},
 }
 
 
@@ -162,7 +167,7 @@ def valid_request(req: TdispRequest, nonce: bytes | None) -> m.TdispMessage:
     extras: dict[TdispRequest, dict[str, Any]] = {
         TdispRequest.START_INTERFACE_REQUEST: {"start_interface_nonce": nonce or bytes(32)},
         TdispRequest.GET_DEVICE_INTERFACE_REPORT: {"offset": 0, "length": 0xFFFF},
-        TdispRequest.VDM_REQUEST: {"vendor_id_len": 2, "vendor_id": b"\x01\x00"},
+        TdispRequest.VDM_REQUEST: {"vendor_id_len": 2, "vendor_id": b"\x36\x1b"},
         TdispRequest.SET_MMIO_ATTRIBUTE_REQUEST: {"first_page": 0xFE000, "number_of_pages": 1},
         TdispRequest.BIND_P2P_STREAM_REQUEST: {"p2p_stream_id": 1},
     }
@@ -220,12 +225,13 @@ def test_get_version_and_capabilities() -> None:
     assert v.version_num_count == 1 and v.version_num_entry == b"\x10"
     caps = ask(r, m.GET_TDISP_CAPABILITIES, tsm_caps=0xA5)
     assert r.tdis[0].tsm_caps == 0xA5
-    assert caps.dsm_caps == 0
+    assert caps.dsm_caps == m.DsmCaps.XT_MODE_SUPPORTED
     bitmap = int.from_bytes(caps.req_msg_supported, "little")
-    assert bitmap == 0x7F  # GET_TDISP_VERSION .. STOP_INTERFACE_REQUEST
+    assert bitmap == 0xFFF  # GET_TDISP_VERSION .. SET_TDISP_CONFIG_REQUEST
     assert caps.lock_interface_flags_supported == (
         LockInterfaceFlags.NO_FW_UPDATE | LockInterfaceFlags.SYSTEM_CACHE_LINE_SIZE
-        | LockInterfaceFlags.LOCK_MSIX | LockInterfaceFlags.ALL_REQUEST_REDIRECT)
+        | LockInterfaceFlags.LOCK_MSIX | LockInterfaceFlags.BIND_P2P
+        | LockInterfaceFlags.ALL_REQUEST_REDIRECT)
     assert caps.dev_addr_width == 64 and caps.num_req_this == 1 and caps.num_req_all == 1
 
 
@@ -242,8 +248,6 @@ def test_invalid_request_malformed() -> None:
 
 def test_invalid_request_lock_parameters() -> None:
     _dev, r = make()
-    rsp = ask(r, m.LOCK_INTERFACE_REQUEST, flags=LockInterfaceFlags.BIND_P2P)
-    assert error_of(rsp) is TdispErrorCode.INVALID_REQUEST
     rsp = ask(r, m.LOCK_INTERFACE_REQUEST, flags=0x8000)
     assert error_of(rsp) is TdispErrorCode.INVALID_REQUEST
     rsp = ask(r, m.LOCK_INTERFACE_REQUEST, mmio_reporting_offset=0x800)

@@ -42,6 +42,11 @@ class Personality:
         """(bar, offset, size) ranges that hold no TEE data (for TDISP reports)."""
         return []
 
+    def updatable_ranges(self) -> list[tuple[int, int, int]]:
+        """(bar, offset, size) ranges whose TEE/non-TEE attribute a TSM may change
+        in RUN with SET_MMIO_ATTRIBUTE_REQUEST (reported IS_MEM_ATTR_UPDATABLE)."""
+        return []
+
 
 _REGISTRY: dict[str, type[Personality]] = {}
 

@@ -697,3 +697,7 @@ class VirtioRng(VirtioPciModern):
 
     def non_tee_ranges(self) -> list[tuple[int, int, int]]:
         return []
+
+    def updatable_ranges(self) -> list[tuple[int, int, int]]:
+        # The device-memory BAR may be shared with the host (non-TEE) or kept private.
+        return [(self.DEVICE_MEMORY_BAR, 0, self.DEVICE_MEMORY_SIZE)]

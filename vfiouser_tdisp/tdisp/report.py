@@ -81,10 +81,11 @@ def _bar_segments(size: int, special: list[tuple[int, int, int]]) -> list[tuple[
 
 
 def mmio_ranges(fn: PciFunction, *, non_tee: Iterable[NonTeeRange] = (),
-                mmio_reporting_offset: int = 0,
+                updatable: Iterable[NonTeeRange] = (), mmio_reporting_offset: int = 0,
                 encoding: FirstPageEncoding = FirstPageEncoding.PAGE_NUMBER) -> list[MMIO_RANGE]:
     """The MMIO ranges of ``fn`` as its memory BARs are programmed now."""
     non_tee = list(non_tee)
+    updatable = list(updatable)
     out: list[MMIO_RANGE] = []
     for index, bar in enumerate(fn.bars):
         if bar is None or bar.kind is BarKind.IO:
@@ -100,6 +101,10 @@ def mmio_ranges(fn: PciFunction, *, non_tee: Iterable[NonTeeRange] = (),
         for bar_index, offset, size in non_tee:
             if bar_index == index:
                 special.append((offset, offset + size, MmioRangeAttributes.IS_NON_TEE_MEM))
+        for bar_index, offset, size in updatable:
+            if bar_index == index:
+                special.append((offset, offset + size,
+                                MmioRangeAttributes.IS_MEM_ATTR_UPDATABLE))
         base = fn.bar_address(index) & ~(PAGE_SIZE - 1)
         for first, count, attrs in _bar_segments(bar.size, special):
             address = (base + first * PAGE_SIZE + mmio_reporting_offset) & _U64
@@ -108,8 +113,10 @@ def mmio_ranges(fn: PciFunction, *, non_tee: Iterable[NonTeeRange] = (),
     return out
 
 
-def interface_info(lock_flags: int, dma_capable: bool) -> InterfaceInfo:
+def interface_info(lock_flags: int, dma_capable: bool, xt_mode: bool = False) -> InterfaceInfo:
     info = InterfaceInfo(0)
+    if xt_mode:
+        info |= InterfaceInfo.XT_MODE_SUPPORTED  # the DSM was configured for XT mode
     if lock_flags & LockInterfaceFlags.NO_FW_UPDATE:
         info |= InterfaceInfo.NO_UPDATE_AFTER_LOCK  # we refuse updates (ERROR) once locked
     if dma_capable:
@@ -120,12 +127,13 @@ def interface_info(lock_flags: int, dma_capable: bool) -> InterfaceInfo:
 def build_report(fn: PciFunction, *, lock_flags: int = 0, mmio_reporting_offset: int = 0,
                  encoding: FirstPageEncoding = FirstPageEncoding.PAGE_NUMBER,
                  non_tee: Iterable[NonTeeRange] = (), dma_capable: bool = True,
+                 updatable: Iterable[NonTeeRange] = (), xt_mode: bool = False,
                  device_specific_info: bytes = b"") -> TDI_REPORT_STRUCTURE:
-    ranges = mmio_ranges(fn, non_tee=non_tee, mmio_reporting_offset=mmio_reporting_offset,
-                         encoding=encoding)
+    ranges = mmio_ranges(fn, non_tee=non_tee, updatable=updatable,
+                         mmio_reporting_offset=mmio_reporting_offset, encoding=encoding)
     msix_control = fn.msix.get(2, 2) if fn.msix is not None else 0
     return TDI_REPORT_STRUCTURE(
-        interface_info=int(interface_info(lock_flags, dma_capable)),
+        interface_info=int(interface_info(lock_flags, dma_capable, xt_mode)),
         msi_x_message_control=msix_control,
         lnr_control=0,  # no LN requester capability
         tph_control=0,  # no TPH requester capability

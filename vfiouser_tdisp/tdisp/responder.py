@@ -16,10 +16,12 @@ table (:data:`TDI_TRANSITIONS`)::
     CONFIG_LOCKED / RUN --security-relevant change--> ERROR
     CONFIG_LOCKED / RUN / ERROR --STOP_INTERFACE_REQUEST--> CONFIG_UNLOCKED
 
+    RUN --BIND/UNBIND_P2P_STREAM, SET_MMIO_ATTRIBUTE--> RUN
+    any --VDM_REQUEST--> same;  CONFIG_UNLOCKED --SET_TDISP_CONFIG--> CONFIG_UNLOCKED
+
 Requests that the table does not list for the current state are answered
 with INVALID_INTERFACE_STATE; requests for unknown interfaces with
-INVALID_INTERFACE; messages this DSM does not implement (P2P streams, MMIO
-attribute updates, VDMs, XT mode configuration) with UNSUPPORTED_REQUEST.
+INVALID_INTERFACE; unknown message types with UNSUPPORTED_REQUEST.
 
 While a TDI is CONFIG_LOCKED or RUN the function's TDISP-relevant
 configuration is watched (config-space writes, MSI-X table writes, resets,
@@ -29,8 +31,10 @@ CONFIG_LOCKED and ERROR the TDI issues no DMA (a gate on ``fn.dma``).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hmac
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -110,21 +114,29 @@ TDI_TRANSITIONS: dict[tuple[TdiState, str], TdiState] = {
     (R, TdispRequest.GET_DEVICE_INTERFACE_REPORT.name): R,
     (R, TdispRequest.STOP_INTERFACE_REQUEST.name): U,
     (E, TdispRequest.STOP_INTERFACE_REQUEST.name): U,
+    # PCIe r7.0 §11: P2P stream binding and MMIO attribute updates act on a
+    # TDI in RUN; VDMs are accepted in every state; the DSM configuration (XT
+    # mode) may change only while its TDIs are unlocked.
+    (R, TdispRequest.BIND_P2P_STREAM_REQUEST.name): R,
+    (R, TdispRequest.UNBIND_P2P_STREAM_REQUEST.name): R,
+    (R, TdispRequest.SET_MMIO_ATTRIBUTE_REQUEST.name): R,
+    **{(s, TdispRequest.VDM_REQUEST.name): s for s in TdiState},
+    (U, TdispRequest.SET_TDISP_CONFIG_REQUEST.name): U,
     **{(s, t.value): E for s in (L, R) for t in Enforcement},
     **{(s, CONVENTIONAL_RESET): U for s in TdiState},
 }
 
-SUPPORTED_REQUESTS = frozenset({
-    TdispRequest.GET_TDISP_VERSION, TdispRequest.GET_TDISP_CAPABILITIES,
-    TdispRequest.LOCK_INTERFACE_REQUEST, TdispRequest.GET_DEVICE_INTERFACE_REPORT,
-    TdispRequest.GET_DEVICE_INTERFACE_STATE, TdispRequest.START_INTERFACE_REQUEST,
-    TdispRequest.STOP_INTERFACE_REQUEST,
-})
+SUPPORTED_REQUESTS = frozenset(TdispRequest)
 
 SUPPORTED_LOCK_FLAGS = (LockInterfaceFlags.NO_FW_UPDATE
                         | LockInterfaceFlags.SYSTEM_CACHE_LINE_SIZE
                         | LockInterfaceFlags.LOCK_MSIX
+                        | LockInterfaceFlags.BIND_P2P
                         | LockInterfaceFlags.ALL_REQUEST_REDIRECT)
+SUPPORTED_DSM_CONFIG = m.DsmConfig.XT_MODE_ENABLE | m.DsmConfig.XT_BIT_FOR_LOCKED_MSIX
+
+# A VDM handler gets the TDI and the vendor data, returns the response's vendor data.
+VdmHandler = Callable[["Tdi", bytes], bytes]
 
 SUPPORTED_VERSIONS = bytes([TDISP_VERSION_10])
 
@@ -153,6 +165,8 @@ class NonTeeSource(Protocol):
     """A personality: which BAR ranges hold no TEE data, and how to scrub state."""
 
     def non_tee_ranges(self) -> list[NonTeeRange]: ...
+
+    def updatable_ranges(self) -> list[NonTeeRange]: ...
 
     def reset(self, cause: str) -> None: ...
 
@@ -197,6 +211,7 @@ class Tdi:
         self.personality = personality
         self.lock: LockState | None = None
         self.tsm_caps: int | None = None
+        self.p2p_streams: dict[int, int] = {}  # bound P2P stream id -> stream_config
         self.fsm: StateMachine[TdiState] = StateMachine(
             "tdi", TDI_TRANSITIONS, TdiState.CONFIG_UNLOCKED, function=fn.name)
         self._hooks: list[tuple[list[Any], Any]] = []
@@ -233,6 +248,7 @@ class Tdi:
                             **detail)
         if new is TdiState.CONFIG_UNLOCKED:
             self.lock = None
+            self.p2p_streams.clear()
             if trigger == TdispRequest.STOP_INTERFACE_REQUEST.name:
                 self._scrub()
 
@@ -370,6 +386,8 @@ class TdispResponder:
         self.scrub_on_stop = scrub_on_stop
         self.dev_addr_width = dev_addr_width
         self._faults: list[_InjectedError] = []
+        self.dsm_config = m.DsmConfig(0)
+        self.vdm_handlers: dict[tuple[int, bytes], VdmHandler] = {}
         self.tdis: list[Tdi] = [
             Tdi(self, fn, personalities[i] if personalities is not None else None)
             for i, fn in enumerate(functions)
@@ -384,7 +402,16 @@ class TdispResponder:
             TdispRequest.GET_DEVICE_INTERFACE_STATE: self._get_state,
             TdispRequest.START_INTERFACE_REQUEST: self._start_interface,
             TdispRequest.STOP_INTERFACE_REQUEST: self._stop_interface,
+            TdispRequest.BIND_P2P_STREAM_REQUEST: self._bind_p2p,
+            TdispRequest.UNBIND_P2P_STREAM_REQUEST: self._unbind_p2p,
+            TdispRequest.SET_MMIO_ATTRIBUTE_REQUEST: self._set_mmio_attribute,
+            TdispRequest.VDM_REQUEST: self._vdm,
+            TdispRequest.SET_TDISP_CONFIG_REQUEST: self._set_tdisp_config,
         }
+        # Every TDI answers one VDM of its own vendor (PCI-SIG registry): its
+        # identity and state as JSON, for tools that talk to the device.
+        for fn in {t.function.vendor_id for t in self.tdis}:
+            self.register_vdm(m.RegistryId.PCISIG, fn.to_bytes(2, "little"), _tdi_info_vdm)
 
     @classmethod
     def for_device(cls, device: DeviceLike, **options: Any) -> TdispResponder:
@@ -428,6 +455,11 @@ class TdispResponder:
             if tdi.lock is not None and tdi.lock.ide_stream == stream_id:
                 tdi.enforce(Enforcement.IDE_STREAM_INSECURE,
                             f"IDE stream {stream_id} left SECURE", stream_id=stream_id)
+            elif tdi.lock is not None and stream_id in tdi.p2p_streams:
+                # The same clause for a bound P2P stream: peer traffic of the TDI
+                # would leave the TEE unprotected.
+                tdi.enforce(Enforcement.IDE_STREAM_INSECURE,
+                            f"P2P IDE stream {stream_id} left SECURE", stream_id=stream_id)
 
     def firmware_update(self) -> list[Tdi]:
         """A firmware update of the device happened; returns the TDIs it errored."""
@@ -538,7 +570,7 @@ class TdispResponder:
         for r in SUPPORTED_REQUESTS:
             bitmap |= 1 << (r - TdispRequest.GET_TDISP_VERSION)
         return m.TDISP_CAPABILITIES(
-            function_id=req.function_id, dsm_caps=0,  # no XT mode
+            function_id=req.function_id, dsm_caps=int(m.DsmCaps.XT_MODE_SUPPORTED),
             req_msg_supported=bitmap.to_bytes(16, "little"),
             lock_interface_flags_supported=int(SUPPORTED_LOCK_FLAGS),
             dev_addr_width=self.dev_addr_width, num_req_this=1, num_req_all=1)
@@ -578,7 +610,9 @@ class TdispResponder:
         report = build_report(
             fn, lock_flags=int(flags), mmio_reporting_offset=req.mmio_reporting_offset,
             encoding=self.encoding, dma_capable=self.dma_capable,
-            non_tee=tdi.personality.non_tee_ranges() if tdi.personality else ())
+            non_tee=tdi.personality.non_tee_ranges() if tdi.personality else (),
+            updatable=tdi.personality.updatable_ranges() if tdi.personality else (),
+            xt_mode=bool(self.dsm_config & m.DsmConfig.XT_MODE_ENABLE))
         tdi.lock = LockState(flags, req.default_stream_id, req.mmio_reporting_offset,
                              req.bind_p2p_address_mask, nonce, report.pack(), ide_stream)
         emit("tdisp.locked", function=fn.name, flags=int(flags),
@@ -610,6 +644,98 @@ class TdispResponder:
 
     def _stop_interface(self, tdi: Tdi, req: m.STOP_INTERFACE_REQUEST) -> TdispMessage:
         return m.STOP_INTERFACE_RESPONSE(function_id=req.function_id)
+
+    def _bind_p2p(self, tdi: Tdi, req: m.BIND_P2P_STREAM_REQUEST) -> TdispMessage:
+        assert tdi.lock is not None
+        # PCIe r7.0 §11, BIND_P2P_STREAM_REQUEST: only for a TDI locked with
+        # BIND_P2P, for a Selective IDE stream that is established (SECURE).
+        if not tdi.lock.flags & LockInterfaceFlags.BIND_P2P:
+            raise TdispFailure(TdispErrorCode.INVALID_REQUEST, "locked without BIND_P2P")
+        if req.stream_config & ~int(m.StreamConfig.XT_ENABLE):
+            raise TdispFailure(TdispErrorCode.INVALID_REQUEST,
+                               f"reserved stream_config bits {req.stream_config:#x}")
+        if req.stream_config & m.StreamConfig.XT_ENABLE and \
+                not self.dsm_config & m.DsmConfig.XT_MODE_ENABLE:
+            raise TdispFailure(TdispErrorCode.INVALID_REQUEST, "XT_ENABLE without XT mode")
+        if req.p2p_stream_id in tdi.p2p_streams:
+            raise TdispFailure(TdispErrorCode.INVALID_REQUEST,
+                               f"P2P stream {req.p2p_stream_id} already bound")
+        if self.ide is None or \
+                self.ide.stream_state(req.p2p_stream_id) is not IdeStreamState.SECURE:
+            raise TdispFailure(TdispErrorCode.INVALID_REQUEST,
+                               f"IDE stream {req.p2p_stream_id} is not SECURE")
+        tdi.p2p_streams[req.p2p_stream_id] = req.stream_config
+        emit("tdisp.p2p_bind", function=tdi.function.name, stream_id=req.p2p_stream_id,
+             stream_config=req.stream_config)
+        return m.BIND_P2P_STREAM_RESPONSE(function_id=req.function_id)
+
+    def _unbind_p2p(self, tdi: Tdi, req: m.UNBIND_P2P_STREAM_REQUEST) -> TdispMessage:
+        if tdi.p2p_streams.pop(req.p2p_stream_id, None) is None:
+            raise TdispFailure(TdispErrorCode.INVALID_REQUEST,
+                               f"P2P stream {req.p2p_stream_id} is not bound")
+        emit("tdisp.p2p_unbind", function=tdi.function.name, stream_id=req.p2p_stream_id)
+        return m.UNBIND_P2P_STREAM_RESPONSE(function_id=req.function_id)
+
+    def _set_mmio_attribute(self, tdi: Tdi, req: m.SET_MMIO_ATTRIBUTE_REQUEST) -> TdispMessage:
+        assert tdi.lock is not None
+        report = m.TDI_REPORT_STRUCTURE.unpack(tdi.lock.report)
+        ranges = list(report.mmio_range)
+        i = next((k for k, r in enumerate(ranges)
+                  if (r.first_page, r.number_of_pages, r.range_id)
+                  == (req.first_page, req.number_of_pages, req.range_id)), None)
+        if i is None:
+            raise TdispFailure(TdispErrorCode.INVALID_REQUEST,
+                               "the range is not one of the reported MMIO ranges")
+        r = ranges[i]
+        # PCIe r7.0 §11, SET_MMIO_ATTRIBUTE_REQUEST: only ranges reported with
+        # IS_MEM_ATTR_UPDATABLE, and only their IS_NON_TEE_MEM attribute changes.
+        if not r.range_attributes & m.MmioRangeAttributes.IS_MEM_ATTR_UPDATABLE:
+            raise TdispFailure(TdispErrorCode.INVALID_REQUEST, "range is not updatable")
+        fixed = ~int(m.MmioRangeAttributes.IS_NON_TEE_MEM) & 0xFFFF
+        if (req.range_attributes ^ r.range_attributes) & fixed:
+            raise TdispFailure(TdispErrorCode.INVALID_REQUEST,
+                               "only IS_NON_TEE_MEM may change")
+        ranges[i] = r.replace(range_attributes=req.range_attributes)
+        tdi.lock = dataclasses.replace(tdi.lock, report=report.replace(mmio_range=ranges).pack())
+        emit("tdisp.mmio_attribute", function=tdi.function.name, range_id=req.range_id,
+             first_page=req.first_page, non_tee=bool(
+                 req.range_attributes & m.MmioRangeAttributes.IS_NON_TEE_MEM))
+        return m.SET_MMIO_ATTRIBUTE_RESPONSE(function_id=req.function_id)
+
+    def register_vdm(self, registry_id: int, vendor_id: bytes, handler: VdmHandler) -> None:
+        self.vdm_handlers[(int(registry_id), bytes(vendor_id))] = handler
+
+    def _vdm(self, tdi: Tdi, req: m.VDM_REQUEST) -> TdispMessage:
+        handler = self.vdm_handlers.get((req.registry_id, req.vendor_id))
+        if handler is None:
+            raise TdispFailure(TdispErrorCode.UNSUPPORTED_REQUEST,
+                               f"no VDM for registry {req.registry_id} "
+                               f"vendor {req.vendor_id.hex()}")
+        data = handler(tdi, req.vendor_data)
+        return m.VDM_RESPONSE(function_id=req.function_id, registry_id=req.registry_id,
+                              vendor_id_len=len(req.vendor_id), vendor_id=req.vendor_id,
+                              vendor_data=data)
+
+    def _set_tdisp_config(self, tdi: Tdi, req: m.SET_TDISP_CONFIG_REQUEST) -> TdispMessage:
+        if req.dsm_config & ~int(SUPPORTED_DSM_CONFIG):
+            raise TdispFailure(TdispErrorCode.INVALID_REQUEST,
+                               f"unsupported dsm_config bits {req.dsm_config:#x}")
+        busy = [t.function.name for t in self.tdis if t.state is not TdiState.CONFIG_UNLOCKED]
+        if busy:  # the configuration is the DSM's: every TDI must be unlocked
+            raise TdispFailure(TdispErrorCode.INVALID_INTERFACE_STATE,
+                               f"TDIs not unlocked: {', '.join(busy)}")
+        self.dsm_config = m.DsmConfig(req.dsm_config)
+        emit("tdisp.dsm_config", dsm_config=int(self.dsm_config))
+        return m.SET_TDISP_CONFIG_RESPONSE(function_id=req.function_id)
+
+
+def _tdi_info_vdm(tdi: Tdi, data: bytes) -> bytes:
+    """The built-in VDM: JSON with the TDI's function, IDs, state and P2P bindings."""
+    fn = tdi.function
+    return json.dumps({"function": fn.name, "vendor_id": fn.vendor_id,
+                       "device_id": fn.device_id, "devfn": fn.devfn,
+                       "state": tdi.state.name, "p2p_streams": sorted(tdi.p2p_streams),
+                       "request": data.hex()}, sort_keys=True).encode()
 
 
 # -- the PCI-SIG vendor-defined protocol handler ---------------------------------------

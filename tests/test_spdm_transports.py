@@ -165,3 +165,17 @@ def test_capture_decodes_and_secured_records_open(served) -> None:  # type: igno
         ("request", m.END_SESSION_CODE), ("response", m.END_SESSION_ACK_CODE),
     ]
     assert oct((sock_dir / "keys.jsonl").stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize("algs", list(ALGORITHM_SETS), ids=list(ALGORITHM_SETS))
+def test_full_session_in_process(algs) -> None:  # type: ignore[no-untyped-def]
+    """(a) of the three transports: the device's DOE dispatcher called directly."""
+    from vfiouser_tdisp.device.device import Device, get_profile
+
+    dev = Device(get_profile("virtio-rng"))
+    req = SpdmRequester(dev.doe.exchange, **ALGORITHM_SETS[algs])
+    out = full_flow(req, dev.identity.root)
+    check_chain_independently(out["chain"], ALGORITHM_SETS[algs]["hashes"][0],
+                              dev.identity.root)
+    assert req.conn.asym is not None and req.conn.asym.name == ALGORITHM_SETS[algs]["asyms"][0]
+    assert not dev.spdm.sessions

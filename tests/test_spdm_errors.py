@@ -486,3 +486,15 @@ def test_forged_replayed_and_unknown_records(r: SpdmResponder) -> None:
     # and the connection itself is intact
     s = req.start_session()
     req.heartbeat(s)
+
+
+def test_spdm_1_3_certificate_info_and_slot_size() -> None:
+    r = responder()
+    vca(r, v=0x13)
+    chain = identity().for_asym("ecdsa-p384").spdm_chain("sha384")  # type: ignore[union-attr]
+    size = m.CERTIFICATE.unpack(r.handle_cma(m.GET_CERTIFICATE(
+        spdm_version=0x13, param2=1, offset=0, length=0x100).pack()))
+    assert (size.portion_length, size.remainder_length, size.param2) == (0, len(chain), 1)
+    part = m.CERTIFICATE.unpack(r.handle_cma(m.GET_CERTIFICATE(
+        spdm_version=0x13, offset=0, length=0x100).pack()))
+    assert part.param2 == 1 and part.cert_chain == chain[:0x100]

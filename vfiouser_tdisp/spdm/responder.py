@@ -62,7 +62,8 @@ from .session import (
 if TYPE_CHECKING:
     from .identity import DeviceIdentity, SlotIdentity
 
-CT_EXPONENT = 12           # 2^12 us = 4 ms worst-case cryptographic timeout
+CT_EXPONENT = 12
+CERT_MODEL_DEVICE_CERT = 1  # SPDM 1.3 CertInfo.CertModel           # 2^12 us = 4 ms worst-case cryptographic timeout
 MAX_SESSIONS = 4
 SECURED_MESSAGE_VERSIONS = (0x10, 0x11)  # DSP0277 versions we select from
 OPAQUE_SPEC_ID_DMTF = 0x444D5446
@@ -535,13 +536,22 @@ class SpdmResponder:
         if slot_id != 0:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, f"slot {slot_id} is empty")
         chain = self._chain(slot, hash_algo)
+        # 1.3: CertInfo.CertModel = DeviceCert (1); SlotSizeRequested (param2 bit 0)
+        # asks only for the chain's size, in RemainderLength.
+        cert_info = CERT_MODEL_DEVICE_CERT if self.neg.version >= m.V13 else 0
+        if self.neg.version >= m.V13 and req.param2 & 1:
+            rsp = m.CERTIFICATE(spdm_version=self.neg.version, param1=slot_id, param2=cert_info,
+                                portion_length=0, remainder_length=len(chain)).pack()
+            if sess is None:
+                self.message_b += exact + rsp
+            return rsp
         if req.offset >= len(chain):
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest,
                               f"offset {req.offset} beyond the {len(chain)}-byte chain")
         limit = min(self.config.data_transfer_size,
                     self.neg.peer_dts or self.config.data_transfer_size) - 8
         portion = chain[req.offset:req.offset + min(req.length, limit)]
-        rsp = m.CERTIFICATE(spdm_version=self.neg.version, param1=slot_id,
+        rsp = m.CERTIFICATE(spdm_version=self.neg.version, param1=slot_id, param2=cert_info,
                             portion_length=len(portion),
                             remainder_length=len(chain) - req.offset - len(portion),
                             cert_chain=portion).pack()

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import ServerThread
 from vfiouser_tdisp.device.dma_test import DMA_CMD_FROM_DEVICE, DMA_CMD_TO_DEVICE
+from vfiouser_tdisp.device.function import IrqIndex
 from vfiouser_tdisp.vfio_user.client import VfioUserClient, VfioUserError
 from vfiouser_tdisp.vfio_user.messages import (
     VFIO_IRQ_SET_ACTION_MASK,
@@ -273,6 +274,41 @@ def test_msix_eventfd_trigger_mask_pending_unmask(dma_server: ServerThread) -> N
             c.set_irqs(2, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_DATA_BOOL
                        | VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1)
         os.close(efd)
+
+
+def test_mask_and_unmask_through_eventfds(dma_server: ServerThread) -> None:
+    """ACTION_MASK/UNMASK with DATA_EVENTFD (QEMU's KVM INTx resampling path):
+    signalling the eventfd masks / unmasks, a pending vector then fires."""
+    with connect(dma_server) as c:
+        efd = os.eventfd(0, os.EFD_NONBLOCK)
+        mask_fd, unmask_fd = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
+        c.set_irqs(2, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1, fds=[efd])
+        c.set_irqs(2, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_MASK, 0, 1,
+                   fds=[os.dup(mask_fd)])
+        c.set_irqs(2, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_UNMASK, 0, 1,
+                   fds=[os.dup(unmask_fd)])
+        irqs = dma_server.device.dsm.irqs
+        os.eventfd_write(mask_fd, 1)
+        deadline = time.monotonic() + 5
+        while 0 not in irqs.masked[IrqIndex.MSIX] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        c.set_irqs(2, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1)
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(efd)  # masked: pending
+        os.eventfd_write(unmask_fd, 1)
+        while time.monotonic() < deadline:
+            try:
+                assert os.eventfd_read(efd) == 1  # delivered on unmask
+                break
+            except BlockingIOError:
+                time.sleep(0.01)
+        else:
+            pytest.fail("the unmask eventfd did not deliver the pending vector")
+        # dropping the unmask eventfd (no fds) stops its watcher
+        c.set_irqs(2, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_UNMASK, 0, 1)
+        assert ("unmask", IrqIndex.MSIX, 0) not in irqs.action_fds
+        for fd in (efd, mask_fd, unmask_fd):
+            os.close(fd)
 
 
 def test_device_raises_msix_after_dma(dma_server: ServerThread) -> None:

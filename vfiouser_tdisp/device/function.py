@@ -20,10 +20,13 @@ Type-0 header register map (PCIe r6.x §7.5.1)::
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import mmap
 import os
+import select
 import struct
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -233,6 +236,10 @@ class Interrupts:
         self.fds: dict[IrqIndex, dict[int, int]] = {i: {} for i in IrqIndex}
         self.masked: dict[IrqIndex, set[int]] = {i: set() for i in IrqIndex}
         self.pending: dict[IrqIndex, set[int]] = {i: set() for i in IrqIndex}
+        # SET_IRQS ACTION_MASK/UNMASK with DATA_EVENTFD: the client signals the
+        # eventfd instead of sending a message (QEMU's KVM INTx resampling uses
+        # the unmask eventfd).  One watcher thread per registered fd.
+        self.action_fds: dict[tuple[str, IrqIndex, int], tuple[int, threading.Event]] = {}
 
     def count(self, index: IrqIndex) -> int:
         if index is IrqIndex.INTX:
@@ -256,6 +263,44 @@ class Interrupts:
             old = self.fds[index].pop(v, None)
             if old is not None:
                 os.close(old)
+
+    def set_action_fd(self, action: str, index: IrqIndex, vector: int, fd: int | None) -> None:
+        """Register (or with None drop) the eventfd that performs ``action``
+        ("mask" or "unmask") on ``vector`` each time the client signals it."""
+        key = (action, index, vector)
+        old = self.action_fds.pop(key, None)
+        if old is not None:
+            old[1].set()  # the watcher closes its fd when it stops
+        if fd is None:
+            return
+        stop = threading.Event()
+        self.action_fds[key] = (fd, stop)
+        apply = self.mask if action == "mask" else self.unmask
+        threading.Thread(target=self._watch, args=(fd, stop, apply, index, vector),
+                         name=f"{self.function.name}.{action}{vector}", daemon=True).start()
+
+    @staticmethod
+    def _watch(fd: int, stop: threading.Event, apply: Callable[[IrqIndex, int, int], None],
+               index: IrqIndex, vector: int) -> None:
+        try:
+            while not stop.is_set():
+                ready, _, _ = select.select([fd], [], [], 0.2)
+                if ready and not stop.is_set():
+                    try:
+                        os.read(fd, 8)
+                    except BlockingIOError:
+                        continue
+                    apply(index, vector, 1)
+        except (OSError, ValueError):
+            pass  # the fd went away with the connection
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def close_action_fds(self) -> None:
+        for _fd, stop in self.action_fds.values():
+            stop.set()
+        self.action_fds.clear()
 
     def mask(self, index: IrqIndex, start: int, count: int) -> None:
         self.masked[index].update(range(start, start + count))
@@ -309,6 +354,7 @@ class Interrupts:
     def close(self) -> None:
         for index in IrqIndex:
             self.clear_fds(index, 0, 1 << 16)
+        self.close_action_fds()
         self.reset()
 
 

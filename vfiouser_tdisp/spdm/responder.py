@@ -62,8 +62,8 @@ from .session import (
 if TYPE_CHECKING:
     from .identity import DeviceIdentity, SlotIdentity
 
-CT_EXPONENT = 12
-CERT_MODEL_DEVICE_CERT = 1  # SPDM 1.3 CertInfo.CertModel           # 2^12 us = 4 ms worst-case cryptographic timeout
+CT_EXPONENT = 12           # 2^12 us = 4 ms worst-case cryptographic timeout
+CERT_MODEL_DEVICE_CERT = 1  # SPDM 1.3 CertInfo.CertModel
 MAX_SESSIONS = 4
 SECURED_MESSAGE_VERSIONS = (0x10, 0x11)  # DSP0277 versions we select from
 OPAQUE_SPEC_ID_DMTF = 0x444D5446

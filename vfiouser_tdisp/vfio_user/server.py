@@ -468,9 +468,17 @@ class Connection:
             raise ProtocolError(
                 errno.EINVAL, f"vectors {req.start}+{req.count} beyond {total} for {index.name}")
         irqs = self.function.irqs
+        if data_type == VFIO_IRQ_SET_DATA_EVENTFD and action != VFIO_IRQ_SET_ACTION_TRIGGER:
+            name = "mask" if action == VFIO_IRQ_SET_ACTION_MASK else "unmask"
+            if fds and len(fds) != req.count:
+                raise ProtocolError(errno.EINVAL, f"{len(fds)} fds for {req.count} vectors")
+            for i in range(req.count):
+                irqs.set_action_fd(name, index, req.start + i, fds[i] if fds else None)
+            fds.clear()  # ownership passed to the watchers
+            emit("vfio_user.set_irqs", socket=self.name, index=index.name, start=req.start,
+                 count=req.count, action=f"{name}_eventfd")
+            return reply(hdr)
         if data_type == VFIO_IRQ_SET_DATA_EVENTFD:
-            if action != VFIO_IRQ_SET_ACTION_TRIGGER:
-                raise ProtocolError(errno.ENOTSUP, "eventfd mask/unmask is not supported")
             if fds:
                 if len(fds) != req.count:
                     raise ProtocolError(errno.EINVAL,

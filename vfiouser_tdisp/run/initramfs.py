@@ -17,11 +17,22 @@ import re
 import stat
 import struct
 import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-GUEST_SCRIPTS = Path(__file__).resolve().parents[2] / "guest-scripts"
+
+def _guest_scripts() -> Path:
+    """The repository's guest-scripts/ (source checkout or editable install), else
+    the copy a wheel installs under <prefix>/share/vfiouser-tdisp/guest-scripts."""
+    source = Path(__file__).resolve().parents[2] / "guest-scripts"
+    if source.is_dir():
+        return source
+    return Path(sys.prefix) / "share" / "vfiouser-tdisp" / "guest-scripts"
+
+
+GUEST_SCRIPTS = _guest_scripts()
 # Modules every guest carries; checks load them with `modprobe` (lib.sh: load_module).
 GUEST_MODULES: tuple[str, ...] = ("virtio_rng",)
 ROOT_DIRS = ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run",

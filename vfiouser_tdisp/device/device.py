@@ -23,6 +23,7 @@ from ..events import emit
 from ..ide.capability import IdeCapability
 from ..ide.km import IdeKmResponder
 from ..pci.caps import DsnCapability, PcieCapability, PmCapability
+from ..spdm.algorithms import DEFAULT_AEADS, DEFAULT_ASYMS, DEFAULT_DHES, DEFAULT_HASHES
 from ..spdm.identity import DeviceIdentity, identity_for_device
 from ..spdm.messages import REGISTRY_ID_PCISIG, version_byte
 from ..spdm.responder import ResponderConfig, SpdmResponder, VendorError
@@ -49,10 +50,10 @@ class DeviceProfile:
     # vfiouser_tdisp.spdm.algorithms); negotiation picks the first one the
     # requester also offers.
     spdm_versions: tuple[str, ...] = ("1.0", "1.1", "1.2", "1.3")
-    spdm_hash: tuple[str, ...] = ("sha384", "sha256", "sha512")
-    spdm_asym: tuple[str, ...] = ("ecdsa-p384", "ecdsa-p256", "rsassa-3072")
-    spdm_dhe: tuple[str, ...] = ("secp384r1", "secp256r1")
-    spdm_aead: tuple[str, ...] = ("aes-256-gcm", "aes-128-gcm", "chacha20-poly1305")
+    spdm_hash: tuple[str, ...] = DEFAULT_HASHES
+    spdm_asym: tuple[str, ...] = DEFAULT_ASYMS
+    spdm_dhe: tuple[str, ...] = DEFAULT_DHES
+    spdm_aead: tuple[str, ...] = DEFAULT_AEADS
     # Largest SPDM message the device takes in one transfer; bigger requests and
     # responses go through CHUNK_SEND / CHUNK_GET.
     spdm_data_transfer_size: int = 4096

@@ -184,6 +184,12 @@ AEADS: dict[str, AeadAlgo] = {
     "chacha20-poly1305": AeadAlgo("chacha20-poly1305", 1 << 2, 32),
 }
 
+# What a device offers unless its profile says otherwise, most preferred first.
+DEFAULT_HASHES = ("sha384", "sha256", "sha512")
+DEFAULT_ASYMS = ("ecdsa-p384", "ecdsa-p256", "rsassa-3072")
+DEFAULT_DHES = ("secp384r1", "secp256r1")
+DEFAULT_AEADS = ("aes-256-gcm", "aes-128-gcm", "chacha20-poly1305")
+
 KEY_SCHEDULE_SPDM = 1 << 0
 MEASUREMENT_SPEC_DMTF = 1 << 0
 

@@ -35,6 +35,10 @@ from . import messages as m
 from .algorithms import (
     AEADS,
     ASYMS,
+    DEFAULT_AEADS,
+    DEFAULT_ASYMS,
+    DEFAULT_DHES,
+    DEFAULT_HASHES,
     DHES,
     HASHES,
     KEY_SCHEDULE_SPDM,
@@ -118,10 +122,10 @@ class SpdmRequester:
 
     def __init__(self, transport: ObjectTransport, *,
                  versions: tuple[int, ...] = m.SUPPORTED_VERSIONS,
-                 hashes: tuple[str, ...] = ("sha384", "sha256", "sha512"),
-                 asyms: tuple[str, ...] = ("ecdsa-p384", "ecdsa-p256", "rsassa-3072"),
-                 dhes: tuple[str, ...] = ("secp384r1", "secp256r1"),
-                 aeads: tuple[str, ...] = ("aes-256-gcm", "aes-128-gcm", "chacha20-poly1305"),
+                 hashes: tuple[str, ...] = DEFAULT_HASHES,
+                 asyms: tuple[str, ...] = DEFAULT_ASYMS,
+                 dhes: tuple[str, ...] = DEFAULT_DHES,
+                 aeads: tuple[str, ...] = DEFAULT_AEADS,
                  data_transfer_size: int = 4096, max_spdm_msg_size: int = 65536,
                  chunk: bool = True, name: str = "requester") -> None:
         self.transport = transport

@@ -359,7 +359,6 @@ def main_run(args: argparse.Namespace) -> int:
             (out / "events.jsonl").unlink()
         port = free_tcp_port()
         device = Device(get_profile(args.profile))
-        device.tdisp.close()
         root = identity_for_device(device, cache_dir=args.cache_dir).root
         (out / "root.pem").write_bytes(root.public_bytes(Encoding.PEM))
         checks = list(get_personality(device.profile.personality).GUEST_CHECKS)

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from ..events import emit
+from .der import split_der_certificates
 
 if TYPE_CHECKING:
     from ..device.device import Device
@@ -364,15 +365,7 @@ def _load_certs(data: bytes, path: Path) -> list[x509.Certificate]:
         if b"-----BEGIN CERTIFICATE-----" in data:
             certs = x509.load_pem_x509_certificates(data)
         else:
-            certs, pos = [], 0
-            while pos < len(data):
-                if data[pos] != 0x30 or pos + 2 > len(data):
-                    raise ValueError(f"no DER SEQUENCE at byte {pos}")
-                n = data[pos + 1]
-                head, size = (2, n) if n < 0x80 else \
-                    (2 + (n & 0x7F), int.from_bytes(data[pos + 2:pos + 2 + (n & 0x7F)], "big"))
-                certs.append(x509.load_der_x509_certificate(data[pos:pos + head + size]))
-                pos += head + size
+            certs = split_der_certificates(data)
     except ValueError as exc:
         raise IdentityError(f"{path}: not a PEM or DER certificate chain ({exc})") from None
     if not certs:
@@ -416,7 +409,6 @@ def main_certs(args: Any) -> int:
 
     profile = get_profile(args.profile)
     device = Device(profile)
-    device.tdisp.close()
     try:
         identity = identity_for_device(device, cache_dir=args.cache_dir,
                                        chain_file=args.cert_chain, key_file=args.cert_key)

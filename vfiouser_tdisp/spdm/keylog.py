@@ -57,8 +57,7 @@ class _Direction:
                 return None
             aead_name, key, iv = self.keys[idx]
             seq = self.sequence if step == 0 else 0
-            nonce = bytes(a ^ b for a, b in zip(
-                iv, struct.pack("<Q", seq) + bytes(len(iv) - 8), strict=True))
+            nonce = DirectionKeys(b"", key, iv, seq).nonce()
             try:
                 plain = AEADS[aead_name].decrypt(key, nonce, record[6:], record[:6])
             except CryptoError:

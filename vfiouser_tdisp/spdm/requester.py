@@ -51,6 +51,7 @@ from .algorithms import (
     by_bit,
     mask,
 )
+from .der import split_der_certificates
 from .responder import (
     SM_DATA_ID_SUPPORTED_VERSION_LIST,
     SM_DATA_VERSION,
@@ -338,7 +339,10 @@ class SpdmRequester:
         assert h is not None and self.conn.asym is not None
         if len(chain) < 4 + h.size or struct.unpack_from("<H", chain)[0] != len(chain):
             raise SpdmRequesterError("certificate chain Length does not match")
-        certs = _split_der(chain[4 + h.size:])
+        try:
+            certs = split_der_certificates(chain[4 + h.size:])
+        except ValueError as exc:
+            raise SpdmRequesterError(f"certificate chain: {exc}") from None
         if h.digest(certs[0].public_bytes(Encoding.DER)) != chain[4:4 + h.size]:
             raise SpdmRequesterError("RootHash does not match the first certificate")
         if root is not None and certs[0] != root:
@@ -522,21 +526,3 @@ class SpdmRequester:
         self.verify_certificate_chain(root)
         return self.challenge(summary_hash_type)
 
-
-def _split_der(data: bytes) -> list[x509.Certificate]:
-    certs, pos = [], 0
-    while pos < len(data):
-        if data[pos] != 0x30 or pos + 2 > len(data):
-            raise SpdmRequesterError("certificate chain is not DER certificates")
-        first = data[pos + 1]
-        if first < 0x80:
-            size, head = first, 2
-        else:
-            n = first & 0x7F
-            size, head = int.from_bytes(data[pos + 2:pos + 2 + n], "big"), 2 + n
-        try:
-            certs.append(x509.load_der_x509_certificate(data[pos:pos + head + size]))
-        except ValueError as exc:
-            raise SpdmRequesterError(f"certificate {len(certs)} does not parse: {exc}") from None
-        pos += head + size
-    return certs

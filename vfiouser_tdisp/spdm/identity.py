@@ -271,9 +271,7 @@ class DeviceIdentity:
             if inter.public_key() != inter_key.public_key():
                 return None
             return root, inter, inter_key
-        except (OSError, ValueError, TypeError):
-            return None
-        except Exception:  # InvalidSignature and friends: regenerate
+        except Exception:  # unreadable, unparsable or not linked: regenerate
             return None
 
     @staticmethod

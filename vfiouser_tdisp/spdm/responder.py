@@ -627,8 +627,7 @@ class SpdmResponder:
         record = b"".join(b.pack() for b in chosen)
         sizes = self.neg.sizes(signed=signed)
         rsp = m.MEASUREMENTS(
-            spdm_version=self.neg.version, param1=param1,
-            param2=0 if self.neg.version < m.V11 else 0,
+            spdm_version=self.neg.version, param1=param1, param2=0,  # slot 0
             number_of_blocks=len(chosen), measurement_record_length=len(record),
             measurement_record=record, nonce=os.urandom(m.NONCE_SIZE),
             requester_context=req.requester_context,

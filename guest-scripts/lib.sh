@@ -37,6 +37,39 @@ cfg_read() {
     od -An -tu"$3" -j "$2" -N "$3" "/sys/bus/pci/devices/$1/config" | tr -d ' '
 }
 
+# Write the 32-bit value $3 at config offset $2 (dword aligned) of BDF $1: one
+# dword config write, as the kernel issues it for an aligned 4-byte sysfs write.
+cfg_write32() {
+    v=$3
+    printf "$(printf '\\%03o\\%03o\\%03o\\%03o' $((v & 255)) $(((v >> 8) & 255)) \
+        $(((v >> 16) & 255)) $(((v >> 24) & 255)))" |
+        dd of="/sys/bus/pci/devices/$1/config" bs=4 count=1 seek="$2" oflag=seek_bytes \
+           conv=notrunc 2>/dev/null
+}
+
+# One DOE exchange on the mailbox at config offset $2 of BDF $1, driven through
+# the registers like drivers/pci/doe.c: write the request dwords ($3...) to
+# DOE_WRITE, set GO, wait for DATA_OBJECT_READY, read DOE_READ dword by dword
+# (a write to DOE_READ advances).  Prints the response dwords (decimal).
+doe_exchange() {
+    bdf=$1; doe=$2; shift 2
+    for dw in "$@"; do cfg_write32 "$bdf" $((doe + 16)) "$dw"; done
+    cfg_write32 "$bdf" $((doe + 8)) $((0x80000000))
+    n=0
+    while [ $(( $(cfg_read "$bdf" $((doe + 12)) 4) & 0x80000000 )) -eq 0 ]; do
+        n=$((n + 1))
+        [ $n -gt 500 ] && return 1
+        [ $(( $(cfg_read "$bdf" $((doe + 12)) 4) & 4 )) -ne 0 ] && return 1  # ERROR
+        sleep 0.01
+    done
+    out=""
+    while [ $(( $(cfg_read "$bdf" $((doe + 12)) 4) & 0x80000000 )) -ne 0 ]; do
+        out="$out $(cfg_read "$bdf" $((doe + 20)) 4)"
+        cfg_write32 "$bdf" $((doe + 20)) 0
+    done
+    echo $out
+}
+
 # Offset of standard capability id $2 (decimal) of BDF $1, or empty.
 find_cap() {
     pos=$(cfg_read "$1" 52 1)

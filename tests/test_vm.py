@@ -67,9 +67,12 @@ def test_guest_sees_the_device(prov: Provisioned, tmp_path: Path) -> None:
 def test_virtio_rng_driver_binds_and_hwrng_delivers(prov: Provisioned, tmp_path: Path) -> None:
     run = boot_guest(prov, tmp_path, "virtio-rng", 120, log=False)  # every check of the profile
     assert run.done and run.exit_code == 0, run.console[-3000:]
-    assert_passed(run, "device", "ids", "tee_io", "doe_features", "doe_dmesg", "ide_cap",
-                  "virtio_rng", "hwrng", "msix")
+    assert_passed(run, "device", "ids", "tee_io", "doe_features", "doe_dmesg", "doe_spdm",
+                  "ide_cap", "virtio_rng", "hwrng", "msix")
     assert run.ok
+    # SPDM driven by the guest through the DOE registers QEMU forwards to the device
+    spdm = (run.result("doe_spdm") or (False, ""))[1]
+    assert "VERSION entries=4 (10 11 12 13)" in spdm and "dts=4096" in spdm
     for t in (1, 2):
         assert f"DOE: [100] Found feature {t} vid: 1 type: {t}" in run.console
     assert "0001:01" in (run.result("doe_features") or (False, ""))[1]
@@ -80,7 +83,8 @@ def test_virtio_rng_driver_binds_and_hwrng_delivers(prov: Provisioned, tmp_path:
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert any(e["event"] == "vfio_user.set_irqs" and e["index"] == "MSIX" for e in events)
     assert any(e["event"] == "virtio.status" and e["status"] & 0x4 for e in events)  # DRIVER_OK
-
+    requests = [e["request"] for e in events if e["event"] == "spdm.request"]
+    assert requests[:3] == ["GET_VERSION", "GET_CAPABILITIES", "GET_VERSION"]
 
 
 def test_tsm_reports_match_the_bars_the_guest_assigned(prov: Provisioned,

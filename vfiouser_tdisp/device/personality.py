@@ -26,7 +26,7 @@ class Personality:
     SUBSYSTEM_ID: ClassVar[int] = 0
     # guest-scripts/check_<name>.sh run by `vfiouser-tdisp run` for this personality
     GUEST_CHECKS: ClassVar[tuple[str, ...]] = (
-        "device", "ids", "tee_io", "doe_features", "doe_dmesg", "ide_cap")
+        "device", "ids", "tee_io", "doe_features", "doe_dmesg", "doe_spdm", "ide_cap")
 
     def __init__(self) -> None:
         self.function: PciFunction | None = None

@@ -661,8 +661,8 @@ class VirtioRng(VirtioPciModern):
     SUBSYSTEM_ID = VIRTIO_ID_RNG
     CLASS_CODE = 0xFF0000  # PCI_CLASS_OTHERS, as QEMU's virtio-rng-pci
     QUEUES = ("requestq",)
-    GUEST_CHECKS = ("device", "ids", "tee_io", "doe_features", "doe_dmesg", "ide_cap",
-                    "virtio_rng", "hwrng", "msix")
+    GUEST_CHECKS = ("device", "ids", "tee_io", "doe_features", "doe_dmesg", "doe_spdm",
+                    "ide_cap", "virtio_rng", "hwrng", "msix")
 
     DEVICE_MEMORY_BAR, DEVICE_MEMORY_SIZE = 4, 0x10000
     # The device may fill less than a buffer (§5.4.6.2); this bounds what one

@@ -441,7 +441,8 @@ class SpdmResponder:
             if length > len(data) or length < 32:
                 raise SpdmFailure(m.SpdmErrorCode.InvalidRequest,
                                   f"Length {length} vs {len(data)} bytes received")
-            if not padded and length != len(data):
+            extra = data[length:]
+            if extra and not (padded and len(extra) < 4 and not any(extra)):
                 raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, "Length mismatch")
             data = data[:length]
         req, exact = self._parse(m.NEGOTIATE_ALGORITHMS, data, False)

@@ -82,6 +82,7 @@ class RequesterSession:
     heartbeat_period: int = 0
     secured_version: int = 0
     th2: bytes = b""
+    message_l: bytearray = field(default_factory=bytearray)  # L2
 
 
 @dataclass
@@ -158,11 +159,16 @@ class SpdmRequester:
         errors are followed by CHUNK_GETs, both inside the session if any.
         """
         if self.conn.responder_dts and len(request) > self.conn.responder_dts:
-            return self._chunk_send(request, session)
-        response = self._raw(request, session)
-        if len(response) >= 4 and response[1] == m.ERROR_CODE and \
-                response[2] == m.SpdmErrorCode.LargeResponse and len(response) >= 5:
-            return self._chunk_get(response[4], session)
+            response = self._chunk_send(request, session)
+        else:
+            response = self._raw(request, session)
+            if len(response) >= 4 and response[1] == m.ERROR_CODE and \
+                    response[2] == m.SpdmErrorCode.LargeResponse and len(response) >= 5:
+                response = self._chunk_get(response[4], session)
+        if request[1:2] != bytes([m.GET_MEASUREMENTS_CODE]) and \
+                response[1:2] != bytes([m.ERROR_CODE]):
+            # Any other request that succeeds resets L1/L2, as on the responder.
+            (session.message_l if session is not None else self.message_l).clear()
         return response
 
     def _raw(self, request: bytes, session: RequesterSession | None) -> bytes:
@@ -237,6 +243,8 @@ class SpdmRequester:
     def init_connection(self) -> Connection:
         self.conn = Connection()
         self.sessions.clear()
+        self.message_b.clear()
+        self.message_l.clear()
         req = m.GET_VERSION(spdm_version=m.V10).pack()
         ver = self._expect(m.VERSION, self._raw(req, None))
         common = [v for v in ver.versions if v in self.versions]
@@ -405,7 +413,7 @@ class SpdmRequester:
             blocks = m.parse_measurement_record(rsp.measurement_record, rsp.number_of_blocks)
         except DecodeError as exc:
             raise SpdmRequesterError(f"measurement record: {exc}") from None
-        transcript = self.message_l
+        transcript = session.message_l if session is not None else self.message_l
         if signed:
             unsigned = exact[:-self.conn.sizes().signature]
             prefix = bytes(self.message_a) if self.conn.version >= m.V12 else b""

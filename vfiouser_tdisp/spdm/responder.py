@@ -351,11 +351,13 @@ class SpdmResponder:
         elif code in _SESSION_ONLY:
             raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
                               f"{m.request_name(code)} outside a session")
+        response: bytes = handler(self, data, sess, padded)
+        # Only a request that succeeded moves the transcripts on: bad input loses nothing.
         if code not in (m.GET_MEASUREMENTS_CODE, m.CHUNK_GET_CODE, m.CHUNK_SEND_CODE):
             (sess.message_l if sess else self.message_l).clear()
         if code not in (m.CHUNK_GET_CODE, m.CHUNK_SEND_CODE):
             self._large_response = None
-        return handler(self, data, sess, padded)  # type: ignore[no-any-return]
+        return response
 
     # -- VCA -----------------------------------------------------------------------------
     def _get_version(self, data: bytes, padded: bool) -> bytes:

@@ -10,7 +10,9 @@ GET_MEASUREMENTS, KEY_EXCHANGE, FINISH and END_SESSION, done by the
 package's requester. "in-process" calls the DOE dispatcher directly; "DOE
 registers" drives the mailbox dword by dword through config-space writes and
 reads over the vfio-user socket, like a guest kernel does: the server runs
-in its own process (``vfiouser-tdisp serve``).  Wall time is the median per
+in its own process (``vfiouser-tdisp serve``).  "spdm-emu socket" sends
+each DOE object over TCP in the spdm-emu framing to a server thread in this
+process (so its CPU includes the server's).  Wall time is the median per
 handshake; CPU is this process's CPU time per handshake (for the DOE case the
 server's CPU is reported separately from /proc).
 """
@@ -18,11 +20,13 @@ server's CPU is reported separately from /proc).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,10 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vfiouser_tdisp.device.device import Device, get_profile  # noqa: E402
 from vfiouser_tdisp.doe.driver import DoeDriver  # noqa: E402
+from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient, SpdmEmuServer  # noqa: E402
 from vfiouser_tdisp.spdm.requester import SpdmRequester  # noqa: E402
 from vfiouser_tdisp.vfio_user.client import VfioUserClient  # noqa: E402
 
-SETS = {
+SETS: dict[str, dict[str, tuple[str, ...]]] = {
     "ECDSA P-384 / SHA-384 / AES-256-GCM": dict(
         hashes=("sha384",), asyms=("ecdsa-p384",), dhes=("secp384r1",), aeads=("aes-256-gcm",)),
     "ECDSA P-256 / SHA-256 / AES-128-GCM": dict(
@@ -69,7 +74,7 @@ def measure(name: str, transport: Callable[[bytes], bytes], rounds: int,
             handshake(transport, algs)
             walls.append(time.perf_counter() - t0)
         cpu = (time.process_time() - cpu0) / rounds
-        line = (f"  {name:<14} {label:<38} wall {statistics.median(walls) * 1e3:7.1f} ms"
+        line = (f"  {name:<15} {label:<38} wall {statistics.median(walls) * 1e3:7.1f} ms"
                 f"  (min {min(walls) * 1e3:.1f})  cpu {cpu * 1e3:6.1f} ms")
         if pid:
             line += f"  server cpu {(server_cpu(pid) - srv0) / rounds * 1e3:6.1f} ms"
@@ -86,7 +91,7 @@ def session_rate(name: str, transport: Callable[[bytes], bytes], seconds: float)
         n += 1
     elapsed = time.perf_counter() - t0
     req.end_session(session)
-    print(f"  {name:<14} HEARTBEAT round trips in a session: {n / elapsed:8.0f} /s "
+    print(f"  {name:<15} HEARTBEAT round trips in a session: {n / elapsed:8.0f} /s "
           f"({elapsed / n * 1e6:.0f} us each)", flush=True)
 
 
@@ -95,6 +100,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=10, help="handshakes per figure (10)")
     ap.add_argument("--seconds", type=float, default=2.0, help="session rate window (2 s)")
     ap.add_argument("--no-doe", action="store_true", help="skip the DOE-register figures")
+    ap.add_argument("--no-emu", action="store_true", help="skip the spdm-emu socket figures")
     args = ap.parse_args()
 
     device = Device(get_profile("virtio-rng"))
@@ -102,33 +108,39 @@ def main() -> int:
     print("full SPDM handshake (VCA, digests, certificate, challenge, measurements, "
           "key exchange, finish, end session):")
     measure("in-process", device.doe.exchange, args.rounds)
-    if not args.no_doe:
-        with tempfile.TemporaryDirectory() as tmp:
+    rates: list[tuple[str, Callable[[bytes], bytes]]] = [("in-process", device.doe.exchange)]
+    with contextlib.ExitStack() as stack:
+        if not args.no_emu:
+            emu = SpdmEmuServer(device.doe, threading.RLock(), port=0)
+            emu.start()
+            stack.callback(emu.close)
+            client = SpdmEmuClient("127.0.0.1", emu.port)
+            stack.callback(client.close)
+            measure("spdm-emu socket", client.doe, args.rounds)
+            rates.append(("spdm-emu socket", client.doe))
+        if not args.no_doe:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
             sock = os.path.join(tmp, "bench.sock")
             env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
             server = subprocess.Popen(
                 [sys.executable, "-m", "vfiouser_tdisp", "serve", "--socket", sock,
                  "--profile", "virtio-rng", "--quiet"], env=env)
-            try:
-                deadline = time.monotonic() + 30
-                while not os.path.exists(sock):
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        raise SystemExit("the server did not start")
-                    time.sleep(0.05)
-                with VfioUserClient(sock) as client:
-                    client.version()
-                    drv = DoeDriver(client.config_read32, client.config_write32, 0x100)
-                    drv.abort()
-                    measure("DOE registers", drv.exchange, args.rounds, server.pid)
-                    print("messages in a session:")
-                    session_rate("in-process", device.doe.exchange, args.seconds)
-                    session_rate("DOE registers", drv.exchange, args.seconds)
-            finally:
-                server.terminate()
-                server.wait(10)
-    else:
+            stack.callback(server.wait, 10)
+            stack.callback(server.terminate)
+            deadline = time.monotonic() + 30
+            while not os.path.exists(sock):
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("the server did not start")
+                time.sleep(0.05)
+            vfu = stack.enter_context(VfioUserClient(sock))
+            vfu.version()
+            drv = DoeDriver(vfu.config_read32, vfu.config_write32, 0x100)
+            drv.abort()
+            measure("DOE registers", drv.exchange, args.rounds, server.pid)
+            rates.append(("DOE registers", drv.exchange))
         print("messages in a session:")
-        session_rate("in-process", device.doe.exchange, args.seconds)
+        for name, transport in rates:
+            session_rate(name, transport, args.seconds)
     return 0
 
 

@@ -4,10 +4,16 @@ Whatever arrives -- random bytes, valid requests with flipped, cut or added
 bytes, garbage inside a valid secured record, forged records -- the responder
 answers with a well-formed SPDM message (or, for an undecodable secured
 record, the mailbox error), never raises anything else, and afterwards a full
-VCA + certificate + CHALLENGE still succeeds.
+VCA + certificate + CHALLENGE still succeeds.  Plain requests are fuzzed in
+every connection state, including with a session in its handshake phase and
+an established one; secured records in the handshake and data phases.
+
+The long runs are marked ``slow`` and run only when selected: ``-m slow``.
 """
 
 from __future__ import annotations
+
+import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,14 +21,15 @@ from hypothesis import strategies as st
 
 from vfiouser_tdisp.doe.protocols import DoeError
 from vfiouser_tdisp.spdm import messages as m
-from vfiouser_tdisp.spdm.requester import SpdmRequester
+from vfiouser_tdisp.spdm.requester import RequesterSession, SpdmRequester
 
-from .spdm_support import requester, responder
+from .spdm_support import dispatcher, requester, responder
 
 FAST = dict(hashes=("sha256",), asyms=("ecdsa-p256",), dhes=("secp256r1",),
             aeads=("aes-128-gcm",))
 RESPONSE_CODES = {cls.CODE for cls in m.RESPONSES.values()}
-STATES = ["none", "version", "capabilities", "negotiated", "authenticated"]
+STATES = ["none", "version", "capabilities", "negotiated", "authenticated", "handshaking",
+          "in-session"]
 
 
 def valid_requests(version: int = 0x13) -> list[bytes]:
@@ -88,10 +95,38 @@ def prepared(state: str):  # type: ignore[no-untyped-def]
         r.handle_cma(VALID[1])
     else:
         req.init_connection()
-        if state == "authenticated":
+        if state != "negotiated":
             req.get_digests()
             req.get_certificate()
+        if state == "handshaking":
+            HandshakeOnly(r).open()
+        elif state == "in-session":
+            req.start_session()
     return r
+
+
+class HandshakeOnly(SpdmRequester):
+    """Stops a session after KEY_EXCHANGE_RSP: the responder is left in the handshake phase."""
+
+    class Stop(Exception):
+        pass
+
+    def __init__(self, r) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(dispatcher(r).exchange, **FAST)  # type: ignore[arg-type]
+        self.session: RequesterSession | None = None
+
+    def send(self, request: bytes, session=None) -> bytes:  # type: ignore[no-untyped-def]
+        if session is not None and request[1] == m.FINISH_CODE:
+            self.session = session
+            raise self.Stop
+        return super().send(request, session)
+
+    def open(self) -> RequesterSession:
+        self.authenticate()
+        with pytest.raises(self.Stop):
+            self.start_session()
+        assert self.session is not None
+        return self.session
 
 
 def well_formed(rsp: bytes) -> None:
@@ -118,7 +153,7 @@ def fuzz_plain(state: str, data: bytes, recover: bool) -> None:
 
 
 @pytest.mark.parametrize("state", STATES)
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=requests, recover=st.integers(0, 9))
 def test_plain_requests(state: str, data: bytes, recover: int) -> None:
     fuzz_plain(state, data, recover == 0)
@@ -163,7 +198,7 @@ def test_garbage_inside_a_valid_secured_record(data: bytes) -> None:
         SESSION.fresh()
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(flip=st.integers(0, 10_000), extra=st.binary(max_size=16), cut=st.integers(0, 200))
 def test_forged_secured_records(flip: int, extra: bytes, cut: int) -> None:
     SESSION.alive()
@@ -183,15 +218,89 @@ def test_forged_secured_records(flip: int, extra: bytes, cut: int) -> None:
         SESSION.fresh()
 
 
+class HandshakeFixture:
+    """A session left in the handshake phase: only FINISH may come."""
+
+    def __init__(self) -> None:
+        self.fresh()
+
+    def fresh(self) -> None:
+        self.r = responder()
+        self.s = HandshakeOnly(self.r).open()
+
+
+HANDSHAKE = HandshakeFixture()
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=requests)
+def test_garbage_inside_a_handshake_record(data: bytes) -> None:
+    h = HANDSHAKE
+    answer = h.r.handle_secured(h.s.secured.seal(data))
+    if h.s.session_id not in h.r.sessions:  # DecryptError for a bad FINISH: a plain ERROR
+        if answer[:4] != struct.pack("<I", h.s.session_id):
+            well_formed(answer)
+        h.fresh()
+        return
+    inner = h.s.secured.open(answer)
+    well_formed(inner)
+    if inner[1] == m.FINISH_RSP_CODE:  # the fuzzer found the FINISH: start over
+        h.fresh()
+    else:
+        assert inner[1] == m.ERROR_CODE
+
+
+@pytest.mark.parametrize("state", STATES)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.one_of(st.binary(max_size=200),
+                      st.builds(lambda sid, n, body: struct.pack("<IH", sid, n) + body,
+                                st.integers(0, 2**32 - 1), st.integers(0, 0xFFFF),
+                                st.binary(max_size=64))))
+def test_random_secured_records_in_every_state(state: str, data: bytes) -> None:
+    """No key: unknown sessions are the mailbox's error; a guessed live session id
+    fails authentication (plain DecryptError)."""
+    r = RESPONDERS[state]
+    try:
+        answer = r.handle_secured(data)
+    except DoeError:
+        return
+    well_formed(answer)
+    assert answer[1] == m.ERROR_CODE and answer[2] == m.SpdmErrorCode.DecryptError
+    RESPONDERS[state] = prepared(state)
+
+
 def test_fuzzed_responders_still_authenticate() -> None:
     for r in RESPONDERS.values():
         still_works(r)
     SESSION.alive()
     SESSION.req.heartbeat(SESSION.s)
+    still_works(HANDSHAKE.r)
+
+
+@settings(max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(state=st.sampled_from(STATES), data=requests)
+def _plain_requests_long(state: str, data: bytes) -> None:
+    fuzz_plain(state, data, False)
+
+
+@settings(max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=requests)
+def _secured_garbage_long(data: bytes) -> None:
+    test_garbage_inside_a_valid_secured_record.hypothesis.inner_test(data)  # type: ignore[attr-defined]
+
+
+def _selected(request: pytest.FixtureRequest) -> None:
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("long fuzzing run: select it with -m slow")
 
 
 @pytest.mark.slow
-@settings(max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(state=st.sampled_from(STATES), data=requests)
-def test_plain_requests_long(state: str, data: bytes) -> None:
-    fuzz_plain(state, data, False)
+def test_plain_requests_long(request: pytest.FixtureRequest) -> None:
+    _selected(request)
+    _plain_requests_long()
+
+
+@pytest.mark.slow
+def test_secured_garbage_long(request: pytest.FixtureRequest) -> None:
+    _selected(request)
+    _secured_garbage_long()

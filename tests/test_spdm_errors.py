@@ -413,6 +413,14 @@ def test_vendor_defined_dispatch_and_errors(r: SpdmResponder) -> None:
     s = req.start_session()
     assert req.vendor_request(3, b"\x01\x00", b"abc", s) == b"cba\x01"
 
+    def broken(ctx, payload: bytes) -> bytes:  # type: ignore[no-untyped-def]
+        raise RuntimeError("handler bug")
+    r.register_vendor_protocol(3, b"\x02\x00", broken)
+    with pytest.raises(SpdmRequesterError) as exc:
+        req.vendor_request(3, b"\x02\x00", b"abc", s)
+    assert exc.value.error_code == E.Unspecified
+    req.heartbeat(s)  # the session survived
+
 
 # -- chunking ----------------------------------------------------------------------------------
 def test_large_response_and_request_in_chunks(r: SpdmResponder) -> None:

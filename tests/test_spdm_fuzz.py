@@ -8,7 +8,8 @@ VCA + certificate + CHALLENGE still succeeds.  Plain requests are fuzzed in
 every connection state, including with a session in its handshake phase and
 an established one; secured records in the handshake and data phases.
 
-The long runs are marked ``slow`` and run only when selected: ``-m slow``.
+The long runs are marked ``slow`` (deselect them with ``-m 'not slow'``); the
+default suite and CI run them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 
 from vfiouser_tdisp.doe.protocols import DoeError
 from vfiouser_tdisp.spdm import messages as m
-from vfiouser_tdisp.spdm.requester import RequesterSession, SpdmRequester
+from vfiouser_tdisp.spdm.requester import RequesterSession, SpdmRequester, SpdmRequesterError
 
 from .spdm_support import dispatcher, requester, responder
 
@@ -167,8 +168,19 @@ class SessionFixture:
         self.s = self.req.start_session()
 
     def alive(self) -> None:
-        if self.s.session_id not in self.r.sessions:
-            self.fresh()
+        """Make sure our side still agrees with the responder on the session.
+
+        Fuzzed plaintext can legitimately re-key or end it behind our back (a
+        KEY_UPDATE or END_SESSION wrapped in CHUNK_SEND, say): probe with a
+        HEARTBEAT and start afresh if it no longer opens.
+        """
+        if self.s.session_id in self.r.sessions:
+            try:
+                self.req.heartbeat(self.s)
+                return
+            except SpdmRequesterError:
+                pass
+        self.fresh()
 
     def fresh(self) -> None:
         """Drop whatever the fuzzer left (ended or re-keyed sessions): a new one."""
@@ -289,18 +301,11 @@ def _secured_garbage_long(data: bytes) -> None:
     test_garbage_inside_a_valid_secured_record.hypothesis.inner_test(data)  # type: ignore[attr-defined]
 
 
-def _selected(request: pytest.FixtureRequest) -> None:
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("long fuzzing run: select it with -m slow")
-
-
 @pytest.mark.slow
-def test_plain_requests_long(request: pytest.FixtureRequest) -> None:
-    _selected(request)
+def test_plain_requests_long() -> None:
     _plain_requests_long()
 
 
 @pytest.mark.slow
-def test_secured_garbage_long(request: pytest.FixtureRequest) -> None:
-    _selected(request)
+def test_secured_garbage_long() -> None:
     _secured_garbage_long()

@@ -141,6 +141,13 @@ SUMMARY_HASH_NONE = 0x00
 SUMMARY_HASH_TCB = 0x01
 SUMMARY_HASH_ALL = 0xFF
 
+# DSP0274 (CHALLENGE_AUTH transcript): one of these requests arriving before a
+# CHALLENGE completes resets M1/M2 -- the digests/certificate part (B) and C.
+RESETS_M1 = frozenset({GET_MEASUREMENTS_CODE, KEY_EXCHANGE_CODE, FINISH_CODE,
+                       PSK_EXCHANGE_CODE, PSK_FINISH_CODE, HEARTBEAT_CODE, KEY_UPDATE_CODE,
+                       GET_ENCAPSULATED_REQUEST_CODE, DELIVER_ENCAPSULATED_RESPONSE_CODE,
+                       END_SESSION_CODE})
+
 CHUNK_LAST = 1 << 0
 NONCE_SIZE = 32
 RANDOM_DATA_SIZE = 32

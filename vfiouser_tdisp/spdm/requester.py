@@ -165,10 +165,12 @@ class SpdmRequester:
             if len(response) >= 4 and response[1] == m.ERROR_CODE and \
                     response[2] == m.SpdmErrorCode.LargeResponse and len(response) >= 5:
                 response = self._chunk_get(response[4], session)
-        if request[1:2] != bytes([m.GET_MEASUREMENTS_CODE]) and \
-                response[1:2] != bytes([m.ERROR_CODE]):
-            # Any other request that succeeds resets L1/L2, as on the responder.
-            (session.message_l if session is not None else self.message_l).clear()
+        if response[1:2] != bytes([m.ERROR_CODE]):
+            if request[1] != m.GET_MEASUREMENTS_CODE:
+                # Any other request that succeeds resets L1/L2, as on the responder.
+                (session.message_l if session is not None else self.message_l).clear()
+            if request[1] in m.RESETS_M1:
+                self.message_b.clear()
         return response
 
     def _raw(self, request: bytes, session: RequesterSession | None) -> bytes:

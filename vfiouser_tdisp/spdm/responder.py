@@ -355,6 +355,8 @@ class SpdmResponder:
         # Only a request that succeeded moves the transcripts on: bad input loses nothing.
         if code not in (m.GET_MEASUREMENTS_CODE, m.CHUNK_GET_CODE, m.CHUNK_SEND_CODE):
             (sess.message_l if sess else self.message_l).clear()
+        if code in m.RESETS_M1:
+            self.message_b.clear()
         if code not in (m.CHUNK_GET_CODE, m.CHUNK_SEND_CODE):
             self._large_response = None
         return response
@@ -797,7 +799,13 @@ class SpdmResponder:
                               f"no vendor protocol {req.standard_id}/{req.vendor_id.hex()}",
                               data=m.VENDOR_DEFINED_REQUEST_CODE)
         ctx = VendorContext(None if sess is None else sess.session_id, self.neg.version)
-        answer = handler(ctx, req.vendor_defined_req_payload)
+        try:
+            answer = handler(ctx, req.vendor_defined_req_payload)
+        except SpdmFailure:
+            raise
+        except Exception as exc:  # a protocol bug answers ERROR, the connection lives on
+            emit("spdm.vendor_handler_error", endpoint=self.name, error=repr(exc))
+            raise SpdmFailure(m.SpdmErrorCode.Unspecified, f"vendor handler: {exc!r}") from None
         if len(answer) > 0xFFFF:
             raise SpdmFailure(m.SpdmErrorCode.Unspecified, "vendor response too large")
         return m.VENDOR_DEFINED_RESPONSE(

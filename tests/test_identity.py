@@ -18,6 +18,7 @@ from vfiouser_tdisp.spdm.identity import (
     DeviceIdentity,
     IdentityError,
     PcieSan,
+    SlotIdentity,
     device_san,
     identity_for_device,
     leaf_san_text,
@@ -57,7 +58,9 @@ def test_generated_chain_links_keys_and_san(ident: DeviceIdentity) -> None:
         for parent, child in zip(slot.certs, slot.certs[1:], strict=False):
             child.verify_directly_issued_by(parent)
         pub = slot.leaf.public_key()
-        assert isinstance(pub, cls) and pub.key_size == bits
+        assert isinstance(pub, cls)
+        assert isinstance(pub, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
+        assert pub.key_size == bits
         assert slot.key.public_key() == pub
         san = slot.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         (other,) = san.value.get_values_for_type(x509.OtherName)
@@ -94,6 +97,43 @@ def test_cache_reuse_and_added_algorithm(ident: DeviceIdentity, cache: Path) -> 
     assert oct((cache / "t.0" / "root.key.pem").stat().st_mode & 0o777) == "0o600"
 
 
+def test_added_algorithm_keeps_root_and_cached_leaves(tmp_path: Path) -> None:
+    a = DeviceIdentity.generated(SAN, ("ecdsa-p256",), cache_dir=tmp_path, label="y")
+    b = DeviceIdentity.generated(SAN, ("ecdsa-p256", "ecdsa-p384"), cache_dir=tmp_path,
+                                 label="y")
+    a256, b256, b384 = a.for_asym("ecdsa-p256"), b.for_asym("ecdsa-p256"), b.for_asym("ecdsa-p384")
+    assert a256 is not None and b256 is not None and b384 is not None
+    assert b.root == a.root and b256.leaf == a256.leaf and b256.certs[1] == b384.certs[1]
+    assert b256.key.public_key() == a256.key.public_key()
+    b384.leaf.verify_directly_issued_by(b384.certs[1])
+    assert {p.name for p in (tmp_path / "y").iterdir()} == {
+        "root.pem", "root.key.pem", "intermediate.pem", "intermediate.key.pem",
+        "leaf-ecdsa-p256.pem", "leaf-ecdsa-p256.key.pem",
+        "leaf-ecdsa-p384.pem", "leaf-ecdsa-p384.key.pem"}
+    # No caching: a fresh identity every time.
+    c = DeviceIdentity.generated(SAN, ("ecdsa-p256",), cache_dir=None, label="y")
+    assert c.root != a.root
+
+
+def test_spdm_chain_limits(ident: DeviceIdentity) -> None:
+    slot = ident.for_asym("rsassa-3072")
+    assert slot is not None
+    with pytest.raises(ValueError, match="RootHash"):
+        slot.spdm_chain("md5")
+    big = SlotIdentity(slot.asym, slot.certs[:1] + slot.certs[1:] * 100, slot.key)
+    with pytest.raises(ValueError, match="65535"):
+        big.spdm_chain("sha256")
+
+
+def test_device_san_from_config_space() -> None:
+    # dma-test has no subsystem IDs: SSVID/SSID are left out; DSN is function 0's.
+    dev = Device(get_profile("dma-test"), instance=1)
+    assert device_san(dev).text() == "Vendor=1b36:Device=10f0:CC=ff0000:REV=01:DSN=5644545000000101"
+    dev = Device(get_profile("virtio-rng"))
+    assert device_san(dev).text() == ("Vendor=1af4:Device=1044:CC=ff0000:REV=01:SSVID=1af4:"
+                                      "SSID=0004:DSN=5644545000000001")
+
+
 def test_corrupt_cache_regenerates(tmp_path: Path) -> None:
     a = DeviceIdentity.generated(SAN, ("ecdsa-p256",), cache_dir=tmp_path, label="x")
     (tmp_path / "x" / "intermediate.pem").write_text("garbage")
@@ -126,6 +166,25 @@ def test_user_supplied_chain(ident: DeviceIdentity, tmp_path: Path, pem: bool,
     assert got is not None and got.certs == slot.certs and user.root == ident.root
 
 
+@pytest.mark.parametrize("pem", [True, False], ids=["pem", "der"])
+def test_user_key_traditional_and_encrypted(ident: DeviceIdentity, tmp_path: Path,
+                                            pem: bool) -> None:
+    slot = ident.for_asym("ecdsa-p256")
+    assert slot is not None
+    chain, key = _files(tmp_path, list(slot.certs), slot.key, pem)
+    key.write_bytes(slot.key.private_bytes(PEM if pem else DER,
+                                           serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
+    got = DeviceIdentity.from_files(chain, key).for_asym("ecdsa-p256")
+    assert got is not None and got.key.public_key() == slot.key.public_key()
+    key.write_bytes(slot.key.private_bytes(PEM if pem else DER,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.BestAvailableEncryption(b"pw")))
+    assert DeviceIdentity.from_files(chain, key, password=b"pw").for_asym("ecdsa-p256")
+    with pytest.raises(IdentityError, match="not a private key"):
+        DeviceIdentity.from_files(chain, key)
+
+
 def test_user_chain_errors(ident: DeviceIdentity, tmp_path: Path) -> None:
     p384, p256 = ident.for_asym("ecdsa-p384"), ident.for_asym("ecdsa-p256")
     assert p384 is not None and p256 is not None
@@ -135,8 +194,13 @@ def test_user_chain_errors(ident: DeviceIdentity, tmp_path: Path) -> None:
     chain, key = _files(tmp_path, [p384.certs[0], p256.leaf], p256.key, True)
     with pytest.raises(IdentityError, match="not issued by"):
         DeviceIdentity.from_files(chain, key)
-    chain, key = _files(tmp_path, list(p384.certs), ed25519.Ed25519PrivateKey.generate(), True)
-    with pytest.raises(IdentityError, match="key type"):
+    for bad_key in (ed25519.Ed25519PrivateKey.generate(), rsa.generate_private_key(65537, 2048),
+                    ec.generate_private_key(ec.SECP521R1())):
+        chain, key = _files(tmp_path, list(p384.certs), bad_key, True)
+        with pytest.raises(IdentityError, match="key type"):
+            DeviceIdentity.from_files(chain, key)
+    chain, key = _files(tmp_path, list(p384.certs[1:]), p384.key, True)  # no root
+    with pytest.raises(IdentityError, match="no self-signed root"):
         DeviceIdentity.from_files(chain, key)
     (tmp_path / "bad").write_bytes(b"\x30\x03abc")
     with pytest.raises(IdentityError, match="not a PEM or DER"):
@@ -158,6 +222,21 @@ def test_certs_command_writes_what_serve_presents(tmp_path: Path) -> None:
     assert (out / "chain.der").read_bytes() == slot.spdm_chain("sha256")
     assert x509.load_der_x509_certificate((out / "root.der").read_bytes()) == dev.identity.root
     assert leaf_san_text(slot.leaf) == device_san(dev).text()
+    assert (out / "root.pem").stat().st_mode & 0o777 == 0o644
+    for name in ("ecdsa-p384", "ecdsa-p256", "rsassa-3072"):
+        other = dev.identity.for_asym(name)
+        assert other is not None
+        assert (out / f"chain-{name}.der").read_bytes() == other.spdm_chain("sha256")
+        assert x509.load_pem_x509_certificate((out / f"leaf-{name}.pem").read_bytes()) == \
+            other.leaf
+    # Defaults: the profile's first algorithm and hash, as slot 0 of serve.
+    profile = get_profile("virtio-rng")
+    assert main(["certs", "--out", str(out), "--cache-dir", str(cache)]) == 0
+    first = dev.identity.for_asym(profile.spdm_asym[0])
+    assert first is not None
+    assert (out / "chain.der").read_bytes() == first.spdm_chain(profile.spdm_hash[0])
+    assert main(["certs", "--out", str(out), "--cache-dir", str(cache),
+                 "--asym", "rsassa-2048"]) == 2
     assert main(["certs", "--out", str(out), "--cache-dir", str(cache),
                  "--cert-chain", str(out / "leaf.pem")]) == 2  # chain without key
 

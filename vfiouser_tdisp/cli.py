@@ -44,8 +44,9 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
 def _add_identity_args(p: argparse.ArgumentParser) -> None:
     """The device identity options, shared by serve and certs (same meaning)."""
     p.add_argument("--cert-chain", metavar="FILE",
-                   help="present this certificate chain (PEM or DER, root to leaf) instead "
-                        "of the generated one; needs --cert-key")
+                   help="present this certificate chain (PEM or DER; root first or leaf "
+                        "first, ending in a self-signed root) instead of the generated "
+                        "one; needs --cert-key")
     p.add_argument("--cert-key", metavar="FILE",
                    help="private key of the --cert-chain leaf (PEM or DER)")
     p.add_argument("--cache-dir", metavar="DIR",

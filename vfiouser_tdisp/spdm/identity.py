@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..device.device import Device
 
 ASYM_ALGORITHMS = ("ecdsa-p256", "ecdsa-p384", "rsassa-3072")
+SPDM_CHAIN_HASHES = ("sha256", "sha384", "sha512")
 OID_PCIE_CMA_SAN = ObjectIdentifier("2.23.147")
 VALIDITY = datetime.timedelta(days=20 * 365)
 
@@ -116,6 +117,9 @@ class SlotIdentity:
         return b"".join(_der(c) for c in self.certs)
 
     def spdm_chain(self, hash_name: str) -> bytes:
+        if hash_name not in SPDM_CHAIN_HASHES:
+            raise ValueError(f"RootHash algorithm {hash_name!r} not one of "
+                             f"{', '.join(SPDM_CHAIN_HASHES)}")
         root_hash = hashlib.new(hash_name, _der(self.certs[0])).digest()
         body = root_hash + self.certs_der()
         total = 4 + len(body)
@@ -192,8 +196,8 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        if private:
-            os.fchmod(fd, 0o600)
+        # mkstemp makes 0600; certificates are public (a verifier reads them).
+        os.fchmod(fd, 0o600 if private else 0o644)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

@@ -1,24 +1,24 @@
 """SPDM 1.0-1.3 messages (DSP0274 §10), declared once.
 
 Every request and response is a frozen dataclass whose fields are named as
-in the specification and carry their wire format in field metadata.  Several
-SPDM fields have sizes fixed only by the negotiation (hash size ``H``,
-signature size ``S``, DHE exchange size ``D``), exist only from a given
-version on, or only when a flag in the same message says so; the codec below
-takes those from a :class:`Sizes` context, so handlers never do offset
-arithmetic.  A malformed message fails in ``unpack`` with
+in the specification and is declared on the shared codec
+(:mod:`vfiouser_tdisp.wire`).  Several SPDM fields have sizes fixed only by the
+negotiation (hash size ``H``, signature size ``S``, DHE exchange size ``D``),
+exist only from a given version on (``since=``), or only when a flag in the
+same message says so (``when=``); the codec takes the sizes and flags from a
+:class:`Sizes` context, fills length and count fields in, and handlers never
+do offset arithmetic.  A malformed message fails in ``unpack`` with
 :class:`~vfiouser_tdisp.wire.DecodeError`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-from ..wire import DecodeError
+from ..wire import DecodeError, Struct, counted, raw, tail, u8, u16, u24, u32
 
 # -- request / response codes (DSP0274 Table 4 / Table 5) -------------------------------
 GET_DIGESTS_CODE = 0x81
@@ -167,7 +167,12 @@ def version_byte(text: str) -> int:
 
 @dataclass
 class Sizes:
-    """What the negotiation fixed: the codec needs it for sized fields."""
+    """What the negotiation fixed: the size context of the codec (``wire``).
+
+    ``raw("H")``, ``raw("S")``, ``raw("D")`` fields take the hash, signature
+    and DHE exchange sizes; ``raw("MS")`` is the measurement summary hash,
+    present (H bytes) only when the request asked for one.
+    """
 
     version: int = V10
     hash: int = 0           # H: base hash size
@@ -177,124 +182,49 @@ class Sizes:
     signed: bool = False          # MEASUREMENTS carries a signature
     responder_verify: bool = True  # FINISH_RSP carries ResponderVerifyData
 
+    def size(self, name: str) -> int:
+        if name == "H":
+            return self.hash
+        if name == "S":
+            return self.signature
+        if name == "D":
+            return self.dhe
+        if name == "MS":
+            return self.hash if self.summary_hash else 0
+        raise KeyError(f"no negotiated size {name!r}")
+
 
 Cond = Callable[[Any, Sizes], bool]
-
-
-def _f(kind: str, default: Any = 0, *, size: int | str | None = None, ref: str | None = None,
-       unit: int = 1, since: int = V10, when: Cond | None = None) -> Any:
-    meta = {"spdm": kind, "size": size, "ref": ref, "unit": unit, "since": since, "when": when}
-    if isinstance(default, bytes | list):
-        return dataclasses.field(default=default, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
-
-
-def u8(default: int = 0, **kw: Any) -> Any:
-    return _f("u8", default, **kw)
-
-
-def u16(default: int = 0, **kw: Any) -> Any:
-    return _f("u16", default, **kw)
-
-
-def u24(default: int = 0, **kw: Any) -> Any:
-    return _f("u24", default, **kw)
-
-
-def u32(default: int = 0, **kw: Any) -> Any:
-    return _f("u32", default, **kw)
-
-
-def raw(size: int | str, **kw: Any) -> Any:
-    """``size`` is a byte count or one of "H", "S", "D" (negotiated sizes)."""
-    return _f("raw", bytes(size) if isinstance(size, int) else b"", size=size, **kw)
-
-
-def counted(ref: str, unit: int = 1, **kw: Any) -> Any:
-    return _f("counted", b"", ref=ref, unit=unit, **kw)
-
-
-def tail(**kw: Any) -> Any:
-    return _f("tail", b"", **kw)
-
-
-_INT = {"u8": ("<B", 1), "u16": ("<H", 2), "u32": ("<I", 4)}
 M = TypeVar("M", bound="SpdmMessage")
 
 
 @dataclass(frozen=True)
-class SpdmMessage:
-    """The 4-byte SPDM header every message starts with, and the codec."""
+class SpdmMessage(Struct):
+    """The 4-byte SPDM header every message starts with (DSP0274 §10 "SPDM message format").
+
+    Fields marked ``since=`` exist from that SPDMVersion on; ``request_response_code``
+    is filled in from ``CODE`` and checked by ``unpack``.
+    """
 
     CODE: ClassVar[int] = 0
-    spdm_version: int = _f("u8", V10)
-    request_response_code: int = _f("u8", 0)
-    param1: int = _f("u8", 0)
-    param2: int = _f("u8", 0)
-
-    def __post_init__(self) -> None:
-        if self.CODE and self.request_response_code == 0:
-            object.__setattr__(self, "request_response_code", self.CODE)
+    VERSION_FIELD: ClassVar[str] = "spdm_version"
+    CODE_FIELD: ClassVar[str] = "request_response_code"
+    spdm_version: int = u8(V10)
+    request_response_code: int = u8()
+    param1: int = u8()
+    param2: int = u8()
 
     @classmethod
-    def _plan(cls) -> list[tuple[str, dict[str, Any]]]:
-        plan = cls.__dict__.get("_plan_cache")
-        if plan is None:
-            plan = [(f.name, dict(f.metadata)) for f in dataclasses.fields(cls) if f.metadata]
-            cls._plan_cache = plan  # type: ignore[attr-defined]
-        return plan
-
-    @staticmethod
-    def _size(meta: dict[str, Any], sizes: Sizes) -> int:
-        size = meta["size"]
-        if isinstance(size, int):
-            return size
-        return {"H": sizes.hash, "S": sizes.signature, "D": sizes.dhe,
-                "MS": sizes.hash if sizes.summary_hash else 0}[size]
-
-    @staticmethod
-    def _present(meta: dict[str, Any], values: dict[str, Any], version: int,
-                 sizes: Sizes) -> bool:
-        if version < meta["since"]:
-            return False
-        when = meta["when"]
-        return when is None or bool(when(values, sizes))
+    def default_context(cls, version: int | None) -> Sizes:
+        return Sizes(version=V10 if version is None else version)
 
     def pack(self, sizes: Sizes | None = None) -> bytes:
-        sizes = sizes or Sizes(version=self.spdm_version)
-        values = {name: getattr(self, name) for name, _ in self._plan()}
-        out = bytearray()
-        for name, meta in self._plan():
-            if not self._present(meta, values, self.spdm_version, sizes):
-                continue
-            kind, value = meta["spdm"], values[name]
-            if kind in _INT:
-                out += struct.pack(_INT[kind][0], value)
-            elif kind == "u24":
-                out += value.to_bytes(3, "little")
-            elif kind == "raw":
-                size = self._size(meta, sizes)
-                if len(value) != size:
-                    raise ValueError(f"{type(self).__name__}.{name}: {len(value)} bytes, "
-                                     f"expected {size}")
-                out += value
-            elif kind == "counted":
-                want = values[meta["ref"]] * meta["unit"]
-                if len(value) != want:
-                    raise ValueError(f"{type(self).__name__}.{name}: {len(value)} bytes but "
-                                     f"{meta['ref']} says {want}")
-                out += value
-            else:
-                out += value
-        return bytes(out)
+        return Struct.pack(self, sizes)
 
     @classmethod
     def unpack(cls: type[M], data: bytes | bytearray | memoryview,
                sizes: Sizes | None = None, *, exact: bool = True) -> M:
-        msg, used = cls.unpack_partial(data, sizes)
-        if exact and used != len(data):
-            raise DecodeError(f"{cls.__name__}: {len(data) - used} unexpected trailing bytes")
-        return msg
+        return super().unpack(data, sizes, exact=exact)
 
     @classmethod
     def unpack_partial(cls: type[M], data: bytes | bytearray | memoryview,
@@ -304,46 +234,7 @@ class SpdmMessage:
         DOE pads objects to whole dwords, so a message may be followed by up to
         three padding bytes; transcripts use exactly the consumed bytes.
         """
-        data = bytes(data)
-        if len(data) < 4:
-            raise DecodeError(f"{cls.__name__}: {len(data)} bytes, shorter than the SPDM header")
-        version = data[0]
-        sizes = sizes or Sizes(version=version)
-        values: dict[str, Any] = {}
-        pos = 0
-        for name, meta in cls._plan():
-            if not cls._present(meta, values, version, sizes):
-                continue
-            kind = meta["spdm"]
-            if kind == "tail":
-                values[name] = data[pos:]
-                pos = len(data)
-                continue
-            if kind in _INT:
-                fmt, size = _INT[kind]
-            elif kind == "u24":
-                size = 3
-            elif kind == "raw":
-                size = cls._size(meta, sizes)
-            else:
-                size = values[meta["ref"]] * meta["unit"]
-            if pos + size > len(data):
-                raise DecodeError(f"{cls.__name__}: truncated at {name} "
-                                  f"(needs {pos + size} bytes, has {len(data)})")
-            chunk = data[pos:pos + size]
-            if kind in _INT:
-                values[name] = struct.unpack(fmt, chunk)[0]
-            elif kind == "u24":
-                values[name] = int.from_bytes(chunk, "little")
-            else:
-                values[name] = chunk
-            pos += size
-        if cls.CODE and values["request_response_code"] != cls.CODE:
-            raise DecodeError(f"{cls.__name__}: code {values['request_response_code']:#x}")
-        return cls(**values), pos
-
-    def replace(self: M, **changes: Any) -> M:
-        return dataclasses.replace(self, **changes)
+        return cls.unpack_from(data, 0, sizes)
 
 
 def _sig_requested(v: dict[str, Any], s: Sizes) -> bool:
@@ -442,7 +333,7 @@ def parse_alg_structs(data: bytes, count: int) -> list[AlgStruct]:
 @dataclass(frozen=True)
 class NEGOTIATE_ALGORITHMS(SpdmMessage):
     CODE: ClassVar[int] = NEGOTIATE_ALGORITHMS_CODE
-    length: int = u16()
+    length: int = u16(message_length=True)
     measurement_specification: int = u8()
     other_params_support: int = u8()
     base_asym_algo: int = u32()
@@ -463,7 +354,7 @@ class NEGOTIATE_ALGORITHMS(SpdmMessage):
 @dataclass(frozen=True)
 class ALGORITHMS(SpdmMessage):
     CODE: ClassVar[int] = ALGORITHMS_CODE
-    length: int = u16()
+    length: int = u16(message_length=True)
     measurement_specification_sel: int = u8()
     other_params_selection: int = u8()
     measurement_hash_algo: int = u32()

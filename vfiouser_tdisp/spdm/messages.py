@@ -13,7 +13,6 @@ do offset arithmetic.  A malformed message fails in ``unpack`` with
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -251,6 +250,13 @@ def _first_chunk(v: dict[str, Any], s: Sizes) -> bool:
 
 # -- VCA ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class VersionNumberEntry(Struct):
+    """VERSION's VersionNumberEntry: bits 15:12 major, 11:8 minor, 7:4 update, 3:0 alpha."""
+
+    version: int = u16()
+
+
+@dataclass(frozen=True)
 class GET_VERSION(SpdmMessage):
     CODE: ClassVar[int] = GET_VERSION_CODE
 
@@ -270,9 +276,8 @@ class VERSION(SpdmMessage):
 
     @classmethod
     def build(cls, versions: list[int]) -> VERSION:
-        entries = b"".join(struct.pack("<H", v << 8) for v in versions)
-        return cls(spdm_version=V10, version_number_entry_count=len(versions),
-                   version_number_entries=entries)
+        entries = b"".join(VersionNumberEntry(v << 8).pack() for v in versions)
+        return cls(spdm_version=V10, version_number_entries=entries)
 
 
 @dataclass(frozen=True)
@@ -298,6 +303,19 @@ class CAPABILITIES(SpdmMessage):
 
 
 @dataclass(frozen=True)
+class AlgStructHeader(Struct):
+    """The fixed part of an AlgStruct (DSP0274 NEGOTIATE_ALGORITHMS, "AlgStructure").
+
+    AlgCount bits 7:4 give the size of AlgSupported (2), bits 3:0 the number of
+    4-byte AlgExternal entries that follow.
+    """
+
+    alg_type: int = u8()
+    alg_count: int = u8(0x20)
+    alg_supported: int = u16()
+
+
+@dataclass(frozen=True)
 class AlgStruct:
     """One AlgStruct of NEGOTIATE_ALGORITHMS / ALGORITHMS (Table 16)."""
 
@@ -307,7 +325,7 @@ class AlgStruct:
 
     def pack(self) -> bytes:
         # AlgCount: bits 7:4 fixed-field bytes (2), bits 3:0 external count (we send none)
-        return struct.pack("<BBH", self.alg_type, 0x20, self.alg_supported)
+        return AlgStructHeader(self.alg_type, 0x20, self.alg_supported).pack()
 
 
 def parse_alg_structs(data: bytes, count: int) -> list[AlgStruct]:
@@ -319,12 +337,11 @@ def parse_alg_structs(data: bytes, count: int) -> list[AlgStruct]:
         fixed, ext = alg_count >> 4, alg_count & 0xF
         if fixed != 2:
             raise DecodeError(f"AlgStruct {alg_type}: fixed algorithm field of {fixed} bytes")
-        end = pos + 2 + fixed + 4 * ext
-        if end > len(data):
+        head, pos = AlgStructHeader.unpack_from(data, pos)
+        pos += 4 * ext  # AlgExternal entries: we select none of them
+        if pos > len(data):
             raise DecodeError("AlgStruct truncated")
-        supported = int.from_bytes(data[pos + 2:pos + 4], "little")
-        out.append(AlgStruct(alg_type, supported, ext))
-        pos = end
+        out.append(AlgStruct(alg_type, head.alg_supported, ext))
     if pos != len(data):
         raise DecodeError("bytes after the last AlgStruct")
     return out
@@ -441,6 +458,25 @@ class MEASUREMENTS(SpdmMessage):
 
 
 @dataclass(frozen=True)
+class MEASUREMENT_BLOCK(Struct):
+    """One block of a measurement record (DSP0274 MEASUREMENTS, "Measurement block")."""
+
+    index: int = u8()
+    measurement_specification: int = u8(0x01)   # bit 0: DMTF
+    measurement_size: int = u16()
+    measurement: bytes = counted("measurement_size")
+
+
+@dataclass(frozen=True)
+class DMTF_MEASUREMENT(Struct):
+    """The DMTF measurement specification format of a block's Measurement."""
+
+    dmtf_spec_measurement_value_type: int = u8()   # bit 7: raw bit stream
+    dmtf_spec_measurement_value_size: int = u16()
+    dmtf_spec_measurement_value: bytes = counted("dmtf_spec_measurement_value_size")
+
+
+@dataclass(frozen=True)
 class MeasurementBlock:
     """One measurement block in the DMTF measurement specification format (§10.11.1)."""
 
@@ -451,9 +487,9 @@ class MeasurementBlock:
     tcb: bool = True        # counted in the TCB measurement summary hash
 
     def pack(self) -> bytes:
-        dmtf = struct.pack("<BH", self.value_type | (0x80 if self.raw_bit_stream else 0),
-                           len(self.value)) + self.value
-        return struct.pack("<BBH", self.index, 0x01, len(dmtf)) + dmtf
+        dmtf = DMTF_MEASUREMENT(self.value_type | (0x80 if self.raw_bit_stream else 0),
+                                dmtf_spec_measurement_value=self.value).pack()
+        return MEASUREMENT_BLOCK(self.index, measurement=dmtf).pack()
 
 
 def parse_measurement_record(record: bytes, count: int) -> list[MeasurementBlock]:
@@ -461,15 +497,20 @@ def parse_measurement_record(record: bytes, count: int) -> list[MeasurementBlock
     for _ in range(count):
         if pos + 4 > len(record):
             raise DecodeError("measurement block truncated")
-        index, spec, size = struct.unpack_from("<BBH", record, pos)
-        if spec != 0x01 or size < 3 or pos + 4 + size > len(record):
-            raise DecodeError(f"measurement block {index} malformed")
-        vtype, vsize = struct.unpack_from("<BH", record, pos + 4)
-        if vsize != size - 3:
-            raise DecodeError(f"measurement block {index}: value size {vsize} vs {size - 3}")
-        out.append(MeasurementBlock(index, vtype & 0x7F, record[pos + 7:pos + 4 + size],
-                                    bool(vtype & 0x80)))
-        pos += 4 + size
+        try:
+            block, pos = MEASUREMENT_BLOCK.unpack_from(record, pos)
+        except DecodeError:
+            raise DecodeError(f"measurement block {record[pos]} malformed") from None
+        if block.measurement_specification != 0x01 or block.measurement_size < 3:
+            raise DecodeError(f"measurement block {block.index} malformed")
+        dmtf, used = DMTF_MEASUREMENT.unpack_partial(block.measurement)
+        if used != block.measurement_size:
+            raise DecodeError(f"measurement block {block.index}: value size "
+                              f"{dmtf.dmtf_spec_measurement_value_size} vs "
+                              f"{block.measurement_size - 3}")
+        vtype = dmtf.dmtf_spec_measurement_value_type
+        out.append(MeasurementBlock(block.index, vtype & 0x7F,
+                                    dmtf.dmtf_spec_measurement_value, bool(vtype & 0x80)))
     if pos != len(record):
         raise DecodeError("bytes after the last measurement block")
     return out

@@ -173,6 +173,9 @@ def items(item_type: type[Struct], count_field: str, *, since: int | None = None
 _FIXED, _U24, _SIZED, _COUNTED, _ITEMS, _TAIL = range(6)
 
 
+_EMPTY_RUN: tuple[Any, ...] = (_FIXED, None, {}, struct.Struct("<"), (), (), None)
+
+
 class _Program:
     """The layout of one class for one version range."""
 
@@ -187,9 +190,9 @@ class _Program:
         self.has_length = has_length
         self.needs_ctx = any(s[1] is not None or s[0] == _SIZED for s in steps)
         # The common shapes (only fixed fields, maybe then a tail) take a short path.
-        first = steps[0] if steps else None
-        self.fixed = first if first is not None and first[0] == _FIXED else None
-        rest = steps[1:] if self.fixed is not None else steps
+        lead = bool(steps) and steps[0][0] == _FIXED
+        self.fixed: tuple[Any, ...] = steps[0] if lead else _EMPTY_RUN
+        rest = steps[1:] if lead else steps
         self.tail_name: str | None = None
         self.simple = False
         if not has_length and not factories and all(s[1] is None for s in steps):
@@ -198,8 +201,6 @@ class _Program:
             elif len(rest) == 1 and rest[0][0] == _TAIL:
                 self.simple = True
                 self.tail_name = rest[0][3]
-        if self.simple and self.fixed is None:
-            self.fixed = (_FIXED, None, {}, struct.Struct("<"), (), (), None)
 
 
 class _Info:
@@ -216,6 +217,72 @@ class _Info:
         self.auto: tuple[tuple[str, str, int], ...] = ()   # (count field, data field, unit)
         self.code: tuple[str, int] | None = None
         self.length_fields: tuple[str, ...] = ()
+
+
+def _program(cls: type, metas: list[tuple[dataclasses.Field[Any], str, Any]],
+             allowed: set[int], has_length: bool) -> _Program:
+    """The layout of ``cls`` when the versions in ``allowed`` are reached."""
+    steps: list[tuple[Any, ...]] = []
+    absent: dict[str, Any] = {}
+    factories: list[tuple[str, Callable[[], Any]]] = []
+    run_fmt = "<"
+    run_names: list[str] = []
+    run_checks: list[tuple[str, int]] = []
+    run_len: tuple[int, struct.Struct, str] | None = None
+
+    def flush() -> None:
+        nonlocal run_fmt, run_names, run_checks, run_len
+        if run_names:
+            steps.append((_FIXED, None, {}, struct.Struct(run_fmt), tuple(run_names),
+                          tuple(run_checks), run_len))
+        run_fmt, run_names, run_checks, run_len = "<", [], [], None
+
+    for f, kind, meta in metas:
+        since, when = meta.get("since"), meta.get("when")
+        if since is not None and since not in allowed:
+            if f.default_factory is not dataclasses.MISSING:
+                factories.append((f.name, f.default_factory))
+            else:
+                absent[f.name] = f.default
+            continue
+        if when is None and (kind in _INT_FORMATS or
+                             (kind == "raw" and isinstance(meta["size"], int))):
+            if meta.get("message_length"):
+                run_len = (struct.calcsize(run_fmt),
+                           struct.Struct("<" + _INT_FORMATS[kind]), f.name)
+                run_fmt += _INT_FORMATS[kind]
+            elif kind in _INT_FORMATS:
+                run_fmt += _INT_FORMATS[kind]
+            else:
+                run_fmt += f"{meta['size']}s"
+                run_checks.append((f.name, meta["size"]))
+            run_names.append(f.name)
+            continue
+        if meta.get("message_length"):
+            raise TypeError(f"{cls.__name__}.{f.name}: a message_length field "
+                            "cannot depend on a condition")
+        flush()
+        skip = {f.name: f.default_factory() if f.default_factory  # type: ignore[misc]
+                is not dataclasses.MISSING else f.default} if when is not None else {}
+        if kind in _INT_FORMATS or kind == "raw" and isinstance(meta["size"], int):
+            fmt = "<" + (_INT_FORMATS[kind] if kind in _INT_FORMATS
+                         else f"{meta['size']}s")
+            checks = ((f.name, meta["size"]),) if kind == "raw" else ()
+            steps.append((_FIXED, when, skip, struct.Struct(fmt), (f.name,), checks, None))
+        elif kind == "u24":
+            steps.append((_U24, when, skip, f.name))
+        elif kind == "raw":
+            steps.append((_SIZED, when, skip, f.name, meta["size"]))
+        elif kind == "counted":
+            steps.append((_COUNTED, when, skip, f.name, meta["ref"], meta["unit"]))
+        elif kind == "items":
+            steps.append((_ITEMS, when, skip, f.name, meta["item"], meta["ref"]))
+        elif kind == "tail":
+            steps.append((_TAIL, when, skip, f.name))
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: unknown wire kind {kind!r}")
+    flush()
+    return _Program(steps, absent, factories, has_length)
 
 
 def _compile(cls: type[Struct]) -> _Info:
@@ -243,66 +310,8 @@ def _compile(cls: type[Struct]) -> _Info:
         raise TypeError(f"{cls.__name__}: more than one message_length field")
 
     for key in range(len(info.thresholds) + 1):
-        allowed = set(info.thresholds[:key])
-        steps: list[tuple[Any, ...]] = []
-        absent: dict[str, Any] = {}
-        factories: list[tuple[str, Callable[[], Any]]] = []
-        run_fmt, run_names, run_checks = "<", [], []
-        run_len: tuple[int, struct.Struct, str] | None = None
-
-        def flush() -> None:
-            nonlocal run_fmt, run_names, run_checks, run_len
-            if run_names:
-                steps.append((_FIXED, None, {}, struct.Struct(run_fmt), tuple(run_names),
-                              tuple(run_checks), run_len))
-            run_fmt, run_names, run_checks, run_len = "<", [], [], None
-
-        for f, kind, meta in metas:
-            since, when = meta.get("since"), meta.get("when")
-            if since is not None and since not in allowed:
-                if f.default_factory is not dataclasses.MISSING:
-                    factories.append((f.name, f.default_factory))
-                else:
-                    absent[f.name] = f.default
-                continue
-            if when is None and (kind in _INT_FORMATS or
-                                 (kind == "raw" and isinstance(meta["size"], int))):
-                if meta.get("message_length"):
-                    run_len = (struct.calcsize(run_fmt),
-                               struct.Struct("<" + _INT_FORMATS[kind]), f.name)
-                    run_fmt += _INT_FORMATS[kind]
-                elif kind in _INT_FORMATS:
-                    run_fmt += _INT_FORMATS[kind]
-                else:
-                    run_fmt += f"{meta['size']}s"
-                    run_checks.append((f.name, meta["size"]))
-                run_names.append(f.name)
-                continue
-            if meta.get("message_length"):
-                raise TypeError(f"{cls.__name__}.{f.name}: a message_length field "
-                                "cannot depend on a condition")
-            flush()
-            skip = {f.name: f.default_factory() if f.default_factory  # type: ignore[misc]
-                    is not dataclasses.MISSING else f.default} if when is not None else {}
-            if kind in _INT_FORMATS or kind == "raw" and isinstance(meta["size"], int):
-                fmt = "<" + (_INT_FORMATS[kind] if kind in _INT_FORMATS
-                             else f"{meta['size']}s")
-                checks = ((f.name, meta["size"]),) if kind == "raw" else ()
-                steps.append((_FIXED, when, skip, struct.Struct(fmt), (f.name,), checks, None))
-            elif kind == "u24":
-                steps.append((_U24, when, skip, f.name))
-            elif kind == "raw":
-                steps.append((_SIZED, when, skip, f.name, meta["size"]))
-            elif kind == "counted":
-                steps.append((_COUNTED, when, skip, f.name, meta["ref"], meta["unit"]))
-            elif kind == "items":
-                steps.append((_ITEMS, when, skip, f.name, meta["item"], meta["ref"]))
-            elif kind == "tail":
-                steps.append((_TAIL, when, skip, f.name))
-            else:
-                raise TypeError(f"{cls.__name__}.{f.name}: unknown wire kind {kind!r}")
-        flush()
-        info.programs.append(_Program(steps, absent, factories, bool(info.length_fields)))
+        info.programs.append(_program(cls, metas, set(info.thresholds[:key]),
+                                      bool(info.length_fields)))
 
     if version_field is not None:
         offset = 0
@@ -359,9 +368,9 @@ class Struct:
         if len(info.programs) != 1:
             raise TypeError(f"{cls.__name__} has version-dependent fields")
         steps = info.programs[0].steps
-        if any(s[0] != _FIXED or s[1] is not None for s in steps):
+        if any(s[0] not in (_FIXED, _U24) or s[1] is not None for s in steps):
             raise TypeError(f"{cls.__name__} has variable-length fields")
-        return sum(s[3].size for s in steps)
+        return sum(s[3].size if s[0] == _FIXED else 3 for s in steps)
 
     # -- encoding ---------------------------------------------------------------------
     def pack(self, ctx: Any = None) -> bytes:
@@ -386,7 +395,7 @@ class Struct:
                 ctx = cls.default_context(vals[info.version_field]
                                           if info.version_field else None)
             return self._pack_steps(prog, vals, ctx)
-        except struct.error as exc:
+        except (struct.error, OverflowError) as exc:
             raise ValueError(f"{cls.__name__}: {exc}") from None
         except TypeError as exc:  # a None or str where the declaration wants int/bytes
             raise ValueError(f"{cls.__name__}: {exc}") from None

@@ -18,9 +18,11 @@ BAR4 (32-bit, 4 KiB): MSI-X table (2 vectors) at 0, PBA at 0x800.
 
 from __future__ import annotations
 
-import struct
+import dataclasses
+from dataclasses import dataclass
 
 from ..events import emit
+from ..wire import Struct, u32
 from .function import Bar, BarKind, DmaError, IrqIndex, MemoryArea, PciFunction, RegisterArea
 from .personality import Personality, register
 
@@ -28,6 +30,18 @@ DMA_CMD_TO_DEVICE = 1
 DMA_CMD_FROM_DEVICE = 2
 STATUS_DONE = 1
 STATUS_ERROR = 2
+
+
+@dataclass(frozen=True)
+class DmaTestRegisters(Struct):
+    """BAR0 as laid out above."""
+
+    scratch: int = u32()
+    dma_addr_lo: int = u32()
+    dma_addr_hi: int = u32()
+    dma_len: int = u32()
+    dma_cmd: int = u32()
+    status: int = u32()
 
 
 @register
@@ -53,13 +67,12 @@ class DmaTest(Personality):
         fn.add_msix(2, 4, 0, 4, 0x800)
 
     def _read(self, offset: int, size: int) -> bytes:
-        raw = b"".join(struct.pack("<I", r) for r in self.regs)
-        return raw[offset : offset + size]
+        return DmaTestRegisters(*self.regs).pack()[offset : offset + size]
 
     def _write(self, offset: int, data: bytes):  # type: ignore[no-untyped-def]
-        raw = bytearray(b"".join(struct.pack("<I", r) for r in self.regs))
+        raw = bytearray(DmaTestRegisters(*self.regs).pack())
         raw[offset : offset + len(data)] = data
-        regs = list(struct.unpack("<6I", raw))
+        regs = list(dataclasses.astuple(DmaTestRegisters.unpack(raw)))
         regs[5] = self.regs[5]  # STATUS is read-only
         cmd = regs[4]
         regs[4] = 0

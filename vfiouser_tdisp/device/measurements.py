@@ -18,16 +18,53 @@ locked in its measurement.
 from __future__ import annotations
 
 import hashlib
-import struct
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..spdm.algorithms import HashAlgo
 from ..spdm.messages import MeasurementBlock
+from ..wire import Struct, tail, u8, u16, u32, u64
 
 if TYPE_CHECKING:
     from .device import Device
 
 FIRMWARE_IDENTITY = b"vfiouser-tdisp virtual TDISP device firmware"
+
+
+# The hardware configuration record (ours: only its digest leaves the device) is
+# the device record, then per function its record, its BARs and its capabilities.
+@dataclass(frozen=True)
+class HwDeviceRecord(Struct):
+    functions: int = u8()
+    ide_link_streams: int = u8()
+    ide_selective_streams: int = u8()
+    ide_assoc_blocks: int = u8()
+
+
+@dataclass(frozen=True)
+class HwFunctionRecord(Struct):
+    vendor_id: int = u16()
+    device_id: int = u16()
+    class_code: int = u32()
+    revision: int = u8()
+    subsystem_vendor_id: int = u16()
+    subsystem_id: int = u16()
+    devfn: int = u8()
+
+
+@dataclass(frozen=True)
+class HwBarRecord(Struct):
+    index: int = u8()
+    size: int = u64()
+    kind: bytes = tail()   # BarKind name
+
+
+@dataclass(frozen=True)
+class HwCapabilityRecord(Struct):
+    cap_id: int = u16()
+    offset: int = u16()
+    size: int = u16()
+    extended: int = u8()
 
 
 class DeviceMeasurements:
@@ -42,16 +79,17 @@ class DeviceMeasurements:
     def hardware_configuration(self) -> bytes:
         out = bytearray()
         p = self.device.profile
-        out += struct.pack("<BBBB", p.functions, p.ide_link_streams, p.ide_selective_streams,
-                           p.ide_assoc_blocks)
+        out += HwDeviceRecord(p.functions, p.ide_link_streams, p.ide_selective_streams,
+                              p.ide_assoc_blocks).pack()
         for fn in self.device.functions:
-            out += struct.pack("<HHIBHHB", fn.vendor_id, fn.device_id, fn.class_code,
-                               fn.revision, fn.subsystem_vendor_id, fn.subsystem_id, fn.devfn)
+            out += HwFunctionRecord(fn.vendor_id, fn.device_id, fn.class_code, fn.revision,
+                                    fn.subsystem_vendor_id, fn.subsystem_id, fn.devfn).pack()
             for bar in fn.bars:
                 if bar is not None:
-                    out += struct.pack("<BQ", bar.index, bar.size) + bar.kind.name.encode()
+                    out += HwBarRecord(bar.index, bar.size, bar.kind.name.encode()).pack()
             for cap in fn.config.capabilities:
-                out += struct.pack("<HHHB", cap.CAP_ID, cap.offset, cap.size, cap.EXTENDED)
+                out += HwCapabilityRecord(cap.CAP_ID, cap.offset, cap.size,
+                                          int(cap.EXTENDED)).pack()
         return bytes(out)
 
     def tdisp_configuration(self) -> bytes:

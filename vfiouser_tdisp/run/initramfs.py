@@ -15,12 +15,13 @@ import io
 import lzma
 import re
 import stat
-import struct
 import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..wire import Struct, raw, u16, u32, u64
 
 
 def _guest_scripts() -> Path:
@@ -112,21 +113,55 @@ def read_module(path: Path) -> bytes:
     raise ValueError(f"{path}: unsupported module compression")
 
 
+@dataclass(frozen=True)
+class Elf64_Ehdr(Struct):
+    """The ELF64 file header (System V gABI, "ELF Header"), little-endian."""
+
+    e_ident: bytes = raw(16)
+    e_type: int = u16()
+    e_machine: int = u16()
+    e_version: int = u32()
+    e_entry: int = u64()
+    e_phoff: int = u64()
+    e_shoff: int = u64()
+    e_flags: int = u32()
+    e_ehsize: int = u16()
+    e_phentsize: int = u16()
+    e_phnum: int = u16()
+    e_shentsize: int = u16()
+    e_shnum: int = u16()
+    e_shstrndx: int = u16()
+
+
+@dataclass(frozen=True)
+class Elf64_Shdr(Struct):
+    """An ELF64 section header (gABI "Sections")."""
+
+    sh_name: int = u32()
+    sh_type: int = u32()
+    sh_flags: int = u64()
+    sh_addr: int = u64()
+    sh_offset: int = u64()
+    sh_size: int = u64()
+    sh_link: int = u32()
+    sh_info: int = u32()
+    sh_addralign: int = u64()
+    sh_entsize: int = u64()
+
+
 def modinfo(elf: bytes) -> dict[str, list[str]]:
     """The ``.modinfo`` section of a module (``key=value`` strings) as a dict."""
     if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
         raise ValueError("not a little-endian ELF64 module")
-    shoff, = struct.unpack_from("<Q", elf, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
+    ehdr, _ = Elf64_Ehdr.unpack_from(elf)
 
     def section(i: int) -> tuple[int, int, int]:  # name offset, file offset, size
-        name, _type, _flags, _addr, off, size = struct.unpack_from(
-            "<IIQQQQ", elf, shoff + i * shentsize)
-        return name, off, size
+        sh, _ = Elf64_Shdr.unpack_from(elf, ehdr.e_shoff + i * ehdr.e_shentsize)
+        return sh.sh_name, sh.sh_offset, sh.sh_size
 
-    _n, stroff, _s = section(shstrndx)
+    _n, stroff, _s = section(ehdr.e_shstrndx)
     info: dict[str, list[str]] = {}
-    for i in range(shnum):
+    for i in range(ehdr.e_shnum):
         name_off, off, size = section(i)
         end = elf.index(b"\0", stroff + name_off)
         if elf[stroff + name_off:end] != b".modinfo":

@@ -154,7 +154,7 @@ class IdeKmResponder:
                           self.segment, self.max_port_index, dump).pack()
 
     def _key_prog(self, message: bytes) -> bytes:
-        head = K_SET.unpack(message[: K_SET.fixed_size()])  # same first 8 bytes
+        head, _ = K_SET.unpack_partial(message)  # KEY_PROG starts like K_SET
 
         def ack(status: KpAckStatus) -> bytes:
             emit("ide_km.key_prog", function=self.function_name, stream_id=head.stream_id,

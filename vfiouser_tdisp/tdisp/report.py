@@ -137,9 +137,7 @@ def build_report(fn: PciFunction, *, lock_flags: int = 0, mmio_reporting_offset:
         msi_x_message_control=msix_control,
         lnr_control=0,  # no LN requester capability
         tph_control=0,  # no TPH requester capability
-        mmio_range_count=len(ranges),
         mmio_range=ranges,
-        device_specific_info_len=len(device_specific_info),
         device_specific_info=device_specific_info,
     )
 

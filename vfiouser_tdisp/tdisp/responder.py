@@ -561,7 +561,6 @@ class TdispResponder:
     # -- request handlers (legality already checked against the table) -------------------
     def _get_version(self, tdi: Tdi, req: m.GET_TDISP_VERSION) -> TdispMessage:
         return m.TDISP_VERSION(function_id=req.function_id,
-                               version_num_count=len(SUPPORTED_VERSIONS),
                                version_num_entry=SUPPORTED_VERSIONS)
 
     def _get_capabilities(self, tdi: Tdi, req: m.GET_TDISP_CAPABILITIES) -> TdispMessage:
@@ -630,7 +629,7 @@ class TdispResponder:
                                f"offset {req.offset} length {req.length} of {len(report)}")
         portion = report[req.offset : req.offset + min(req.length, self.max_report_portion)]
         return m.DEVICE_INTERFACE_REPORT(
-            function_id=req.function_id, portion_length=len(portion),
+            function_id=req.function_id,
             remainder_length=len(report) - req.offset - len(portion), report=portion)
 
     def _get_state(self, tdi: Tdi, req: m.GET_DEVICE_INTERFACE_STATE) -> TdispMessage:
@@ -713,8 +712,7 @@ class TdispResponder:
                                f"vendor {req.vendor_id.hex()}")
         data = handler(tdi, req.vendor_data)
         return m.VDM_RESPONSE(function_id=req.function_id, registry_id=req.registry_id,
-                              vendor_id_len=len(req.vendor_id), vendor_id=req.vendor_id,
-                              vendor_data=data)
+                              vendor_id=req.vendor_id, vendor_data=data)
 
     def _set_tdisp_config(self, tdi: Tdi, req: m.SET_TDISP_CONFIG_REQUEST) -> TdispMessage:
         if req.dsm_config & ~int(SUPPORTED_DSM_CONFIG):

@@ -25,8 +25,8 @@ Declaring a message::
 Field kinds:
 
 * ``u8()``, ``u16()``, ``u24()``, ``u32()``, ``u64()`` -- unsigned integers;
-  ``u16(message_length=True)`` (any width) holds the byte length of the whole
-  message: ``pack`` writes it, ``unpack`` ends the message there (a ``tail()``
+  ``u16(message_length=True)`` (also ``u8``, ``u32``) holds the byte length of
+  the whole message: ``pack`` writes it, ``unpack`` ends the message there (a ``tail()``
   stops at it, bytes after it are not consumed) and fails if the fields do not
   fill it exactly;
 * ``raw(n)`` -- exactly ``n`` bytes; ``raw("H")`` -- as many bytes as the size
@@ -70,7 +70,13 @@ A class may name its code field (``CODE_FIELD``) and its code (``CODE``): the
 code is filled in when the field is left at 0, and ``unpack`` fails on any
 other code.  ``unpack`` builds the object without calling ``__init__`` (the
 values were already checked against the declaration), so a subclass puts no
-validation in ``__post_init__``.
+validation in ``__post_init__``; one that defines ``__post_init__`` calls
+``super().__post_init__()``, which fills the automatic fields.
+
+Compared with scapy: the field list is the dataclass itself (type-checked, no
+metaclass), conditions are plain functions of the values decoded so far, and
+there is no implicit guessing -- a field's size is a constant, a negotiated
+size, a count field, or the rest of the message.
 
 Layout is compiled once per class (and per version range) into runs of
 fixed-size fields, each one :class:`struct.Struct`, so the declaration costs

@@ -13,6 +13,7 @@ do offset arithmetic.  A malformed message fails in ``unpack`` with
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -194,6 +195,12 @@ class Sizes:
 
 
 Cond = Callable[[Any, Sizes], bool]
+
+
+@functools.lru_cache(maxsize=256)
+def _default_sizes(version: int) -> Sizes:
+    """Nothing negotiated yet (shared: the codec only reads it)."""
+    return Sizes(version=version)
 M = TypeVar("M", bound="SpdmMessage")
 
 
@@ -215,7 +222,7 @@ class SpdmMessage(Struct):
 
     @classmethod
     def default_context(cls, version: int | None) -> Sizes:
-        return Sizes(version=V10 if version is None else version)
+        return _default_sizes(V10 if version is None else version)
 
     def pack(self, sizes: Sizes | None = None) -> bytes:
         return Struct.pack(self, sizes)

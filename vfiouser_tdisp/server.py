@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import sys
 import threading
@@ -75,14 +74,13 @@ def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = N
             running.devices.append(dev)
             spdm = dev.spdm
             if pcap:
-                stream = open(numbered(pcap, i), "wb")
-                running.captures.append(stream)
-                dev.doe.observers.append(PcapWriter(stream).observer)
+                writer = PcapWriter.create(numbered(pcap, i))
+                running.captures.append(writer.stream)
+                dev.doe.observers.append(writer.observer)
             if pcap_keys:
-                keys = open(numbered(pcap_keys, i), "a", encoding="utf-8")
-                os.chmod(keys.fileno(), 0o600)
-                running.captures.append(keys)
-                spdm.key_sink = KeyLogWriter(keys)
+                keylog = KeyLogWriter.open(numbered(pcap_keys, i))
+                running.captures.append(keylog.stream)
+                spdm.key_sink = keylog
             if spdm_port is not None:
                 emu = SpdmEmuServer(dev.doe, dev.lock, spdm_host,
                                     spdm_port + i if spdm_port else 0)

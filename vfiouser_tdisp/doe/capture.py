@@ -105,8 +105,8 @@ class PcapWriter:
         return cls(open_private_file(path, CAPTURE_FILE_MODE, append=False))
 
     def write(self, data: bytes, timestamp: float | None = None) -> None:
-        ns = time.time_ns() if timestamp is None else int(timestamp * 1e9)
-        sec, usec = divmod(ns // 1000, 1_000_000)
+        us = time.time_ns() // 1000 if timestamp is None else round(timestamp * 1_000_000)
+        sec, usec = divmod(us, 1_000_000)
         incl = data[:SNAPLEN]
         if len(incl) < len(data):
             emit("capture.truncated", size=len(data), kept=len(incl))

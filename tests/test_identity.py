@@ -312,23 +312,41 @@ def test_certs_out_verifies_with_openssl_as_documented(tmp_path: Path) -> None:
     assert inter[0].extensions.get_extension_for_class(x509.BasicConstraints).value.ca
 
 
-def test_user_chain_without_intermediate_still_verifies(tmp_path: Path, ident) -> None:  # type: ignore[no-untyped-def]
+def test_user_chain_without_intermediate_still_verifies(tmp_path: Path) -> None:
+    """A user chain of root and leaf only: the documented command works as written."""
+    import datetime
     import shutil
     import subprocess
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
 
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("no openssl command")
-    slot = ident.for_asym("ecdsa-p256")
-    two = DeviceIdentity(slot.certs[0], {"ecdsa-p256": SlotIdentity(
-        "ecdsa-p256", (slot.certs[1], slot.certs[2]), slot.key)})  # intermediate as root
-    two.root = slot.certs[1]
-    written = two.export(tmp_path, asym="ecdsa-p256", hash_name="sha256")
-    assert tmp_path / "intermediate.pem" in written
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    root_key, leaf_key = ec.generate_private_key(ec.SECP384R1()), \
+        ec.generate_private_key(ec.SECP256R1())
+    root = (x509.CertificateBuilder().subject_name(name("user root")).issuer_name(
+        name("user root")).public_key(root_key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(root_key, hashes.SHA384()))
+    leaf = (x509.CertificateBuilder().subject_name(name("user leaf")).issuer_name(
+        root.subject).public_key(leaf_key.public_key()).serial_number(2)
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
+        .sign(root_key, hashes.SHA384()))
+    chain, key = _files(tmp_path, [root, leaf], leaf_key, True)
+    ident = DeviceIdentity.from_files(chain, key)
+    out = tmp_path / "out"
+    ident.export(out, asym="ecdsa-p256", hash_name="sha256")
     done = subprocess.run(
-        [openssl, "verify", "-partial_chain", "-CAfile", "root.pem", "-untrusted",
-         "intermediate.pem", "leaf.pem"], cwd=tmp_path, capture_output=True, text=True,
-        timeout=60)
+        [openssl, "verify", "-CAfile", "root.pem", "-untrusted", "intermediate.pem",
+         "leaf.pem"], cwd=out, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -483,3 +483,68 @@ def test_dmtf_spdm_dump_opens_every_record(sock_dir: Path) -> None:
     assert "DataLink - 292 (PCI_DOE), MaxPacketSize - 65536" in out
     assert "(?)->(?)" not in out
     assert "RSP->REQ SecuredSPDM" in out and "SPDM_END_SESSION_ACK" in out
+
+
+def test_dump_reassembles_chunked_messages_of_a_served_flow(sock_dir: Path) -> None:
+    """A requester with DataTransferSize 64 makes the device chunk its large responses
+    (DSP0274 1.2+: ERROR LargeResponse, then CHUNK_GET / CHUNK_RESPONSE until LastChunk);
+    the dump names the reassembled message on the last chunk's line."""
+    running = start_devices([str(sock_dir / "d.sock")], "virtio-rng",
+                            pcap=str(sock_dir / "c.pcap"), pcap_keys=str(sock_dir / "k.jsonl"))
+    try:
+        with VfioUserClient(str(sock_dir / "d.sock")) as c:
+            c.version()
+            drv = DoeDriver(c.config_read32, c.config_write32, DOE_OFFSET)
+            req = SpdmRequester(drv.exchange, data_transfer_size=64)
+            req.authenticate(running.devices[0].identity.root)
+            req.get_measurements()
+            s = req.start_session()
+            req.get_measurements(session=s)
+            req.end_session(s)
+    finally:
+        running.close()
+    decoded = decode_capture(parse_pcap((sock_dir / "c.pcap").read_bytes()),
+                             load_keylog((sock_dir / "k.jsonl").read_text()))
+    assert not [x.note for x in decoded if x.note]
+    large = [(x.protocol, x.fields["large_response"]) for x in decoded
+             if "large_response" in x.fields]
+    for item in [("SPDM", "CHALLENGE_AUTH"), ("SPDM", "MEASUREMENTS"),
+                 ("SPDM", "KEY_EXCHANGE_RSP"), ("Secured SPDM", "MEASUREMENTS")]:
+        assert item in large
+    # Every LargeResponse error is followed by CHUNK_GET/CHUNK_RESPONSE pairs whose
+    # sequence numbers count up from 0 to the LastChunk, which carries the message.
+    for i, x in enumerate(decoded):
+        if x.name == "ERROR" and x.fields["error_code"] == "LargeResponse":
+            seq, j = 0, i + 1
+            while True:
+                get, rsp = decoded[j], decoded[j + 1]
+                assert (get.name, get.direction, rsp.name, rsp.direction) == \
+                    ("CHUNK_GET", "request", "CHUNK_RESPONSE", "response")
+                assert get.fields["chunk_seq_no"] == rsp.fields["chunk_seq_no"] == seq
+                if rsp.fields["last"]:
+                    assert "large_response" in rsp.fields
+                    break
+                seq, j = seq + 1, j + 2
+    meas = next(x for x in decoded if x.fields.get("large_response") == "MEASUREMENTS")
+    assert meas.fields["indices"] == [1, 2, 3, 4] and meas.fields["signed"] is True
+
+
+def test_dump_reassembles_chunk_send_by_hand() -> None:
+    # DSP0274 1.3 CHUNK_SEND: SPDMVersion, 0x85, Param1 bit0 LastChunk, Param2 Handle,
+    # ChunkSeqNo (2), Reserved (2), ChunkSize (4), LargeMessageSize (4, seq 0 only),
+    # SPDMchunk.  CHUNK_SEND_ACK: SPDMVersion, 0x05, Param1, Param2 Handle, ChunkSeqNo (2),
+    # ResponseToLargeRequest.  Here a GET_VERSION split in two, answered by VERSION 1.3.
+    out = io.BytesIO()
+    w = PcapWriter(out)
+    for spdm in ("13850007 0000 0000 02000000 04000000 1084",
+                 "13850107 0100 0000 02000000 0000",
+                 "13050007 0100 10040000 00010013"):
+        body = bytes.fromhex(spdm.replace(" ", ""))
+        body += bytes(-len(body) % 4)
+        w.write(struct.pack("<HBBI", 1, 1, 0, 2 + len(body) // 4) + body)
+    decoded = decode_capture(parse_pcap(out.getvalue()))
+    assert [x.name for x in decoded] == ["CHUNK_SEND", "CHUNK_SEND", "CHUNK_SEND_ACK"]
+    assert decoded[0].fields["large_message_size"] == 4
+    assert decoded[1].fields["large_request"] == "GET_VERSION"
+    assert decoded[2].fields["large_response"] == "VERSION"
+    assert decoded[2].fields["versions"] == ["1.3"]

@@ -176,6 +176,10 @@ class CaptureDecoder:
     def __init__(self) -> None:
         self.neg = _Negotiated()
         self.last_request: dict[int | None, bytes] = {}  # per session (None = plain)
+        # Large messages being reassembled from CHUNK_SEND / CHUNK_RESPONSE, per
+        # session and direction (DSP0274 1.2+ chunking).
+        self.chunks: dict[tuple[int | None, str], bytearray] = {}
+        self.session: int | None = None  # the channel of the message being decoded
 
     # -- SPDM -------------------------------------------------------------------------------
     def spdm(self, msg: bytes, session: int | None) -> tuple[str, str, str | None,
@@ -190,13 +194,15 @@ class CaptureDecoder:
         fields: dict[str, Any] = {}
         note = ""
         request = self.last_request.get(session, b"") if direction == RESPONSE else msg
+        self.session = session
         try:
             handler = _SPDM_FIELDS.get(code)
             if handler is not None:
                 handler(self, msg, request, fields)
         except (DecodeError, ValueError, KeyError, IndexError) as exc:
             note = f"malformed: {exc}"
-        if direction == REQUEST:
+        if direction == REQUEST and code not in (m.CHUNK_GET_CODE, m.CHUNK_SEND_CODE):
+            # The request a response answers; chunk transfers only carry it.
             self.last_request[session] = msg
         return direction, name, _version(version), fields, note
 
@@ -324,11 +330,36 @@ def _f_chunk(d: CaptureDecoder, msg: bytes, req: bytes, f: dict[str, Any]) -> No
            m.CHUNK_GET_CODE: m.CHUNK_GET, m.CHUNK_SEND_ACK_CODE: m.CHUNK_SEND_ACK}[msg[1]]
     r: Any = cls.unpack_partial(msg)[0]
     f["chunk_seq_no"] = r.chunk_seq_no
-    if hasattr(r, "chunk_size"):
-        f["chunk_size"] = r.chunk_size
-        f["last"] = bool(r.param1 & m.CHUNK_LAST)
-        if r.chunk_seq_no == 0:
-            f["large_message_size"] = r.large_message_size
+    if not hasattr(r, "chunk_size"):
+        if msg[1] == m.CHUNK_SEND_ACK_CODE and r.response_to_large_request:
+            _inner(d, r.response_to_large_request, "response", f)
+        return
+    f["chunk_size"] = r.chunk_size
+    last = bool(r.param1 & m.CHUNK_LAST)
+    f["last"] = last
+    if r.chunk_seq_no == 0:
+        f["large_message_size"] = r.large_message_size
+    direction = "request" if msg[1] == m.CHUNK_SEND_CODE else "response"
+    key = (d.session, direction)
+    if r.chunk_seq_no == 0:
+        d.chunks[key] = bytearray()
+    buf = d.chunks.get(key)
+    if buf is None:
+        return  # a capture that starts mid-transfer
+    buf += r.spdm_chunk if direction == "request" else r.response_chunk
+    if last:
+        del d.chunks[key]
+        _inner(d, bytes(buf), direction, f)
+
+
+def _inner(d: CaptureDecoder, large: bytes, direction: str, f: dict[str, Any]) -> None:
+    """Decode a reassembled large message; its name and fields join the chunk's line."""
+    session = d.session
+    _dir, name, _version_text, fields, note = d.spdm(large, session)
+    f[f"large_{direction}"] = name
+    f.update({f"{k}": v for k, v in fields.items() if k not in f})
+    if note:
+        f["large_note"] = note
 
 
 def _f_vendor(d: CaptureDecoder, msg: bytes, req: bytes, f: dict[str, Any]) -> None:

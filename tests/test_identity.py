@@ -351,8 +351,8 @@ def test_user_chain_without_intermediate_still_verifies(tmp_path: Path) -> None:
 
 
 def test_identity_cache_dirs_are_private_under_umask_000(tmp_path: Path) -> None:
-    # issue 9 item 11: the cache holds private keys; its directories are created 0700
-    # whatever the umask, key files 0600, certificates 0644.
+    # issue 9 item 11: the identity cache holds private keys; its directories are created
+    # 0700 whatever the umask, key files 0600, certificates 0644.
     import os
 
     old = os.umask(0)
@@ -361,7 +361,8 @@ def test_identity_cache_dirs_are_private_under_umask_000(tmp_path: Path) -> None
                                  label="u")
     finally:
         os.umask(old)
-    for d in (tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "u"):
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o755  # the cache above: shared
+    for d in (tmp_path / "a" / "b", tmp_path / "a" / "b" / "u"):
         assert d.stat().st_mode & 0o777 == 0o700, d
     assert (tmp_path / "a/b/u/leaf-ecdsa-p256.key.pem").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "a/b/u/leaf-ecdsa-p256.pem").stat().st_mode & 0o777 == 0o644

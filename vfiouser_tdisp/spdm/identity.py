@@ -266,6 +266,11 @@ class DeviceIdentity:
             if a not in ASYM_ALGORITHMS:
                 raise IdentityError(f"unsupported signature algorithm {a!r}")
         where = Path(cache_dir) / label if cache_dir is not None else None
+        if cache_dir is not None and where is not None:
+            # Private keys live here: the identity directories are 0700; missing
+            # ancestors (the project cache, shared with provisioning) 0755.
+            _make_dirs(Path(cache_dir).parent, 0o755)
+            _make_dirs(where, 0o700)
         cas = cls._load_cas(where) if where is not None else None
         if cas is None:
             root_key = ec.generate_private_key(ec.SECP384R1())

@@ -548,3 +548,30 @@ def test_dump_reassembles_chunk_send_by_hand() -> None:
     assert decoded[1].fields["large_request"] == "GET_VERSION"
     assert decoded[2].fields["large_response"] == "VERSION"
     assert decoded[2].fields["versions"] == ["1.3"]
+
+
+def test_dump_never_raises_on_random_objects() -> None:
+    """Bad input: any object gets a line (malformed ones a note); decoding goes on."""
+    import random
+
+    rnd = random.Random(292)
+    out = io.BytesIO()
+    w = PcapWriter(out)
+    codes = [0x84, 0x04, 0xE1, 0x61, 0xE3, 0x63, 0x82, 0x02, 0xE0, 0x60, 0xE4, 0x64, 0xE9,
+             0x69, 0x7F, 0x85, 0x05, 0x86, 0x06, 0xFE, 0x7E, 0x01, 0x81, 0x03]
+    for _ in range(3000):
+        kind = rnd.choice((0, 1, 1, 1, 2, 7))
+        body = bytes([rnd.choice((0x10, 0x11, 0x12, 0x13)), rnd.choice(codes)]) + \
+            rnd.randbytes(rnd.randrange(0, 80))
+        if rnd.random() < 0.3 and body[1] in (0xFE, 0x7E):  # PCI-SIG vendor header
+            body = body[:4] + b"\x03\x00\x02\x01\x00" + struct.pack("<H", 40) + \
+                rnd.choice((b"\x00", b"\x01")) + rnd.randbytes(40)
+        body += bytes(-len(body) % 4)
+        length = 2 + len(body) // 4 + rnd.choice((0, 0, 0, 1, -1))
+        w.write(struct.pack("<HBBI", 1, kind, 0, length) + body)
+    w.write(rnd.randbytes(5))
+    decoded = decode_capture(parse_pcap(out.getvalue()))
+    assert len(decoded) == 3001
+    assert all(x.render() for x in decoded)
+    assert any("malformed" in x.note for x in decoded)
+    assert json.dumps([x.to_json() for x in decoded])

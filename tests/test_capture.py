@@ -400,7 +400,7 @@ def test_dump_without_keys_keeps_records_closed_and_alternates(captured) -> None
     assert [x.direction for x in secured] == ["request", "response"] * (len(secured) // 2)
 
 
-def test_dump_command(captured, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_dump_command(captured, capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
     d, sid = captured
     assert main(["dump", str(d / "doe.pcap"), "--keys", str(d / "keys.jsonl")]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -419,6 +419,16 @@ def test_dump_command(captured, capsys) -> None:  # type: ignore[no-untyped-def]
                  "--spdm-dump"]) == 0
     assert capsys.readouterr().out.split() == [
         "spdm_dump", "-r", str(d / "doe.pcap"), "--dhe_secret", keylog[0]["dhe_secret"]]
+    # A key log appended to by an earlier run: only this capture's session, in order.
+    old = tmp_path / "keys.jsonl"
+    old.write_text(json.dumps({"session_id": "0x12345678", "dhe_secret": "ab" * 48}) + "\n" +
+                   (d / "keys.jsonl").read_text())
+    assert main(["dump", str(d / "doe.pcap"), "--keys", str(old), "--spdm-dump"]) == 0
+    assert capsys.readouterr().out.split()[3:] == ["--dhe_secret", keylog[0]["dhe_secret"]]
+    # Without the session's secret spdm_dump cannot open it: say so.
+    old.write_text(json.dumps({"session_id": "0x12345678", "dhe_secret": "ab" * 48}) + "\n")
+    assert main(["dump", str(d / "doe.pcap"), "--keys", str(old), "--spdm-dump"]) == 1
+    assert f"no dhe_secret for session(s) {sid:#010x}" in capsys.readouterr().err
 
 
 def test_dump_refuses_other_link_types_and_garbage(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

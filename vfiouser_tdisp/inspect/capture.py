@@ -561,12 +561,30 @@ def sessions_summary(decoded: list[Decoded]) -> dict[int, dict[str, int]]:
     return out
 
 
-def spdm_dump_command(capture: str, keylog: list[dict[str, Any]]) -> list[str]:
-    """The DMTF spdm-dump command line that opens this capture's sessions."""
-    argv = ["spdm_dump", "-r", capture]
-    for _sid, secret in dhe_secrets(keylog):
-        argv += ["--dhe_secret", secret]
-    return argv
+def session_order(decoded: list[Decoded]) -> list[int]:
+    """Session ids in the order their KEY_EXCHANGE_RSP appears in the capture."""
+    return [int(d.fields["session_id"], 16) for d in decoded
+            if (d.name == "KEY_EXCHANGE_RSP" or d.fields.get("large_response") ==
+                "KEY_EXCHANGE_RSP") and "session_id" in d.fields]
+
+
+def spdm_dump_command(capture: str, decoded: list[Decoded],
+                      keylog: list[dict[str, Any]]) -> tuple[list[str], list[int]]:
+    """The DMTF spdm-dump command line that opens this capture's sessions, and the
+    sessions the key log has no secret for.
+
+    spdm-dump gives the n-th ``--dhe_secret`` to the n-th KEY_EXCHANGE_RSP of the
+    capture, so the secrets follow the capture's order; a key log appended to over
+    several runs may hold more (the last one logged for a session id wins).
+    """
+    secrets = dict(dhe_secrets(keylog))
+    argv, missing = ["spdm_dump", "-r", capture], []
+    for sid in session_order(decoded):
+        if sid in secrets:
+            argv += ["--dhe_secret", secrets[sid]]
+        else:
+            missing.append(sid)
+    return argv, missing
 
 
 def main_dump(args: Any) -> int:
@@ -582,12 +600,19 @@ def main_dump(args: Any) -> int:
         print(f"vfiouser-tdisp dump: {args.capture}: link type {capture.linktype}{what}, "
               f"expected {LINKTYPE_PCI_DOE} (LINKTYPE_PCI_DOE)", file=sys.stderr)
         return 2
+    decoded = decode_capture(capture, keylog)
     if args.spdm_dump:
         import shlex
 
-        print(shlex.join(spdm_dump_command(args.capture, keylog or [])))
+        argv, missing = spdm_dump_command(args.capture, decoded, keylog or [])
+        if missing:
+            print("vfiouser-tdisp dump: no dhe_secret for session(s) "
+                  f"{', '.join(f'{sid:#010x}' for sid in missing)}; spdm_dump gives the n-th "
+                  "--dhe_secret to the n-th session, so it cannot open the ones after",
+                  file=sys.stderr)
+            return 1
+        print(shlex.join(argv))
         return 0
-    decoded = decode_capture(capture, keylog)
     if args.json:
         for d in decoded:
             print(json.dumps(d.to_json(), sort_keys=True))

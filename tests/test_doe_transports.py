@@ -1,6 +1,6 @@
 """The DOE mailbox through its two transports: config registers over the
 vfio-user socket (as a guest drives them) and the DMTF spdm-emu TCP socket,
-with every object captured as pcap LINKTYPE 291."""
+with every object captured as pcap LINKTYPE_PCI_DOE (292)."""
 
 from __future__ import annotations
 

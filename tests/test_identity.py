@@ -13,14 +13,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from vfiouser_tdisp.cli import main
 from vfiouser_tdisp.device.device import Device, get_profile
+from vfiouser_tdisp.device.identity import device_san, identity_for_device
 from vfiouser_tdisp.spdm.identity import (
     OID_PCIE_CMA_SAN,
     DeviceIdentity,
     IdentityError,
     PcieSan,
     SlotIdentity,
-    device_san,
-    identity_for_device,
     leaf_san_text,
 )
 
@@ -41,8 +40,9 @@ def ident(cache: Path) -> DeviceIdentity:
 
 
 def test_san_text() -> None:
+    # pci_cma_construct_san(): the serial is bare %016llx, no "DSN=".
     assert SAN.text() == ("Vendor=1af4:Device=1044:CC=ff0000:REV=01:SSVID=1af4:SSID=0004:"
-                          "DSN=5644545000000001")
+                          "5644545000000001")
     assert PcieSan(0x8086, 0x1, 0x10802, 0x2).text() == \
         "Vendor=8086:Device=0001:CC=010802:REV=02"
 
@@ -126,12 +126,49 @@ def test_spdm_chain_limits(ident: DeviceIdentity) -> None:
 
 
 def test_device_san_from_config_space() -> None:
-    # dma-test has no subsystem IDs: SSVID/SSID are left out; DSN is function 0's.
+    # Linux drivers/pci/cma.c pci_cma_construct_san(): "Vendor=%04hx:Device=%04hx:
+    # CC=%06x:REV=%02hhx", then for PCI_HEADER_TYPE_NORMAL always ":SSVID=%04hx:
+    # SSID=%04hx" (zero included), then ":%016llx" when pci_get_dsn() is non-zero.
+    # dma-test: Subsystem IDs read 0000; DSN of function 0 of instance 1.
     dev = Device(get_profile("dma-test"), instance=1)
-    assert device_san(dev).text() == "Vendor=1b36:Device=10f0:CC=ff0000:REV=01:DSN=5644545000000101"
+    assert device_san(dev).text() == \
+        "Vendor=1b36:Device=10f0:CC=ff0000:REV=01:SSVID=0000:SSID=0000:5644545000000101"
     dev = Device(get_profile("virtio-rng"))
-    assert device_san(dev).text() == ("Vendor=1af4:Device=1044:CC=ff0000:REV=01:SSVID=1af4:"
-                                      "SSID=0004:DSN=5644545000000001")
+    assert device_san(dev).text() == \
+        "Vendor=1af4:Device=1044:CC=ff0000:REV=01:SSVID=1af4:SSID=0004:5644545000000001"
+
+
+def test_san_text_format_of_linux_cma() -> None:
+    # Each optional part as pci_cma_construct_san() writes it.
+    assert PcieSan(0x8086, 0x0B25, 0x010802, 0x0A, 0, 0, 0).text() == \
+        "Vendor=8086:Device=0b25:CC=010802:REV=0a:SSVID=0000:SSID=0000"  # DSN 0: left out
+    assert PcieSan(0x8086, 0x0B25, 0x010802, 0x0A, None, None, None).text() == \
+        "Vendor=8086:Device=0b25:CC=010802:REV=0a"  # not a type-0 header, no DSN
+    assert PcieSan(0xABCD, 0x1, 0x1, 0x0, 0xFFFF, 0x2, 0x1).text() == \
+        "Vendor=abcd:Device=0001:CC=000001:REV=00:SSVID=ffff:SSID=0002:0000000000000001"
+    # The longest name fits Linux's CMA_NAME_MAX buffer (sizeof of its template).
+    longest = PcieSan(0xFFFF, 0xFFFF, 0xFFFFFF, 0xFF, 0xFFFF, 0xFFFF, (1 << 64) - 1).text()
+    assert len(longest) + 1 == len("Vendor=1234:Device=1234:CC=123456:"
+                                   "REV=12:SSVID=1234:SSID=1234:1234567890123456") + 1
+
+
+def test_leaf_san_der_is_the_cma_othername() -> None:
+    # RFC 5280 §4.2.1.6 GeneralName otherName [0] { type-id OID, value [0] EXPLICIT
+    # UTF8String }; PCIe r6.1 §6.31.3 type-id 2.23.147; Linux compares the UTF8String
+    # value byte for byte.  Expected DER written out for this device:
+    dev = Device(get_profile("virtio-rng"))
+    ident = identity_for_device(dev)  # in memory: no cache given
+    slot = ident.for_asym("ecdsa-p384")
+    assert slot is not None
+    text = b"Vendor=1af4:Device=1044:CC=ff0000:REV=01:SSVID=1af4:SSID=0004:5644545000000001"
+    assert len(text) == 0x4E
+    expected = (b"\x30\x59"                   # SEQUENCE (GeneralNames), 0x59 bytes
+                b"\xa0\x57"                   # [0] otherName
+                b"\x06\x03\x67\x81\x13"       # OID 2.23.147 (2*40+23, 147 = 81 13)
+                b"\xa0\x50"                   # [0] EXPLICIT
+                b"\x0c\x4e" + text)           # UTF8String
+    ext = slot.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert ext.value.public_bytes() == expected
 
 
 def test_corrupt_cache_regenerates(tmp_path: Path) -> None:
@@ -215,8 +252,9 @@ def test_certs_command_writes_what_serve_presents(tmp_path: Path) -> None:
     assert main(["certs", "--profile", "virtio-rng", "--out", str(out), "--cache-dir",
                  str(cache), "--asym", "ecdsa-p256", "--hash", "sha256"]) == 0
     names = {p.name for p in out.iterdir()}
-    assert {"root.pem", "root.der", "chain.der", "leaf.pem"} <= names
-    dev = Device(get_profile("virtio-rng"), identity_options={"cache_dir": str(cache)})
+    assert {"root.pem", "root.der", "intermediate.pem", "chain.der", "leaf.pem"} <= names
+    dev = Device(get_profile("virtio-rng"),
+                 identity_options={"identity_dir": str(cache / "identity")})
     slot = dev.identity.for_asym("ecdsa-p256")
     assert slot is not None
     assert (out / "chain.der").read_bytes() == slot.spdm_chain("sha256")
@@ -245,3 +283,101 @@ def test_identity_for_device_needs_both_files(tmp_path: Path) -> None:
     dev = Device(get_profile("dma-test"))
     with pytest.raises(IdentityError, match="go together"):
         identity_for_device(dev, chain_file=tmp_path / "x")
+
+
+def test_certs_out_verifies_with_openssl_as_documented(tmp_path: Path) -> None:
+    """docs/identity.md: `openssl verify -CAfile root.pem -untrusted intermediate.pem
+    leaf.pem` -- run exactly so, by OpenSSL (an independent X.509 verifier)."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command")
+    out = tmp_path / "out"
+    assert main(["certs", "--out", str(out), "--cache-dir", str(tmp_path / "c")]) == 0
+    done = subprocess.run(
+        [openssl, "verify", "-CAfile", "root.pem", "-untrusted", "intermediate.pem",
+         "leaf.pem"], cwd=out, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "leaf.pem: OK"
+    # Without the intermediate the leaf does not chain: the file is what makes it work.
+    done = subprocess.run([openssl, "verify", "-CAfile", "root.pem", "leaf.pem"], cwd=out,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    # intermediate.pem is the intermediate CA that issued the leaf.
+    inter = x509.load_pem_x509_certificates((out / "intermediate.pem").read_bytes())
+    leaf = x509.load_pem_x509_certificate((out / "leaf.pem").read_bytes())
+    assert len(inter) == 1 and leaf.issuer == inter[0].subject
+    assert inter[0].extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+
+
+def test_user_chain_without_intermediate_still_verifies(tmp_path: Path) -> None:
+    """A user chain of root and leaf only: the documented command works as written."""
+    import datetime
+    import shutil
+    import subprocess
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command")
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    root_key, leaf_key = ec.generate_private_key(ec.SECP384R1()), \
+        ec.generate_private_key(ec.SECP256R1())
+    root = (x509.CertificateBuilder().subject_name(name("user root")).issuer_name(
+        name("user root")).public_key(root_key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(root_key, hashes.SHA384()))
+    leaf = (x509.CertificateBuilder().subject_name(name("user leaf")).issuer_name(
+        root.subject).public_key(leaf_key.public_key()).serial_number(2)
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
+        .sign(root_key, hashes.SHA384()))
+    chain, key = _files(tmp_path, [root, leaf], leaf_key, True)
+    ident = DeviceIdentity.from_files(chain, key)
+    out = tmp_path / "out"
+    ident.export(out, asym="ecdsa-p256", hash_name="sha256")
+    done = subprocess.run(
+        [openssl, "verify", "-CAfile", "root.pem", "-untrusted", "intermediate.pem",
+         "leaf.pem"], cwd=out, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_identity_cache_dirs_are_private_under_umask_000(tmp_path: Path) -> None:
+    # issue 9 item 11: the identity cache holds private keys; its directories are created
+    # 0700 whatever the umask, key files 0600, certificates 0644.
+    import os
+
+    old = os.umask(0)
+    try:
+        DeviceIdentity.generated(SAN, ("ecdsa-p256",), cache_dir=tmp_path / "a" / "b",
+                                 label="u")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o755  # the cache above: shared
+    for d in (tmp_path / "a" / "b", tmp_path / "a" / "b" / "u"):
+        assert d.stat().st_mode & 0o777 == 0o700, d
+    assert (tmp_path / "a/b/u/leaf-ecdsa-p256.key.pem").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "a/b/u/leaf-ecdsa-p256.pem").stat().st_mode & 0o777 == 0o644
+
+
+def test_spdm_identity_imports_no_upper_layer() -> None:
+    # STYLE.md: lower layers never import upper ones; the cache dir is handed down.
+    import subprocess
+    import sys
+
+    code = ("import sys, vfiouser_tdisp.spdm.identity as i; "
+            "print(sorted(m for m in sys.modules if m.startswith(('vfiouser_tdisp.run', "
+            "'vfiouser_tdisp.device', 'vfiouser_tdisp.server'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
+    assert not hasattr(__import__("vfiouser_tdisp.spdm.identity").spdm.identity,
+                       "default_identity_dir")

@@ -6,6 +6,7 @@ decodes as DOE objects and, with the key log, its secured records open."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,11 +38,15 @@ ALGORITHM_SETS = {
 
 @pytest.fixture
 def served(sock_dir: Path) -> Iterator[tuple[RunningDevices, Path]]:
+    # The identity cache the test's `certs` export uses too (tests never touch the
+    # user's cache).
     running = start_devices([str(sock_dir / "d.sock")], "virtio-rng", spdm_port=0,
                             pcap=str(sock_dir / "doe.pcap"),
-                            pcap_keys=str(sock_dir / "keys.jsonl"))
+                            pcap_keys=str(sock_dir / "keys.jsonl"),
+                            identity_options={"identity_dir": str(sock_dir / "c/identity")})
     yield running, sock_dir
     running.close()
+    shutil.rmtree(sock_dir / "c", ignore_errors=True)
 
 
 def full_flow(req: SpdmRequester, root: x509.Certificate) -> dict[str, object]:
@@ -82,11 +87,12 @@ def check_chain_independently(chain: bytes, hash_name: str, root: x509.Certifica
         child.verify_directly_issued_by(parent)
 
 
-def exported_root(tmp: Path) -> x509.Certificate:
+def exported_root(tmp: Path, cache: Path) -> x509.Certificate:
     """The root CA as `vfiouser-tdisp certs` exports it for a verifier."""
     from vfiouser_tdisp.cli import main
 
-    assert main(["certs", "--profile", "virtio-rng", "--out", str(tmp)]) == 0
+    assert main(["certs", "--profile", "virtio-rng", "--out", str(tmp), "--cache-dir",
+                 str(cache)]) == 0
     return x509.load_der_x509_certificate((tmp / "root.der").read_bytes())
 
 
@@ -94,7 +100,7 @@ def exported_root(tmp: Path) -> x509.Certificate:
 def test_full_session_through_doe_registers(served, algs, tmp_path) -> None:  # type: ignore[no-untyped-def]
     running, sock_dir = served
     dev = running.devices[0]
-    root = exported_root(tmp_path)
+    root = exported_root(tmp_path, sock_dir / "c")
     with VfioUserClient(str(sock_dir / "d.sock")) as c:
         c.version()
         drv = DoeDriver(c.config_read32, c.config_write32, DOE_OFFSET)
@@ -110,8 +116,8 @@ def test_full_session_through_doe_registers(served, algs, tmp_path) -> None:  # 
 
 @pytest.mark.parametrize("algs", list(ALGORITHM_SETS), ids=list(ALGORITHM_SETS))
 def test_full_session_through_spdm_emu_socket(served, algs, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    running, _ = served
-    root = exported_root(tmp_path)
+    running, sock_dir = served
+    root = exported_root(tmp_path, sock_dir / "c")
     client = SpdmEmuClient("127.0.0.1", running.spdm_servers[0].port)
     try:
         req = SpdmRequester(client.doe, **ALGORITHM_SETS[algs])

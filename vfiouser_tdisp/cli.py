@@ -1,4 +1,4 @@
-"""`vfiouser-tdisp` command line: setup, serve, qemu-args, run, certs.
+"""`vfiouser-tdisp` command line: setup, serve, qemu-args, certs, dump, run.
 
 Each subcommand's arguments are declared here; the work is done by the layer
 that owns it (imported lazily so `--help` stays fast).
@@ -32,10 +32,12 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="address for --spdm-port (default: 127.0.0.1, loopback only)")
     p.add_argument("--pcap", metavar="FILE",
                    help="capture every DOE object, both directions, as pcap with "
-                        "LINKTYPE 291 (PCI DOE); device i > 0 writes FILE.i")
+                        "LINKTYPE_PCI_DOE (292), readable by DMTF spdm_dump and "
+                        "`vfiouser-tdisp dump`; device i > 0 writes FILE.i (mode 0600)")
     p.add_argument("--pcap-keys", metavar="FILE",
-                   help="append SPDM session keys (JSON lines, secret!) to FILE so a decoder "
-                        "can open the secured records of --pcap; device i > 0 writes FILE.i")
+                   help="append SPDM session secrets (JSON lines, secret! mode 0600): each "
+                        "session's ECDHE dhe_secret (spdm_dump --dhe_secret) and per-direction "
+                        "keys; device i > 0 writes FILE.i")
     p.add_argument("--debug-ide-keys", action="store_true",
                    help="log IDE_KM keys in clear in the events (default: a fingerprint)")
     _add_identity_args(p)
@@ -89,15 +91,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
                    help=f"device profile (default: {DEFAULT_PROFILE})")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="where to write root.pem, root.der, chain.der, leaf.pem (and "
-                        "chain-<alg>.der, leaf-<alg>.pem per signature algorithm)")
+                   help="where to write root.pem, root.der, intermediate.pem, chain.der, "
+                        "leaf.pem (and chain-<alg>.der, leaf-<alg>.pem per signature "
+                        "algorithm)")
     p.add_argument("--asym", metavar="ALG",
                    help="signature algorithm of chain.der/leaf.pem (default: the profile's "
                         "first that the identity has)")
     p.add_argument("--hash", metavar="ALG",
                    help="hash for the chain's RootHash (default: the profile's first)")
     _add_identity_args(p)
-    p.set_defaults(handler="vfiouser_tdisp.spdm.identity:main_certs")
+    p.set_defaults(handler="vfiouser_tdisp.device.identity:main_certs")
+
+    p = sub.add_parser("dump", help="print a --pcap capture: DOE objects, SPDM, IDE_KM and "
+                                    "TDISP messages; secured records opened with --keys")
+    p.add_argument("capture", metavar="CAPTURE", help="pcap file written by serve --pcap")
+    p.add_argument("--keys", metavar="KEYS",
+                   help="the key log written by serve --pcap-keys: opens secured records")
+    p.add_argument("--json", action="store_true", help="one JSON object per DOE object")
+    p.add_argument("--spdm-dump", action="store_true",
+                   help="print the DMTF spdm_dump command line that decodes CAPTURE "
+                        "(one --dhe_secret per session from --keys) instead")
+    p.set_defaults(handler="vfiouser_tdisp.inspect.capture:main_dump")
 
     p = sub.add_parser("run", help="the main job: provision, serve, boot a guest with the "
                                    "device and run the flow inside it")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import sys
 import threading
@@ -22,6 +21,7 @@ from .device.device import Device, get_profile
 from .doe.capture import PcapWriter
 from .doe.emu_socket import SpdmEmuServer
 from .events import LOG, HumanSink, JsonLinesSink, emit
+from .paths import identity_dir
 from .spdm.identity import IdentityError
 from .spdm.keylog import KeyLogWriter
 from .vfio_user.server import FunctionServer
@@ -62,9 +62,9 @@ def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = N
     Device ``i`` gets the spdm-emu port ``spdm_port + i`` and the capture file
     ``pcap`` (``pcap.i`` for i > 0), its session keys in ``pcap_keys`` (``.i``).
     ``identity_options`` go to :func:`identity_for_device` (chain_file,
-    key_file, cache_dir).  The SPDM identity is loaded (or generated) here,
-    before the guest can ask: a key generation inside a DOE exchange would
-    exceed the kernel's 1 s DOE timeout.
+    key_file, identity_dir; no identity_dir: generated in memory).  The SPDM
+    identity is loaded (or generated) here, before the guest can ask: a key
+    generation inside a DOE exchange would exceed the kernel's 1 s DOE timeout.
     """
     profile = get_profile(profile_name)
     running = RunningDevices()
@@ -75,14 +75,13 @@ def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = N
             running.devices.append(dev)
             spdm = dev.spdm
             if pcap:
-                stream = open(numbered(pcap, i), "wb")
-                running.captures.append(stream)
-                dev.doe.observers.append(PcapWriter(stream).observer)
+                writer = PcapWriter.create(numbered(pcap, i))
+                running.captures.append(writer.stream)
+                dev.doe.observers.append(writer.observer)
             if pcap_keys:
-                keys = open(numbered(pcap_keys, i), "a", encoding="utf-8")
-                os.chmod(keys.fileno(), 0o600)
-                running.captures.append(keys)
-                spdm.key_sink = KeyLogWriter(keys)
+                keylog = KeyLogWriter.open(numbered(pcap_keys, i))
+                running.captures.append(keylog.stream)
+                spdm.key_sink = keylog
             if spdm_port is not None:
                 emu = SpdmEmuServer(dev.doe, dev.lock, spdm_host,
                                     spdm_port + i if spdm_port else 0)
@@ -144,7 +143,7 @@ def main_serve(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         identity = {"chain_file": args.cert_chain, "key_file": args.cert_key,
-                    "cache_dir": args.cache_dir}
+                    "identity_dir": identity_dir(args.cache_dir)}
         try:
             serve_forever(args.socket, args.profile, args.spdm_port, args.spdm_host, args.pcap,
                           pcap_keys=args.pcap_keys, identity_options=identity,

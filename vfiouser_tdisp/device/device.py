@@ -24,12 +24,13 @@ from ..ide.capability import IdeCapability
 from ..ide.km import IdeKmResponder
 from ..pci.caps import DsnCapability, PcieCapability, PmCapability
 from ..spdm.algorithms import DEFAULT_AEADS, DEFAULT_ASYMS, DEFAULT_DHES, DEFAULT_HASHES
-from ..spdm.identity import DeviceIdentity, identity_for_device
+from ..spdm.identity import DeviceIdentity
 from ..spdm.messages import REGISTRY_ID_PCISIG, version_byte
 from ..spdm.responder import ResponderConfig, SpdmResponder, VendorError
 from ..tdisp.report import FirstPageEncoding
 from ..tdisp.responder import TdispResponder, pci_sig_vendor_handler
 from .function import PciFunction
+from .identity import identity_for_device
 from .measurements import DeviceMeasurements
 from .personality import Personality, get_personality
 

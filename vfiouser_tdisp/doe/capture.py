@@ -1,24 +1,94 @@
-"""pcap capture of DOE data objects (LINKTYPE 291, LINKTYPE_PCI_DOE).
+"""pcap capture of DOE data objects (LINKTYPE_PCI_DOE = 292).
 
-Subscribes to a :class:`DoeDispatcher` as an observer, so objects from every
-transport (config-space mailbox, spdm-emu socket) land in one file, in both
-directions, exactly as they crossed the mailbox: secured SPDM records stay
-encrypted.  DMTF spdm-dump reads this link type.
+The file format is libpcap's classic savefile (pcap-savefile(5); the IETF
+draft-ietf-opsawg-pcap): a 24-byte global header (magic 0xA1B2C3D4, version
+2.4, SnapLen, LinkType) and per packet a 16-byte record header (ts_sec,
+ts_usec, incl_len, orig_len) followed by incl_len bytes.  The link type is
+the one the tcpdump.org LINKTYPE registry and DMTF (libspdm
+``link_type_ex.h``, spdm-dump) assign: 291 = LINKTYPE_MCTP, 292 =
+LINKTYPE_PCI_DOE, whose packets start with DOE data object header 1.
+
+SnapLen is 65536: DMTF spdm-dump refuses a file whose SnapLen is 0 or above
+``PCAP_PACKET_MAX_SIZE`` (0x10000) and stops reading at the first record
+whose incl_len is 0 or above it.  A DOE object may reach 2^18 dwords (1 MiB,
+PCIe r6.x §6.30.1); one longer than SnapLen is written the way pcap-savefile
+says a capture limited by its snapshot length is: its first 65536 bytes, with
+incl_len = 65536 and orig_len = the object's real length.  Decoders see that
+incl_len < orig_len and know the object was cut.  (SPDM messages larger than
+the transfer size travel chunked, so the objects an SPDM flow produces stay
+far below this; only a deliberately huge object is cut.)
+
+:class:`PcapWriter` subscribes to a :class:`DoeDispatcher` as an observer, so
+objects from every transport (config-space mailbox, spdm-emu socket) land in
+one file, in both directions, exactly as they crossed the mailbox: secured
+SPDM records stay encrypted.  LINKTYPE_PCI_DOE has no direction field; a
+reader tells requests from responses by their content (see
+``vfiouser_tdisp.inspect``).
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import struct
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
-LINKTYPE_PCI_DOE = 291
+from ..events import emit
+
+LINKTYPE_MCTP = 291
+LINKTYPE_PCI_DOE = 292
 PCAP_MAGIC = 0xA1B2C3D4
-SNAPLEN = (1 << 18) * 4 + 8
+PCAP_VERSION = (2, 4)
+# DMTF spdm-dump's PCAP_PACKET_MAX_SIZE: the largest SnapLen/incl_len it reads.
+SNAPLEN = 0x10000
+# Captures hold the device's SPDM traffic (certificates, measurements, vendor
+# payloads before a session): the owner's only, whatever the umask.
+CAPTURE_FILE_MODE = 0o600
 
 _GLOBAL = struct.Struct("<IHHiIII")
 _RECORD = struct.Struct("<IIII")
+
+
+def open_private_file(path: str | os.PathLike[str], mode: int, *,
+                      append: bool) -> BinaryIO:
+    """Open ``path`` for writing with exactly ``mode``, never through a symlink.
+
+    The file is created with ``mode`` (O_CREAT with the mode given at
+    creation, so it is never briefly more open than asked), a symlink as the
+    last component is refused (O_NOFOLLOW), and anything but a regular file
+    (a FIFO, a device) is refused before a byte is written.  An existing file
+    is re-moded to ``mode`` through the descriptor (fchmod), so a file left
+    world-readable by an older run does not stay so; a file we may not chmod
+    (someone else's) is refused.  ``append`` keeps existing content,
+    otherwise it is truncated.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    if append:
+        flags |= os.O_APPEND
+    try:
+        fd = os.open(path, flags, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
+            raise OSError(exc.errno, "refusing to follow a symlink", str(path)) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{path}: not a regular file")
+        os.fchmod(fd, mode)
+        if not append:
+            os.ftruncate(fd, 0)
+        # O_NONBLOCK only guarded the open against a FIFO without a reader.
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "ab" if append else "wb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class PcapWriter:
@@ -26,15 +96,22 @@ class PcapWriter:
         self.stream = stream
         self._lock = threading.Lock()
         self.count = 0
-        stream.write(_GLOBAL.pack(PCAP_MAGIC, 2, 4, 0, 0, SNAPLEN, linktype))
+        stream.write(_GLOBAL.pack(PCAP_MAGIC, *PCAP_VERSION, 0, 0, SNAPLEN, linktype))
         stream.flush()
 
+    @classmethod
+    def create(cls, path: str | os.PathLike[str]) -> PcapWriter:
+        """A new capture file at ``path`` (mode 0600, see :func:`open_private_file`)."""
+        return cls(open_private_file(path, CAPTURE_FILE_MODE, append=False))
+
     def write(self, data: bytes, timestamp: float | None = None) -> None:
-        ts = time.time() if timestamp is None else timestamp
-        sec = int(ts)
-        usec = int((ts - sec) * 1_000_000)
+        us = time.time_ns() // 1000 if timestamp is None else round(timestamp * 1_000_000)
+        sec, usec = divmod(us, 1_000_000)
+        incl = data[:SNAPLEN]
+        if len(incl) < len(data):
+            emit("capture.truncated", size=len(data), kept=len(incl))
         with self._lock:
-            self.stream.write(_RECORD.pack(sec, usec, len(data), len(data)) + data)
+            self.stream.write(_RECORD.pack(sec, usec, len(incl), len(data)) + incl)
             self.stream.flush()
             self.count += 1
 
@@ -42,17 +119,57 @@ class PcapWriter:
         """Signature of ``DoeDispatcher.observers``."""
         self.write(data)
 
+    def close(self) -> None:
+        self.stream.close()
 
-def read_pcap(data: bytes) -> tuple[int, list[bytes]]:
-    """(linktype, packets) of a little-endian pcap file (for tests and tools)."""
-    magic, major, minor, _tz, _sig, _snap, linktype = _GLOBAL.unpack_from(data)
-    if magic != PCAP_MAGIC or (major, minor) != (2, 4):
+
+@dataclass(frozen=True)
+class PcapRecord:
+    ts_sec: int
+    ts_usec: int
+    data: bytes      # the incl_len bytes saved
+    orig_len: int    # the object's real length; > len(data) when cut at SnapLen
+
+    @property
+    def truncated(self) -> bool:
+        return self.orig_len > len(self.data)
+
+
+@dataclass(frozen=True)
+class PcapFile:
+    linktype: int
+    snaplen: int
+    records: list[PcapRecord]
+
+
+def parse_pcap(data: bytes) -> PcapFile:
+    """A little-endian, microsecond pcap 2.4 file (what :class:`PcapWriter` writes).
+
+    A record cut off by the end of the file (a capture still being written)
+    ends the list; it is not an error.
+    """
+    if len(data) < _GLOBAL.size:
+        raise ValueError("shorter than a pcap global header")
+    magic, major, minor, _tz, _sig, snaplen, linktype = _GLOBAL.unpack_from(data)
+    if magic != PCAP_MAGIC or (major, minor) != PCAP_VERSION:
         raise ValueError("not a little-endian pcap 2.4 file")
     pos = _GLOBAL.size
-    packets = []
-    while pos < len(data):
-        _s, _us, incl, _orig = _RECORD.unpack_from(data, pos)
+    records = []
+    while pos + _RECORD.size <= len(data):
+        sec, usec, incl, orig = _RECORD.unpack_from(data, pos)
         pos += _RECORD.size
-        packets.append(data[pos : pos + incl])
+        if pos + incl > len(data):
+            break
+        records.append(PcapRecord(sec, usec, data[pos:pos + incl], orig))
         pos += incl
-    return linktype, packets
+    return PcapFile(linktype, snaplen, records)
+
+
+def read_pcap(data: bytes) -> tuple[int, list[bytes]]:
+    """(linktype, packets) of a capture (for tests and tools)."""
+    f = parse_pcap(data)
+    return f.linktype, [r.data for r in f.records]
+
+
+def read_pcap_file(path: str | os.PathLike[str]) -> PcapFile:
+    return parse_pcap(Path(path).read_bytes())

@@ -33,9 +33,10 @@ from types import FrameType
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..device.device import Device, get_profile
+from ..device.identity import identity_for_device
 from ..device.personality import get_personality
+from ..paths import identity_dir
 from ..server import function_socket_path
-from ..spdm.identity import identity_for_device
 from .host_flow import tsm_flow
 from .initramfs import build_initramfs
 from .provision import Provisioned, ProvisionError, ensure_provisioned
@@ -359,7 +360,7 @@ def main_run(args: argparse.Namespace) -> int:
             (out / "events.jsonl").unlink()
         port = free_tcp_port()
         device = Device(get_profile(args.profile))
-        root = identity_for_device(device, cache_dir=args.cache_dir).root
+        root = identity_for_device(device, identity_dir=identity_dir(args.cache_dir)).root
         (out / "root.pem").write_bytes(root.public_bytes(Encoding.PEM))
         checks = list(get_personality(device.profile.personality).GUEST_CHECKS)
         checks += ["functions", "wait_host"]

@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..paths import cache_dir  # re-exported: callers import it from here
+
 STAMP_VERSION = 2
 STAMP_NAME = "provisioned.json"
 TREE_RELEASE = "trixie"
@@ -55,17 +57,6 @@ Progress = Callable[[str], None]
 
 def progress(msg: str) -> None:
     print(f"setup: {msg}", file=sys.stderr, flush=True)
-
-
-def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """``explicit``, else ``$VFIOUSER_TDISP_CACHE``, else ``$XDG_CACHE_HOME/vfiouser-tdisp``,
-    else ``~/.cache/vfiouser-tdisp``."""
-    if explicit:
-        return Path(explicit).absolute()
-    if os.environ.get("VFIOUSER_TDISP_CACHE"):
-        return Path(os.environ["VFIOUSER_TDISP_CACHE"]).absolute()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).absolute() / "vfiouser-tdisp"
 
 
 # -- apt configuration ------------------------------------------------------------------

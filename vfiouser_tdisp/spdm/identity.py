@@ -2,15 +2,25 @@
 
 By default a device presents a generated chain -- a root CA, an intermediate
 CA and one device leaf per signature algorithm it offers -- cached per
-profile and instance, so restarts present the same identity.  Each leaf
-carries the PCIe CMA SubjectAlternativeName: an otherName with type-id
-2.23.147 whose value is the UTF8String
-``Vendor=vvvv:Device=dddd:CC=cccccc:REV=rr[:SSVID=ssss:SSID=ssss][:DSN=...]``,
-which is what the Linux CMA code looks for.  A user may supply a chain and
-key instead (PEM or DER).
+profile and instance in a directory its caller hands down (``identity_dir``;
+none = generated in memory, nothing written), so restarts present the same
+identity.  Each leaf carries the PCIe CMA SubjectAlternativeName (PCIe r6.1
+§6.31.3): an otherName with type-id 2.23.147 whose value is the UTF8String
+Linux's CMA code (``pci_cma_construct_san`` in drivers/pci/cma.c) compares
+byte for byte::
+
+    Vendor=%04x:Device=%04x:CC=%06x:REV=%02x      always
+    :SSVID=%04x:SSID=%04x                         type-0 header, even when zero
+    :%016x                                        DSN serial, when non-zero
+
+A user may supply a chain and key instead (PEM or DER).
 
 ``SlotIdentity.spdm_chain`` renders the SPDM certificate chain format:
 ``Length (u16) | Reserved (u16) | RootHash | certificates (DER)``.
+
+This module knows nothing of devices or of the project cache: the device
+layer builds the SAN from config space and the entry points resolve the cache
+directory (``vfiouser_tdisp.paths``).
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -32,9 +42,6 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from ..events import emit
 from .der import split_der_certificates
-
-if TYPE_CHECKING:
-    from ..device.device import Device
 
 ASYM_ALGORITHMS = ("ecdsa-p256", "ecdsa-p384", "rsassa-3072")
 SPDM_CHAIN_HASHES = ("sha256", "sha384", "sha512")
@@ -48,6 +55,15 @@ class IdentityError(ValueError):
 
 @dataclass(frozen=True)
 class PcieSan:
+    """The fields of the CMA SAN, as config space holds them.
+
+    ``subsystem_vendor_id``/``subsystem_id`` are None only for a function
+    without a type-0 header (no Subsystem IDs there); a type-0 function has
+    them even when they read zero, and they are then written as ``0000``.
+    ``serial`` is the DSN capability's 64-bit serial; None or 0 (no DSN, or a
+    zero serial) leaves it out, as Linux does.
+    """
+
     vendor_id: int
     device_id: int
     class_code: int
@@ -61,8 +77,8 @@ class PcieSan:
                f"CC={self.class_code:06x}:REV={self.revision:02x}")
         if self.subsystem_vendor_id is not None and self.subsystem_id is not None:
             out += f":SSVID={self.subsystem_vendor_id:04x}:SSID={self.subsystem_id:04x}"
-        if self.serial is not None:
-            out += f":DSN={self.serial:016x}"
+        if self.serial:
+            out += f":{self.serial:016x}"
         return out
 
 
@@ -192,8 +208,24 @@ def leaf_san_text(cert: x509.Certificate) -> str | None:
     return None
 
 
-def _write(path: Path, data: bytes, private: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _make_dirs(path: Path, mode: int) -> None:
+    """mkdir -p with ``mode`` on every directory it creates (Path.mkdir gives
+    missing parents the umask's default, 0777 under umask 000)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=mode)
+        except FileExistsError:
+            continue
+        os.chmod(d, mode)  # mkdir's mode is filtered by the umask
+
+
+def _write(path: Path, data: bytes, private: bool = False, dir_mode: int = 0o700) -> None:
+    _make_dirs(path.parent, dir_mode)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         # mkstemp makes 0600; certificates are public (a verifier reads them).
@@ -228,10 +260,17 @@ class DeviceIdentity:
     @classmethod
     def generated(cls, san: PcieSan, asym: Sequence[str], *, cache_dir: Path | None,
                   label: str) -> DeviceIdentity:
+        """Load from, or generate into, ``cache_dir/label`` (the keys stay
+        there 0600 in 0700 directories); ``cache_dir`` None: in memory only."""
         for a in asym:
             if a not in ASYM_ALGORITHMS:
                 raise IdentityError(f"unsupported signature algorithm {a!r}")
-        where = cache_dir / label if cache_dir is not None else None
+        where = Path(cache_dir) / label if cache_dir is not None else None
+        if cache_dir is not None and where is not None:
+            # Private keys live here: the identity directories are 0700; missing
+            # ancestors (the project cache, shared with provisioning) 0755.
+            _make_dirs(Path(cache_dir).parent, 0o755)
+            _make_dirs(where, 0o700)
         cas = cls._load_cas(where) if where is not None else None
         if cas is None:
             root_key = ec.generate_private_key(ec.SECP384R1())
@@ -349,11 +388,17 @@ class DeviceIdentity:
         written = []
 
         def put(name: str, data: bytes) -> None:
-            _write(out_dir / name, data)
+            _write(out_dir / name, data, dir_mode=0o755)
             written.append(out_dir / name)
 
+        # The CAs between root and leaf, for `openssl verify -CAfile root.pem
+        # -untrusted intermediate.pem leaf.pem`.  A chain with none (root and
+        # leaf only) gets the root here: openssl refuses an empty -untrusted
+        # file, and an untrusted copy of the trusted root changes nothing.
+        between = slot.certs[1:-1] or slot.certs[:1]
         put("root.pem", _pem_cert(self.root))
         put("root.der", _der(self.root))
+        put("intermediate.pem", b"".join(_pem_cert(c) for c in between))
         put("chain.der", slot.spdm_chain(hash_name))
         put("leaf.pem", _pem_cert(slot.leaf))
         for name, other in self.slots.items():
@@ -373,62 +418,3 @@ def _load_certs(data: bytes, path: Path) -> list[x509.Certificate]:
     if not certs:
         raise IdentityError(f"{path}: no certificate")
     return certs
-
-
-def default_identity_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    from ..run.provision import cache_dir as project_cache
-    return project_cache(cache_dir) / "identity"
-
-
-def device_san(device: Device) -> PcieSan:
-    fn = device.dsm
-    has_ss = bool(fn.subsystem_vendor_id or fn.subsystem_id)
-    return PcieSan(fn.vendor_id, fn.device_id, fn.class_code, fn.revision,
-                   fn.subsystem_vendor_id if has_ss else None,
-                   fn.subsystem_id if has_ss else None,
-                   device.profile.serial + (device.instance << 8))
-
-
-def identity_for_device(device: Device, *, cache_dir: str | os.PathLike[str] | None = None,
-                        chain_file: str | os.PathLike[str] | None = None,
-                        key_file: str | os.PathLike[str] | None = None) -> DeviceIdentity:
-    """The identity ``serve`` presents for ``device`` (and ``certs`` exports)."""
-    if (chain_file is None) != (key_file is None):
-        raise IdentityError("a certificate chain and its key go together")
-    if chain_file is not None and key_file is not None:
-        return DeviceIdentity.from_files(Path(chain_file), Path(key_file))
-    return DeviceIdentity.generated(
-        device_san(device), device.profile.spdm_asym, cache_dir=default_identity_dir(cache_dir),
-        label=f"{device.profile.name}.{device.instance}")
-
-
-def main_certs(args: Any) -> int:
-    """``vfiouser-tdisp certs``: export what ``serve`` with the same options presents."""
-    import sys
-
-    from ..device.device import Device, get_profile
-    from .algorithms import HASHES
-
-    profile = get_profile(args.profile)
-    device = Device(profile)
-    try:
-        identity = identity_for_device(device, cache_dir=args.cache_dir,
-                                       chain_file=args.cert_chain, key_file=args.cert_key)
-        asym = args.asym or next((a for a in profile.spdm_asym if identity.for_asym(a)), None)
-        hash_name = args.hash or profile.spdm_hash[0]
-        if asym is None or identity.for_asym(asym) is None:
-            raise IdentityError(f"no chain for {args.asym or 'any profile algorithm'}; the "
-                                f"identity has {', '.join(identity.slots)}")
-        if hash_name not in HASHES:
-            raise IdentityError(f"unknown hash {hash_name!r}; known: {', '.join(HASHES)}")
-        written = identity.export(Path(args.out), asym=asym, hash_name=hash_name)
-    except IdentityError as exc:
-        print(f"vfiouser-tdisp certs: {exc}", file=sys.stderr)
-        return 2
-    leaf = identity.for_asym(asym)
-    assert leaf is not None
-    print(f"{profile.name}: slot 0 = {asym} chain, RootHash {hash_name}")
-    print(f"PCIe SAN: {leaf_san_text(leaf.leaf) or '(none: user-supplied chain)'}")
-    for path in written:
-        print(f"  {path}")
-    return 0

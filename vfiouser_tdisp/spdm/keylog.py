@@ -1,33 +1,65 @@
 """Session key log for captures: lets a decoder open secured records in a pcap.
 
-``serve --pcap FILE --pcap-keys KEYS`` appends one JSON line to KEYS whenever
-a session direction gets new keys (handshake, data phase after FINISH, every
-KEY_UPDATE): ``{"session_id", "direction": "request"|"response", "aead",
-"key", "iv"}`` (hex).  Keys are secrets: the file exists only when asked for.
+``serve --pcap FILE --pcap-keys KEYS`` appends JSON lines to KEYS (one
+object per line, keys sorted, all values hex strings):
 
-:func:`decrypt_capture` is the matching decoder: it walks the DOE objects of
-a capture in order, keeps a sequence number per session direction and moves
-to the next logged key of a direction when the current one no longer opens
-the records (a key update restarts the sequence at 0).
+* once per session, when KEY_EXCHANGE succeeds, the ECDHE shared secret
+  (DSP0274 key schedule input, "DHE secret"; for the curves here the
+  x-coordinate of the shared point, 32 or 48 bytes)::
+
+      {"dhe_secret": "<hex>", "session_id": "0x<8 hex>"}
+
+  DMTF spdm-dump derives every key of the session from it (``--dhe_secret
+  HEX``, once per session, in the order the sessions were opened);
+
+* whenever a session direction gets new keys (handshake, data phase after
+  FINISH, every KEY_UPDATE) the direction's AEAD key and IV::
+
+      {"aead": "aes-256-gcm", "direction": "request"|"response",
+       "iv": "<hex>", "key": "<hex>", "session_id": "0x<8 hex>"}
+
+The file holds secrets: it exists only when asked for, is created 0600 (the
+mode given at creation, never following a symlink) and re-moded 0600 if it
+already existed.
+
+:func:`decrypt_capture` is the matching decoder for the per-direction lines:
+it walks the DOE objects of a capture in order, keeps a sequence number per
+session direction and moves to the next logged key of a direction when the
+current one no longer opens the records (a key update restarts the sequence
+at 0).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import struct
 import threading
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from ..doe.capture import open_private_file
 from ..doe.protocols import PCI_DOE_FEATURE_SSESSION, parse_object
 from .algorithms import AEADS, CryptoError
 from .session import DirectionKeys
+
+KEYLOG_FILE_MODE = 0o600
 
 
 class KeyLogWriter:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> KeyLogWriter:
+        """Append to the key log at ``path``: created 0600, no symlink followed."""
+        raw = open_private_file(path, KEYLOG_FILE_MODE, append=True)
+        return cls(io.TextIOWrapper(raw, encoding="utf-8"))
+
+    def close(self) -> None:
+        self.stream.close()
 
     def __call__(self, entry: dict[str, Any]) -> None:
         with self._lock:
@@ -38,6 +70,16 @@ class KeyLogWriter:
 def key_entry(session_id: int, direction: str, aead: str, keys: DirectionKeys) -> dict[str, Any]:
     return {"session_id": f"{session_id:#010x}", "direction": direction, "aead": aead,
             "key": keys.key.hex(), "iv": keys.iv.hex()}
+
+
+def dhe_entry(session_id: int, dhe_secret: bytes) -> dict[str, Any]:
+    """The line spdm-dump needs: the session's ECDHE shared secret."""
+    return {"session_id": f"{session_id:#010x}", "dhe_secret": dhe_secret.hex()}
+
+
+def dhe_secrets(entries: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """(session id, hex secret) per session, in the order the sessions opened."""
+    return [(int(e["session_id"], 16), e["dhe_secret"]) for e in entries if "dhe_secret" in e]
 
 
 def load_keylog(text: str) -> list[dict[str, Any]]:
@@ -73,6 +115,8 @@ def decrypt_capture(packets: list[bytes],
     """(packet index, direction, SPDM message) for every secured record opened."""
     table: dict[tuple[int, str], _Direction] = {}
     for e in entries:
+        if "direction" not in e:
+            continue
         entry = table.setdefault((int(e["session_id"], 16), e["direction"]), _Direction())
         entry.keys.append((e["aead"], bytes.fromhex(e["key"]), bytes.fromhex(e["iv"])))
     out = []

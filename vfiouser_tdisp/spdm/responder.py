@@ -53,7 +53,7 @@ from .algorithms import (
     mask,
     select,
 )
-from .keylog import key_entry
+from .keylog import dhe_entry, key_entry
 from .session import (
     DirectionKeys,
     KeySchedule,
@@ -696,7 +696,7 @@ class SpdmResponder:
         self.sessions[session_id] = session
         emit("spdm.session.opened", endpoint=self.name, session_id=f"{session_id:#010x}",
              dhe=neg.dhe.name, aead=neg.aead.name, hash=hash_algo.name)
-        self._log_keys(session, "request", "response")
+        self._log_keys(session, "request", "response", dhe_secret=shared)
         return unsigned + signature + verify
 
     def _new_session_id(self, req_sid: int) -> int:
@@ -880,10 +880,13 @@ class SpdmResponder:
                           "no ResponseNotReady was sent")
 
     # -- key log (for decrypting captures) --------------------------------------------------
-    def _log_keys(self, sess: ResponderSession, *directions: str) -> None:
+    def _log_keys(self, sess: ResponderSession, *directions: str,
+                  dhe_secret: bytes | None = None) -> None:
         if self.key_sink is None:
             return
         s = sess.secured
+        if dhe_secret is not None:  # spdm-dump opens the session from it (--dhe_secret)
+            self.key_sink(dhe_entry(s.session_id, dhe_secret))
         for direction in directions:
             keys = s.request if direction == "request" else s.response
             if keys is not None:

@@ -1,0 +1,1 @@
+"""Tools that read what the device layers wrote (captures), above every protocol layer."""

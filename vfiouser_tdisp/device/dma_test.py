@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 
 from ..events import emit
-from .function import Bar, BarKind, DmaError, IrqIndex, MemoryArea, PciFunction, RegisterArea
+from ..pci.function import Bar, BarKind, DmaError, IrqIndex, MemoryArea, PciFunction, RegisterArea
 from .personality import Personality, register
 
 DMA_CMD_TO_DEVICE = 1
@@ -56,7 +56,7 @@ class DmaTest(Personality):
         raw = b"".join(struct.pack("<I", r) for r in self.regs)
         return raw[offset : offset + size]
 
-    def _write(self, offset: int, data: bytes):  # type: ignore[no-untyped-def]
+    def _write(self, offset: int, data: bytes) -> None:
         raw = bytearray(b"".join(struct.pack("<I", r) for r in self.regs))
         raw[offset : offset + len(data)] = data
         regs = list(struct.unpack("<6I", raw))
@@ -65,10 +65,9 @@ class DmaTest(Personality):
         regs[4] = 0
         self.regs = regs
         if offset <= 0x10 < offset + len(data) and cmd:
-            return self._run(cmd)
-        return None
+            self._run(cmd)
 
-    async def _run(self, cmd: int) -> None:
+    def _run(self, cmd: int) -> None:
         fn = self.function
         assert fn is not None
         addr = self.regs[1] | (self.regs[2] << 32)
@@ -80,9 +79,9 @@ class DmaTest(Personality):
             if not fn.bus_master:
                 raise DmaError("bus mastering is disabled")
             if cmd == DMA_CMD_TO_DEVICE:
-                self.memory.write(0, await fn.dma.read(addr, length))
+                self.memory.write(0, fn.dma.read(addr, length))
             elif cmd == DMA_CMD_FROM_DEVICE:
-                await fn.dma.write(addr, self.memory.read(0, length))
+                fn.dma.write(addr, self.memory.read(0, length))
             else:
                 raise DmaError(f"unknown command {cmd}")
             self.regs[5] = STATUS_DONE

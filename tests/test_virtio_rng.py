@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import pytest
 
 from vfiouser_tdisp.device.device import Device, get_profile
-from vfiouser_tdisp.pci.function import REGION_CONFIG, DmaError, IrqIndex, PciFunction
 from vfiouser_tdisp.device.personality import get_personality
 from vfiouser_tdisp.device.virtio_rng import (
     VIRTIO_CONFIG_S_ACKNOWLEDGE,
@@ -31,6 +30,7 @@ from vfiouser_tdisp.device.virtio_rng import (
     VirtioRng,
 )
 from vfiouser_tdisp.events import Recorder
+from vfiouser_tdisp.pci.function import REGION_CONFIG, DmaError, IrqIndex, PciFunction
 
 # struct virtio_pci_common_cfg offsets (include/uapi/linux/virtio_pci.h)
 DFSELECT, DF, GFSELECT, GF = 0x00, 0x04, 0x08, 0x0C

@@ -783,7 +783,11 @@ class FunctionServer:
             if conn is not None and conn.thread.is_alive():
                 # A client that just left may still be detaching the device.
                 conn.thread.join(0.5)
-            if conn is not None and conn.thread.is_alive():
+            busy = conn is not None and conn.thread.is_alive()
+            # Not a local that outlives this turn: it would keep the previous
+            # connection (and what it holds) alive while accept() blocks.
+            conn = None
+            if busy:
                 emit("vfio_user.rejected", socket=self.path, reason="already has a client")
                 client.close()
                 continue

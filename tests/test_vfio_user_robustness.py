@@ -511,3 +511,19 @@ def test_mmap_area_at_a_bar_offset_is_announced_at_that_offset(sock_dir: Path) -
             assert isinstance(info, VfioRegionInfo)
     finally:
         srv.close()
+
+
+def test_a_full_eventfd_counter_does_not_block_the_device(dma_server: ServerThread) -> None:
+    """eventfd(2): a write that would overflow the counter blocks unless O_NONBLOCK."""
+    with connect(dma_server.paths[0]) as c:
+        efd = os.eventfd(0)  # blocking, as a careless client might pass it
+        os.eventfd_write(efd, 0xFFFFFFFFFFFFFFFE)  # the largest value the counter holds
+        c.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, VFIO_IRQ_SET_DATA_EVENTFD
+                   | VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1, fds=[efd])
+        c.config_write32(0x10, 0)  # any request: then trigger vector 0 from the client side
+        c.call(Command.VFIO_USER_DEVICE_SET_IRQS,
+               struct.pack("<IIIII", 20, 1 | VFIO_IRQ_SET_ACTION_TRIGGER,
+                           VFIO_PCI_MSIX_IRQ_INDEX, 0, 1))
+        assert lock_free_within(dma_server.device, 1.0)
+        assert c.config_read32(0) == 0x10F01B36
+        os.close(efd)

@@ -496,6 +496,10 @@ class Connection:
         bad = [fd for fd in fds if not is_eventfd(fd)]
         if bad:
             raise ProtocolError(errno.EINVAL, f"{len(bad)} of the fds are not eventfds")
+        for fd in fds:
+            # A client can fill an eventfd's counter so that a blocking write
+            # would wait forever (with the device lock held).
+            os.set_blocking(fd, False)
         if data_type == VFIO_IRQ_SET_DATA_EVENTFD and action != VFIO_IRQ_SET_ACTION_TRIGGER:
             name = "mask" if action == VFIO_IRQ_SET_ACTION_MASK else "unmask"
             given = list(fds)

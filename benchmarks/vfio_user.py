@@ -106,14 +106,12 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def serve(paths: list[str], profile: str = "dma-test", pin: list[str] | None = None,
-          cache: str | None = None) -> subprocess.Popen[bytes]:
+def serve(paths: list[str], profile: str = "dma-test",
+          pin: list[str] | None = None) -> subprocess.Popen[bytes]:
     cmd = (pin or []) + [sys.executable, "-m", "vfiouser_tdisp", "serve", "--profile", profile,
                          "--quiet"]
     for p in paths:
         cmd += ["--socket", p]
-    if cache:
-        cmd += ["--cache-dir", cache]
     return subprocess.Popen(cmd)
 
 
@@ -268,24 +266,34 @@ def bench_aggregate(tmp: str, seconds: float, counts: tuple[int, ...]) -> None:
               f"{n} processes {separate:9.0f} req/s   ratio {shared / separate:.2f}")
 
 
-def bench_memory(tmp: str, sockets: int, rounds: int, cache: str) -> None:
-    """RSS of one serve process with many TDIs while clients come and go."""
-    paths = [os.path.join(tmp, f"mem{i}.sock") for i in range(sockets)]
-    srv = serve(paths, profile="virtio-rng-2fn", cache=cache)
-    tdis = 2 * sockets
-    fn_paths = [p for base in paths for p in (base, f"{base}.fn1")]  # serve's naming
+def bench_memory(tmp: str, tdis: int, rounds: int) -> None:
+    """RSS of one serve process with many TDIs while clients come and go.
+
+    Each session does what a guest's driver does to the server's memory: maps
+    1 MiB of guest RAM, runs a 64 KiB DMA from it, writes 64 KiB of BAR
+    memory, and sends one 1 MiB message (refused), which fills the receive
+    path as a maximal transfer does.
+    """
+    paths = [os.path.join(tmp, f"mem{i}.sock") for i in range(tdis)]
+    srv = serve(paths)
+    big = struct.pack("<QII", 0, 7, (1 << 20) - 64) + bytes((1 << 20) - 64)
     try:
-        for p in fn_paths:
+        for p in paths:
             wait_for(p, srv, timeout=600)
-        print(f"Server memory: {tdis} TDIs ({sockets} two-function virtio-rng devices, "
-              f"{len(fn_paths)} sockets), {rounds} reconnect rounds")
+        print(f"Server memory: {tdis} TDIs (dma-test functions, one socket each), "
+              f"{rounds} reconnect rounds")
         print(f"  after start: RSS {rss_mib(srv.pid):6.1f} MiB")
         for r in range(1, rounds + 1):
-            for p in fn_paths:
-                c = VfioUserClient(p, memory_size=0x10000)
+            for p in paths:
+                c = VfioUserClient(p, memory_size=1 << 20)
                 c.version()
-                c.dma_map(0x100000, 0x10000, share_fd=True)
-                c.region_read(7, 0, 4096)
+                c.config_write32(4, 0x6)
+                c.dma_map(0x100000, 1 << 20, share_fd=True)
+                c.memory[0:0x10000] = os.urandom(0x10000)
+                c.region_write(0, 4, struct.pack("<III", 0x100000, 0, 0x10000))
+                c.region_write(0, 0x10, struct.pack("<I", 1))
+                c.region_write(2, 0, bytes(0x10000))
+                c.call(Command.VFIO_USER_REGION_WRITE, big, check=False)
                 c.close()
             if r in (1, 2, rounds // 2, rounds):
                 print(f"  after round {r:2d}: RSS {rss_mib(srv.pid):6.1f} MiB")
@@ -316,11 +324,8 @@ def main() -> int:
     ap.add_argument("--only", nargs="+", metavar="NAME",
                     choices=("latency", "aggregate", "dma", "memory", "boot"),
                     help="run only these parts (latency aggregate dma memory boot)")
-    ap.add_argument("--tdi-devices", type=int, default=32,
-                    help="two-function devices for the memory figure (default 32 = 64 TDIs)")
+    ap.add_argument("--tdis", type=int, default=64, help="TDIs for the memory figure")
     ap.add_argument("--rounds", type=int, default=12, help="reconnect rounds (memory figure)")
-    ap.add_argument("--identity-cache", default="/tmp/vtb-identity-cache",
-                    help="device identities for the memory figure (kept between runs)")
     args = ap.parse_args()
     parts = set(args.only or ("latency", "aggregate", "dma", "memory", "boot"))
     if args.no_boot:
@@ -341,7 +346,7 @@ def main() -> int:
         if "dma" in parts:
             bench_dma(tmp)
         if "memory" in parts:
-            bench_memory(tmp, args.tdi_devices, args.rounds, args.identity_cache)
+            bench_memory(tmp, args.tdis, args.rounds)
     if "boot" in parts:
         bench_boot(args.boot_runs)
     return 0

@@ -263,7 +263,12 @@ class Connection:
         return fds
 
     def _consume(self, n: int) -> None:
-        del self.buf[:n]
+        if n == len(self.buf):
+            # A fresh buffer: one large message must not leave its allocation
+            # behind in an idle connection.
+            self.buf = bytearray()
+        else:
+            del self.buf[:n]
         self.stream_pos += n
 
     def _parse_one(self) -> Message | None:

@@ -29,7 +29,14 @@ from vfiouser_tdisp.device.backend import FunctionBackend
 from vfiouser_tdisp.device.device import Device, DeviceProfile
 from vfiouser_tdisp.device.dma_test import DMA_CMD_FROM_DEVICE, DMA_CMD_TO_DEVICE
 from vfiouser_tdisp.events import Recorder
-from vfiouser_tdisp.pci.function import Bar, BarKind, IrqIndex, MemoryArea, PciFunction
+from vfiouser_tdisp.pci.function import (
+    Bar,
+    BarKind,
+    DmaError,
+    IrqIndex,
+    MemoryArea,
+    PciFunction,
+)
 from vfiouser_tdisp.vfio_user import server as server_mod
 from vfiouser_tdisp.vfio_user.client import VfioUserClient, VfioUserError
 from vfiouser_tdisp.vfio_user.messages import (
@@ -527,3 +534,17 @@ def test_a_full_eventfd_counter_does_not_block_the_device(dma_server: ServerThre
         assert lock_free_within(dma_server.device, 1.0)
         assert c.config_read32(0) == 0x10F01B36
         os.close(efd)
+
+
+def test_message_dma_from_another_thread_is_a_dma_error(dma_server: ServerThread) -> None:
+    """Only the connection thread reads the socket: a DMA_READ from elsewhere would
+    race it for the reply."""
+    fn = dma_server.device.dsm
+    with connect(dma_server.paths[0]) as c:
+        c.dma_map(0x200000, 0x1000, share_fd=False)
+        c.config_write32(4, 0x6)
+        with pytest.raises(DmaError, match="only possible while serving"):
+            fn.dma.read(0x200000, 4)
+        c.memory[0:4] = b"ok!!"
+        assert run_dma(c, 0x200000, 4, DMA_CMD_TO_DEVICE) == STATUS_DONE
+        assert c.region_read(2, 0, 4) == b"ok!!"

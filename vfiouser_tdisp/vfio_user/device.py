@@ -18,8 +18,9 @@ Contract:
 * Every request runs on the connection's thread with ``lock`` held.  DMA is
   synchronous: the :class:`DmaAccess` handed to :meth:`VfioUserDevice.attach`
   blocks until the access completes; when it has to wait on the client's
-  socket it lets go of ``lock`` for the wait.  DMA failures raise
-  :class:`DmaFault`.
+  socket it lets go of ``lock`` for the wait (and that is only possible on
+  the connection's own thread, i.e. while handling one of its requests).
+  DMA failures raise :class:`DmaFault`.
 * File descriptors passed to the device (eventfds) become the device's: it
   closes them when it replaces them, on :meth:`~VfioUserDevice.detach`, or
   when it raises.  Only eventfds are passed.

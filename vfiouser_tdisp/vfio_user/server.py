@@ -612,6 +612,10 @@ class Connection:
         """
         if self.closed or self.doomed:
             raise DmaFault("client is gone")
+        if threading.current_thread() is not self.thread:
+            # Only the connection's thread reads its socket; another reader
+            # would steal its requests (and they ours).
+            raise DmaFault("DMA through messages is only possible while serving a request")
         with self.device.lock.released():
             try:
                 return self._exchange(command, payload)

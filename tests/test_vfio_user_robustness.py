@@ -548,3 +548,12 @@ def test_message_dma_from_another_thread_is_a_dma_error(dma_server: ServerThread
         c.memory[0:4] = b"ok!!"
         assert run_dma(c, 0x200000, 4, DMA_CMD_TO_DEVICE) == STATUS_DONE
         assert c.region_read(2, 0, 4) == b"ok!!"
+
+
+def test_set_irqs_event_names_the_index(dma_server: ServerThread, events: Recorder) -> None:
+    with connect(dma_server.paths[0]) as c:
+        efd = os.eventfd(0, os.EFD_NONBLOCK)
+        c.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, VFIO_IRQ_SET_DATA_EVENTFD
+                   | VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1, fds=[efd])
+        os.close(efd)
+    assert [e["index"] for e in events.of("vfio_user.set_irqs")] == ["MSIX"]

@@ -36,6 +36,7 @@ from ..events import emit
 from ..sockets import wake_blocked
 from ..wire import DecodeError
 from .device import (
+    IRQ_INDEX_NAMES,
     VFIO_PCI_NUM_IRQS,
     VFIO_PCI_NUM_REGIONS,
     DeviceError,
@@ -483,6 +484,7 @@ class Connection:
     def _set_irqs(self, hdr: VfioUserHeader, payload: bytes, fds: list[int]) -> Outgoing:
         req = VfioIrqSet.unpack(payload)
         index = req.index
+        index_name = IRQ_INDEX_NAMES.get(index, str(index))
         total = self.device.irq_info(index).count
         data_type = req.flags & VFIO_IRQ_SET_DATA_TYPE_MASK
         action = req.flags & VFIO_IRQ_SET_ACTION_TYPE_MASK
@@ -512,7 +514,7 @@ class Connection:
             for i in range(req.count):
                 self.device.irq_set_action_eventfd(name, index, req.start + i,
                                                    given[i] if given else None)
-            emit("vfio_user.set_irqs", socket=self.name, index=index, start=req.start,
+            emit("vfio_user.set_irqs", socket=self.name, index=index_name, start=req.start,
                  count=req.count, action=f"{name}_eventfd")
             return reply(hdr), []
         if data_type == VFIO_IRQ_SET_DATA_EVENTFD:
@@ -522,7 +524,7 @@ class Connection:
                 self.device.irq_set_eventfds(index, req.start, given)
             else:
                 self.device.irq_clear_eventfds(index, req.start, req.count or total)
-            emit("vfio_user.set_irqs", socket=self.name, index=index, start=req.start,
+            emit("vfio_user.set_irqs", socket=self.name, index=index_name, start=req.start,
                  count=req.count, action="eventfd")
             return reply(hdr), []
         if data_type == VFIO_IRQ_SET_DATA_BOOL:
@@ -542,7 +544,7 @@ class Connection:
                 self.device.irq_mask(index, v)
             elif action == VFIO_IRQ_SET_ACTION_UNMASK:
                 self.device.irq_unmask(index, v)
-        emit("vfio_user.set_irqs", socket=self.name, index=index, start=req.start,
+        emit("vfio_user.set_irqs", socket=self.name, index=index_name, start=req.start,
              count=req.count, action={VFIO_IRQ_SET_ACTION_TRIGGER: "trigger",
                                       VFIO_IRQ_SET_ACTION_MASK: "mask",
                                       VFIO_IRQ_SET_ACTION_UNMASK: "unmask"}[action])

@@ -557,3 +557,30 @@ def test_set_irqs_event_names_the_index(dma_server: ServerThread, events: Record
                    | VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1, fds=[efd])
         os.close(efd)
     assert [e["index"] for e in events.of("vfio_user.set_irqs")] == ["MSIX"]
+
+
+def test_device_lock_released_lets_others_in_and_restores_the_depth() -> None:
+    from vfiouser_tdisp.locks import DeviceLock
+
+    lock = DeviceLock()
+    other_got_it = threading.Event()
+    other_may_leave = threading.Event()
+
+    def other() -> None:
+        with lock:
+            other_got_it.set()
+            other_may_leave.wait(5)
+
+    with lock, lock:  # held twice, as a nested handler would
+        t = threading.Thread(target=other)
+        with lock.released():
+            t.start()
+            assert other_got_it.wait(5)
+            other_may_leave.set()
+        t.join(5)
+        assert lock.held()  # taken back, both levels
+    assert not lock.held()
+    with lock.released():  # not held: passes straight through
+        assert not lock.held()
+    with pytest.raises(RuntimeError):
+        lock.release()

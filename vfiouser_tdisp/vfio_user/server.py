@@ -397,7 +397,7 @@ class Connection:
         return reply(hdr, VfioUserVersion(SERVER_MAJOR, minor, body).pack()), []
 
     def _dma_map(self, hdr: VfioUserHeader, payload: bytes, fds: list[int]) -> Outgoing:
-        req = VfioUserDmaMap.unpack(payload)
+        req = VfioUserDmaMap.unpack(payload, exact=False)  # argsz may cover more
         if len(fds) > 1:
             raise ProtocolError(errno.EINVAL, "DMA_MAP takes at most one fd")
         fd = fds.pop() if fds else None
@@ -551,9 +551,7 @@ class Connection:
         return reply(hdr), []
 
     def _region_read(self, hdr: VfioUserHeader, payload: bytes, fds: list[int]) -> Outgoing:
-        req = VfioUserRegionAccess.unpack(payload)
-        if req.data:
-            raise ProtocolError(errno.EINVAL, "REGION_READ carries no data")
+        req = VfioUserRegionAccess.unpack(payload)  # trailing bytes are ignored
         if req.count > self.max_xfer:
             raise ProtocolError(errno.E2BIG, f"read of {req.count} bytes exceeds max transfer")
         data = self.device.region_read(req.region, req.offset, req.count)

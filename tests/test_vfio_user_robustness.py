@@ -29,6 +29,7 @@ from vfiouser_tdisp.device.backend import FunctionBackend
 from vfiouser_tdisp.device.device import Device, DeviceProfile
 from vfiouser_tdisp.device.dma_test import DMA_CMD_FROM_DEVICE, DMA_CMD_TO_DEVICE
 from vfiouser_tdisp.events import Recorder
+from vfiouser_tdisp.locks import DeviceLock
 from vfiouser_tdisp.pci.function import (
     Bar,
     BarKind,
@@ -39,6 +40,7 @@ from vfiouser_tdisp.pci.function import (
 )
 from vfiouser_tdisp.vfio_user import server as server_mod
 from vfiouser_tdisp.vfio_user.client import VfioUserClient, VfioUserError
+from vfiouser_tdisp.vfio_user.device import DeviceError, IrqInfo, RegionInfo
 from vfiouser_tdisp.vfio_user.messages import (
     VFIO_DMA_MAP_FLAG_READ,
     VFIO_DMA_MAP_FLAG_WRITE,
@@ -560,8 +562,6 @@ def test_set_irqs_event_names_the_index(dma_server: ServerThread, events: Record
 
 
 def test_device_lock_released_lets_others_in_and_restores_the_depth() -> None:
-    from vfiouser_tdisp.locks import DeviceLock
-
     lock = DeviceLock()
     other_got_it = threading.Event()
     other_may_leave = threading.Event()
@@ -584,3 +584,83 @@ def test_device_lock_released_lets_others_in_and_restores_the_depth() -> None:
         assert not lock.held()
     with pytest.raises(RuntimeError):
         lock.release()
+
+
+class _RegisterFile:
+    """A device written straight to the interface (vfio_user/device.py), no PciFunction:
+    region 0 is 16 bytes of registers; anything else is refused with ENODEV."""
+
+    def __init__(self) -> None:
+        self.name = "register-file"
+        self.lock = DeviceLock()
+        self.regs = bytearray(16)
+        self.attached: object | None = None
+        self.resets = 0
+
+    def region_info(self, index: int) -> RegionInfo:
+        return RegionInfo(16 if index == 0 else 0)
+
+    def region_read(self, index: int, offset: int, count: int) -> bytes:
+        self._check(index, offset, count)
+        return bytes(self.regs[offset : offset + count])
+
+    def region_write(self, index: int, offset: int, data: bytes) -> None:
+        self._check(index, offset, len(data))
+        self.regs[offset : offset + len(data)] = data
+
+    def _check(self, index: int, offset: int, count: int) -> None:
+        if index != 0 or offset + count > 16:
+            raise DeviceError(errno.ENODEV, "no such register")
+
+    def irq_info(self, index: int) -> IrqInfo:
+        return IrqInfo(0)
+
+    def irq_set_eventfds(self, index: int, start: int, fds: list[int]) -> None:
+        raise AssertionError("no vectors")
+
+    def irq_clear_eventfds(self, index: int, start: int, count: int) -> None:
+        pass
+
+    def irq_set_action_eventfd(self, action: str, index: int, vector: int,
+                               fd: int | None) -> None:
+        raise AssertionError("no vectors")
+
+    def irq_trigger(self, index: int, vector: int) -> None:
+        pass
+
+    def irq_mask(self, index: int, vector: int) -> None:
+        pass
+
+    def irq_unmask(self, index: int, vector: int) -> None:
+        pass
+
+    def attach(self, dma: object) -> None:
+        self.attached = dma
+
+    def detach(self, dma: object) -> None:
+        if self.attached is dma:
+            self.attached = None
+
+    def reset(self) -> None:
+        self.resets += 1
+
+
+def test_any_device_implementing_the_interface_is_served(sock_dir: Path) -> None:
+    dev = _RegisterFile()
+    path = str(sock_dir / "regs.sock")
+    srv = FunctionServer(dev, path)
+    srv.start()
+    try:
+        with connect(path) as c:
+            c.region_write(0, 4, b"\x11\x22\x33\x44")
+            assert c.region_read(0, 0, 8) == b"\0\0\0\0\x11\x22\x33\x44"
+            with pytest.raises(VfioUserError) as exc:
+                c.region_read(3, 0, 4)
+            assert exc.value.errno == errno.ENODEV  # the device's own errno
+            info, fds = c.region_info(0)
+            assert info.size == 16 and fds == []
+            c.reset()
+            assert dev.resets == 1 and dev.attached is not None
+        assert wait_until(lambda: dev.attached is None)
+    finally:
+        srv.close()

@@ -664,3 +664,17 @@ def test_any_device_implementing_the_interface_is_served(sock_dir: Path) -> None
         assert wait_until(lambda: dev.attached is None)
     finally:
         srv.close()
+
+
+def test_the_bar_memfd_a_client_receives_cannot_be_shrunk(dma_server: ServerThread) -> None:
+    with connect(dma_server.paths[0]) as c:
+        short, _ = c.region_info(2)
+        _info, fds = c.region_info(2, argsz=short.argsz)
+        (fd,) = fds
+        with pytest.raises(PermissionError):  # F_SEAL_SHRINK (memfd_create(2))
+            os.ftruncate(fd, 0)
+        with pytest.raises(PermissionError):  # F_SEAL_GROW
+            os.ftruncate(fd, 1 << 30)
+        os.close(fd)
+        c.region_write(2, 0xFFF0, b"still mapped")
+        assert c.region_read(2, 0xFFF0, 12) == b"still mapped"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import fcntl
 import mmap
 import os
 import select
@@ -156,8 +157,13 @@ class Bar:
                 raise ValueError(f"area at {offset:#x} overlaps another in BAR{self.index}")
         if isinstance(area, MemoryArea):
             if self.backing_fd is None:
-                self.backing_fd = os.memfd_create(f"bar{self.index}", os.MFD_CLOEXEC)
-                os.ftruncate(self.backing_fd, self.size)
+                fd = os.memfd_create(f"bar{self.index}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+                os.ftruncate(fd, self.size)
+                # The client gets this fd to mmap the BAR: sealed, it cannot
+                # shrink the file under our own mapping (SIGBUS here).
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                            fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+                self.backing_fd = fd
             area.place(self.backing_fd, offset)
         self.areas.append((offset, area))
         self.areas.sort(key=lambda a: a[0])

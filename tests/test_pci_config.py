@@ -9,13 +9,6 @@ from collections.abc import Iterable
 import pytest
 
 from vfiouser_tdisp.device.device import Device, DeviceProfile, get_profile
-from vfiouser_tdisp.device.function import (
-    PCI_COMMAND_MASTER,
-    PCI_COMMAND_MEMORY,
-    Bar,
-    BarKind,
-    PciFunction,
-)
 from vfiouser_tdisp.device.virtio_rng import (
     VIRTIO_CONFIG_S_ACKNOWLEDGE,
     VIRTIO_PCI_CAP_COMMON_CFG,
@@ -26,6 +19,13 @@ from vfiouser_tdisp.device.virtio_rng import (
 from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.pci.caps import PcieCapability
 from vfiouser_tdisp.pci.config import Capability, ConfigAccessError, ConfigSpace, Reg
+from vfiouser_tdisp.pci.function import (
+    PCI_COMMAND_MASTER,
+    PCI_COMMAND_MEMORY,
+    Bar,
+    BarKind,
+    PciFunction,
+)
 
 PCI_CAP_ID_PM, PCI_CAP_ID_VNDR, PCI_CAP_ID_EXP, PCI_CAP_ID_MSIX = 0x01, 0x09, 0x10, 0x11
 PCI_EXT_CAP_ID_DSN, PCI_EXT_CAP_ID_DOE, PCI_EXT_CAP_ID_IDE = 0x03, 0x2E, 0x30

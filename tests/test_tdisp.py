@@ -7,7 +7,6 @@ the way a guest's PCI core would do it.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import pytest
 from vfiouser_tdisp.device import personality as personality_mod
 from vfiouser_tdisp.device.device import Device, DeviceProfile, get_profile
 from vfiouser_tdisp.device.dma_test import DMA_CMD_FROM_DEVICE, STATUS_DONE, STATUS_ERROR
-from vfiouser_tdisp.device.function import Bar, BarKind, DmaError, PciFunction
+from vfiouser_tdisp.pci.function import Bar, BarKind, DmaError, PciFunction
 from vfiouser_tdisp.device.personality import Personality
 from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.ide.km import K_SET, KEY_PROG, IdeKmObject
@@ -539,19 +538,17 @@ def test_enforcement_ignored_when_unlocked_or_already_in_error(events: Recorder)
 class FakeDma:
     data: bytearray
 
-    async def read(self, addr: int, size: int) -> bytes:
+    def read(self, addr: int, size: int) -> bytes:
         return bytes(self.data[addr : addr + size])
 
-    async def write(self, addr: int, data: bytes) -> None:
+    def write(self, addr: int, data: bytes) -> None:
         self.data[addr : addr + len(data)] = data
 
 
 def run_dma(fn: PciFunction, length: int = 16) -> int:
     """Start a dma-test BAR2 -> guest copy and return STATUS."""
     fn.region_write(0, 0x04, struct.pack("<III", 0x100, 0, length))
-    pending = fn.region_write(0, 0x10, struct.pack("<I", DMA_CMD_FROM_DEVICE))
-    assert pending is not None
-    asyncio.run(pending)  # type: ignore[arg-type]
+    fn.region_write(0, 0x10, struct.pack("<I", DMA_CMD_FROM_DEVICE))
     return int(struct.unpack("<I", fn.region_read(0, 0x14, 4))[0])
 
 
@@ -575,10 +572,10 @@ def test_dma_gate(events: Recorder) -> None:
     w(fn, 0x10, BAR0_BASE + 0x1000)  # -> ERROR
     w(fn, 0x10, BAR0_BASE)
     with pytest.raises(DmaError, match="ERROR"):
-        asyncio.run(fn.dma.read(0, 4))
+        fn.dma.read(0, 4)
     assert events.of("tdisp.dma_held")[-1]["state"] == "ERROR"
     ask(r, m.STOP_INTERFACE_REQUEST)
-    assert asyncio.run(fn.dma.read(0x100, 4)) == b"payl"
+    assert fn.dma.read(0x100, 4) == b"payl"
     r.close()
     assert fn.dma is mem  # gates removed with the responder
 

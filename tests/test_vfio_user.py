@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import ServerThread
 from vfiouser_tdisp.device.dma_test import DMA_CMD_FROM_DEVICE, DMA_CMD_TO_DEVICE
-from vfiouser_tdisp.device.function import IrqIndex
+from vfiouser_tdisp.pci.function import IrqIndex
 from vfiouser_tdisp.vfio_user.client import VfioUserClient, VfioUserError
 from vfiouser_tdisp.vfio_user.messages import (
     VFIO_IRQ_SET_ACTION_MASK,

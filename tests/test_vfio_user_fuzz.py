@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import struct
+import time
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -51,3 +53,55 @@ def test_random_region_reads_are_bounded(dma_server: ServerThread, offset: int, 
             assert len(rep.payload) == 16 + count
         else:
             assert rep.header.error_reply != 0 or count == 0
+
+
+def _open_fds() -> set[tuple[str, str]]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.add((fd, os.readlink(f"/proc/self/fd/{fd}")))
+        except OSError:
+            pass
+    return out
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(command=commands, payload=st.binary(max_size=64), posted=st.booleans(),
+       kinds=st.lists(st.sampled_from(["eventfd", "memfd", "pipe"]), max_size=3))
+def test_random_requests_carrying_fds_leave_no_fd_behind(
+        dma_server: ServerThread, command: int, payload: bytes, posted: bool,
+        kinds: list[str]) -> None:
+    gc.collect()
+    before = _open_fds()
+    fds: list[int] = []
+    for kind in kinds:
+        if kind == "eventfd":
+            fds.append(os.eventfd(0, os.EFD_NONBLOCK))
+        elif kind == "memfd":
+            fds.append(os.memfd_create("fuzz"))
+            os.ftruncate(fds[-1], 0x2000)
+        else:
+            r, w = os.pipe()
+            os.close(w)
+            fds.append(r)
+    with VfioUserClient(dma_server.paths[0], timeout=5) as c:
+        c.version()
+        if command == Command.VFIO_USER_DEVICE_RESET:
+            payload = b""
+        mid = c.send(command, payload, flags=VFIO_USER_NO_REPLY if posted else 0,
+                     fds=fds or None)
+        for fd in fds:
+            os.close(fd)
+        if not posted:
+            for fd in c.wait_reply(mid).fds:
+                os.close(fd)
+        assert c.config_read32(0) == 0x10F01B36
+    assert dma_server.running is not None
+    fs = dma_server.running.servers[0]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (
+            (fs.connection is not None and fs.connection.thread.is_alive())
+            or not _open_fds() <= before):
+        time.sleep(0.01)
+    assert _open_fds() <= before

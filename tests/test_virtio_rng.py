@@ -3,16 +3,14 @@ on a bytearray of "guest memory" (virtio 1.x §3.1.1, §4.1.5, §2.7, §5.4)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import struct
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from vfiouser_tdisp.device.device import Device, get_profile
-from vfiouser_tdisp.device.function import REGION_CONFIG, DmaError, IrqIndex, PciFunction
 from vfiouser_tdisp.device.personality import get_personality
 from vfiouser_tdisp.device.virtio_rng import (
     VIRTIO_CONFIG_S_ACKNOWLEDGE,
@@ -32,6 +30,7 @@ from vfiouser_tdisp.device.virtio_rng import (
     VirtioRng,
 )
 from vfiouser_tdisp.events import Recorder
+from vfiouser_tdisp.pci.function import REGION_CONFIG, DmaError, IrqIndex, PciFunction
 
 # struct virtio_pci_common_cfg offsets (include/uapi/linux/virtio_pci.h)
 DFSELECT, DF, GFSELECT, GF = 0x00, 0x04, 0x08, 0x0C
@@ -52,13 +51,13 @@ class GuestMemory:
         self.reads = 0
         self.writes = 0
 
-    async def read(self, addr: int, size: int) -> bytes:
+    def read(self, addr: int, size: int) -> bytes:
         self.reads += 1
         if addr < 0 or addr + size > len(self.mem):
             raise DmaError(f"DMA read of unmapped {addr:#x}+{size}")
         return bytes(self.mem[addr : addr + size])
 
-    async def write(self, addr: int, data: bytes) -> None:
+    def write(self, addr: int, data: bytes) -> None:
         self.writes += 1
         if addr < 0 or addr + len(data) > len(self.mem):
             raise DmaError(f"DMA write to unmapped {addr:#x}+{len(data)}")
@@ -70,17 +69,6 @@ class GuestMemory:
     def used(self, slot: int) -> tuple[int, int]:
         elem = struct.unpack_from("<II", self.mem, USED + 4 + 8 * slot)
         return int(elem[0]), int(elem[1])
-
-
-def complete(work: Awaitable[None] | None) -> None:
-    """What the transport does with a BAR write's result: await it to the end."""
-    if work is None:
-        return
-
-    async def wait() -> None:
-        await work
-
-    asyncio.run(wait())
 
 
 @dataclass
@@ -125,8 +113,8 @@ class LinuxModernDriver:
         return int.from_bytes(data, "little")
 
     def write(self, off: int, value: int, size: int) -> None:
-        complete(self.fn.region_write(self.common.bar, self.common.offset + off,
-                                      value.to_bytes(size, "little")))
+        self.fn.region_write(self.common.bar, self.common.offset + off,
+                                      value.to_bytes(size, "little"))
 
     def write64_twopart(self, off: int, value: int) -> None:
         self.write(off, value & 0xFFFFFFFF, 4)
@@ -180,8 +168,8 @@ class LinuxModernDriver:
         self.write(Q_ENABLE, 1, 2)
 
     def kick(self, notify_offset: int, index: int = 0) -> None:
-        complete(self.fn.region_write(self.notify.bar, notify_offset,
-                                      index.to_bytes(2, "little")))
+        self.fn.region_write(self.notify.bar, notify_offset,
+                                      index.to_bytes(2, "little"))
 
     def read_isr(self) -> int:
         return self.fn.region_read(self.isr.bar, self.isr.offset, 1)[0]

@@ -83,12 +83,12 @@ def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = N
                 running.captures.append(keylog.stream)
                 spdm.key_sink = keylog
             if spdm_port is not None:
-                emu = SpdmEmuServer(dev.doe, dev.lock, spdm_host,
+                emu = SpdmEmuServer(dev.doe, dev.lock, spdm_host,  # type: ignore[arg-type]
                                     spdm_port + i if spdm_port else 0)
                 emu.start()
                 running.spdm_servers.append(emu)
-            for fn_no, fn in enumerate(dev.functions):
-                srv = FunctionServer(fn, function_socket_path(path, fn_no), dev.lock)
+            for fn_no in range(len(dev.functions)):
+                srv = FunctionServer(dev.backend(fn_no), function_socket_path(path, fn_no))
                 srv.start()
                 running.servers.append(srv)
     except BaseException:

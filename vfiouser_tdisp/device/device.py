@@ -8,7 +8,6 @@ Express (Endpoint, FLR, TEE-IO) and DSN; the personality adds the rest.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,14 +21,16 @@ from ..doe.protocols import (
 from ..events import emit
 from ..ide.capability import IdeCapability
 from ..ide.km import IdeKmResponder
+from ..locks import DeviceLock
 from ..pci.caps import DsnCapability, PcieCapability, PmCapability
+from ..pci.function import PciFunction
 from ..spdm.algorithms import DEFAULT_AEADS, DEFAULT_ASYMS, DEFAULT_DHES, DEFAULT_HASHES
 from ..spdm.identity import DeviceIdentity
 from ..spdm.messages import REGISTRY_ID_PCISIG, version_byte
 from ..spdm.responder import ResponderConfig, SpdmResponder, VendorError
 from ..tdisp.report import FirstPageEncoding
 from ..tdisp.responder import TdispResponder, pci_sig_vendor_handler
-from .function import PciFunction
+from .backend import FunctionBackend
 from .identity import identity_for_device
 from .measurements import DeviceMeasurements
 from .personality import Personality, get_personality
@@ -110,7 +111,7 @@ class Device:
         # Every transport (vfio-user connections of each function, the
         # spdm-emu socket) takes this lock around a request: functions of one
         # device share the DSM's state.
-        self.lock = threading.RLock()
+        self.lock = DeviceLock()
         self.functions: list[PciFunction] = []
         self.personalities: list[Personality] = []
         pcls = get_personality(profile.personality)
@@ -123,7 +124,7 @@ class Device:
                 class_code=pcls.CLASS_CODE, revision=pcls.REVISION,
                 subsystem_vendor_id=pcls.SUBSYSTEM_VENDOR_ID,
                 subsystem_id=pcls.SUBSYSTEM_ID,
-                multifunction=multifunction, devfn=fn_no,
+                multifunction=multifunction, devfn=fn_no, lock=self.lock,
             )
             fn.config.add_capability(PmCapability())
             pcie = PcieCapability(tee_io=profile.tee_io)
@@ -148,6 +149,10 @@ class Device:
         self.measurements = DeviceMeasurements(self)
         emit("device.created", profile=profile.name, instance=instance,
              functions=[f.name for f in self.functions])
+
+    def backend(self, fn_no: int) -> FunctionBackend:
+        """Function ``fn_no`` as the vfio-user transport sees it."""
+        return FunctionBackend(self.functions[fn_no])
 
     @property
     def dsm(self) -> PciFunction:

@@ -22,8 +22,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..events import emit
+from ..pci.function import Bar, BarKind, DmaError, IrqIndex, MemoryArea, PciFunction, RegisterArea
 from ..wire import Struct, u32
-from .function import Bar, BarKind, DmaError, IrqIndex, MemoryArea, PciFunction, RegisterArea
 from .personality import Personality, register
 
 DMA_CMD_TO_DEVICE = 1
@@ -69,7 +69,7 @@ class DmaTest(Personality):
     def _read(self, offset: int, size: int) -> bytes:
         return DmaTestRegisters(*self.regs).pack()[offset : offset + size]
 
-    def _write(self, offset: int, data: bytes):  # type: ignore[no-untyped-def]
+    def _write(self, offset: int, data: bytes) -> None:
         raw = bytearray(DmaTestRegisters(*self.regs).pack())
         raw[offset : offset + len(data)] = data
         regs = list(dataclasses.astuple(DmaTestRegisters.unpack(raw)))
@@ -78,10 +78,9 @@ class DmaTest(Personality):
         regs[4] = 0
         self.regs = regs
         if offset <= 0x10 < offset + len(data) and cmd:
-            return self._run(cmd)
-        return None
+            self._run(cmd)
 
-    async def _run(self, cmd: int) -> None:
+    def _run(self, cmd: int) -> None:
         fn = self.function
         assert fn is not None
         addr = self.regs[1] | (self.regs[2] << 32)
@@ -93,9 +92,9 @@ class DmaTest(Personality):
             if not fn.bus_master:
                 raise DmaError("bus mastering is disabled")
             if cmd == DMA_CMD_TO_DEVICE:
-                self.memory.write(0, await fn.dma.read(addr, length))
+                self.memory.write(0, fn.dma.read(addr, length))
             elif cmd == DMA_CMD_FROM_DEVICE:
-                await fn.dma.write(addr, self.memory.read(0, length))
+                fn.dma.write(addr, self.memory.read(0, length))
             else:
                 raise DmaError(f"unknown command {cmd}")
             self.regs[5] = STATUS_DONE

@@ -12,7 +12,7 @@ import importlib
 import importlib.util
 from typing import ClassVar
 
-from .function import PciFunction
+from ..pci.function import PciFunction
 
 
 class Personality:

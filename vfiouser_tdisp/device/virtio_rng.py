@@ -35,15 +35,14 @@ BARs; Linux does not use it), indirect descriptors, event index, packed rings.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
 from ..events import emit
 from ..pci.caps import PCI_CAP_ID_VNDR
 from ..pci.config import Capability, Reg
-from ..wire import Struct, u16, u32, u64
-from .function import (
+from ..pci.function import (
     PCI_COMMAND_INTX_DISABLE,
     Bar,
     BarKind,
@@ -54,6 +53,7 @@ from .function import (
     PciFunction,
     RegisterArea,
 )
+from ..wire import Struct, u16, u32, u64
 from .personality import Personality, register
 
 # §4.1.4 cfg_type values
@@ -192,10 +192,10 @@ USED_ELEM_SIZE = VirtqUsedElem.fixed_size()
 RING_HEADER_SIZE = VirtqAvailHeader.fixed_size()  # flags + idx, both rings
 
 
-async def _dma_read(dma: DmaSpace, addr: int, size: int) -> bytes:
+def _dma_read(dma: DmaSpace, addr: int, size: int) -> bytes:
     if addr < 0 or addr + size > 1 << 64:
         raise VirtqueueError(f"ring address {addr:#x}+{size} outside the 64-bit space")
-    data = await dma.read(addr, size)
+    data = dma.read(addr, size)
     if len(data) != size:
         raise VirtqueueError(f"DMA read at {addr:#x} returned {len(data)} of {size} bytes")
     return data
@@ -227,21 +227,21 @@ class SplitVirtqueue:
                 f"misaligned rings desc={self.desc:#x} driver={self.driver:#x} "
                 f"device={self.device:#x}")
 
-    async def available(self, dma: DmaSpace) -> list[int]:
+    def available(self, dma: DmaSpace) -> list[int]:
         """Head indices the driver has made available since the last call."""
         self.check_layout()
-        hdr = VirtqAvailHeader.unpack(await _dma_read(dma, self.driver, RING_HEADER_SIZE))
+        hdr = VirtqAvailHeader.unpack(_dma_read(dma, self.driver, RING_HEADER_SIZE))
         pending = (hdr.idx - self.last_avail) & 0xFFFF
         if pending > self.size:
             raise VirtqueueError(
                 f"avail idx {hdr.idx} is {pending} ahead of {self.last_avail} (size {self.size})")
         if not pending:
             return []
-        ring = await _dma_read(dma, self.driver + RING_HEADER_SIZE, 2 * self.size)
+        ring = _dma_read(dma, self.driver + RING_HEADER_SIZE, 2 * self.size)
         slots = ((self.last_avail + i) % self.size for i in range(pending))
         return [int.from_bytes(ring[2 * s : 2 * s + 2], "little") for s in slots]
 
-    async def chain(self, dma: DmaSpace, head: int) -> list[VirtqDesc]:
+    def chain(self, dma: DmaSpace, head: int) -> list[VirtqDesc]:
         """The descriptors of one chain, checked: in range, no loop, no
         indirect, device-readable before device-writable (§2.7.4.2)."""
         out: list[VirtqDesc] = []
@@ -251,7 +251,7 @@ class SplitVirtqueue:
                 raise VirtqueueError(f"descriptor index {index} outside queue of {self.size}")
             if len(out) == self.size:
                 raise VirtqueueError(f"descriptor chain from {head} loops")
-            d = VirtqDesc.unpack(await _dma_read(dma, self.desc + DESC_SIZE * index, DESC_SIZE))
+            d = VirtqDesc.unpack(_dma_read(dma, self.desc + DESC_SIZE * index, DESC_SIZE))
             if d.flags & VIRTQ_DESC_F_INDIRECT:
                 raise VirtqueueError("indirect descriptor (VIRTIO_F_INDIRECT_DESC not offered)")
             if out and out[-1].flags & VIRTQ_DESC_F_WRITE and not d.flags & VIRTQ_DESC_F_WRITE:
@@ -261,18 +261,18 @@ class SplitVirtqueue:
                 return out
             index = d.next
 
-    async def push_used(self, dma: DmaSpace, head: int, written: int) -> None:
+    def push_used(self, dma: DmaSpace, head: int, written: int) -> None:
         slot = self.used_idx % self.size
         addr = self.device + RING_HEADER_SIZE + USED_ELEM_SIZE * slot
-        await dma.write(addr, VirtqUsedElem(head, written).pack())
+        dma.write(addr, VirtqUsedElem(head, written).pack())
         self.used_idx = (self.used_idx + 1) & 0xFFFF
         self.last_avail = (self.last_avail + 1) & 0xFFFF
 
-    async def publish(self, dma: DmaSpace) -> bool:
+    def publish(self, dma: DmaSpace) -> bool:
         """Expose the used elements (used->idx); True if the driver wants an
         interrupt (flags read after the index, §2.7.7)."""
-        await dma.write(self.device + 2, VirtqIdx(self.used_idx).pack())
-        flags = VirtqAvailHeader.unpack(await _dma_read(dma, self.driver, RING_HEADER_SIZE))
+        dma.write(self.device + 2, VirtqIdx(self.used_idx).pack())
+        flags = VirtqAvailHeader.unpack(_dma_read(dma, self.driver, RING_HEADER_SIZE))
         return not flags.flags & VIRTQ_AVAIL_F_NO_INTERRUPT
 
 
@@ -302,9 +302,9 @@ COMMON_CFG: tuple[CfgField, ...] = tuple(CfgField(*f) for f in (
 COMMON_CFG_LEN = 0x40
 
 
-async def _in_order(works: list[Awaitable[None]]) -> None:
+def _in_order(works: list[Callable[[], None]]) -> None:
     for work in works:
-        await work
+        work()
 
 
 class VirtioPciModern(Personality):
@@ -391,19 +391,21 @@ class VirtioPciModern(Personality):
             image[f.offset : f.offset + f.size] = (value & _mask(f.size)).to_bytes(f.size, "little")
         return bytes(image[offset : offset + size])
 
-    def common_write(self, offset: int, data: bytes) -> Awaitable[None] | None:
+    def common_write(self, offset: int, data: bytes) -> None:
         # Merge partial writes with the current value, then hand each touched
         # field its whole new value (queue addresses arrive as 32-bit halves).
         image = bytearray(self.common_read(0, COMMON_CFG_LEN))
         image[offset : offset + len(data)] = data
-        works = []
+        # Setters that start queue service return it as work, done once every
+        # touched field has its new value.
+        works: list[Callable[[], None]] = []
         for f in self._touched(offset, len(data)):
             setter = getattr(self, f"_set_{f.name}", None)
             if setter is not None:
                 work = setter(int.from_bytes(image[f.offset : f.offset + f.size], "little"))
                 if work is not None:
                     works.append(work)
-        return _in_order(works) if works else None
+        _in_order(works)
 
     @staticmethod
     def _touched(offset: int, size: int) -> list[CfgField]:
@@ -461,7 +463,7 @@ class VirtioPciModern(Personality):
     def _get_device_status(self) -> int:
         return self.status
 
-    def _set_device_status(self, value: int) -> Awaitable[None] | None:
+    def _set_device_status(self, value: int) -> Callable[[], None] | None:
         if value == 0:
             self.power_on()
             emit("virtio.reset", function=self.fn.name, cause="driver")
@@ -475,7 +477,8 @@ class VirtioPciModern(Personality):
              driver_features=self.driver_features)
         if value & ~old & VIRTIO_CONFIG_S_DRIVER_OK and self.early_kicks:
             kicked, self.early_kicks = self.early_kicks, set()
-            return _in_order([self._service(self.queues[i]) for i in sorted(kicked)])
+            queues = [self.queues[i] for i in sorted(kicked)]
+            return lambda: self._service_all(queues)
         return None
 
     def _features_acceptable(self) -> bool:
@@ -576,39 +579,43 @@ class VirtioPciModern(Personality):
     def device_cfg_read(self, offset: int, size: int) -> bytes:
         return bytes(size)
 
-    def notify_write(self, offset: int, data: bytes) -> Awaitable[None] | None:
+    def notify_write(self, offset: int, data: bytes) -> None:
         index = offset // self.NOTIFY_OFF_MULTIPLIER
         if index >= len(self.queues) or self.status & (
                 VIRTIO_CONFIG_S_NEEDS_RESET | VIRTIO_CONFIG_S_FAILED):
-            return None
+            return
         q = self.queues[index]
         if not q.enable or not self.status & VIRTIO_CONFIG_S_DRIVER_OK:
             self.early_kicks.add(index)  # served once the driver says DRIVER_OK
-            return None
-        return self._service(q)
+            return
+        self._service(q)
 
     # -- queue service -------------------------------------------------------------------
-    async def process(self, queue: int, chain: list[VirtqDesc]) -> int:
+    def process(self, queue: int, chain: list[VirtqDesc]) -> int:
         """Do what the device does with one buffer chain; return the number
         of bytes written into its device-writable part."""
         raise NotImplementedError
 
-    async def _service(self, q: SplitVirtqueue) -> None:
+    def _service_all(self, queues: list[SplitVirtqueue]) -> None:
+        for q in queues:
+            self._service(q)
+
+    def _service(self, q: SplitVirtqueue) -> None:
         fn = self.fn
         if not fn.bus_master:
             emit("virtio.dma_blocked", function=fn.name, queue=q.index,
                  reason="Bus Master Enable is clear")
             return
         try:
-            heads = await q.available(fn.dma)
+            heads = q.available(fn.dma)
             written = 0
             for head in heads:
-                n = await self.process(q.index, await q.chain(fn.dma, head))
-                await q.push_used(fn.dma, head, n)
+                n = self.process(q.index, q.chain(fn.dma, head))
+                q.push_used(fn.dma, head, n)
                 written += n
             if not heads:
                 return
-            wants_interrupt = await q.publish(fn.dma)
+            wants_interrupt = q.publish(fn.dma)
         except (DmaError, VirtqueueError) as exc:
             self._needs_reset(q, exc)
             return
@@ -676,14 +683,14 @@ class VirtioRng(VirtioPciModern):
         self.device_memory = MemoryArea(self.DEVICE_MEMORY_SIZE, f"{fn.name}-devmem")
         bar4.add(0, self.device_memory)
 
-    async def process(self, queue: int, chain: list[VirtqDesc]) -> int:
+    def process(self, queue: int, chain: list[VirtqDesc]) -> int:
         if any(not d.flags & VIRTQ_DESC_F_WRITE for d in chain):
             raise VirtqueueError("driver-readable buffer in the entropy queue (§5.4.6.1)")
         written = 0
         for d in chain:
             n = min(d.len, self.CHAIN_BYTES_MAX - written)
             if n:
-                await self.fn.dma.write(d.addr, self.entropy(n))
+                self.fn.dma.write(d.addr, self.entropy(n))
                 written += n
         return written
 

@@ -27,7 +27,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..device.function import PCI_BASE_ADDRESS_0, BarKind, PciFunction
+from ..pci.function import PCI_BASE_ADDRESS_0, BarKind, PciFunction
 from ..wire import Struct, raw, tail, u8, u16, u32, u64
 from .messages import (
     MMIO_RANGE,

@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..device.function import (
+from ..pci.function import (
     PCI_BASE_ADDRESS_0,
     PCI_COMMAND,
     PCI_COMMAND_MASTER,

@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from ..wire import DecodeError
 from .messages import (
     HEADER_SIZE,
     VFIO_DMA_MAP_FLAG_READ,
@@ -28,12 +29,15 @@ from .messages import (
     Command,
     VfioDeviceInfo,
     VfioIrqInfo,
+    VfioIrqSet,
     VfioRegionInfo,
+    VfioUserDmaMap,
+    VfioUserDmaRw,
+    VfioUserDmaUnmap,
     VfioUserHeader,
+    VfioUserRegionAccess,
     VfioUserVersion,
 )
-
-_HDR = struct.Struct("<HHIII")
 
 
 class VfioUserError(Exception):
@@ -76,7 +80,7 @@ class VfioUserClient:
             self.next_id = (self.next_id + 1) & 0xFFFF
             msg_id = self.next_id
         total = HEADER_SIZE + len(payload) if size is None else size
-        data = _HDR.pack(msg_id, command, total, flags, 0) + payload
+        data = VfioUserHeader(msg_id, command, total, flags, 0).pack() + payload
         if fds:
             self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                         array.array("i", fds))])
@@ -98,7 +102,7 @@ class VfioUserClient:
     def recv_message(self) -> Reply:
         while len(self.buf) < HEADER_SIZE:
             self._fill()
-        hdr = VfioUserHeader(*_HDR.unpack_from(self.buf))
+        hdr, _ = VfioUserHeader.unpack_from(self.buf)
         while len(self.buf) < hdr.msg_size:
             self._fill()
         payload = bytes(self.buf[HEADER_SIZE : hdr.msg_size])
@@ -149,25 +153,25 @@ class VfioUserClient:
         hdr = msg.header
         self.dma_requests += 1
         try:
+            req = VfioUserDmaRw.unpack(msg.payload)
+            off = self._translate(req.offset, req.count)
             if hdr.command == Command.VFIO_USER_DMA_READ:
-                addr, count = struct.unpack_from("<QI", msg.payload)
-                off = self._translate(addr, count)
-                data = self.memory[off : off + count]
-                body = struct.pack("<QI", addr, count) + data + bytes(4)
+                data = self.memory[off : off + req.count]
+                body = VfioUserDmaRw(req.offset, req.count, data + bytes(4)).pack()
             elif hdr.command == Command.VFIO_USER_DMA_WRITE:
-                addr, count = struct.unpack_from("<QI", msg.payload)
-                off = self._translate(addr, count)
-                self.memory[off : off + count] = msg.payload[12 : 12 + count]
+                if len(req.data) < req.count:
+                    raise KeyError(req.count)
+                self.memory[off : off + req.count] = req.data[: req.count]
                 body = b""
             else:
                 raise KeyError(hdr.command)
-        except (KeyError, struct.error):
-            self.sock.sendall(_HDR.pack(hdr.msg_id, hdr.command, HEADER_SIZE,
-                                        VFIO_USER_REPLY | VFIO_USER_ERROR, 14))
+        except (KeyError, DecodeError):
+            self.sock.sendall(VfioUserHeader(hdr.msg_id, hdr.command, HEADER_SIZE,
+                                             VFIO_USER_REPLY | VFIO_USER_ERROR, 14).pack())
             return
         if not hdr.flags & VFIO_USER_NO_REPLY:
-            self.sock.sendall(_HDR.pack(hdr.msg_id, hdr.command, HEADER_SIZE + len(body),
-                                        VFIO_USER_REPLY, 0) + body)
+            self.sock.sendall(VfioUserHeader(hdr.msg_id, hdr.command, HEADER_SIZE + len(body),
+                                             VFIO_USER_REPLY, 0).pack() + body)
 
     # -- commands ---------------------------------------------------------------------------
     def version(self, caps: dict[str, Any] | None = None, minor: int = 0) -> dict[str, Any]:
@@ -197,15 +201,16 @@ class VfioUserClient:
 
     def set_irqs(self, index: int, flags: int, start: int, count: int,
                  fds: list[int] | None = None, data: bytes = b"") -> None:
-        payload = struct.pack("<IIIII", 20 + len(data), flags, index, start, count) + data
+        payload = VfioIrqSet(20 + len(data), flags, index, start, count, data).pack()
         self.call(Command.VFIO_USER_DEVICE_SET_IRQS, payload, fds=fds)
 
     def region_read(self, region: int, offset: int, count: int) -> bytes:
-        rep = self.call(Command.VFIO_USER_REGION_READ, struct.pack("<QII", offset, region, count))
-        return rep.payload[16:]
+        rep = self.call(Command.VFIO_USER_REGION_READ,
+                        VfioUserRegionAccess(offset, region, count).pack())
+        return VfioUserRegionAccess.unpack(rep.payload).data
 
     def region_write(self, region: int, offset: int, data: bytes, posted: bool = False) -> None:
-        payload = struct.pack("<QII", offset, region, len(data)) + data
+        payload = VfioUserRegionAccess(offset, region, len(data), data).pack()
         if posted:
             self.send(Command.VFIO_USER_REGION_WRITE, payload, flags=VFIO_USER_NO_REPLY)
         else:
@@ -221,13 +226,13 @@ class VfioUserClient:
                 flags: int = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE) -> None:
         if mem_offset + size > self.memory_size:
             raise ValueError("mapping beyond the client's memory")
-        payload = struct.pack("<IIQQQ", 32, flags, mem_offset if share_fd else 0, iova, size)
+        payload = VfioUserDmaMap(32, flags, mem_offset if share_fd else 0, iova, size).pack()
         fds = [self.memfd] if share_fd else None
         self.call(Command.VFIO_USER_DMA_MAP, payload, fds=fds)
         self.maps.append((iova, size, mem_offset))
 
     def dma_unmap(self, iova: int, size: int, flags: int = 0) -> None:
-        self.call(Command.VFIO_USER_DMA_UNMAP, struct.pack("<IIQQ", 24, flags, iova, size))
+        self.call(Command.VFIO_USER_DMA_UNMAP, VfioUserDmaUnmap(24, flags, iova, size).pack())
         self.maps = [m for m in self.maps if not (m[0] >= iova and m[0] + m[1] <= iova + size)]
 
     def reset(self) -> None:

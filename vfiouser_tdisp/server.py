@@ -14,7 +14,6 @@ import contextlib
 import os
 import signal
 import sys
-import threading
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -103,25 +102,29 @@ def serve_forever(paths: list[str], profile_name: str, spdm_port: int | None = N
                   pcap_keys: str | None = None,
                   identity_options: dict[str, Any] | None = None,
                   debug_ide_keys: bool = False) -> None:
-    running = start_devices(paths, profile_name, spdm_port, spdm_host, pcap,
-                            pcap_keys=pcap_keys, identity_options=identity_options,
-                            debug_ide_keys=debug_ide_keys)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
-
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    emit("server.ready", sockets=[s.path for s in running.servers], profile=profile_name,
-         spdm_ports=[e.port for e in running.spdm_servers])
+    # The stop signals are taken synchronously with sigwait() in this thread, never
+    # by a handler: a Python handler runs between two bytecodes of the main
+    # thread, and one that takes a lock (Event.set) while the main thread is
+    # inside Event.wait holding that lock deadlocks the process.  The signals are
+    # blocked before any thread starts, so every thread inherits the mask and
+    # the kernel leaves them pending for sigwait (also one that arrives while the
+    # devices are still starting).
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
-        while not stop.wait(1.0):
-            pass
+        running = start_devices(paths, profile_name, spdm_port, spdm_host, pcap,
+                                pcap_keys=pcap_keys, identity_options=identity_options,
+                                debug_ide_keys=debug_ide_keys)
+        try:
+            emit("server.ready", sockets=[s.path for s in running.servers],
+                 profile=profile_name, spdm_ports=[e.port for e in running.spdm_servers])
+            signum = signal.sigwait(stop_signals)
+            emit("server.stopping", signal=signal.Signals(signum).name)
+        finally:
+            running.close()
+            emit("server.stopped")
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        running.close()
-        emit("server.stopped")
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
 def main_serve(args: argparse.Namespace) -> int:

@@ -175,6 +175,14 @@ def test_parse_console_reports_info_results_and_power_off() -> None:
     assert not parse_console("VTDISP-RESULT a PASS\n").ok  # never finished
 
 
+def test_requested_check_that_never_reported_fails_the_run() -> None:
+    run = parse_console("VTDISP-RESULT a PASS\nVTDISP-DONE 1 0\n")
+    assert run.ok  # what the guest said, taken alone
+    run.require(["a", "b", "none"])
+    assert not run.ok
+    assert run.results == [("a", True, ""), ("b", False, "requested but never reported")]
+
+
 def test_socket_dir_short_and_long(tmp_path: Path) -> None:
     short = Path("/tmp") / f"vt-{os.getpid()}"
     with socket_dir(short) as d:

@@ -72,6 +72,15 @@ class GuestRun:
     def panicked(self) -> bool:
         return "Kernel panic" in self.console
 
+    def require(self, checks: list[str]) -> None:
+        """A requested check that never reported is a failure (a guest that died
+        or skipped it must not pass by saying nothing)."""
+        reported = {n for n, _ok, _d in self.results}
+        for name in checks:
+            if name != "none" and name not in reported:
+                self.results.append((name, False, "requested but never reported"))
+                reported.add(name)
+
     def result(self, name: str) -> tuple[bool, str] | None:
         for n, ok, detail in self.results:
             if n == name:
@@ -227,6 +236,7 @@ def boot_guest(prov: Provisioned, out: Path, profile: str | None, timeout: float
                     turn.stop()
             (out / "qemu.log").write_bytes(err)
             run = parse_console(console.read_text(errors="replace"))
+            run.require(checks or [])
             run.exit_code = rc
             run.seconds = time.monotonic() - started
             run.qmp = snap.result

@@ -16,6 +16,17 @@ from .device.device import PROFILES
 DEFAULT_PROFILE = "virtio-rng"
 
 
+def _tcp_port(text: str) -> int:
+    """A TCP port number, 0..65535 (0: the kernel picks one)."""
+    try:
+        port = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0..65535")
+    return port
+
+
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket", required=True, action="append", metavar="PATH",
                    help="UNIX socket to serve the device on; repeat for several devices "
@@ -25,7 +36,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", metavar="FILE",
                    help="append structured events (JSON lines) to FILE")
     p.add_argument("--quiet", action="store_true", help="no human-readable event output")
-    p.add_argument("--spdm-port", type=int, metavar="PORT",
+    p.add_argument("--spdm-port", type=_tcp_port, metavar="PORT",
                    help="also serve the DOE mailbox over the DMTF spdm-emu TCP socket "
                         "protocol on PORT (device i on PORT+i; 0 picks a free port)")
     p.add_argument("--spdm-host", default="127.0.0.1", metavar="ADDR",

@@ -20,7 +20,7 @@ from typing import IO, Any
 from .device.device import Device, get_profile
 from .doe.capture import PcapWriter
 from .doe.emu_socket import SpdmEmuServer
-from .events import LOG, HumanSink, JsonLinesSink, emit
+from .events import LOG, HumanSink, JsonLinesSink, emit, open_event_log
 from .spdm.identity import IdentityError
 from .spdm.keylog import KeyLogWriter
 from .vfio_user.server import FunctionServer
@@ -135,7 +135,12 @@ def main_serve(args: argparse.Namespace) -> int:
         return 2
     with contextlib.ExitStack() as stack:
         if args.events:
-            stream = stack.enter_context(open(args.events, "a", encoding="utf-8"))
+            try:
+                stream = stack.enter_context(open_event_log(args.events))
+            except OSError as exc:
+                print(f"vfiouser-tdisp serve: --events {args.events}: "
+                      f"{exc.strerror or exc}", file=sys.stderr)
+                return 1
             stack.callback(LOG.subscribe(JsonLinesSink(stream)))
         if not args.quiet:
             stack.callback(LOG.subscribe(HumanSink(sys.stderr, kinds=(
@@ -144,6 +149,11 @@ def main_serve(args: argparse.Namespace) -> int:
                 "function.reset", "spdm_emu.listening", "spdm_emu.connect"))))
         if bool(args.cert_chain) != bool(args.cert_key):
             print("vfiouser-tdisp serve: --cert-chain and --cert-key go together",
+                  file=sys.stderr)
+            return 2
+        if args.spdm_port and args.spdm_port + len(args.socket) - 1 > 65535:
+            print(f"vfiouser-tdisp serve: --spdm-port {args.spdm_port} leaves no port for "
+                  f"device {len(args.socket) - 1} (device i listens on PORT+i)",
                   file=sys.stderr)
             return 2
         identity = {"chain_file": args.cert_chain, "key_file": args.cert_key,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from vfiouser_tdisp.run.job import boot_guest, parse_console, socket_dir
-from vfiouser_tdisp.run.provision import Provisioned, QemuInstall, cache_dir, read_stamp
+from vfiouser_tdisp.run.provision import Provisioned, QemuInstall, read_stamp
 from vfiouser_tdisp.run.qemu import (
     QemuCommand,
     main_qemu_args,
@@ -27,6 +27,8 @@ from vfiouser_tdisp.run.qemu import (
     run_with_deadline,
     vfio_user_device_json,
 )
+
+from .conftest import PROVISIONED_CACHE
 
 SH_ENV = {"PATH": "/usr/bin:/bin"}
 
@@ -197,7 +199,7 @@ def test_socket_dir_short_and_long(tmp_path: Path) -> None:
 # -- with the provisioned QEMU ---------------------------------------------------------------
 
 def _provisioned() -> Provisioned:
-    p = read_stamp(cache_dir())
+    p = read_stamp(PROVISIONED_CACHE)
     if p is None or p.missing():
         pytest.skip("not provisioned (run `vfiouser-tdisp setup`)")
     return p

@@ -89,3 +89,70 @@ def test_sigint_stops_like_sigterm(sock_dir: Path) -> None:
     proc.send_signal(signal.SIGINT)
     proc.wait(STOP_BOUND)
     assert proc.returncode == 0
+
+
+# -- one-line errors (issue 9 item 17) ------------------------------------------------------
+
+def cli(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vfiouser_tdisp", *args], capture_output=True,
+                          text=True, timeout=120, env=env(), **kw)  # type: ignore[call-overload]
+
+
+def test_spdm_port_out_of_range_is_a_usage_error(sock_dir: Path) -> None:
+    r = cli("serve", "--socket", str(sock_dir / "p.sock"), "--spdm-port", "70000")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines()[-1].endswith("port 70000 is outside 0..65535")
+    r = cli("serve", "--socket", str(sock_dir / "p.sock"), "--socket", str(sock_dir / "q.sock"),
+            "--spdm-port", "65535")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "PORT+i" in r.stderr
+
+
+def test_events_in_a_missing_directory_is_one_line(sock_dir: Path, tmp_path: Path) -> None:
+    r = cli("serve", "--socket", str(sock_dir / "e.sock"),
+            "--events", str(tmp_path / "no" / "such" / "ev.jsonl"))
+    assert r.returncode == 1
+    assert r.stderr == (f"vfiouser-tdisp serve: --events {tmp_path}/no/such/ev.jsonl: "
+                        "No such file or directory\n")
+    assert not (sock_dir / "e.sock").exists()
+
+
+SETPRIV = "/usr/bin/setpriv"
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not os.path.exists(SETPRIV),
+                    reason="needs root and setpriv to become an unprivileged user")
+def test_run_by_unprivileged_user_on_root_provisioned_cache_is_one_line() -> None:
+    """Root provisioned a cache whose tree this user cannot read (under /root):
+    `run` refuses in one line instead of a PermissionError traceback."""
+    from .conftest import PROVISIONED_CACHE
+
+    stamp = PROVISIONED_CACHE / "provisioned.json"
+    if not stamp.exists():
+        pytest.skip("not provisioned")
+    import shutil
+    import tempfile
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="vt-multiuser-", dir="/tmp"))  # pytest's is 0700
+    tmp_path.chmod(0o755)
+    try:
+        _run_as_nobody(tmp_path, stamp)
+    finally:
+        shutil.rmtree(tmp_path)
+
+
+def _run_as_nobody(tmp_path: Path, stamp: Path) -> None:
+    cache = tmp_path / "shared-cache"
+    cache.mkdir(mode=0o755)
+    (cache / "provisioned.json").write_bytes(stamp.read_bytes())
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    r = subprocess.run(
+        [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+         "vfiouser_tdisp", "run", "--cache-dir", str(cache), "--out", str(home / "out")],
+        capture_output=True, text=True, timeout=120, cwd=home,
+        env=dict(env(), HOME=str(home)))
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"vfiouser-tdisp run: the cache {cache} (owned by uid 0)")
+    assert "not readable by uid 65534" in r.stderr

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from ..device.device import Device, get_profile
 from ..device.personality import get_personality
 from ..server import function_socket_path
-from ..spdm.identity import identity_for_device
+from ..spdm.identity import IdentityError, identity_for_device
 from .host_flow import tsm_flow
 from .initramfs import build_initramfs
 from .provision import Provisioned, ProvisionError, ensure_provisioned
@@ -351,6 +351,16 @@ def free_tcp_port() -> int:
         return int(s.getsockname()[1])
 
 
+def identity_cache(provisioned: Path) -> Path:
+    """Where the device identity is kept: the provisioned cache when this user
+    may write to it, else the user's own cache (root provisioned a shared
+    cache for everyone; keys are per user)."""
+    if os.access(provisioned, os.W_OK):
+        return provisioned
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).absolute() / "vfiouser-tdisp"
+
+
 def _sigterm(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -369,7 +379,12 @@ def main_run(args: argparse.Namespace) -> int:
             (out / "events.jsonl").unlink()
         port = free_tcp_port()
         device = Device(get_profile(args.profile))
-        root = identity_for_device(device, cache_dir=args.cache_dir).root
+        state = identity_cache(Path(prov.cache))
+        try:
+            root = identity_for_device(device, cache_dir=state).root
+        except (IdentityError, OSError) as exc:
+            print(f"vfiouser-tdisp run: device identity in {state}: {exc}", file=sys.stderr)
+            return 1
         (out / "root.pem").write_bytes(root.public_bytes(Encoding.PEM))
         checks = list(get_personality(device.profile.personality).GUEST_CHECKS)
         checks += ["functions", "wait_host"]
@@ -377,8 +392,7 @@ def main_run(args: argparse.Namespace) -> int:
             run = boot_guest(
                 prov, out, args.profile, args.timeout, args.accel, checks=checks,
                 append="vtdisp.wait=5",
-                server_args=["--spdm-port", str(port)] +
-                (["--cache-dir", args.cache_dir] if args.cache_dir else []),
+                server_args=["--spdm-port", str(port), "--cache-dir", str(state)],
                 host_turn=lambda console: tsm_flow(port, console, root))
         except (RuntimeError, OSError) as exc:
             print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)

@@ -8,7 +8,8 @@ Exit status 0 only if every check passed and the guest reported ``VTDISP-DONE``.
 Leaves ``DIR/console.log`` (the guest's serial console), ``DIR/events.jsonl``
 (the server's events), ``DIR/server.log``, ``DIR/qemu.log`` (QEMU's own
 output), ``DIR/qemu-cmdline.txt`` and ``DIR/initrd.gz``.  The server and QEMU are always
-stopped, also on Ctrl-C or SIGTERM.
+stopped, also on Ctrl-C or SIGTERM, and die with ``run`` when it is killed outright
+(SIGKILL of its process group, as CI timeouts do): see lifetime.py.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ..server import function_socket_path
 from ..spdm.identity import IdentityError, identity_for_device
 from .host_flow import tsm_flow
 from .initramfs import build_initramfs
+from .lifetime import die_with_parent
 from .provision import Provisioned, ProvisionError, ensure_provisioned
 from .qemu import ANSI_ESCAPE, QemuCommand, accel_decision, qmp_query, run_with_deadline
 
@@ -117,9 +119,11 @@ class ServerProcess:
         pkg_parent = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(
             [pkg_parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        # SIGTERM when run dies: serve stops cleanly and removes its sockets.
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=die_with_parent(signal.SIGTERM))
 
     def output(self, limit: int = 3000) -> str:
         self._log.flush()

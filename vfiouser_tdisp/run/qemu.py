@@ -1,6 +1,7 @@
 """Launch QEMU with the device: q35, pcie-root-port, JSON ``-device``, memfd RAM.
 
-Every QEMU started here has a hard deadline: at the deadline it is asked to
+Every QEMU started here dies with the process that started it (PR_SET_PDEATHSIG,
+see lifetime.py) and has a hard deadline: at the deadline it is asked to
 quit over QMP (when it has a QMP socket) and its process group is killed
 whatever happens, also when the caller is interrupted (Ctrl-C).  A broken KVM
 can hang QEMU forever, so KVM is probed once with a short deadline and TCG is
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from .lifetime import die_with_parent
 from .provision import QemuInstall
 
 KVM_PROBE_DEADLINE = 8.0
@@ -132,7 +134,7 @@ def run_with_deadline(cmd: list[str], env: Mapping[str, str] | None, deadline: f
     """
     proc = subprocess.Popen(cmd, env=dict(env) if env is not None else None,
                             stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=die_with_parent())
     try:
         if until is None:
             try:

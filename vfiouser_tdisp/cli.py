@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
@@ -65,11 +66,19 @@ def _add_identity_args(p: argparse.ArgumentParser) -> None:
                         "$VFIOUSER_TDISP_CACHE or ~/.cache/vfiouser-tdisp)")
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("vfiouser-tdisp")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vfiouser-tdisp",
         description="A virtual TDISP-capable PCIe device for stock QEMU (vfio-user-pci).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("setup", help="provision QEMU >= 10.1, the guest kernel and busybox "

@@ -11,9 +11,11 @@ entries, fixed inode numbers, zero mtimes, gzip mtime 0).
 from __future__ import annotations
 
 import gzip
+import importlib.metadata
 import io
 import lzma
 import re
+import site
 import stat
 import struct
 import subprocess
@@ -22,17 +24,38 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+DATA_DIR = "share/vfiouser-tdisp/guest-scripts"  # [tool.setuptools.data-files] target
 
-def _guest_scripts() -> Path:
-    """The repository's guest-scripts/ (source checkout or editable install), else
-    the copy a wheel installs under <prefix>/share/vfiouser-tdisp/guest-scripts."""
+
+def guest_scripts_dir() -> Path:
+    """Where guest-scripts/ is, however the package was installed.
+
+    1. the repository's guest-scripts/ (source checkout or editable install);
+    2. the data files the installed distribution records (its RECORD names each
+       file relative to site-packages, so this finds ``pip install --user``,
+       ``--prefix P``, ``--target`` and venv installs alike);
+    3. ``<prefix>/share/...`` for sys.prefix and the user base, as a last guess.
+    """
     source = Path(__file__).resolve().parents[2] / "guest-scripts"
-    if source.is_dir():
+    if (source / "init").is_file():
         return source
-    return Path(sys.prefix) / "share" / "vfiouser-tdisp" / "guest-scripts"
+    try:
+        dist = importlib.metadata.distribution("vfiouser-tdisp")
+        for entry in dist.files or ():
+            if entry.as_posix().endswith(f"{DATA_DIR}/init"):
+                found = Path(str(dist.locate_file(entry))).resolve().parent
+                if (found / "init").is_file():
+                    return found
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for base in (sys.prefix, site.getuserbase()):
+        candidate = Path(base) / DATA_DIR
+        if (candidate / "init").is_file():
+            return candidate
+    return source  # not found: building the initramfs says which file is missing
 
 
-GUEST_SCRIPTS = _guest_scripts()
+GUEST_SCRIPTS = guest_scripts_dir()
 # Modules every guest carries; checks load them with `modprobe` (lib.sh: load_module).
 GUEST_MODULES: tuple[str, ...] = ("virtio_rng",)
 ROOT_DIRS = ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run",
@@ -298,5 +321,6 @@ def build_initramfs(busybox: str | Path, modules_dir: str | Path | None, out: Pa
 
 
 __all__ = ["Entry", "GUEST_MODULES", "GUEST_SCRIPTS", "ModuleTree", "build_initramfs",
+           "guest_scripts_dir",
            "busybox_applets", "cpio_newc", "initramfs_entries", "modinfo", "module_entries",
            "parse_cpio_newc", "read_module"]

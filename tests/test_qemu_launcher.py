@@ -81,7 +81,8 @@ def test_socket_path_is_json_escaped() -> None:
 @pytest.mark.parametrize("profile,functions", [("virtio-rng", 1), ("virtio-rng-2fn", 2)])
 def test_qemu_args_for_users(profile: str, functions: int) -> None:
     out = io.StringIO()
-    ns = argparse.Namespace(socket="/run/vt/dev.sock", bus="rpX", profile=profile)
+    ns = argparse.Namespace(socket="/run/vt/dev.sock", bus="rpX", profile=profile,
+                            device_only=True)
     assert main_qemu_args(ns, out) == 0
     text = out.getvalue()
     assert "share=on" in text and "memfd" in text  # the requirement is explained

@@ -96,13 +96,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_args(p)
     p.set_defaults(handler="vfiouser_tdisp.server:main_serve")
 
-    p = sub.add_parser("qemu-args", help="print the QEMU arguments that attach the device")
+    p = sub.add_parser("qemu-args", help="print a complete QEMU command (the provisioned "
+                                         "QEMU and guest) that boots a guest with the device, "
+                                         "or with --device-only the arguments to add to yours")
     p.add_argument("--socket", required=True, metavar="PATH", help="the server's socket")
-    p.add_argument("--bus", default="rp0", help="root port id to attach to (default: rp0)")
     p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
                    help="profile the server runs (multi-function profiles need one "
                         "-device per function)")
+    p.add_argument("--initrd", metavar="FILE",
+                   help="guest image from `vfiouser-tdisp initramfs` (needed unless "
+                        "--device-only)")
+    p.add_argument("--checks", metavar="A,B",
+                   help="guest checks to run (guest-scripts/check_<name>.sh; default: the "
+                        "profile's)")
+    p.add_argument("--append", metavar="ARGS", help="more kernel command line options")
+    p.add_argument("--memory", default="1G", help="guest RAM (default: 1G)")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                   help="accelerator: auto uses the cached KVM probe (default: auto)")
+    p.add_argument("--cache-dir", metavar="DIR", help="provisioned cache")
+    p.add_argument("--device-only", action="store_true",
+                   help="print only the arguments that attach the device to your own QEMU")
+    p.add_argument("--bus", default="rp0",
+                   help="with --device-only: root port id to attach to (default: rp0)")
     p.set_defaults(handler="vfiouser_tdisp.run.qemu:main_qemu_args")
+
+    p = sub.add_parser("qemu", help="run the provisioned QEMU with your arguments "
+                                    "(`vfiouser-tdisp qemu -- ARGS`)")
+    p.add_argument("--cache-dir", metavar="DIR", help="provisioned cache")
+    p.add_argument("qemu_args", nargs=argparse.REMAINDER, metavar="-- ARGS",
+                   help="arguments for qemu-system-x86_64")
+    p.set_defaults(handler="vfiouser_tdisp.run.qemu:main_qemu")
+
+    p = sub.add_parser("initramfs", help="build the guest image (busybox, guest-scripts, "
+                                         "kernel modules) for a QEMU command of your own")
+    p.add_argument("--out", required=True, metavar="FILE", help="where to write the gzip'd cpio")
+    p.add_argument("--cache-dir", metavar="DIR", help="provisioned cache")
+    p.set_defaults(handler="vfiouser_tdisp.run.initramfs:main_initramfs")
 
     p = sub.add_parser("certs", help="write the root CA and SPDM certificate chain a device "
                                      "presents, so a verifier can trust it")

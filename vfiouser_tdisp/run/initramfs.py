@@ -10,6 +10,7 @@ entries, fixed inode numbers, zero mtimes, gzip mtime 0).
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import importlib.metadata
 import io
@@ -320,7 +321,26 @@ def build_initramfs(busybox: str | Path, modules_dir: str | Path | None, out: Pa
     return out
 
 
+def main_initramfs(args: argparse.Namespace) -> int:
+    """`vfiouser-tdisp initramfs --out FILE`: the guest image `run` boots, for a
+    QEMU line of your own (busybox and modules from the provisioned cache)."""
+    from .provision import cache_dir, read_stamp
+
+    prov = read_stamp(cache_dir(args.cache_dir))
+    if prov is None or prov.missing():
+        print(f"vfiouser-tdisp initramfs: nothing provisioned in {cache_dir(args.cache_dir)}: "
+              "run `vfiouser-tdisp setup` first", file=sys.stderr)
+        return 1
+    try:
+        out = build_initramfs(prov.busybox, prov.modules, Path(args.out))
+    except OSError as exc:
+        print(f"vfiouser-tdisp initramfs: {exc}", file=sys.stderr)
+        return 1
+    print(f"{out} (kernel {prov.kernel_version}: {prov.kernel})")
+    return 0
+
+
 __all__ = ["Entry", "GUEST_MODULES", "GUEST_SCRIPTS", "ModuleTree", "build_initramfs",
-           "guest_scripts_dir",
+           "guest_scripts_dir", "main_initramfs",
            "busybox_applets", "cpio_newc", "initramfs_entries", "modinfo", "module_entries",
            "parse_cpio_newc", "read_module"]

@@ -161,3 +161,29 @@ def test_serve_refuses_events_symlink_in_one_line(tmp_path: Path, sock_dir: Path
     assert "Traceback" not in r.stderr
     assert target.read_text() == "keep\n"
     assert not (sock_dir / "s.sock").exists()
+
+
+def test_serve_under_umask_000_keeps_its_cache_private(tmp_path: Path, sock_dir: Path) -> None:
+    """The identity cache (keys) must not come out 0777 when the user's umask is 000."""
+    cache = tmp_path / "fresh-cache"
+    sock = sock_dir / "u.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vfiouser_tdisp", "serve", "--socket", str(sock), "--quiet",
+         "--cache-dir", str(cache), "--events", str(tmp_path / "ev.jsonl")],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), stdin=subprocess.DEVNULL,
+        preexec_fn=lambda: os.umask(0) and None)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    dirs = [cache] + [p for p in cache.rglob("*") if p.is_dir()]
+    assert len(dirs) > 1, "serve generated no identity"
+    for d in dirs:
+        assert stat.S_IMODE(d.stat().st_mode) & 0o077 == 0, (d, oct(d.stat().st_mode))
+    for f in (p for p in cache.rglob("*") if p.is_file()):
+        assert stat.S_IMODE(f.stat().st_mode) & 0o022 == 0, (f, oct(f.stat().st_mode))
+    assert stat.S_IMODE((tmp_path / "ev.jsonl").stat().st_mode) == 0o600

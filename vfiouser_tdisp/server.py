@@ -127,7 +127,21 @@ def serve_forever(paths: list[str], profile_name: str, spdm_port: int | None = N
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
+def private_umask() -> int:
+    """Clear group/other bits from the process umask; returns the old one.
+
+    Everything ``serve`` creates is its owner's: the identity cache (private
+    keys, and directories made by the identity layer with the umask's mode),
+    sockets, captures, key logs.  Under ``umask 000`` those directories would
+    otherwise be 0777.  Set once at start-up, before any thread runs.
+    """
+    old = os.umask(0o077)
+    os.umask(old | 0o077)
+    return old
+
+
 def main_serve(args: argparse.Namespace) -> int:
+    private_umask()
     try:
         get_profile(args.profile)
     except KeyError as exc:

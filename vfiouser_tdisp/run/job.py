@@ -384,11 +384,14 @@ def main_run(args: argparse.Namespace) -> int:
         port = free_tcp_port()
         device = Device(get_profile(args.profile))
         state = identity_cache(Path(prov.cache))
+        old_umask = os.umask(0o077)  # the identity cache is private (keys), whatever the umask
         try:
             root = identity_for_device(device, cache_dir=state).root
         except (IdentityError, OSError) as exc:
             print(f"vfiouser-tdisp run: device identity in {state}: {exc}", file=sys.stderr)
             return 1
+        finally:
+            os.umask(old_umask)
         (out / "root.pem").write_bytes(root.public_bytes(Encoding.PEM))
         checks = list(get_personality(device.profile.personality).GUEST_CHECKS)
         checks += ["functions", "wait_host"]

@@ -156,3 +156,57 @@ def _run_as_nobody(tmp_path: Path, stamp: Path) -> None:
     assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith(f"vfiouser-tdisp run: the cache {cache} (owned by uid 0)")
     assert "not readable by uid 65534" in r.stderr
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # an interpreter an unprivileged user may run
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+@pytest.mark.skipif(os.getuid() != 0 or not os.path.exists(SETPRIV)
+                    or not os.path.exists(SYSTEM_PYTHON),
+                    reason="needs root, setpriv and a system python3")
+def test_run_by_unprivileged_user_on_readable_root_provisioned_cache_works() -> None:
+    """docs/provisioning.md's multi-user path: root provisioned DIR (here: a
+    hard-linked copy of the provisioned tree outside /root), user 65534 runs
+    `run --cache-dir DIR`; the whole job passes and the identity goes to the
+    user's own cache."""
+    import json
+    import shutil
+    import tempfile
+
+    from .conftest import PROVISIONED_CACHE
+
+    stamp = PROVISIONED_CACHE / "provisioned.json"
+    if not stamp.exists():
+        pytest.skip("not provisioned")
+    base = Path(tempfile.mkdtemp(prefix="vt-multiuser-", dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        cache = base / "cache"
+        cache.mkdir(mode=0o755)
+        for part in ("tree", "kernel"):
+            subprocess.run(["cp", "-al", str(PROVISIONED_CACHE / part), str(cache)], check=True)
+        (cache / "provisioned.json").write_text(
+            stamp.read_text().replace(json.dumps(str(PROVISIONED_CACHE))[1:-1], str(cache)))
+        venv = base / "venv"  # the test's own venv points into /root: unusable for 65534
+        subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(ROOT)], check=True,
+                       capture_output=True, timeout=600)
+        subprocess.run(["chmod", "-R", "a+rX", str(venv)], check=True)
+        home = base / "home"
+        home.mkdir()
+        os.chown(home, 65534, 65534)
+        r = subprocess.run(
+            [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups",
+             str(venv / "bin" / "vfiouser-tdisp"), "run", "--cache-dir", str(cache),
+             "--out", str(home / "out"), "--timeout", "240"],
+            capture_output=True, text=True, timeout=400, cwd=home,
+            env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "OK:" in r.stdout and " 0 failed" in r.stdout
+        ident = home / ".cache" / "vfiouser-tdisp" / "identity"
+        assert ident.is_dir() and ident.stat().st_uid == 65534
+        assert not (cache / "identity").exists()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

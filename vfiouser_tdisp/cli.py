@@ -39,7 +39,8 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no human-readable event output")
     p.add_argument("--spdm-port", type=_tcp_port, metavar="PORT",
                    help="also serve the DOE mailbox over the DMTF spdm-emu TCP socket "
-                        "protocol on PORT (device i on PORT+i; 0 picks a free port)")
+                        "protocol on PORT (device i on PORT+i; 0 picks a free port); up to "
+                        "16 clients at once share the mailbox, one idle for 60 s is dropped")
     p.add_argument("--spdm-host", default="127.0.0.1", metavar="ADDR",
                    help="address for --spdm-port (default: 127.0.0.1, loopback only)")
     p.add_argument("--pcap", metavar="FILE",

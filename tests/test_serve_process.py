@@ -191,7 +191,11 @@ def test_run_by_unprivileged_user_on_readable_root_provisioned_cache_works() -> 
             stamp.read_text().replace(json.dumps(str(PROVISIONED_CACHE))[1:-1], str(cache)))
         venv = base / "venv"  # the test's own venv points into /root: unusable for 65534
         subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(ROOT)], check=True,
+        src = base / "src"  # a copy: a pip build writes build/ into its source tree
+        src.mkdir()
+        subprocess.run(f"git ls-files -z | xargs -0 cp --parents -t {src}", shell=True,
+                       cwd=ROOT, check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(src)], check=True,
                        capture_output=True, timeout=600)
         subprocess.run(["chmod", "-R", "a+rX", str(venv)], check=True)
         home = base / "home"

@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "kernel modules) for a QEMU command of your own")
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the gzip'd cpio")
     p.add_argument("--cache-dir", metavar="DIR", help="provisioned cache")
-    p.set_defaults(handler="vfiouser_tdisp.run.initramfs:main_initramfs")
+    p.set_defaults(handler="vfiouser_tdisp.run.guest_image:main_initramfs")
 
     p = sub.add_parser("certs", help="write the root CA and SPDM certificate chain a device "
                                      "presents, so a verifier can trust it")

@@ -10,13 +10,10 @@ entries, fixed inode numbers, zero mtimes, gzip mtime 0).
 
 from __future__ import annotations
 
-import argparse
 import gzip
-import importlib.metadata
 import io
 import lzma
 import re
-import site
 import stat
 import struct
 import subprocess
@@ -25,38 +22,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-DATA_DIR = "share/vfiouser-tdisp/guest-scripts"  # [tool.setuptools.data-files] target
 
-
-def guest_scripts_dir() -> Path:
-    """Where guest-scripts/ is, however the package was installed.
-
-    1. the repository's guest-scripts/ (source checkout or editable install);
-    2. the data files the installed distribution records (its RECORD names each
-       file relative to site-packages, so this finds ``pip install --user``,
-       ``--prefix P``, ``--target`` and venv installs alike);
-    3. ``<prefix>/share/...`` for sys.prefix and the user base, as a last guess.
-    """
+def _guest_scripts() -> Path:
+    """The repository's guest-scripts/ (source checkout or editable install), else
+    the copy a wheel installs under <prefix>/share/vfiouser-tdisp/guest-scripts."""
     source = Path(__file__).resolve().parents[2] / "guest-scripts"
-    if (source / "init").is_file():
+    if source.is_dir():
         return source
-    try:
-        dist = importlib.metadata.distribution("vfiouser-tdisp")
-        for entry in dist.files or ():
-            if entry.as_posix().endswith(f"{DATA_DIR}/init"):
-                found = Path(str(dist.locate_file(entry))).resolve().parent
-                if (found / "init").is_file():
-                    return found
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    for base in (sys.prefix, site.getuserbase()):
-        candidate = Path(base) / DATA_DIR
-        if (candidate / "init").is_file():
-            return candidate
-    return source  # not found: building the initramfs says which file is missing
+    from .guest_image import installed_guest_scripts  # --user, --prefix, venv: see there
+
+    return installed_guest_scripts(sys.prefix)
 
 
-GUEST_SCRIPTS = guest_scripts_dir()
+GUEST_SCRIPTS = _guest_scripts()
 # Modules every guest carries; checks load them with `modprobe` (lib.sh: load_module).
 GUEST_MODULES: tuple[str, ...] = ("virtio_rng",)
 ROOT_DIRS = ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run",
@@ -321,26 +299,6 @@ def build_initramfs(busybox: str | Path, modules_dir: str | Path | None, out: Pa
     return out
 
 
-def main_initramfs(args: argparse.Namespace) -> int:
-    """`vfiouser-tdisp initramfs --out FILE`: the guest image `run` boots, for a
-    QEMU line of your own (busybox and modules from the provisioned cache)."""
-    from .provision import cache_dir, read_stamp
-
-    prov = read_stamp(cache_dir(args.cache_dir))
-    if prov is None or prov.missing():
-        print(f"vfiouser-tdisp initramfs: nothing provisioned in {cache_dir(args.cache_dir)}: "
-              "run `vfiouser-tdisp setup` first", file=sys.stderr)
-        return 1
-    try:
-        out = build_initramfs(prov.busybox, prov.modules, Path(args.out))
-    except OSError as exc:
-        print(f"vfiouser-tdisp initramfs: {exc}", file=sys.stderr)
-        return 1
-    print(f"{out} (kernel {prov.kernel_version}: {prov.kernel})")
-    return 0
-
-
 __all__ = ["Entry", "GUEST_MODULES", "GUEST_SCRIPTS", "ModuleTree", "build_initramfs",
-           "guest_scripts_dir", "main_initramfs",
            "busybox_applets", "cpio_newc", "initramfs_entries", "modinfo", "module_entries",
            "parse_cpio_newc", "read_module"]

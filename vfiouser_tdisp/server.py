@@ -21,6 +21,7 @@ from .device.device import Device, get_profile
 from .doe.capture import PcapWriter
 from .doe.emu_socket import SpdmEmuServer
 from .events import LOG, HumanSink, JsonLinesSink, emit, open_event_log
+from .sockets import private_umask
 from .spdm.identity import IdentityError
 from .spdm.keylog import KeyLogWriter
 from .vfio_user.server import FunctionServer
@@ -125,19 +126,6 @@ def serve_forever(paths: list[str], profile_name: str, spdm_port: int | None = N
             emit("server.stopped")
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-
-
-def private_umask() -> int:
-    """Clear group/other bits from the process umask; returns the old one.
-
-    Everything ``serve`` creates is its owner's: the identity cache (private
-    keys, and directories made by the identity layer with the umask's mode),
-    sockets, captures, key logs.  Under ``umask 000`` those directories would
-    otherwise be 0777.  Set once at start-up, before any thread runs.
-    """
-    old = os.umask(0o077)
-    os.umask(old | 0o077)
-    return old
 
 
 def main_serve(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ nobody listens on it (ECONNREFUSED; a busy listener whose backlog is full
 answers EAGAIN and is alive), the socket is created 0600 through the umask, and
 on exit the path is only unlinked while it still names the very socket we
 bound (same device and inode), never a file someone put there since.
+:func:`private_umask` keeps what the server creates its owner's.
 """
 
 from __future__ import annotations
@@ -15,6 +16,19 @@ import os
 import socket
 import stat
 from dataclasses import dataclass
+
+
+def private_umask() -> int:
+    """Clear group/other bits from the process umask; returns the old one.
+
+    Everything ``serve`` creates is its owner's: the identity cache (private
+    keys, and directories made by the identity layer with the umask's mode),
+    sockets, captures, key logs.  Under ``umask 000`` those directories would
+    otherwise be 0777.  Set once at start-up, before any thread runs.
+    """
+    old = os.umask(0o077)
+    os.umask(old | 0o077)
+    return old
 
 
 def wake_blocked(sock: socket.socket) -> None:

@@ -355,16 +355,24 @@ def main_qemu_args(args: argparse.Namespace, out: IO[str] | None = None) -> int:
 
     profile = get_profile(args.profile) if getattr(args, "profile", None) else None
     nfn = profile.functions if profile else 1
-    if getattr(args, "device_only", True):
-        lines = [
-            "# Add to your qemu-system-x86_64 (QEMU >= 10.1 with vfio-user-pci) command line.",
-            "# Guest RAM must be a shared memfd (memory-backend-memfd ... share=on, the machine's",
-            "# memory-backend): the server then maps it and does DMA directly. Keep size= equal",
-            "# to your -m. The device sits behind its own PCIe root port on q35.",
-            " ".join(shlex.quote(a) for a in user_qemu_args(args.socket, args.bus, nfn)),
-        ]
-        print("\n".join(lines), file=out)
-        return 0
+    if not getattr(args, "device_only", True):
+        return _print_guest_command(args, nfn, out)
+    lines = [
+        "# Add to your qemu-system-x86_64 (QEMU >= 10.1 with vfio-user-pci) command line.",
+        "# Guest RAM must be a shared memfd (memory-backend-memfd ... share=on, the machine's",
+        "# memory-backend): the server then maps it and does DMA directly. Keep size= equal",
+        "# to your -m. The device sits behind its own PCIe root port on q35.",
+        " ".join(shlex.quote(a) for a in user_qemu_args(args.socket, args.bus, nfn)),
+    ]
+    print("\n".join(lines), file=out)
+    return 0
+
+
+def _print_guest_command(args: argparse.Namespace, functions: int,
+                         out: IO[str] | None) -> int:
+    """`qemu-args` without --device-only: the provisioned QEMU booting the
+    provisioned guest kernel with ``args.initrd`` and the device, as one
+    runnable shell command."""
     from .provision import cache_dir, read_stamp
 
     prov = read_stamp(cache_dir(args.cache_dir))
@@ -381,7 +389,7 @@ def main_qemu_args(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     checks = args.checks.split(",") if args.checks else None
     qargs = guest_qemu_args(args.socket, prov.kernel, os.path.abspath(args.initrd),
                             guest_append(args.profile, checks, args.append or ""), accel,
-                            nfn, args.memory)
+                            functions, args.memory)
     lines = [
         f"# QEMU {prov.qemu_version} ({prov.qemu.source}), guest kernel {prov.kernel_version}",
         f"# accel {accel}: {why}",

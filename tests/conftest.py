@@ -1,4 +1,12 @@
-"""Shared fixtures: a real server on a real UNIX socket, run on a background loop."""
+"""Shared fixtures: a real server on a real UNIX socket, run on a background loop.
+
+Every test gets its own empty cache directory ($VFIOUSER_TDISP_CACHE), so no
+test writes device identity keys (or anything else) into the user's real
+cache, and no test sees what another left there.  The provisioned QEMU /
+guest kernel / busybox tree is read-only input to the VM tests: it stays where
+`vfiouser-tdisp setup` put it, found through :data:`PROVISIONED_CACHE`
+(resolved once, from the environment the test run started with).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,22 @@ from pathlib import Path
 import pytest
 
 from vfiouser_tdisp.events import LOG, Recorder
+from vfiouser_tdisp.run.provision import cache_dir
 from vfiouser_tdisp.server import RunningDevices, start_devices
+
+# Where `setup` provisioned QEMU and the guest (the user's cache, or the one
+# $VFIOUSER_TDISP_CACHE named when pytest started): resolved before any test
+# replaces the variable.
+PROVISIONED_CACHE: Path = cache_dir()
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory,
+                  monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary cache for this test (and the servers it starts)."""
+    path = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("VFIOUSER_TDISP_CACHE", str(path))
+    return path
 
 
 class ServerThread:

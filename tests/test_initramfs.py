@@ -22,7 +22,9 @@ from vfiouser_tdisp.run.initramfs import (
     parse_cpio_newc,
     read_module,
 )
-from vfiouser_tdisp.run.provision import Provisioned, cache_dir, read_stamp
+from vfiouser_tdisp.run.provision import Provisioned, read_stamp
+
+from .conftest import PROVISIONED_CACHE
 
 
 def test_newc_layout_by_hand() -> None:
@@ -118,7 +120,7 @@ def test_modules_dep_wins_when_present(tmp_path: Path) -> None:
 
 
 def _provisioned() -> Provisioned:
-    p = read_stamp(cache_dir())
+    p = read_stamp(PROVISIONED_CACHE)
     if p is None or p.missing():
         pytest.skip("not provisioned (run `vfiouser-tdisp setup`)")
     return p

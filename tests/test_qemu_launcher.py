@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from vfiouser_tdisp.run.job import boot_guest, parse_console, socket_dir
-from vfiouser_tdisp.run.provision import Provisioned, QemuInstall, cache_dir, read_stamp
+from vfiouser_tdisp.run.provision import Provisioned, QemuInstall, read_stamp
 from vfiouser_tdisp.run.qemu import (
     QemuCommand,
     main_qemu_args,
@@ -27,6 +27,8 @@ from vfiouser_tdisp.run.qemu import (
     run_with_deadline,
     vfio_user_device_json,
 )
+
+from .conftest import PROVISIONED_CACHE
 
 SH_ENV = {"PATH": "/usr/bin:/bin"}
 
@@ -79,7 +81,8 @@ def test_socket_path_is_json_escaped() -> None:
 @pytest.mark.parametrize("profile,functions", [("virtio-rng", 1), ("virtio-rng-2fn", 2)])
 def test_qemu_args_for_users(profile: str, functions: int) -> None:
     out = io.StringIO()
-    ns = argparse.Namespace(socket="/run/vt/dev.sock", bus="rpX", profile=profile)
+    ns = argparse.Namespace(socket="/run/vt/dev.sock", bus="rpX", profile=profile,
+                            device_only=True)
     assert main_qemu_args(ns, out) == 0
     text = out.getvalue()
     assert "share=on" in text and "memfd" in text  # the requirement is explained
@@ -175,6 +178,14 @@ def test_parse_console_reports_info_results_and_power_off() -> None:
     assert not parse_console("VTDISP-RESULT a PASS\n").ok  # never finished
 
 
+def test_requested_check_that_never_reported_fails_the_run() -> None:
+    run = parse_console("VTDISP-RESULT a PASS\nVTDISP-DONE 1 0\n")
+    assert run.ok  # what the guest said, taken alone
+    run.require(["a", "b", "none"])
+    assert not run.ok
+    assert run.results == [("a", True, ""), ("b", False, "requested but never reported")]
+
+
 def test_socket_dir_short_and_long(tmp_path: Path) -> None:
     short = Path("/tmp") / f"vt-{os.getpid()}"
     with socket_dir(short) as d:
@@ -189,7 +200,7 @@ def test_socket_dir_short_and_long(tmp_path: Path) -> None:
 # -- with the provisioned QEMU ---------------------------------------------------------------
 
 def _provisioned() -> Provisioned:
-    p = read_stamp(cache_dir())
+    p = read_stamp(PROVISIONED_CACHE)
     if p is None or p.missing():
         pytest.skip("not provisioned (run `vfiouser-tdisp setup`)")
     return p

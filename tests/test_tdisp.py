@@ -17,11 +17,11 @@ import pytest
 from vfiouser_tdisp.device import personality as personality_mod
 from vfiouser_tdisp.device.device import Device, DeviceProfile, get_profile
 from vfiouser_tdisp.device.dma_test import DMA_CMD_FROM_DEVICE, STATUS_DONE, STATUS_ERROR
-from vfiouser_tdisp.pci.function import Bar, BarKind, DmaError, PciFunction
 from vfiouser_tdisp.device.personality import Personality
 from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.ide.km import K_SET, KEY_PROG, IdeKmObject
 from vfiouser_tdisp.pci.caps import PCI_EXP_DEVCTL, PCI_EXP_DEVCTL_BCR_FLR
+from vfiouser_tdisp.pci.function import Bar, BarKind, DmaError, PciFunction
 from vfiouser_tdisp.tdisp import messages as m
 from vfiouser_tdisp.tdisp.messages import (
     InterfaceInfo,

@@ -13,13 +13,15 @@ import pytest
 from vfiouser_tdisp.run.job import GuestRun, boot_guest
 from vfiouser_tdisp.run.provision import Provisioned, ProvisionError, ensure_provisioned
 
+from .conftest import PROVISIONED_CACHE
+
 pytestmark = pytest.mark.vm
 
 
 @pytest.fixture(scope="module")
 def prov() -> Provisioned:
     try:
-        return ensure_provisioned()
+        return ensure_provisioned(PROVISIONED_CACHE)
     except ProvisionError as exc:
         pytest.fail(f"not provisioned: {exc}")
 

@@ -8,12 +8,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
 from .device.device import PROFILES
 
 DEFAULT_PROFILE = "virtio-rng"
+
+
+def _tcp_port(text: str) -> int:
+    """A TCP port number, 0..65535 (0: the kernel picks one)."""
+    try:
+        port = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0..65535")
+    return port
 
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -25,9 +37,10 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", metavar="FILE",
                    help="append structured events (JSON lines) to FILE")
     p.add_argument("--quiet", action="store_true", help="no human-readable event output")
-    p.add_argument("--spdm-port", type=int, metavar="PORT",
+    p.add_argument("--spdm-port", type=_tcp_port, metavar="PORT",
                    help="also serve the DOE mailbox over the DMTF spdm-emu TCP socket "
-                        "protocol on PORT (device i on PORT+i; 0 picks a free port)")
+                        "protocol on PORT (device i on PORT+i; 0 picks a free port); up to "
+                        "16 clients at once share the mailbox, one idle for 60 s is dropped")
     p.add_argument("--spdm-host", default="127.0.0.1", metavar="ADDR",
                    help="address for --spdm-port (default: 127.0.0.1, loopback only)")
     p.add_argument("--pcap", metavar="FILE",
@@ -56,11 +69,19 @@ def _add_identity_args(p: argparse.ArgumentParser) -> None:
                         "$VFIOUSER_TDISP_CACHE or ~/.cache/vfiouser-tdisp)")
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("vfiouser-tdisp")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vfiouser-tdisp",
         description="A virtual TDISP-capable PCIe device for stock QEMU (vfio-user-pci).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("setup", help="provision QEMU >= 10.1, the guest kernel and busybox "
@@ -78,13 +99,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_args(p)
     p.set_defaults(handler="vfiouser_tdisp.server:main_serve")
 
-    p = sub.add_parser("qemu-args", help="print the QEMU arguments that attach the device")
+    p = sub.add_parser("qemu-args", help="print a complete QEMU command (the provisioned "
+                                         "QEMU and guest) that boots a guest with the device, "
+                                         "or with --device-only the arguments to add to yours")
     p.add_argument("--socket", required=True, metavar="PATH", help="the server's socket")
-    p.add_argument("--bus", default="rp0", help="root port id to attach to (default: rp0)")
     p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
                    help="profile the server runs (multi-function profiles need one "
                         "-device per function)")
+    p.add_argument("--initrd", metavar="FILE",
+                   help="guest image from `vfiouser-tdisp initramfs` (needed unless "
+                        "--device-only)")
+    p.add_argument("--checks", metavar="A,B",
+                   help="guest checks to run (guest-scripts/check_<name>.sh; default: the "
+                        "profile's)")
+    p.add_argument("--append", metavar="ARGS", help="more kernel command line options")
+    p.add_argument("--memory", default="1G", help="guest RAM (default: 1G)")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                   help="accelerator: auto uses the cached KVM probe (default: auto)")
+    p.add_argument("--cache-dir", metavar="DIR", help="provisioned cache")
+    p.add_argument("--device-only", action="store_true",
+                   help="print only the arguments that attach the device to your own QEMU")
+    p.add_argument("--bus", default="rp0",
+                   help="with --device-only: root port id to attach to (default: rp0)")
     p.set_defaults(handler="vfiouser_tdisp.run.qemu:main_qemu_args")
+
+    p = sub.add_parser("qemu", help="run the provisioned QEMU with your arguments "
+                                    "(`vfiouser-tdisp qemu -- ARGS`)")
+    p.add_argument("--cache-dir", metavar="DIR", help="provisioned cache")
+    p.add_argument("qemu_args", nargs=argparse.REMAINDER, metavar="-- ARGS",
+                   help="arguments for qemu-system-x86_64")
+    p.set_defaults(handler="vfiouser_tdisp.run.qemu:main_qemu")
+
+    p = sub.add_parser("initramfs", help="build the guest image (busybox, guest-scripts, "
+                                         "kernel modules) for a QEMU command of your own")
+    p.add_argument("--out", required=True, metavar="FILE", help="where to write the gzip'd cpio")
+    p.add_argument("--cache-dir", metavar="DIR", help="provisioned cache")
+    p.set_defaults(handler="vfiouser_tdisp.run.guest_image:main_initramfs")
 
     p = sub.add_parser("certs", help="write the root CA and SPDM certificate chain a device "
                                      "presents, so a verifier can trust it")

@@ -7,7 +7,10 @@ process-wide :class:`EventLog`.  Human output is rendered from the same events.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 import sys
 import threading
 import time
@@ -58,6 +61,35 @@ class JsonLinesSink:
     def __call__(self, event: Event) -> None:
         self.stream.write(json.dumps(event, default=_json_default, sort_keys=False) + "\n")
         self.stream.flush()
+
+
+EVENT_LOG_MODE = 0o600  # events may name keys (--debug-ide-keys): the owner's only
+
+
+def open_event_log(path: str | os.PathLike[str]) -> IO[str]:
+    """Open ``path`` for appending events, created with mode 0600.
+
+    A symlink as the last component is refused (O_NOFOLLOW), so the server
+    never writes through a link someone planted; anything but a regular file
+    (a FIFO, a device) is refused too.  An existing file keeps its mode: it is
+    the user's, and nothing here chmods a file it did not create.
+    """
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+             | os.O_NONBLOCK)
+    try:
+        fd = os.open(path, flags, EVENT_LOG_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(exc.errno, "is a symlink; refusing to follow it", str(path)) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)  # O_NONBLOCK only kept a FIFO from blocking the open
+        return os.fdopen(fd, "a", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class HumanSink:

@@ -13,15 +13,15 @@ import argparse
 import contextlib
 import signal
 import sys
-import threading
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .device.device import Device, get_profile
 from .doe.capture import PcapWriter
 from .doe.emu_socket import SpdmEmuServer
-from .events import LOG, HumanSink, JsonLinesSink, emit
+from .events import LOG, HumanSink, JsonLinesSink, emit, open_event_log
 from .paths import identity_dir
+from .sockets import private_umask
 from .spdm.identity import IdentityError
 from .spdm.keylog import KeyLogWriter
 from .vfio_user.server import FunctionServer
@@ -102,28 +102,33 @@ def serve_forever(paths: list[str], profile_name: str, spdm_port: int | None = N
                   pcap_keys: str | None = None,
                   identity_options: dict[str, Any] | None = None,
                   debug_ide_keys: bool = False) -> None:
-    running = start_devices(paths, profile_name, spdm_port, spdm_host, pcap,
-                            pcap_keys=pcap_keys, identity_options=identity_options,
-                            debug_ide_keys=debug_ide_keys)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
-
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    emit("server.ready", sockets=[s.path for s in running.servers], profile=profile_name,
-         spdm_ports=[e.port for e in running.spdm_servers])
+    # The stop signals are taken synchronously with sigwait() in this thread, never
+    # by a handler: a Python handler runs between two bytecodes of the main
+    # thread, and one that takes a lock (Event.set) while the main thread is
+    # inside Event.wait holding that lock deadlocks the process.  The signals are
+    # blocked before any thread starts, so every thread inherits the mask and
+    # the kernel leaves them pending for sigwait (also one that arrives while the
+    # devices are still starting).
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
-        while not stop.wait(1.0):
-            pass
+        running = start_devices(paths, profile_name, spdm_port, spdm_host, pcap,
+                                pcap_keys=pcap_keys, identity_options=identity_options,
+                                debug_ide_keys=debug_ide_keys)
+        try:
+            emit("server.ready", sockets=[s.path for s in running.servers],
+                 profile=profile_name, spdm_ports=[e.port for e in running.spdm_servers])
+            signum = signal.sigwait(stop_signals)
+            emit("server.stopping", signal=signal.Signals(signum).name)
+        finally:
+            running.close()
+            emit("server.stopped")
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        running.close()
-        emit("server.stopped")
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
 def main_serve(args: argparse.Namespace) -> int:
+    private_umask()
     try:
         get_profile(args.profile)
     except KeyError as exc:
@@ -131,7 +136,12 @@ def main_serve(args: argparse.Namespace) -> int:
         return 2
     with contextlib.ExitStack() as stack:
         if args.events:
-            stream = stack.enter_context(open(args.events, "a", encoding="utf-8"))
+            try:
+                stream = stack.enter_context(open_event_log(args.events))
+            except OSError as exc:
+                print(f"vfiouser-tdisp serve: --events {args.events}: "
+                      f"{exc.strerror or exc}", file=sys.stderr)
+                return 1
             stack.callback(LOG.subscribe(JsonLinesSink(stream)))
         if not args.quiet:
             stack.callback(LOG.subscribe(HumanSink(sys.stderr, kinds=(
@@ -140,6 +150,11 @@ def main_serve(args: argparse.Namespace) -> int:
                 "function.reset", "spdm_emu.listening", "spdm_emu.connect"))))
         if bool(args.cert_chain) != bool(args.cert_key):
             print("vfiouser-tdisp serve: --cert-chain and --cert-key go together",
+                  file=sys.stderr)
+            return 2
+        if args.spdm_port and args.spdm_port + len(args.socket) - 1 > 65535:
+            print(f"vfiouser-tdisp serve: --spdm-port {args.spdm_port} leaves no port for "
+                  f"device {len(args.socket) - 1} (device i listens on PORT+i)",
                   file=sys.stderr)
             return 2
         identity = {"chain_file": args.cert_chain, "key_file": args.cert_key,

@@ -1,15 +1,29 @@
 """A DOE requester that drives the mailbox registers the way Linux does.
 
-Mirrors drivers/pci/doe.c: ABORT and wait for !BUSY && !ERROR at start,
-refuse while BUSY, write the object DW by DW, GO, poll DATA_OBJECT_READY,
-then read each DW and acknowledge it with a write to the Read Data Mailbox,
-checking DOR before the last acknowledgement.  The register accessors are
-plain callables, so the same code runs over a vfio-user socket, in-process
-config space, or anything else with 32-bit config reads and writes.
+Follows drivers/pci/doe.c (PCIe r6.0 sec 6.30), step by step:
+
+- ``pci_doe_send_req``: read Status; BUSY -> -EBUSY, ERROR -> -EIO (another
+  entity, or an earlier failed exchange, left the mailbox unusable); write the
+  object DW by DW; GO.
+- ``doe_statemachine_work``: poll for DATA_OBJECT_READY (ERROR -> -EIO, 1 s
+  timeout -> -EIO); **every failure, including the two send-time checks above,
+  goes through ``signal_task_abort``**, which issues ABORT.  So a mailbox found
+  in ERROR fails that one exchange and is reset for the next.
+- ``pci_doe_abort``: ABORT, then poll until !BUSY && !ERROR for up to 1 s; an
+  abort that times out marks the mailbox dead: every later exchange fails with
+  -EIO without touching the registers.
+- ``pci_doe_recv_resp``: check VID/type of the first DW before acknowledging
+  it; LENGTH 0 means 2^18 DW, LENGTH < 2 is -EIO; check DATA_OBJECT_READY
+  before the last acknowledgement; a final ERROR check.
+
+The register accessors are plain callables, so the same code runs over a
+vfio-user socket, in-process config space, or anything else with 32-bit config
+reads and writes.
 """
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable
 
@@ -29,78 +43,114 @@ from .protocols import (
     PCI_SIG_VENDOR_ID,
     DiscoveryRequest,
     DiscoveryResponse,
-    DoeHeader,
     build_object,
 )
 
 Read32 = Callable[[int], int]
 Write32 = Callable[[int, int], None]
 
+PCI_DOE_MAX_LENGTH = 1 << 18  # DW; a LENGTH field of 0 means this
+PCI_DOE_TIMEOUT = 1.0  # PCIe r6.0 sec 6.30.2: 1 second
+PCI_DOE_POLL_INTERVAL = PCI_DOE_TIMEOUT / 128  # doe.c polls at HZ/128
+
 
 class DoeTransferError(Exception):
-    pass
+    """A failed exchange; ``errno`` is what Linux's pci_doe() would return."""
+
+    def __init__(self, message: str, err: int = errno.EIO) -> None:
+        super().__init__(message)
+        self.errno = err
 
 
 class DoeDriver:
     def __init__(self, read32: Read32, write32: Write32, cap_offset: int,
-                 timeout: float = 1.0) -> None:
+                 timeout: float = PCI_DOE_TIMEOUT,
+                 poll_interval: float = PCI_DOE_POLL_INTERVAL) -> None:
         self.read32 = read32
         self.write32 = write32
         self.cap = cap_offset
         self.timeout = timeout
+        self.poll_interval = poll_interval
+        self.dead = False  # PCI_DOE_FLAG_DEAD: an ABORT timed out
 
     def status(self) -> int:
         return self.read32(self.cap + PCI_DOE_STATUS)
 
     def abort(self) -> None:
+        """pci_doe_abort: ABORT, wait for !BUSY && !ERROR; a timeout is fatal."""
         self.write32(self.cap + PCI_DOE_CTRL, PCI_DOE_CTRL_ABORT)
         deadline = time.monotonic() + self.timeout
-        while self.status() & (PCI_DOE_STATUS_BUSY | PCI_DOE_STATUS_ERROR):
+        while True:
+            time.sleep(self.poll_interval)
+            if not self.status() & (PCI_DOE_STATUS_BUSY | PCI_DOE_STATUS_ERROR):
+                return
             if time.monotonic() > deadline:
-                raise DoeTransferError("mailbox stuck after ABORT")
-            time.sleep(0.001)
+                self.dead = True
+                raise DoeTransferError("ABORT timed out; mailbox dead")
+
+    def _fail(self, message: str, err: int = errno.EIO) -> DoeTransferError:
+        """signal_task_abort: reset the mailbox, then report the failure."""
+        try:
+            self.abort()
+        except DoeTransferError:
+            message += "; ABORT timed out, mailbox dead"
+        return DoeTransferError(message, err)
 
     def exchange(self, request: bytes) -> bytes:
         """Send one whole object; return the whole response object."""
+        if self.dead:
+            raise DoeTransferError("mailbox dead (an earlier ABORT timed out)")
+        if len(request) < 8 or len(request) % 4:
+            raise DoeTransferError("a DOE object is whole DWs, header included",
+                                   errno.EINVAL)
+        self._send(request)
+        self._wait_ready()
+        return self._receive(request)
+
+    def _send(self, request: bytes) -> None:
         status = self.status()
         if status & PCI_DOE_STATUS_BUSY:
-            raise DoeTransferError("mailbox busy")
+            raise self._fail("mailbox busy", errno.EBUSY)
         if status & PCI_DOE_STATUS_ERROR:
-            raise DoeTransferError("mailbox in error")
+            raise self._fail("mailbox showed ERROR before the request")
+        if len(request) // 4 > PCI_DOE_MAX_LENGTH:
+            raise self._fail("request longer than 2^18 DW")
         for i in range(0, len(request), 4):
             self.write32(self.cap + PCI_DOE_WRITE, int.from_bytes(request[i : i + 4], "little"))
         self.write32(self.cap + PCI_DOE_CTRL, PCI_DOE_CTRL_GO)
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.timeout
         while True:
             status = self.status()
             if status & PCI_DOE_STATUS_ERROR:
-                self.abort()
-                raise DoeTransferError("mailbox signalled ERROR")
+                raise self._fail("mailbox signalled ERROR")
             if status & PCI_DOE_STATUS_DATA_OBJECT_READY:
-                break
+                return
             if time.monotonic() > deadline:
-                self.abort()
-                raise DoeTransferError("no response in time")
-            time.sleep(0.0005)
-        dw0 = self.read32(self.cap + PCI_DOE_READ)
-        self.write32(self.cap + PCI_DOE_READ, 0)
-        dw1 = self.read32(self.cap + PCI_DOE_READ)
-        self.write32(self.cap + PCI_DOE_READ, 0)
-        header = DoeHeader.unpack(dw0.to_bytes(4, "little") + dw1.to_bytes(4, "little"))
-        if request[:3] != dw0.to_bytes(4, "little")[:3]:
-            self.abort()
-            raise DoeTransferError("response vendor/type differ from the request")
+                raise self._fail("no response in time")
+            time.sleep(self.poll_interval)
+
+    def _receive(self, request: bytes) -> bytes:
+        read = self.cap + PCI_DOE_READ
+        dw0 = self.read32(read)
+        if dw0.to_bytes(4, "little")[:3] != request[:3]:
+            raise self._fail("response vendor/type differ from the request")
+        self.write32(read, 0)
+        dw1 = self.read32(read)
+        self.write32(read, 0)
+        length = dw1 & (PCI_DOE_MAX_LENGTH - 1) or PCI_DOE_MAX_LENGTH
+        if length < 2:
+            raise self._fail(f"response LENGTH {length} < 2")
         out = bytearray(dw0.to_bytes(4, "little") + dw1.to_bytes(4, "little"))
-        for i in range(header.length_dw - 2):
-            if i == header.length_dw - 3 and not (
-                    self.status() & PCI_DOE_STATUS_DATA_OBJECT_READY):
-                self.abort()
-                raise DoeTransferError("DATA_OBJECT_READY dropped before the last DW")
-            out += self.read32(self.cap + PCI_DOE_READ).to_bytes(4, "little")
-            self.write32(self.cap + PCI_DOE_READ, 0)
+        remaining = length - 2
+        for i in range(remaining):
+            out += self.read32(read).to_bytes(4, "little")
+            if i == remaining - 1 and not self.status() & PCI_DOE_STATUS_DATA_OBJECT_READY:
+                raise self._fail("DATA_OBJECT_READY dropped before the last DW")
+            self.write32(read, 0)
         if self.status() & PCI_DOE_STATUS_ERROR:
-            self.abort()
-            raise DoeTransferError("ERROR after the response")
+            raise self._fail("ERROR after the response")
         return bytes(out)
 
     def call(self, vendor_id: int, object_type: int, payload: bytes) -> bytes:

@@ -16,6 +16,14 @@ DMTF's tools write each frame in several small ``send()`` calls; with Nagle on
 their side and delayed ACKs on ours every message would stall ~40 ms, so
 accepted sockets get TCP_NODELAY and TCP_QUICKACK (re-armed after every
 receive), and each frame is written with a single call.
+
+Several requesters may be connected at once, each served by its own thread.
+They share one mailbox, so their requests are serialized per device (the
+device lock is held for one DOE exchange, never across socket I/O).  A peer
+that sends nothing for ``idle_timeout`` seconds, or takes longer than that to
+deliver one frame (slowloris), or does not read its reply within that time, is
+disconnected; at most ``max_clients`` are served at once, further ones are
+closed at accept.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 
 from ..events import emit
 from ..sockets import wake_blocked
@@ -39,6 +48,12 @@ SOCKET_TRANSPORT_TYPE_PCI_DOE = 2
 DEFAULT_SPDM_PORT = 2323
 MAX_FRAME = (1 << 18) * 4 + 8  # the largest DOE object
 _FRAME = struct.Struct(">III")
+IDLE_TIMEOUT = 60.0  # s without a frame (or to finish one) before a peer is dropped
+MAX_CLIENTS = 16
+
+
+class _PeerTimeout(Exception):
+    """The peer was idle, or too slow to deliver a frame."""
 
 
 def _quickack(sock: socket.socket) -> None:
@@ -55,25 +70,29 @@ def build_frame(command: int, transport: int, payload: bytes = b"") -> bytes:
 
 
 class SpdmEmuServer:
-    """Serves one DOE dispatcher to spdm-emu clients, one client at a time."""
+    """Serves one DOE dispatcher to spdm-emu clients, each on its own thread."""
 
     def __init__(self, dispatcher: DoeDispatcher, lock: threading.RLock,
-                 host: str = "127.0.0.1", port: int = DEFAULT_SPDM_PORT) -> None:
+                 host: str = "127.0.0.1", port: int = DEFAULT_SPDM_PORT, *,
+                 idle_timeout: float = IDLE_TIMEOUT, max_clients: int = MAX_CLIENTS) -> None:
         self.dispatcher = dispatcher
         self.lock = lock
         self.host = host
         self.port = port
+        self.idle_timeout = idle_timeout
+        self.max_clients = max_clients
         self.listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._client: socket.socket | None = None
+        self._clients_lock = threading.Lock()  # guards _clients only
+        self._clients: dict[socket.socket, threading.Thread] = {}
 
     def start(self) -> None:
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET,
                              socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
-        sock.listen(2)
+        sock.listen(8)
         self.port = sock.getsockname()[1]
         self.listener = sock
         self._thread = threading.Thread(target=self._accept_loop, daemon=True,
@@ -82,6 +101,11 @@ class SpdmEmuServer:
         emit("spdm_emu.listening", host=self.host, port=self.port,
              mailbox=self.dispatcher.name)
 
+    @property
+    def client_count(self) -> int:
+        with self._clients_lock:
+            return len(self._clients)
+
     def _accept_loop(self) -> None:
         assert self.listener is not None
         while not self._stopping:
@@ -89,43 +113,84 @@ class SpdmEmuServer:
                 client, peer = self.listener.accept()
             except OSError:
                 return
+            name = f"{peer[0]}:{peer[1]}"
+            with self._clients_lock:
+                full = len(self._clients) >= self.max_clients or self._stopping
+                if not full:
+                    thread = threading.Thread(target=self._client_thread, args=(client, name),
+                                              daemon=True, name=f"spdm-emu {self.port} {name}")
+                    self._clients[client] = thread
+                    thread.start()  # under the lock: close() never sees it unstarted
+            if full:
+                emit("spdm_emu.rejected", port=self.port, peer=name,
+                     reason=f"{self.max_clients} clients already connected")
+                client.close()
+
+    def _client_thread(self, client: socket.socket, name: str) -> None:
+        emit("spdm_emu.connect", port=self.port, peer=name)
+        try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             _quickack(client)
-            self._client = client
-            emit("spdm_emu.connect", port=self.port, peer=f"{peer[0]}:{peer[1]}")
-            try:
-                reason = self._serve(client)
-            except OSError as exc:
-                reason = f"socket error: {exc}"
-            finally:
-                client.close()
-                self._client = None
-            emit("spdm_emu.disconnect", port=self.port, reason=reason)
+            reason = self._serve(client)
+        except _PeerTimeout as exc:
+            reason = str(exc)
+        except OSError as exc:
+            reason = "server shutdown" if self._stopping else f"socket error: {exc}"
+        finally:
+            with self._clients_lock:
+                self._clients.pop(client, None)
+            client.close()
+        emit("spdm_emu.disconnect", port=self.port, peer=name, reason=reason)
 
-    def _recv_exact(self, sock: socket.socket, n: int) -> bytes | None:
+    def _recv_exact(self, sock: socket.socket, n: int, deadline: float | None,
+                    what: str) -> bytes | None:
+        """``n`` bytes, all before ``deadline`` (monotonic; None: the idle timeout
+        from now, restarted by the first byte)."""
         buf = bytearray()
         while len(buf) < n:
-            chunk = sock.recv(n - len(buf))
+            if deadline is None:
+                wait = self.idle_timeout
+            else:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    raise _PeerTimeout(f"{what} not complete within {self.idle_timeout:g} s")
+            sock.settimeout(wait)
+            try:
+                chunk = sock.recv(n - len(buf))
+            except TimeoutError:
+                raise _PeerTimeout(f"idle for {self.idle_timeout:g} s" if deadline is None
+                                   else f"{what} not complete within "
+                                        f"{self.idle_timeout:g} s") from None
             if not chunk:
                 return None
+            if deadline is None:
+                deadline = time.monotonic() + self.idle_timeout
             buf += chunk
             _quickack(sock)
         return bytes(buf)
 
     def _serve(self, sock: socket.socket) -> str:
         while True:
-            head = self._recv_exact(sock, _FRAME.size)
+            # The idle clock runs until the first byte of a frame; from then
+            # on the whole frame must arrive within one idle_timeout.
+            head = self._recv_exact(sock, _FRAME.size, None, "frame header")
             if head is None:
                 return "client disconnected"
+            frame_deadline = time.monotonic() + self.idle_timeout
             command, transport, size = _FRAME.unpack(head)
             if size > MAX_FRAME:
                 emit("spdm_emu.error", port=self.port, reason=f"frame of {size} bytes")
                 return "oversized frame"
-            payload = self._recv_exact(sock, size) if size else b""
+            payload = (self._recv_exact(sock, size, frame_deadline, "frame payload")
+                       if size else b"")
             if payload is None:
                 return "client disconnected mid-frame"
             reply, done = self.handle_frame(command, transport, payload)
-            sock.sendall(reply)  # one call per frame
+            sock.settimeout(self.idle_timeout)  # a peer that never reads its reply
+            try:
+                sock.sendall(reply)  # one call per frame
+            except TimeoutError:
+                raise _PeerTimeout(f"reply not read within {self.idle_timeout:g} s") from None
             if done:
                 return "shutdown"
 
@@ -159,11 +224,15 @@ class SpdmEmuServer:
             wake_blocked(self.listener)
             self.listener.close()
             self.listener = None
-        client = self._client
-        if client is not None:
-            wake_blocked(client)
         if self._thread is not None:
             self._thread.join(5)
+        with self._clients_lock:
+            clients = list(self._clients.items())
+        for client, _thread in clients:
+            wake_blocked(client)
+        end = time.monotonic() + 5
+        for _client, thread in clients:
+            thread.join(max(0.0, end - time.monotonic()))
 
 
 class SpdmEmuClient:

@@ -30,7 +30,9 @@ def _guest_scripts() -> Path:
     source = Path(__file__).resolve().parents[2] / "guest-scripts"
     if source.is_dir():
         return source
-    return Path(sys.prefix) / "share" / "vfiouser-tdisp" / "guest-scripts"
+    from .guest_image import installed_guest_scripts  # --user, --prefix, venv: see there
+
+    return installed_guest_scripts(sys.prefix)
 
 
 GUEST_SCRIPTS = _guest_scripts()

@@ -8,7 +8,8 @@ Exit status 0 only if every check passed and the guest reported ``VTDISP-DONE``.
 Leaves ``DIR/console.log`` (the guest's serial console), ``DIR/events.jsonl``
 (the server's events), ``DIR/server.log``, ``DIR/qemu.log`` (QEMU's own
 output), ``DIR/qemu-cmdline.txt`` and ``DIR/initrd.gz``.  The server and QEMU are always
-stopped, also on Ctrl-C or SIGTERM.
+stopped, also on Ctrl-C or SIGTERM, and die with ``run`` when it is killed outright
+(SIGKILL of its process group, as CI timeouts do): see lifetime.py.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ from ..device.identity import identity_for_device
 from ..device.personality import get_personality
 from ..paths import identity_dir
 from ..server import function_socket_path
+from ..spdm.identity import IdentityError
 from .host_flow import tsm_flow
 from .initramfs import build_initramfs
+from .lifetime import die_with_parent
 from .provision import Provisioned, ProvisionError, ensure_provisioned
 from .qemu import ANSI_ESCAPE, QemuCommand, accel_decision, qmp_query, run_with_deadline
 
@@ -72,6 +75,15 @@ class GuestRun:
     @property
     def panicked(self) -> bool:
         return "Kernel panic" in self.console
+
+    def require(self, checks: list[str]) -> None:
+        """A requested check that never reported is a failure (a guest that died
+        or skipped it must not pass by saying nothing)."""
+        reported = {n for n, _ok, _d in self.results}
+        for name in checks:
+            if name != "none" and name not in reported:
+                self.results.append((name, False, "requested but never reported"))
+                reported.add(name)
 
     def result(self, name: str) -> tuple[bool, str] | None:
         for n, ok, detail in self.results:
@@ -109,9 +121,11 @@ class ServerProcess:
         pkg_parent = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(
             [pkg_parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        # SIGTERM when run dies: serve stops cleanly and removes its sockets.
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=die_with_parent(signal.SIGTERM))
 
     def output(self, limit: int = 3000) -> str:
         self._log.flush()
@@ -228,6 +242,7 @@ def boot_guest(prov: Provisioned, out: Path, profile: str | None, timeout: float
                     turn.stop()
             (out / "qemu.log").write_bytes(err)
             run = parse_console(console.read_text(errors="replace"))
+            run.require(checks or [])
             run.exit_code = rc
             run.seconds = time.monotonic() - started
             run.qmp = snap.result
@@ -342,6 +357,16 @@ def free_tcp_port() -> int:
         return int(s.getsockname()[1])
 
 
+def identity_cache(provisioned: Path) -> Path:
+    """Where the device identity is kept: the provisioned cache when this user
+    may write to it, else the user's own cache (root provisioned a shared
+    cache for everyone; keys are per user)."""
+    if os.access(provisioned, os.W_OK):
+        return provisioned
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).absolute() / "vfiouser-tdisp"
+
+
 def _sigterm(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -360,7 +385,15 @@ def main_run(args: argparse.Namespace) -> int:
             (out / "events.jsonl").unlink()
         port = free_tcp_port()
         device = Device(get_profile(args.profile))
-        root = identity_for_device(device, identity_dir=identity_dir(args.cache_dir)).root
+        state = identity_dir(identity_cache(Path(prov.cache)))
+        old_umask = os.umask(0o077)  # the identity cache is private (keys), whatever the umask
+        try:
+            root = identity_for_device(device, identity_dir=state).root
+        except (IdentityError, OSError) as exc:
+            print(f"vfiouser-tdisp run: device identity in {state}: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            os.umask(old_umask)
         (out / "root.pem").write_bytes(root.public_bytes(Encoding.PEM))
         checks = list(get_personality(device.profile.personality).GUEST_CHECKS)
         checks += ["functions", "wait_host"]
@@ -368,8 +401,7 @@ def main_run(args: argparse.Namespace) -> int:
             run = boot_guest(
                 prov, out, args.profile, args.timeout, args.accel, checks=checks,
                 append="vtdisp.wait=5",
-                server_args=["--spdm-port", str(port)] +
-                (["--cache-dir", args.cache_dir] if args.cache_dir else []),
+                server_args=["--spdm-port", str(port), "--cache-dir", str(state)],
                 host_turn=lambda console: tsm_flow(port, console, root))
         except (RuntimeError, OSError) as exc:
             print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)

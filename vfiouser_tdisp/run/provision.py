@@ -562,6 +562,33 @@ def _stamp_usable(p: Provisioned, qemu: str | None) -> bool:
     return p.qemu_prefix == [resolved]
 
 
+def _check_writable(root: Path, found: Provisioned | None) -> None:
+    """Provisioning writes into ``root``; say plainly when this user cannot.
+
+    The multi-user path (docs/provisioning.md): root runs ``setup --cache-dir
+    DIR`` once, other users then only read DIR, which needs a complete stamp
+    whose files they can read.  Anything else ends here with one line.
+    """
+    try:
+        root.mkdir(mode=0o755, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ProvisionError(f"cannot create the cache {root}: {exc.strerror}") from None
+    if os.access(root, os.W_OK):
+        return
+    uid = os.getuid()
+    if found is None:
+        why = "it holds no provisioned.json"
+    else:
+        missing = found.missing()
+        why = (f"{missing[0]} is missing or not readable by uid {uid}" if missing
+               else "it was provisioned for another QEMU")
+    raise ProvisionError(
+        f"the cache {root} (owned by uid {root.stat().st_uid}) is not usable: {why}, and "
+        f"uid {uid} may not write to it. Run `vfiouser-tdisp setup --cache-dir {root}` as "
+        f"its owner, with every path in it readable by this user, or use a cache of your own "
+        f"(--cache-dir)")
+
+
 @contextlib.contextmanager
 def _locked(root: Path) -> Iterator[None]:
     """One setup at a time per cache (tests and runs may start in parallel)."""
@@ -588,7 +615,7 @@ def ensure_provisioned(cache: str | os.PathLike[str] | None = None, qemu: str | 
         p = read_stamp(root)
         if p is not None and _stamp_usable(p, qemu):
             return p
-    root.mkdir(parents=True, exist_ok=True)
+    _check_writable(root, read_stamp(root))
     with _locked(root):
         if not force:  # another process may have finished while we waited
             p = read_stamp(root)

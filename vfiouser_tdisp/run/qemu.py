@@ -1,6 +1,7 @@
 """Launch QEMU with the device: q35, pcie-root-port, JSON ``-device``, memfd RAM.
 
-Every QEMU started here has a hard deadline: at the deadline it is asked to
+Every QEMU started here dies with the process that started it (PR_SET_PDEATHSIG,
+see lifetime.py) and has a hard deadline: at the deadline it is asked to
 quit over QMP (when it has a QMP socket) and its process group is killed
 whatever happens, also when the caller is interrupted (Ctrl-C).  A broken KVM
 can hang QEMU forever, so KVM is probed once with a short deadline and TCG is
@@ -18,12 +19,14 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from .lifetime import die_with_parent
 from .provision import QemuInstall
 
 KVM_PROBE_DEADLINE = 8.0
@@ -132,7 +135,7 @@ def run_with_deadline(cmd: list[str], env: Mapping[str, str] | None, deadline: f
     """
     proc = subprocess.Popen(cmd, env=dict(env) if env is not None else None,
                             stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=die_with_parent())
     try:
         if until is None:
             try:
@@ -313,11 +316,47 @@ def user_qemu_args(socket: str, bus: str = "rp0", functions: int = 1,
     return args
 
 
+GUEST_CMDLINE = 'console=ttyS0 panic=-1 loglevel=7 dyndbg="file drivers/pci/doe.c +p"'
+
+
+def guest_append(profile_name: str, checks: list[str] | None = None, extra: str = "") -> str:
+    """The kernel command line the guest's /init reads (guest-scripts/init):
+    the device's IDs and function count, and the checks to run (default: the
+    personality's).  DOE discovery messages are pci_dbg(): dyndbg enables them
+    for the doe_dmesg check."""
+    from ..device.device import get_profile
+    from ..device.personality import get_personality
+
+    prof = get_profile(profile_name)
+    pers = get_personality(prof.personality)
+    line = (f"{GUEST_CMDLINE} vtdisp.vendor=0x{pers.VENDOR_ID:04x}"
+            f" vtdisp.device=0x{pers.DEVICE_ID:04x} vtdisp.functions={prof.functions}"
+            f" vtdisp.checks={','.join(checks or pers.GUEST_CHECKS)}")
+    return f"{line} {extra}" if extra else line
+
+
+def guest_qemu_args(socket: str, kernel: str, initrd: str, append: str, accel: str,
+                    functions: int = 1, memory: str = "1G") -> list[str]:
+    """A whole guest: the device's arguments plus kernel, initrd, serial on stdio."""
+    return (user_qemu_args(socket, "rp0", functions, memory)
+            + ["-accel", accel, "-smp", "1", "-display", "none", "-nodefaults", "-no-reboot",
+               "-serial", "stdio", "-kernel", kernel, "-initrd", initrd, "-append", append])
+
+
+def shell_command(qemu: QemuInstall, args: list[str]) -> str:
+    """``qemu`` run with ``args`` as one shell line (environment included)."""
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(qemu.env.items()))
+    line = " ".join(shlex.quote(a) for a in qemu.command(args))
+    return f"{env} {line}" if env else line
+
+
 def main_qemu_args(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     from ..device.device import get_profile
 
     profile = get_profile(args.profile) if getattr(args, "profile", None) else None
     nfn = profile.functions if profile else 1
+    if not getattr(args, "device_only", True):
+        return _print_guest_command(args, nfn, out)
     lines = [
         "# Add to your qemu-system-x86_64 (QEMU >= 10.1 with vfio-user-pci) command line.",
         "# Guest RAM must be a shared memfd (memory-backend-memfd ... share=on, the machine's",
@@ -329,6 +368,58 @@ def main_qemu_args(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     return 0
 
 
+def _print_guest_command(args: argparse.Namespace, functions: int,
+                         out: IO[str] | None) -> int:
+    """`qemu-args` without --device-only: the provisioned QEMU booting the
+    provisioned guest kernel with ``args.initrd`` and the device, as one
+    runnable shell command."""
+    from .provision import cache_dir, read_stamp
+
+    prov = read_stamp(cache_dir(args.cache_dir))
+    if prov is None or prov.missing():
+        print("vfiouser-tdisp qemu-args: nothing provisioned in "
+              f"{cache_dir(args.cache_dir)}: run `vfiouser-tdisp setup` first (or use "
+              "--device-only with your own QEMU)", file=sys.stderr)
+        return 1
+    if not args.initrd:
+        print("vfiouser-tdisp qemu-args: --initrd FILE is needed for a whole command "
+              "(build one with `vfiouser-tdisp initramfs --out FILE`)", file=sys.stderr)
+        return 2
+    accel, why = accel_decision(prov.qemu, prov.kernel, args.accel, prov.cache)
+    checks = args.checks.split(",") if args.checks else None
+    qargs = guest_qemu_args(args.socket, prov.kernel, os.path.abspath(args.initrd),
+                            guest_append(args.profile, checks, args.append or ""), accel,
+                            functions, args.memory)
+    lines = [
+        f"# QEMU {prov.qemu_version} ({prov.qemu.source}), guest kernel {prov.kernel_version}",
+        f"# accel {accel}: {why}",
+        "# The guest runs its checks, prints VTDISP-RESULT lines on the serial console",
+        "# (stdio here) and powers off; QEMU then exits.",
+        shell_command(prov.qemu, qargs),
+    ]
+    print("\n".join(lines), file=out)
+    return 0
+
+
+def main_qemu(args: argparse.Namespace) -> int:
+    """Run the provisioned QEMU with the user's arguments (loader, library path,
+    firmware paths and module directory added)."""
+    from .provision import cache_dir, read_stamp
+
+    prov = read_stamp(cache_dir(args.cache_dir))
+    if prov is None or prov.missing():
+        print(f"vfiouser-tdisp qemu: nothing provisioned in {cache_dir(args.cache_dir)}: "
+              "run `vfiouser-tdisp setup` first", file=sys.stderr)
+        return 1
+    qargs = list(args.qemu_args)
+    if qargs and qargs[0] == "--":
+        qargs = qargs[1:]
+    cmd = prov.qemu.command(qargs)
+    os.execve(cmd[0], cmd, prov.qemu.environ())
+    return 127  # not reached
+
+
 __all__ = ["QemuCommand", "QemuConfig", "accel_decision", "choose_accel", "device_args",
-           "kill_group", "main_qemu_args", "probe_kvm", "qmp_execute", "qmp_query", "qmp_quit",
-           "run_with_deadline", "user_qemu_args", "vfio_user_device_json"]
+           "guest_append", "guest_qemu_args", "kill_group", "main_qemu", "main_qemu_args",
+           "probe_kvm", "qmp_execute", "qmp_query", "qmp_quit", "run_with_deadline",
+           "shell_command", "user_qemu_args", "vfio_user_device_json"]

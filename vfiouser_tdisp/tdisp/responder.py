@@ -40,6 +40,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..events import emit
+from ..fsm import StateMachine
+from ..ide.capability import IdeStreamState
+from ..ide.km import IdeKmError
 from ..pci.function import (
     PCI_BASE_ADDRESS_0,
     PCI_COMMAND,
@@ -48,10 +52,6 @@ from ..pci.function import (
     BarKind,
     PciFunction,
 )
-from ..events import emit
-from ..fsm import StateMachine
-from ..ide.capability import IdeStreamState
-from ..ide.km import IdeKmError
 from ..wire import DecodeError
 from . import messages as m
 from .messages import (

@@ -25,7 +25,6 @@ import json
 import os
 import select
 import socket
-import stat
 import threading
 import time
 from collections import deque
@@ -33,7 +32,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..events import emit
-from ..sockets import wake_blocked
+from ..sockets import BoundSocket, bind_unix_listener, wake_blocked
+from ..sockets import prepare_socket_path as prepare_socket_path
 from ..wire import DecodeError
 from .device import (
     IRQ_INDEX_NAMES,
@@ -729,26 +729,6 @@ class _StreamLost(Exception):
     """The byte stream cannot be resynchronised; the connection ends."""
 
 
-def prepare_socket_path(path: str) -> None:
-    """Refuse to clobber a non-socket file; remove a stale socket nobody serves."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise FileExistsError(f"{path} exists and is not a socket; refusing to overwrite it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(0.5)
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)  # stale socket from a previous run
-        return
-    finally:
-        probe.close()
-    raise FileExistsError(f"{path} is a socket another server is listening on")
-
-
 class FunctionServer:
     """Listens on one socket and serves one device to one client at a time.
 
@@ -768,18 +748,11 @@ class FunctionServer:
         self.connections_served = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._bound: BoundSocket | None = None
 
     def start(self) -> None:
-        prepare_socket_path(self.path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)  # the socket is created 0600
-        try:
-            sock.bind(self.path)
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.path, 0o600)
-        sock.listen(4)
-        self.listener = sock
+        self._bound = bind_unix_listener(self.path, 4)
+        self.listener = self._bound.sock
         self._thread = threading.Thread(target=self._accept_loop, daemon=True,
                                         name=f"vfio-user accept {self.path}")
         self._thread.start()
@@ -818,10 +791,8 @@ class FunctionServer:
             self.listener = None
             if self._thread is not None:
                 self._thread.join(5)
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            if self._bound is not None:
+                self._bound.unlink()  # only if the path still names our socket
         if self.connection is not None:
             self.connection.shutdown()
         emit("vfio_user.closed", socket=self.path)

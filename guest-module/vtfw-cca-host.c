@@ -121,7 +121,7 @@ static int cca_rmi(struct cca_dsm *dsm, const char *what, u64 fid,
 	default:
 		rc = -EIO;
 	}
-	pci_err(pdev, "%s: RMI status %#llx\n", what, res[0]);
+	vtfw_err(pdev, "%s: RMI status %#llx\n", what, res[0]);
 	return rc;
 }
 
@@ -144,8 +144,8 @@ static void cca_obj_append(struct cca_dsm *dsm, u64 id, const u8 *buf,
 	u8 *grown;
 
 	if (id >= RMI_DEV_NR_OBJS || off > CCA_BUF_SIZE || len > CCA_BUF_SIZE - off) {
-		pci_warn(dsm->pf0.base_tsm.pdev, "bad cache slice obj %llu %llu+%llu\n",
-			 id, off, len);
+		vtfw_warn(dsm->pf0.base_tsm.pdev, "bad cache slice obj %llu %llu+%llu\n",
+			  id, off, len);
 		return;
 	}
 	o = &dsm->obj[id];
@@ -213,7 +213,7 @@ static int cca_exchange(struct cca_dsm *dsm, struct cca_pdev *p, u64 *flags)
 
 		req_len = get64(dsm->comm, RMI_COMM_EXIT_REQ_LEN);
 		if (!req_len || req_len > CCA_BUF_SIZE) {
-			pci_err(pdev, "RMM asked to send %llu bytes\n", req_len);
+			vtfw_err(pdev, "RMM asked to send %llu bytes\n", req_len);
 			return -EPROTO;
 		}
 		type = (get64(dsm->comm, RMI_COMM_EXIT_PROTOCOL) & 0xff) ==
@@ -224,7 +224,7 @@ static int cca_exchange(struct cca_dsm *dsm, struct cca_pdev *p, u64 *flags)
 		dsm->relayed++;
 		if (rc < 0) {
 			/* tell the RMM; it decides what the PDEV becomes */
-			pci_warn(pdev, "DOE type %u exchange failed: %d\n", type, rc);
+			vtfw_warn(pdev, "DOE type %u exchange failed: %d\n", type, rc);
 			status = RMI_COMM_STATUS_ERROR;
 			resp_len = 0;
 		} else {
@@ -232,7 +232,7 @@ static int cca_exchange(struct cca_dsm *dsm, struct cca_pdev *p, u64 *flags)
 			resp_len = rc;
 		}
 	}
-	pci_err(pdev, "RMM kept asking for exchanges\n");
+	vtfw_err(pdev, "RMM kept asking for exchanges\n");
 	return -ELOOP;
 }
 
@@ -256,17 +256,17 @@ static int cca_pdev_drive(struct cca_dsm *dsm, struct cca_pdev *p, u64 target)
 		if (rc)
 			return rc;
 		if (state == RMI_PDEV_ERROR) {
-			pci_err(pdev, "%s PDEV went to ERROR\n", p->name);
+			vtfw_err(pdev, "%s PDEV went to ERROR\n", p->name);
 			return -EIO;
 		}
 		if (state == from && ++idle > CCA_MAX_IDLE) {
-			pci_err(pdev, "%s PDEV stuck in %s (wanted %s)\n", p->name,
-				pdev_state_name(state), pdev_state_name(target));
+			vtfw_err(pdev, "%s PDEV stuck in %s (wanted %s)\n", p->name,
+				 pdev_state_name(state), pdev_state_name(target));
 			return -ETIMEDOUT;
 		}
 	}
-	pci_info(pdev, "%s PDEV %s -> %s, %u DOE exchanges\n", p->name,
-		 pdev_state_name(from), pdev_state_name(state), dsm->relayed - before);
+	vtfw_info(pdev, "%s PDEV %s -> %s, %u DOE exchanges\n", p->name,
+		  pdev_state_name(from), pdev_state_name(state), dsm->relayed - before);
 	return 0;
 }
 
@@ -325,7 +325,7 @@ static void cca_pdev_destroy(struct cca_dsm *dsm, struct cca_pdev *p)
 		    !cca_rmi(dsm, "RMI_PDEV_STOP", RMI_PDEV_STOP, args, 1, res))
 			cca_pdev_drive(dsm, p, RMI_PDEV_STOPPED);
 		if (!cca_rmi(dsm, "RMI_PDEV_DESTROY", RMI_PDEV_DESTROY, args, 1, res))
-			pci_info(pdev, "%s PDEV destroyed\n", p->name);
+			vtfw_info(pdev, "%s PDEV destroyed\n", p->name);
 		p->created = false;
 	}
 	if (p->delegated &&
@@ -363,8 +363,8 @@ static int cca_set_pubkey(struct cca_dsm *dsm)
 	if (!rc)
 		rc = vtfw_cert_spki(leaf, leaf_len, &spki);
 	if (rc) {
-		pci_err(pdev, "no leaf certificate in the %zu cached bytes: %d\n",
-			chain->len, rc);
+		vtfw_err(pdev, "no leaf certificate in the %zu cached bytes: %d\n",
+			 chain->len, rc);
 		return rc;
 	}
 	memset(dsm->params, 0, PAGE_SIZE);
@@ -400,8 +400,8 @@ static int cca_set_pubkey(struct cca_dsm *dsm)
 	args[1] = vtfw_pa(dsm->params);
 	rc = cca_rmi(dsm, "RMI_PDEV_SET_PUBKEY", RMI_PDEV_SET_PUBKEY, args, 2, res);
 	if (!rc)
-		pci_info(pdev, "device public key set (algorithm %llu, %zu-byte leaf)\n",
-			 algo, leaf_len);
+		vtfw_info(pdev, "device public key set (algorithm %llu, %zu-byte leaf)\n",
+			  algo, leaf_len);
 	return rc;
 }
 
@@ -456,8 +456,8 @@ static int cca_stream_connect(struct cca_dsm *dsm)
 	rc = cca_rmi(dsm, "RMI_PDEV_STREAM_COMPLETE", RMI_PDEV_STREAM_COMPLETE, args, 1, res);
 	if (rc)
 		return rc;
-	pci_info(pdev, "IDE stream %#llx keyed by the firmware (IDE_KM over DOE); %s has no IDE capability, kernel IDE registers untouched\n",
-		 dsm->stream, pci_name(rp));
+	vtfw_info(pdev, "IDE stream %#llx set up by the firmware (keys to the endpoint by IDE_KM over DOE); %s has no IDE capability: kernel IDE registers untouched\n",
+		  dsm->stream, pci_name(rp));
 	return 0;
 }
 
@@ -528,11 +528,11 @@ static int cca_connect(struct pci_dev *pdev)
 		rc = cca_stream_connect(dsm);
 	if (rc)
 		goto err;
-	pci_info(pdev, "connected through the RMM: %u DOE exchanges, cached VCA %zu, certificates %zu bytes\n",
-		 dsm->relayed, dsm->obj[RMI_DEV_VCA].len, dsm->obj[RMI_DEV_CERTIFICATE].len);
+	vtfw_info(pdev, "connected through the RMM: %u DOE exchanges, cached VCA %zu, certificates %zu bytes\n",
+		  dsm->relayed, dsm->obj[RMI_DEV_VCA].len, dsm->obj[RMI_DEV_CERTIFICATE].len);
 	return 0;
 err:
-	pci_err(pdev, "connect failed: %d\n", rc);
+	vtfw_err(pdev, "connect failed: %d\n", rc);
 	cca_release(dsm);
 	return rc;
 }
@@ -542,7 +542,7 @@ static void cca_disconnect(struct pci_dev *pdev)
 	struct cca_dsm *dsm = to_cca_dsm(pdev);
 
 	cca_release(dsm);
-	pci_info(pdev, "disconnected\n");
+	vtfw_info(pdev, "disconnected\n");
 }
 
 static struct pci_tsm *cca_probe_dsm(struct tsm_dev *tsm_dev, struct pci_dev *pdev)

@@ -76,6 +76,11 @@ struct vtfw_port {
 	void *platform;		/* the platform driver's state */
 };
 
+/* messages about a device the module does not drive: say who speaks */
+#define vtfw_info(pdev, fmt, ...) pci_info(pdev, KBUILD_MODNAME ": " fmt, ##__VA_ARGS__)
+#define vtfw_warn(pdev, fmt, ...) pci_warn(pdev, KBUILD_MODNAME ": " fmt, ##__VA_ARGS__)
+#define vtfw_err(pdev, fmt, ...) pci_err(pdev, KBUILD_MODNAME ": " fmt, ##__VA_ARGS__)
+
 /* One firmware call: @args[0..nargs) in, @res[0..VTFW_NR_RESULTS) out (res[0] = status). */
 int vtfw_call(struct vtfw_port *port, enum vtfw_class cls, u64 fid,
 	      const u64 *args, unsigned int nargs, u64 *res);

@@ -36,8 +36,12 @@ from vfiouser_tdisp.run.initramfs import build_initramfs
 from vfiouser_tdisp.run.job import parse_console
 from vfiouser_tdisp.run.module_build import ensure_module
 from vfiouser_tdisp.run.provision import Provisioned, ProvisionError, ensure_provisioned
-from vfiouser_tdisp.run.qemu import QemuCommand, accel_decision, firmware_port_args, \
-    run_with_deadline
+from vfiouser_tdisp.run.qemu import (
+    QemuCommand,
+    accel_decision,
+    firmware_port_args,
+    run_with_deadline,
+)
 from vfiouser_tdisp.server import firmware_port_path, start_devices
 from vfiouser_tdisp.spdm.der import split_der_certificates
 from vfiouser_tdisp.spdm.requester import SpdmRequester

@@ -5,8 +5,9 @@ other ``guest-scripts/`` files, and the kernel modules the guest needs with
 their dependencies, decompressed (busybox insmod wants plain ``.ko``) at
 ``/lib/modules/<uname -r>/<path>.ko`` next to a ``modules.dep`` for them, so
 busybox ``modprobe`` works in the guest.  Out-of-tree modules built for the
-guest kernel (the guest module, run/module_build.py) go to ``extra/``.  The output is deterministic (sorted
-entries, fixed inode numbers, zero mtimes, gzip mtime 0).
+guest kernel (the guest module, run/module_build.py) go to ``extra/``.  The
+output is deterministic (sorted entries, fixed inode numbers, zero mtimes, gzip
+mtime 0).
 """
 
 from __future__ import annotations

@@ -167,9 +167,10 @@ static void cca_objs_free(struct cca_dsm *dsm)
 }
 
 /*
- * COMMUNICATE on @p until the RMM has nothing more to send; every request it
- * returns goes to the device through the kernel's DOE driver.  Returns the
- * last exit flags in @flags.
+ * COMMUNICATE on @p until the RMM has nothing more to send and nothing more
+ * to hand over: an exit with none of REQ_SEND, RSP_WAIT, MULTI.  Every
+ * request it returns goes to the device through the kernel's DOE driver.
+ * Returns the last exit flags in @flags (STREAM_WAIT is the caller's).
  */
 static int cca_exchange(struct cca_dsm *dsm, struct cca_pdev *p, u64 *flags)
 {
@@ -191,6 +192,8 @@ static int cca_exchange(struct cca_dsm *dsm, struct cca_pdev *p, u64 *flags)
 			     args, ARRAY_SIZE(args), res);
 		if (rc)
 			return rc;
+		status = RMI_COMM_STATUS_NONE;
+		resp_len = 0;
 
 		*flags = get64(dsm->comm, RMI_COMM_EXIT_FLAGS);
 		id = get64(dsm->comm, RMI_COMM_EXIT_CACHE_OBJ_ID) & 0xff;
@@ -199,7 +202,7 @@ static int cca_exchange(struct cca_dsm *dsm, struct cca_pdev *p, u64 *flags)
 			dsm->obj[id].data = NULL;
 			dsm->obj[id].len = 0;
 		}
-		/* the response just consumed, and the request about to be sent */
+		/* slices of the response buffer and of the request about to be sent */
 		if (*flags & RMI_COMM_EXIT_RSP_CACHE)
 			cca_obj_append(dsm, id, dsm->rsp,
 				       get64(dsm->comm, RMI_COMM_EXIT_CACHE_RSP_OFFSET),
@@ -208,8 +211,12 @@ static int cca_exchange(struct cca_dsm *dsm, struct cca_pdev *p, u64 *flags)
 			cca_obj_append(dsm, id, dsm->req,
 				       get64(dsm->comm, RMI_COMM_EXIT_CACHE_REQ_OFFSET),
 				       get64(dsm->comm, RMI_COMM_EXIT_CACHE_REQ_LEN));
-		if (!(*flags & RMI_COMM_EXIT_REQ_SEND))
+		if (!(*flags & RMI_COMM_EXIT_REQ_SEND)) {
+			/* MULTI: more to hand over; RSP_WAIT alone: ask again */
+			if (*flags & (RMI_COMM_EXIT_MULTI | RMI_COMM_EXIT_RSP_WAIT))
+				continue;
 			return 0;
+		}
 
 		req_len = get64(dsm->comm, RMI_COMM_EXIT_REQ_LEN);
 		if (!req_len || req_len > CCA_BUF_SIZE) {
@@ -226,7 +233,6 @@ static int cca_exchange(struct cca_dsm *dsm, struct cca_pdev *p, u64 *flags)
 			/* tell the RMM; it decides what the PDEV becomes */
 			vtfw_warn(pdev, "DOE type %u exchange failed: %d\n", type, rc);
 			status = RMI_COMM_STATUS_ERROR;
-			resp_len = 0;
 		} else {
 			status = RMI_COMM_STATUS_RESPONSE;
 			resp_len = rc;
@@ -416,7 +422,8 @@ static int cca_stream_connect(struct cca_dsm *dsm)
 	struct pci_dev *pdev = dsm->pf0.base_tsm.pdev;
 	struct pci_dev *rp = pcie_find_root_port(pdev);
 	u64 res[VTFW_NR_RESULTS];
-	u64 args[1], ep_flags, rp_flags;
+	u64 args[1], flags;
+	bool ep_wait = true, rp_wait = true;
 	int rc, round;
 
 	if (!rp || !rp->subordinate)
@@ -442,15 +449,24 @@ static int cca_stream_connect(struct cca_dsm *dsm)
 	dsm->stream = res[1];
 	dsm->stream_connected = true;
 
-	/* both ends are driven until neither waits for the other */
-	for (round = 0; round < CCA_MAX_EXCHANGES; round++) {
-		rc = cca_exchange(dsm, &dsm->ep, &ep_flags);
-		if (!rc)
-			rc = cca_exchange(dsm, &dsm->rp, &rp_flags);
-		if (rc)
-			return rc;
-		if (!((ep_flags | rp_flags) & RMI_COMM_EXIT_STREAM_WAIT))
-			break;
+	/*
+	 * Both ends are driven until neither waits for the other (the
+	 * endpoint's keys go by IDE_KM, the root port's are the firmware's);
+	 * an end whose exit no longer says STREAM_WAIT is done.
+	 */
+	for (round = 0; (ep_wait || rp_wait) && round < CCA_MAX_EXCHANGES; round++) {
+		if (ep_wait) {
+			rc = cca_exchange(dsm, &dsm->ep, &flags);
+			if (rc)
+				return rc;
+			ep_wait = flags & RMI_COMM_EXIT_STREAM_WAIT;
+		}
+		if (rp_wait) {
+			rc = cca_exchange(dsm, &dsm->rp, &flags);
+			if (rc)
+				return rc;
+			rp_wait = flags & RMI_COMM_EXIT_STREAM_WAIT;
+		}
 	}
 	args[0] = dsm->stream;
 	rc = cca_rmi(dsm, "RMI_PDEV_STREAM_COMPLETE", RMI_PDEV_STREAM_COMPLETE, args, 1, res);
@@ -469,11 +485,11 @@ static void cca_stream_disconnect(struct cca_dsm *dsm)
 
 	if (!dsm->stream_connected)
 		return;
+	/* the endpoint's keys are stopped by IDE_KM; the root port follows if asked */
 	if (!cca_rmi(dsm, "RMI_PDEV_STREAM_DISCONNECT", RMI_PDEV_STREAM_DISCONNECT,
-		     args, 1, res)) {
-		cca_exchange(dsm, &dsm->ep, &flags);
+		     args, 1, res) &&
+	    !cca_exchange(dsm, &dsm->ep, &flags) && flags & RMI_COMM_EXIT_STREAM_WAIT)
 		cca_exchange(dsm, &dsm->rp, &flags);
-	}
 	dsm->stream_connected = false;
 }
 
@@ -599,7 +615,7 @@ static struct pci_tsm_ops cca_link_ops = {
 int vtfw_cca_host_init(struct vtfw_port *port)
 {
 	u64 res[VTFW_NR_RESULTS];
-	u64 args[] = { 0x20000 };	/* the RMI version this host speaks: 2.0 */
+	u64 args[] = { 0x10001 };	/* the RMI version this host asks for: 1.1 */
 	struct tsm_dev *tsm;
 	int rc;
 

@@ -9,8 +9,14 @@ ABI document gives them, not taken from the module under test.
 
 from __future__ import annotations
 
+import io
+import signal
 import struct
+import subprocess
+import sys
 import threading
+import time
+from argparse import Namespace
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +24,8 @@ import pytest
 
 from vfiouser_tdisp.device.firmware_port import build_firmware_port
 from vfiouser_tdisp.firmware import CallClass, FirmwareCall, GuestMemory
+from vfiouser_tdisp.run.qemu import main_qemu_args
+from vfiouser_tdisp.tsm.cca import Rmm
 from vfiouser_tdisp.vfio_user.client import VfioUserClient
 from vfiouser_tdisp.vfio_user.messages import Command
 from vfiouser_tdisp.vfio_user.server import FunctionServer
@@ -252,3 +260,40 @@ def test_reset_clears_windows(port) -> None:  # type: ignore[no-untyped-def]
     c.call(Command.VFIO_USER_DEVICE_RESET)
     assert c.region_read(0, HOST, 0x120) == bytes(0x120)
     assert c.region_read(0, 0, 4) == b"VTFP"
+
+
+def test_serve_platform_cca_serves_the_port(sock_dir: Path) -> None:
+    """`serve --platform cca`: the DSM on PATH, the port with the RMM on PATH.fwport."""
+    path = str(sock_dir / "dev.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "vfiouser_tdisp", "serve", "--socket", path,
+                             "--platform", "cca", "--quiet"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not (Path(path).exists() and Path(path + ".fwport").exists()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout
+            time.sleep(0.05)
+        with VfioUserClient(path + ".fwport") as c:
+            c.version()
+            assert c.region_read(0, 0, 4) == b"VTFP"
+            assert rd32(c, 0x08) == Rmm.abi_id and rd32(c, 0x0C) == Rmm.abi_version
+            # RMI_VERSION (0xC4000150) reaches the RMM and its answer comes back
+            assert call(c, HOST, 0xC4000150, 0x10001) == (DONE, 0)
+            assert rd64(c, HOST + RES) == 0 and rd32(c, HOST + NRES) == 3
+            # an RSI call from the guest window: RSI_VERSION (0xC4000190)
+            assert call(c, GUEST, 0xC4000190, 0x10001) == (DONE, 0)
+        with VfioUserClient(path) as c:  # the device is still its own function
+            c.version()
+            assert struct.unpack("<HH", c.region_read(CONFIG, 0, 4)) == (0x1AF4, 0x1044)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+
+
+def test_qemu_args_with_platform_prints_the_port() -> None:
+    out = io.StringIO()
+    main_qemu_args(Namespace(socket="/run/d.sock", bus="rp0", profile="virtio-rng",
+                             platform="cca"), out)
+    text = out.getvalue()
+    assert '"path":"/run/d.sock.fwport"' in text and '"x-msg-timeout":60000' in text
+    assert "pcie-root-port,id=rp9" in text

@@ -70,6 +70,27 @@ struct cca_dsm {
 	unsigned int relayed;	/* DOE exchanges relayed for the RMM */
 };
 
+/* the realm TDIs are bound to: one per port, as this VM plays host and TVM */
+struct cca_realm {
+	void *rd;
+	void *rec;
+	bool rd_delegated;
+	bool rec_delegated;
+	bool created;
+};
+
+/* a bound TDI: the RMM's VDEV */
+struct cca_tdi {
+	struct pci_tdi base;
+	void *granule;
+	bool delegated;
+	bool created;
+};
+
+static const char * const cca_vdev_states[] = {
+	"NEW", "UNLOCKED", "LOCKED", "STARTED", "ERROR",
+};
+
 static struct cca_dsm *to_cca_dsm(struct pci_dev *pdev)
 {
 	return container_of(pdev->tsm, struct cca_dsm, pf0.base_tsm);
@@ -95,17 +116,12 @@ static u64 get64(const void *page, unsigned int off)
 	return *(const u64 *)(page + off);
 }
 
-/* One RMI call; 0 on RMI_SUCCESS, else a logged errno. */
-static int cca_rmi(struct cca_dsm *dsm, const char *what, u64 fid,
-		   const u64 *args, unsigned int nargs, u64 *res)
+/* RMI status -> errno, logged against @log */
+static int cca_status(struct pci_dev *log, const char *what, u64 status)
 {
-	struct pci_dev *pdev = dsm->pf0.base_tsm.pdev;
 	int rc;
 
-	rc = vtfw_call(dsm->port, VTFW_CLASS_HOST, fid, args, nargs, res);
-	if (rc)
-		return rc;
-	switch (res[0]) {
+	switch (status) {
 	case RMI_SUCCESS:
 		return 0;
 	case RMI_BUSY:
@@ -121,8 +137,65 @@ static int cca_rmi(struct cca_dsm *dsm, const char *what, u64 fid,
 	default:
 		rc = -EIO;
 	}
-	vtfw_err(pdev, "%s: RMI status %#llx\n", what, res[0]);
+	vtfw_err(log, "%s: RMI status %#llx\n", what, status);
 	return rc;
+}
+
+static int cca_port_rmi(struct vtfw_port *port, const char *what, u64 fid,
+			const u64 *args, unsigned int nargs, u64 *res)
+{
+	int rc = vtfw_call(port, VTFW_CLASS_HOST, fid, args, nargs, res);
+
+	return rc ? rc : cca_status(port->pdev, what, res[0]);
+}
+
+/* One RMI call; 0 on RMI_SUCCESS, else a logged errno. */
+static int cca_rmi(struct cca_dsm *dsm, const char *what, u64 fid,
+		   const u64 *args, unsigned int nargs, u64 *res)
+{
+	int rc = vtfw_call(dsm->port, VTFW_CLASS_HOST, fid, args, nargs, res);
+
+	return rc ? rc : cca_status(dsm->pf0.base_tsm.pdev, what, res[0]);
+}
+
+/*
+ * A granule handed to the RMM (PDEV, VDEV, RD, REC).  An RMM without granule
+ * tracking answers RMI_GRANULE_DELEGATE with NOT_SUPPORTED: then none is needed.
+ */
+static void *cca_granule_get(struct vtfw_port *port, bool *delegated)
+{
+	u64 res[VTFW_NR_RESULTS];
+	u64 args[1];
+	void *g;
+
+	*delegated = false;
+	g = (void *)get_zeroed_page(GFP_KERNEL);
+	if (!g)
+		return NULL;
+	args[0] = vtfw_pa(g);
+	if (vtfw_call(port, VTFW_CLASS_HOST, RMI_GRANULE_DELEGATE, args, 1, res) ||
+	    (res[0] != RMI_SUCCESS && res[0] != SMCCC_NOT_SUPPORTED)) {
+		vtfw_err(port->pdev, "RMI_GRANULE_DELEGATE: %#llx\n", res[0]);
+		free_page((unsigned long)g);
+		return NULL;
+	}
+	*delegated = res[0] == RMI_SUCCESS;
+	return g;
+}
+
+static void cca_granule_put(struct vtfw_port *port, void *g, bool delegated)
+{
+	u64 res[VTFW_NR_RESULTS];
+	u64 args[1];
+
+	if (!g)
+		return;
+	args[0] = vtfw_pa(g);
+	/* a granule the RMM still owns must never return to the allocator */
+	if (delegated && cca_port_rmi(port, "RMI_GRANULE_UNDELEGATE", RMI_GRANULE_UNDELEGATE,
+				      args, 1, res))
+		return;
+	free_page((unsigned long)g);
 }
 
 static int cca_pdev_state(struct cca_dsm *dsm, struct cca_pdev *p, u64 *state)
@@ -172,15 +245,20 @@ static void cca_objs_free(struct cca_dsm *dsm)
  * request it returns goes to the device through the kernel's DOE driver.
  * Returns the last exit flags in @flags (STREAM_WAIT is the caller's).
  */
-static int cca_exchange(struct cca_dsm *dsm, struct cca_pdev *p, u64 *flags)
+static int cca_exchange(struct cca_dsm *dsm, u64 fid, const u64 *obj, unsigned int nobj,
+			u64 *flags)
 {
 	struct pci_dev *pdev = dsm->pf0.base_tsm.pdev;
 	u64 status = RMI_COMM_STATUS_NONE, resp_len = 0;
-	u64 args[] = { vtfw_pa(p->granule), vtfw_pa(dsm->comm) };
 	u64 res[VTFW_NR_RESULTS];
-	u64 req_len, id;
+	u64 args[4], req_len, id;
 	int rc, n;
 	u8 type;
+
+	if (nobj >= ARRAY_SIZE(args))
+		return -EINVAL;
+	memcpy(args, obj, nobj * sizeof(*obj));
+	args[nobj] = vtfw_pa(dsm->comm);
 
 	for (n = 0; n < CCA_MAX_EXCHANGES; n++) {
 		memset(dsm->comm, 0, PAGE_SIZE);
@@ -188,8 +266,7 @@ static int cca_exchange(struct cca_dsm *dsm, struct cca_pdev *p, u64 *flags)
 		put64(dsm->comm, RMI_COMM_ENTER_REQ_ADDR, vtfw_pa(dsm->req));
 		put64(dsm->comm, RMI_COMM_ENTER_RESP_ADDR, vtfw_pa(dsm->rsp));
 		put64(dsm->comm, RMI_COMM_ENTER_RESP_LEN, resp_len);
-		rc = cca_rmi(dsm, "RMI_PDEV_COMMUNICATE", RMI_PDEV_COMMUNICATE,
-			     args, ARRAY_SIZE(args), res);
+		rc = cca_rmi(dsm, "COMMUNICATE", fid, args, nobj + 1, res);
 		if (rc)
 			return rc;
 		status = RMI_COMM_STATUS_NONE;
@@ -242,6 +319,13 @@ static int cca_exchange(struct cca_dsm *dsm, struct cca_pdev *p, u64 *flags)
 	return -ELOOP;
 }
 
+static int cca_pdev_exchange(struct cca_dsm *dsm, struct cca_pdev *p, u64 *flags)
+{
+	u64 obj[] = { vtfw_pa(p->granule) };
+
+	return cca_exchange(dsm, RMI_PDEV_COMMUNICATE, obj, ARRAY_SIZE(obj), flags);
+}
+
 /* COMMUNICATE on @p until it reaches @target. */
 static int cca_pdev_drive(struct cca_dsm *dsm, struct cca_pdev *p, u64 target)
 {
@@ -255,7 +339,7 @@ static int cca_pdev_drive(struct cca_dsm *dsm, struct cca_pdev *p, u64 target)
 		return rc;
 	state = from;
 	while (state != target) {
-		rc = cca_exchange(dsm, p, &flags);
+		rc = cca_pdev_exchange(dsm, p, &flags);
 		if (rc)
 			return rc;
 		rc = cca_pdev_state(dsm, p, &state);
@@ -284,22 +368,10 @@ static int cca_pdev_create(struct cca_dsm *dsm, struct cca_pdev *p,
 	int rc;
 
 	p->pci = pci;
-	p->granule = (void *)get_zeroed_page(GFP_KERNEL);
+	p->granule = cca_granule_get(dsm->port, &p->delegated);
 	if (!p->granule)
 		return -ENOMEM;
-	/*
-	 * The PDEV lives in a granule the host gives up to the RMM.  An RMM
-	 * without granule tracking answers NOT_SUPPORTED: then it is not needed.
-	 */
 	args[0] = vtfw_pa(p->granule);
-	rc = vtfw_call(dsm->port, VTFW_CLASS_HOST, RMI_GRANULE_DELEGATE, args, 1, res);
-	if (rc)
-		return rc;
-	if (res[0] == RMI_SUCCESS)
-		p->delegated = true;
-	else if (res[0] != SMCCC_NOT_SUPPORTED)
-		return cca_rmi(dsm, "RMI_GRANULE_DELEGATE", RMI_GRANULE_DELEGATE, args, 1, res);
-
 	memset(dsm->params, 0, PAGE_SIZE);
 	put64(dsm->params, RMI_PDEV_PARAMS_FLAGS, flags);
 	put64(dsm->params, RMI_PDEV_PARAMS_HB_BASE, 0);
@@ -334,13 +406,9 @@ static void cca_pdev_destroy(struct cca_dsm *dsm, struct cca_pdev *p)
 			vtfw_info(pdev, "%s PDEV destroyed\n", p->name);
 		p->created = false;
 	}
-	if (p->delegated &&
-	    !cca_rmi(dsm, "RMI_GRANULE_UNDELEGATE", RMI_GRANULE_UNDELEGATE, args, 1, res))
-		p->delegated = false;
-	/* a granule the RMM still owns must never return to the allocator */
-	if (p->granule && !p->delegated)
-		free_page((unsigned long)p->granule);
+	cca_granule_put(dsm->port, p->granule, p->delegated);
 	p->granule = NULL;
+	p->delegated = false;
 }
 
 static const u8 oid_ec_public_key[] = { 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01 };
@@ -456,13 +524,13 @@ static int cca_stream_connect(struct cca_dsm *dsm)
 	 */
 	for (round = 0; (ep_wait || rp_wait) && round < CCA_MAX_EXCHANGES; round++) {
 		if (ep_wait) {
-			rc = cca_exchange(dsm, &dsm->ep, &flags);
+			rc = cca_pdev_exchange(dsm, &dsm->ep, &flags);
 			if (rc)
 				return rc;
 			ep_wait = flags & RMI_COMM_EXIT_STREAM_WAIT;
 		}
 		if (rp_wait) {
-			rc = cca_exchange(dsm, &dsm->rp, &flags);
+			rc = cca_pdev_exchange(dsm, &dsm->rp, &flags);
 			if (rc)
 				return rc;
 			rp_wait = flags & RMI_COMM_EXIT_STREAM_WAIT;
@@ -488,8 +556,8 @@ static void cca_stream_disconnect(struct cca_dsm *dsm)
 	/* the endpoint's keys are stopped by IDE_KM; the root port follows if asked */
 	if (!cca_rmi(dsm, "RMI_PDEV_STREAM_DISCONNECT", RMI_PDEV_STREAM_DISCONNECT,
 		     args, 1, res) &&
-	    !cca_exchange(dsm, &dsm->ep, &flags) && flags & RMI_COMM_EXIT_STREAM_WAIT)
-		cca_exchange(dsm, &dsm->rp, &flags);
+	    !cca_pdev_exchange(dsm, &dsm->ep, &flags) && flags & RMI_COMM_EXIT_STREAM_WAIT)
+		cca_pdev_exchange(dsm, &dsm->rp, &flags);
 	dsm->stream_connected = false;
 }
 
@@ -509,6 +577,219 @@ static void cca_release(struct cca_dsm *dsm)
 	dsm->comm = NULL;
 	dsm->req = NULL;
 	dsm->rsp = NULL;
+}
+
+/* -- bind / unbind: the RMM's VDEV (firmware-abi.md C.8 "Host bind") ----------------- */
+
+static int cca_realm_get(struct cca_dsm *dsm, struct cca_realm **out)
+{
+	struct vtfw_port *port = dsm->port;
+	struct cca_realm *realm = port->platform;
+	u64 res[VTFW_NR_RESULTS];
+	u64 args[3];
+	int rc;
+
+	*out = realm;
+	if (realm->created)
+		return 0;
+	realm->rd = cca_granule_get(port, &realm->rd_delegated);
+	realm->rec = cca_granule_get(port, &realm->rec_delegated);
+	if (!realm->rd || !realm->rec)
+		return -ENOMEM;
+	/* realm and REC parameters: defaults (a zeroed page) */
+	memset(dsm->params, 0, PAGE_SIZE);
+	args[0] = vtfw_pa(realm->rd);
+	args[1] = vtfw_pa(dsm->params);
+	rc = cca_rmi(dsm, "RMI_REALM_CREATE", RMI_REALM_CREATE, args, 2, res);
+	if (rc)
+		return rc;
+	args[1] = vtfw_pa(realm->rec);
+	args[2] = vtfw_pa(dsm->params);
+	rc = cca_rmi(dsm, "RMI_REC_CREATE", RMI_REC_CREATE, args, 3, res);
+	if (rc) {
+		args[0] = vtfw_pa(realm->rd);
+		cca_rmi(dsm, "RMI_REALM_DESTROY", RMI_REALM_DESTROY, args, 1, res);
+		return rc;
+	}
+	realm->created = true;
+	return 0;
+}
+
+static void cca_realm_put(struct vtfw_port *port)
+{
+	struct cca_realm *realm = port->platform;
+	u64 res[VTFW_NR_RESULTS];
+	u64 args[1];
+
+	if (realm->created) {
+		args[0] = vtfw_pa(realm->rec);
+		if (cca_port_rmi(port, "RMI_REC_DESTROY", RMI_REC_DESTROY, args, 1, res))
+			return;		/* the RMM keeps both granules */
+		args[0] = vtfw_pa(realm->rd);
+		if (cca_port_rmi(port, "RMI_REALM_DESTROY", RMI_REALM_DESTROY, args, 1, res))
+			return;
+		realm->created = false;
+	}
+	cca_granule_put(port, realm->rec, realm->rec_delegated);
+	cca_granule_put(port, realm->rd, realm->rd_delegated);
+	realm->rec = NULL;
+	realm->rd = NULL;
+}
+
+static const char *vdev_state_name(u64 state)
+{
+	return state < ARRAY_SIZE(cca_vdev_states) ? cca_vdev_states[state] : "?";
+}
+
+static int cca_vdev_state(struct cca_dsm *dsm, struct cca_tdi *tdi, u64 *state)
+{
+	u64 args[] = { vtfw_pa(tdi->granule) };
+	u64 res[VTFW_NR_RESULTS];
+	int rc;
+
+	rc = cca_rmi(dsm, "RMI_VDEV_GET_STATE", RMI_VDEV_GET_STATE, args, 1, res);
+	if (!rc)
+		*state = res[1];
+	return rc;
+}
+
+/* RMI_VDEV_<op>(rd, pdev, vdev), then COMMUNICATE until the VDEV is in @target */
+static int cca_vdev_op(struct cca_dsm *dsm, struct cca_tdi *tdi, const char *what,
+		       u64 fid, u64 target)
+{
+	struct cca_realm *realm = dsm->port->platform;
+	struct pci_dev *pdev = tdi->base.pdev;
+	u64 obj[] = { vtfw_pa(realm->rd), vtfw_pa(dsm->ep.granule), vtfw_pa(tdi->granule) };
+	unsigned int before = dsm->relayed;
+	u64 res[VTFW_NR_RESULTS];
+	u64 from, state, flags;
+	int rc;
+
+	rc = cca_vdev_state(dsm, tdi, &from);
+	if (!rc && fid)
+		rc = cca_rmi(dsm, what, fid, obj, ARRAY_SIZE(obj), res);
+	if (!rc)
+		rc = cca_exchange(dsm, RMI_VDEV_COMMUNICATE, obj, ARRAY_SIZE(obj), &flags);
+	if (!rc)
+		rc = cca_vdev_state(dsm, tdi, &state);
+	if (rc)
+		return rc;
+	if (state != target) {
+		vtfw_err(pdev, "%s: VDEV %s, expected %s\n", what, vdev_state_name(state),
+			 vdev_state_name(target));
+		return -EIO;
+	}
+	vtfw_info(pdev, "VDEV %s -> %s (%s), %u DOE exchanges\n", vdev_state_name(from),
+		  vdev_state_name(state), what, dsm->relayed - before);
+	return 0;
+}
+
+static void cca_vdev_free(struct cca_dsm *dsm, struct cca_tdi *tdi)
+{
+	struct cca_realm *realm = dsm->port->platform;
+	u64 obj[] = { vtfw_pa(realm->rd), vtfw_pa(dsm->ep.granule), vtfw_pa(tdi->granule) };
+	u64 res[VTFW_NR_RESULTS];
+	u64 state;
+
+	if (tdi->created) {
+		if (!cca_vdev_state(dsm, tdi, &state) && state != RMI_VDEV_NEW &&
+		    state != RMI_VDEV_UNLOCKED)
+			cca_vdev_op(dsm, tdi, "RMI_VDEV_UNLOCK", RMI_VDEV_UNLOCK,
+				    RMI_VDEV_UNLOCKED);
+		if (cca_rmi(dsm, "RMI_VDEV_DESTROY", RMI_VDEV_DESTROY, obj, ARRAY_SIZE(obj), res))
+			tdi->delegated = true;	/* still the RMM's: keep the granule */
+		else
+			vtfw_info(tdi->base.pdev, "VDEV destroyed\n");
+		tdi->created = false;
+	}
+	cca_granule_put(dsm->port, tdi->granule, tdi->delegated);
+	kfree(tdi);
+}
+
+/* the function's memory BARs, whole granules: the VDEV's address ranges */
+static unsigned int cca_vdev_ranges(struct pci_dev *pdev, void *params)
+{
+	unsigned int n = 0;
+	int bar;
+
+	for (bar = 0; bar < PCI_STD_NUM_BARS && n < RMI_VDEV_MAX_RANGES; bar++) {
+		struct resource *r = pci_resource_n(pdev, bar);
+
+		if (!(r->flags & IORESOURCE_MEM) || !r->start)
+			continue;
+		put64(params, RMI_VDEV_PARAMS_RANGES + 16 * n,
+		      round_down(r->start, PAGE_SIZE));
+		put64(params, RMI_VDEV_PARAMS_RANGES + 16 * n + 8,
+		      round_up(r->end + 1, PAGE_SIZE));
+		n++;
+	}
+	return n;
+}
+
+static struct pci_tdi *cca_bind(struct pci_dev *pdev, struct kvm *kvm, u32 tdi_id)
+{
+	struct cca_dsm *dsm = to_cca_dsm(pdev->tsm->dsm_dev);
+	struct cca_realm *realm;
+	struct cca_tdi *tdi;
+	u64 res[VTFW_NR_RESULTS];
+	u64 args[4];
+	int rc;
+
+	tdi = kzalloc_obj(*tdi);
+	if (!tdi)
+		return ERR_PTR(-ENOMEM);
+	rc = cca_realm_get(dsm, &realm);
+	if (rc)
+		goto err;
+	tdi->granule = cca_granule_get(dsm->port, &tdi->delegated);
+	if (!tdi->granule) {
+		rc = -ENOMEM;
+		goto err;
+	}
+	tdi->base.pdev = pdev;
+	memset(dsm->params, 0, PAGE_SIZE);
+	put64(dsm->params, RMI_VDEV_PARAMS_VDEV_ID, tdi_id);	/* the TVM's RID */
+	put64(dsm->params, RMI_VDEV_PARAMS_TDI_ID, pci_dev_id(pdev));
+	put64(dsm->params, RMI_VDEV_PARAMS_NUM_RANGES, cca_vdev_ranges(pdev, dsm->params));
+	args[0] = vtfw_pa(realm->rd);
+	args[1] = vtfw_pa(dsm->ep.granule);
+	args[2] = vtfw_pa(tdi->granule);
+	args[3] = vtfw_pa(dsm->params);
+	rc = cca_rmi(dsm, "RMI_VDEV_CREATE", RMI_VDEV_CREATE, args, 4, res);
+	if (rc)
+		goto err;
+	tdi->created = true;
+	/* creation leaves UNLOCK pending; the newest hosts lock at bind time */
+	rc = cca_vdev_op(dsm, tdi, "RMI_VDEV_CREATE", 0, RMI_VDEV_UNLOCKED);
+	if (!rc)
+		rc = cca_vdev_op(dsm, tdi, "RMI_VDEV_LOCK", RMI_VDEV_LOCK, RMI_VDEV_LOCKED);
+	if (rc)
+		goto err;
+	pci_tsm_tdi_constructor(pdev, &tdi->base, kvm, tdi_id);
+	return &tdi->base;
+err:
+	vtfw_err(pdev, "bind failed: %d\n", rc);
+	cca_vdev_free(dsm, tdi);
+	return ERR_PTR(rc);
+}
+
+static void cca_unbind(struct pci_tdi *base)
+{
+	struct cca_tdi *tdi = container_of(base, struct cca_tdi, base);
+
+	cca_vdev_free(to_cca_dsm(base->pdev->tsm->dsm_dev), tdi);
+}
+
+/*
+ * TVM requests that reach the host (RHI through RSI_HOST_CALL) arrive here on
+ * a real host through iommufd; the realm-side driver that issues them is not
+ * written yet, so no request format is defined.
+ */
+static ssize_t cca_guest_req(struct pci_tdi *tdi, enum pci_tsm_req_scope scope,
+			     sockptr_t req_in, size_t in_len, sockptr_t req_out,
+			     size_t out_len, u64 *tsm_code)
+{
+	return -EOPNOTSUPP;
 }
 
 static int cca_connect(struct pci_dev *pdev)
@@ -610,6 +891,9 @@ static struct pci_tsm_ops cca_link_ops = {
 	.remove = cca_remove,
 	.connect = cca_connect,
 	.disconnect = cca_disconnect,
+	.bind = cca_bind,
+	.unbind = cca_unbind,
+	.guest_req = cca_guest_req,
 };
 
 int vtfw_cca_host_init(struct vtfw_port *port)
@@ -625,6 +909,9 @@ int vtfw_cca_host_init(struct vtfw_port *port)
 	pci_info(port->pdev, "RMM: RMI_VERSION status %#llx, lower %#llx, higher %#llx\n",
 		 res[0], res[1], res[2]);
 
+	port->platform = devm_kzalloc(&port->pdev->dev, sizeof(struct cca_realm), GFP_KERNEL);
+	if (!port->platform)
+		return -ENOMEM;
 	tsm = tsm_register(&port->pdev->dev, &cca_link_ops);
 	if (IS_ERR(tsm))
 		return PTR_ERR(tsm);
@@ -635,7 +922,9 @@ int vtfw_cca_host_init(struct vtfw_port *port)
 
 void vtfw_cca_host_exit(struct vtfw_port *port)
 {
+	/* disconnects (and so unbinds) every device connected through it */
 	if (port->link_tsm)
 		tsm_unregister(port->link_tsm);
 	port->link_tsm = NULL;
+	cca_realm_put(port);
 }

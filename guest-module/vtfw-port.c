@@ -7,6 +7,11 @@
  * port's ABI_ID), which registers with the kernel's TSM core.  vtfw_call()
  * is the instruction a TCG guest cannot execute: it writes the call window,
  * rings the doorbell and reads the results back.
+ *
+ * 7.3 has no caller of pci_tsm_bind() / pci_tsm_unbind() (that is iommufd's
+ * job on a host with a VMM); the port's tdi_bind and tdi_unbind attributes
+ * call them for the function named (BDF), so the kernel's own bind path and
+ * tsm/bound run.
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -14,6 +19,7 @@
 #include <linux/io.h>
 #include <linux/module.h>
 #include <linux/pci.h>
+#include <linux/pci-tsm.h>
 
 #include "vtfw.h"
 
@@ -63,6 +69,59 @@ int vtfw_call(struct vtfw_port *port, enum vtfw_class cls, u64 fid,
 		res[i] = i < nres ? readq(win + VTFW_WIN_RES(i)) : 0;
 	return 0;
 }
+
+/*
+ * Stands for the TVM a TDI is bound to.  The PCI/TSM core only compares the
+ * pointer (one TVM per TDI) and hands it to the link TSM; nothing looks inside.
+ */
+static struct vtfw_tvm {
+	int unused;
+} vtfw_tvm;
+
+static struct pci_dev *vtfw_find(const char *buf)
+{
+	unsigned int domain, bus, slot, fn;
+
+	if (sscanf(buf, "%x:%x:%x.%x", &domain, &bus, &slot, &fn) != 4 ||
+	    bus > 0xff || slot > 0x1f || fn > 7)
+		return NULL;
+	return pci_get_domain_bus_and_slot(domain, bus, PCI_DEVFN(slot, fn));
+}
+
+static ssize_t tdi_bind_store(struct device *dev, struct device_attribute *attr,
+			      const char *buf, size_t count)
+{
+	struct pci_dev *pdev = vtfw_find(buf);
+	int rc;
+
+	if (!pdev)
+		return -ENODEV;
+	/* the TDI id is the function's RID: host and TVM are one VM here */
+	rc = pci_tsm_bind(pdev, (struct kvm *)&vtfw_tvm, pci_dev_id(pdev));
+	pci_dev_put(pdev);
+	return rc ? rc : count;
+}
+static DEVICE_ATTR_WO(tdi_bind);
+
+static ssize_t tdi_unbind_store(struct device *dev, struct device_attribute *attr,
+				const char *buf, size_t count)
+{
+	struct pci_dev *pdev = vtfw_find(buf);
+
+	if (!pdev)
+		return -ENODEV;
+	pci_tsm_unbind(pdev);
+	pci_dev_put(pdev);
+	return count;
+}
+static DEVICE_ATTR_WO(tdi_unbind);
+
+static struct attribute *vtfw_attrs[] = {
+	&dev_attr_tdi_bind.attr,
+	&dev_attr_tdi_unbind.attr,
+	NULL,
+};
+ATTRIBUTE_GROUPS(vtfw);
 
 static int vtfw_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 {
@@ -142,6 +201,7 @@ static struct pci_driver vtfw_driver = {
 	.id_table = vtfw_ids,
 	.probe = vtfw_probe,
 	.remove = vtfw_remove,
+	.dev_groups = vtfw_groups,
 };
 module_pci_driver(vtfw_driver);
 

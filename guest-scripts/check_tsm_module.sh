@@ -1,8 +1,11 @@
 # The guest module (vtfw.ko) against the kernel's own PCI/TSM core:
 # insmod binds the firmware port and registers a link TSM, tsm/ appears on the
 # DSM; tsm/connect runs the core and its DOE driver through the firmware;
-# disconnect; rmmod makes tsm/ disappear (Documentation/ABI/testing/sysfs-bus-pci).
-# Results: tsm_module, tsm_connect, tsm_disconnect, tsm_rmmod.
+# with vtdisp.bind=1, bind and unbind the TDI through the kernel's
+# pci_tsm_bind()/pci_tsm_unbind() (the module's tdi_bind/tdi_unbind trigger:
+# 7.3 has no caller) and read tsm/bound; disconnect; rmmod makes tsm/
+# disappear (Documentation/ABI/testing/sysfs-bus-pci).
+# Results: tsm_module, tsm_connect, [tsm_bind, tsm_unbind,] tsm_disconnect, tsm_rmmod.
 d=/sys/bus/pci/devices/$BDF
 if [ -z "$BDF" ]; then
     result tsm_module FAIL "device missing"
@@ -27,6 +30,21 @@ else
         fi
         if echo "$tsm" > "$d/tsm/connect" 2>/dev/null; then
             result tsm_connect FAIL "a second connect was accepted"
+        fi
+        if [ "$(cmdline_opt bind)" = 1 ]; then
+            p=/sys/bus/pci/devices/$port
+            if echo "$BDF" > "$p/tdi_bind" 2>/tmp/bind.err && [ "$(cat $d/tsm/bound)" = "$tsm" ]; then
+                result tsm_bind PASS "bound=$(cat $d/tsm/bound)"
+            else
+                result tsm_bind FAIL "$(cat /tmp/bind.err) bound='$(cat $d/tsm/bound)':" \
+                    "$(dmesg | grep -i vtfw | tail -n 3 | tr '\n' '|')"
+            fi
+            echo "$BDF" > "$p/tdi_unbind"
+            if [ -z "$(cat $d/tsm/bound)" ]; then
+                result tsm_unbind PASS "bound empty"
+            else
+                result tsm_unbind FAIL "bound='$(cat $d/tsm/bound)'"
+            fi
         fi
         echo "$tsm" > "$d/tsm/disconnect"
         c=$(cat $d/tsm/connect) a=$(cat $d/authenticated) s=$(cat $d/tsm/dsm)

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from vfiouser_tdisp.doe.protocols import PCI_SIG_VENDOR_ID, build_object, parse_object
+from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.firmware import CallClass, FirmwareCall, GuestMemory
 from vfiouser_tdisp.run.initramfs import build_initramfs
 from vfiouser_tdisp.run.job import parse_console
@@ -42,7 +43,7 @@ from vfiouser_tdisp.run.qemu import (
     firmware_port_args,
     run_with_deadline,
 )
-from vfiouser_tdisp.server import firmware_port_path, start_devices
+from vfiouser_tdisp.server import firmware_port_path, platform_firmware, start_devices
 from vfiouser_tdisp.spdm.der import split_der_certificates
 from vfiouser_tdisp.spdm.requester import SpdmRequester
 
@@ -290,18 +291,24 @@ def prov() -> Provisioned:
 
 
 def boot_with_port(prov: Provisioned, out: Path, firmware: Any, checks: str,
-                   timeout: float = 150) -> tuple[Any, str]:
+                   timeout: float = 150, append: str = "") -> tuple[Any, str]:
     """Serve virtio-rng + the firmware port in this process, boot the guest."""
     ko = ensure_module(prov)
     initrd = build_initramfs(prov.busybox, prov.modules, out / "initrd.gz", extra_modules=[ko])
     sock = f"/tmp/vtfw-{id(out) % 10**8}.sock"
     running = start_devices([sock], "virtio-rng", firmware=firmware)
+    # A function captures its bus number from Type 0 configuration writes (PCIe
+    # r6.x 2.2.6.2); vfio-user does not carry it, and the device's TDISP
+    # responder answers INTERFACE_IDs on bus 0 unless told.  Behind its own root
+    # port the guest enumerates it on bus 1, the RID the RMM puts in
+    # INTERFACE_ID (the TDI's host RID).
+    running.devices[0].tdisp.bus = 1
     try:
         chosen, _why = accel_decision(prov.qemu, prov.kernel, "auto", prov.cache)
         console = out / "console.log"
         qc = QemuCommand(kernel=prov.kernel, initrd=str(initrd), sockets=[[sock]],
                          append="console=ttyS0 panic=-1 loglevel=7 vtdisp.vendor=0x1af4 "
-                                f"vtdisp.device=0x1044 vtdisp.checks={checks}",
+                                f"vtdisp.device=0x1044 vtdisp.checks={checks} {append}",
                          accel=chosen, console_log=str(console),
                          extra=firmware_port_args(firmware_port_path(sock)))
         rc, err = run_with_deadline(qc.command(prov.qemu), prov.qemu.environ(), timeout)
@@ -347,3 +354,30 @@ def test_module_connects_through_the_firmware_port(prov: Provisioned, tmp_path: 
     assert [e[1] for e in fw.log if e[0] == "destroy"] == [0, 3] and not fw.pdevs
     assert not fw.delegated  # every granule returned
     assert fw.key is not None and fw.key[0] == ECDSA_P384
+
+
+def _transitions(rec: Recorder, kind: str) -> list[tuple[str, str]]:
+    return [(e["old"], e["new"]) for e in rec.of(kind)]
+
+
+def test_module_connects_and_binds_through_the_rmm(prov: Provisioned, tmp_path: Path,
+                                                   events: Recorder) -> None:
+    """The project's RMM emulator behind the port (what `serve --platform cca` serves)."""
+    run, console = boot_with_port(prov, tmp_path, platform_firmware("cca"), "device,tsm_module",
+                                  append="vtdisp.bind=1")
+    for name in ("tsm_module", "tsm_connect", "tsm_bind", "tsm_unbind", "tsm_disconnect",
+                 "tsm_rmmod"):
+        got = run.result(name)
+        assert got is not None and got[0], f"{name}: {got}\n{console[-4000:]}"
+    assert (run.result("tsm_bind") or ("", ""))[1] == "bound=tsm0"
+    # the endpoint PDEV went the whole way, and the VDEV through bind and unbind
+    eps = {e["pdev"] for e in events.of("rmm.pdev.created") if e["category"] == "EP_OFF_CHIP"}
+    ep_path = [(e["old"], e["new"]) for e in events.of("rmm.pdev.transition") if e["pdev"] in eps]
+    assert ep_path == [("NEW", "NEEDS_KEY"), ("NEEDS_KEY", "HAS_KEY"), ("HAS_KEY", "READY"),
+                       ("READY", "STOPPED")]
+    assert _transitions(events, "rmm.vdev.transition") == [
+        ("NEW", "UNLOCKED"), ("UNLOCKED", "LOCKED"), ("LOCKED", "UNLOCKED")]
+    # IDE_KM keyed the endpoint's stream through the kernel's DOE path
+    assert len(events.of("ide_km.key_prog")) == 6 and len(events.of("ide_km.k_set_go")) == 6
+    assert "vtfw: VDEV UNLOCKED -> LOCKED (RMI_VDEV_LOCK)" in console
+    assert "vtfw: VDEV destroyed" in console

@@ -360,24 +360,35 @@ def _transitions(rec: Recorder, kind: str) -> list[tuple[str, str]]:
     return [(e["old"], e["new"]) for e in rec.of(kind)]
 
 
-def test_module_connects_and_binds_through_the_rmm(prov: Provisioned, tmp_path: Path,
-                                                   events: Recorder) -> None:
-    """The project's RMM emulator behind the port (what `serve --platform cca` serves)."""
+def test_module_connects_binds_locks_and_accepts_through_the_rmm(
+        prov: Provisioned, tmp_path: Path, events: Recorder) -> None:
+    """The project's RMM emulator behind the port (what `serve --platform cca` serves):
+    host side (connect, bind) and TVM side (lock, evidence, accept, probe, unlock)."""
     run, console = boot_with_port(prov, tmp_path, platform_firmware("cca"), "device,tsm_module",
-                                  append="vtdisp.bind=1")
-    for name in ("tsm_module", "tsm_connect", "tsm_bind", "tsm_unbind", "tsm_disconnect",
-                 "tsm_rmmod"):
+                                  append="vtdisp.bind=1 vtdisp.tvm=1")
+    for name in ("tsm_module", "tsm_connect", "tvm_lock_busy", "tsm_bind", "tvm_accept_unlocked",
+                 "tvm_lock", "tvm_evidence", "tvm_accept", "tvm_probe", "tvm_unlock",
+                 "tsm_unbind", "tsm_disconnect", "tsm_rmmod"):
         got = run.result(name)
         assert got is not None and got[0], f"{name}: {got}\n{console[-4000:]}"
     assert (run.result("tsm_bind") or ("", ""))[1] == "bound=tsm0"
-    # the endpoint PDEV went the whole way, and the VDEV through bind and unbind
+    # the proposed ABI's errnos (firmware-abi.md A.5): EBUSY with a driver bound,
+    # EINVAL for accept before lock
+    assert (run.result("tvm_lock_busy") or ("", ""))[1].endswith("Device or resource busy")
+    assert (run.result("tvm_accept_unlocked") or ("", ""))[1].endswith("Invalid argument")
+    assert (run.result("tvm_probe") or ("", ""))[1] == "driver=virtio-pci"
+    # the endpoint PDEV went the whole way, the VDEV through bind, lock, run, unlock
     eps = {e["pdev"] for e in events.of("rmm.pdev.created") if e["category"] == "EP_OFF_CHIP"}
     ep_path = [(e["old"], e["new"]) for e in events.of("rmm.pdev.transition") if e["pdev"] in eps]
     assert ep_path == [("NEW", "NEEDS_KEY"), ("NEEDS_KEY", "HAS_KEY"), ("HAS_KEY", "READY"),
                        ("READY", "STOPPED")]
-    assert _transitions(events, "rmm.vdev.transition") == [
-        ("NEW", "UNLOCKED"), ("UNLOCKED", "LOCKED"), ("LOCKED", "UNLOCKED")]
+    vdev_path = [t for t in _transitions(events, "rmm.vdev.transition") if t[0] != t[1]]
+    assert vdev_path == [("NEW", "UNLOCKED"), ("UNLOCKED", "LOCKED"), ("LOCKED", "STARTED"),
+                         ("STARTED", "UNLOCKED")]
+    assert _transitions(events, "rmm.vdev_dma.transition") == [("DISABLED", "ENABLED"),
+                                                               ("ENABLED", "DISABLED")]
+    assert events.of("rmm.host_call")  # RHI went through RSI_HOST_CALL and REC_ENTER
     # IDE_KM keyed the endpoint's stream through the kernel's DOE path
     assert len(events.of("ide_km.key_prog")) == 6 and len(events.of("ide_km.k_set_go")) == 6
     assert "vtfw: VDEV UNLOCKED -> LOCKED (RMI_VDEV_LOCK)" in console
-    assert "vtfw: VDEV destroyed" in console
+    assert "digests match" in console and "TVM: accepted" in console

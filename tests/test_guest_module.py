@@ -30,6 +30,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from vfiouser_tdisp.device.device import PROFILES, DeviceProfile
 from vfiouser_tdisp.doe.protocols import PCI_SIG_VENDOR_ID, build_object, parse_object
 from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.firmware import CallClass, FirmwareCall, GuestMemory
@@ -291,12 +292,13 @@ def prov() -> Provisioned:
 
 
 def boot_with_port(prov: Provisioned, out: Path, firmware: Any, checks: str,
-                   timeout: float = 150, append: str = "") -> tuple[Any, str]:
+                   timeout: float = 150, append: str = "",
+                   profile: str = "virtio-rng") -> tuple[Any, str]:
     """Serve virtio-rng + the firmware port in this process, boot the guest."""
     ko = ensure_module(prov)
     initrd = build_initramfs(prov.busybox, prov.modules, out / "initrd.gz", extra_modules=[ko])
     sock = f"/tmp/vtfw-{id(out) % 10**8}.sock"
-    running = start_devices([sock], "virtio-rng", firmware=firmware)
+    running = start_devices([sock], profile, firmware=firmware)
     # A function captures its bus number from Type 0 configuration writes (PCIe
     # r6.x 2.2.6.2); vfio-user does not carry it, and the device's TDISP
     # responder answers INTERFACE_IDs on bus 0 unless told.  Behind its own root
@@ -354,6 +356,25 @@ def test_module_connects_through_the_firmware_port(prov: Provisioned, tmp_path: 
     assert [e[1] for e in fw.log if e[0] == "destroy"] == [0, 3] and not fw.pdevs
     assert not fw.delegated  # every granule returned
     assert fw.key is not None and fw.key[0] == ECDSA_P384
+
+
+@pytest.mark.parametrize(("asym", "algo"), [("ecdsa-p256", ECDSA_P256),
+                                            ("rsassa-3072", RSASSA_3072)])
+def test_module_takes_the_key_of_other_leaf_algorithms(
+        prov: Provisioned, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        asym: str, algo: int) -> None:
+    """The module's own DER walk (vtfw-der.c) to the leaf's SubjectPublicKeyInfo, for a
+    device that signs with another algorithm: the key it hands SET_PUBKEY must be the
+    one `cryptography` reads from the same certificate (MiniRmm checks)."""
+    name = f"virtio-rng-{asym}"
+    monkeypatch.setitem(PROFILES, name, DeviceProfile(name, "virtio-rng", spdm_asym=(asym,)))
+    fw = MiniRmmWithStreams()
+    run, console = boot_with_port(prov, tmp_path, fw, "device,tsm_module", profile=name)
+    got = run.result("tsm_connect")
+    assert got is not None and got[0], f"{got}\n{console[-3000:]}"
+    assert not fw.problems, fw.problems
+    assert fw.key is not None and fw.key[0] == algo
+    assert len(fw.key[1]) == {ECDSA_P256: 65, RSASSA_3072: 384}[algo]
 
 
 def _transitions(rec: Recorder, kind: str) -> list[tuple[str, str]]:

@@ -155,8 +155,8 @@ class MiniRmm:
             return self._communicate(p, a[1], mem)
         if call.fid == RMI_PDEV_SET_PUBKEY:
             return self._set_pubkey(p, a[1], mem)
-        if call.fid == RMI_PDEV_STOP:
-            if p.state not in (READY, ERROR):
+        if call.fid == RMI_PDEV_STOP:  # any state but STOPPED (TF-RMM pdev.c)
+            if p.state == STOPPED:
                 return (RMI_ERROR_INPUT,)
             p.stopping = True
             return (RMI_SUCCESS,)
@@ -359,6 +359,34 @@ def test_module_connects_through_the_firmware_port(prov: Provisioned, tmp_path: 
     assert fw.key is not None and fw.key[0] == ECDSA_P384
 
 
+class MiniRmmRefusingKeys(MiniRmmWithStreams):
+    """Refuses every SET_PUBKEY (as an RMM does for a key that is not the leaf's)."""
+
+    def call(self, call: FirmwareCall, mem: GuestMemory) -> tuple[int, ...]:
+        if call.fid == RMI_PDEV_SET_PUBKEY:
+            self.log.append(("refused_key", call.args[0]))
+            return (RMI_ERROR_INPUT,)
+        return super().call(call, mem)
+
+
+def test_failed_connect_unwinds(prov: Provisioned, tmp_path: Path) -> None:
+    """A connect the firmware refuses half-way fails with the RMI status's errno, leaves
+    tsm/connect empty, and the module gives every PDEV and granule back."""
+    fw = MiniRmmRefusingKeys()
+    run, console = boot_with_port(prov, tmp_path, fw, "device,tsm_module")
+    got = run.result("tsm_connect")
+    assert got is not None and not got[0], console[-3000:]
+    assert "Invalid argument" in got[1]  # RMI_ERROR_INPUT -> -EINVAL
+    assert "vtfw: RMI_PDEV_SET_PUBKEY: RMI status 0x1" in console
+    assert "vtfw: connect failed: -22" in console
+    assert ("refused_key", next(iter(e[1] for e in fw.log if e[0] == "refused_key"))) in fw.log
+    # the EP PDEV was stopped and destroyed, its granule undelegated
+    assert not fw.pdevs and not fw.delegated
+    assert [e[1] for e in fw.log if e[0] == "destroy"] == [0b011]
+    rmmod = run.result("tsm_rmmod")
+    assert rmmod is not None and rmmod[0]
+
+
 @pytest.mark.parametrize(("asym", "algo"), [("ecdsa-p256", ECDSA_P256),
                                             ("rsassa-3072", RSASSA_3072)])
 def test_module_takes_the_key_of_other_leaf_algorithms(
@@ -396,7 +424,7 @@ def test_module_connects_binds_locks_and_accepts_through_the_rmm(
                  "tsm_unbind", "tsm_disconnect", "tsm_rmmod"):
         got = run.result(name)
         assert got is not None and got[0], f"{name}: {got}\n{console[-4000:]}"
-    assert (run.result("tsm_bind") or ("", ""))[1] == "bound=tsm0"
+    assert (run.result("tsm_bind") or ("", ""))[1].startswith("bound=tsm0 t=")
     # the proposed ABI's errnos (firmware-abi.md A.5): EBUSY with a driver bound,
     # EINVAL for accept before lock
     assert (run.result("tvm_lock_busy") or ("", ""))[1].endswith("Device or resource busy")

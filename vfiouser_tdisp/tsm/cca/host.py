@@ -303,36 +303,60 @@ class CcaHost:
     # -- connect / disconnect (link TSM) --------------------------------------------------------
     def connect(self) -> None:
         """PDEV_CREATE -> NEEDS_KEY -> SET_PUBKEY -> READY; root port; IDE stream."""
+        self.pdev_create()
+        self.pdev_identity()
+        self.pdev_set_pubkey()
+        self.pdev_session()
+        self.rp_create()
+        self.stream_connect()
+
+    def pdev_create(self) -> None:
         self.pdev = self._delegated()
-        flags = RMI_PDEV_FLAGS_SPDM | (RmiPdevCategory.EP_OFF_CHIP << RMI_PDEV_FLAGS_CATEGORY_SHIFT)
+        flags = RMI_PDEV_FLAGS_SPDM | \
+            (RmiPdevCategory.EP_OFF_CHIP << RMI_PDEV_FLAGS_CATEGORY_SHIFT)
         self.rmi_ok(RmiFid.RMI_PDEV_CREATE, self.pdev, self._params(RmiPdevParams(
             flags=flags, pdev_id=self.pdev_id, routing_id=self.pdev_id,
             id_index=self.id_index, rid_base=self.pdev_id, rid_top=self.pdev_id + 8,
             hash_algo=self.hash_algo).pack()))
+
+    def _expect_pdev(self, pdev: int, want: RmiPdevState, step: str) -> None:
+        state = self.pdev_state(pdev)
+        if state is not want:
+            raise CcaError(f"{step}: PDEV {state.name}, expected {want.name}")
+
+    def pdev_identity(self) -> None:
+        """COMMUNICATE until NEEDS_KEY: VCA and certificate chain cached."""
         self._pdev_comm(self.pdev)
-        if self.pdev_state(self.pdev) is not RmiPdevState.NEEDS_KEY:
-            raise CcaError(f"PDEV {self.pdev_state(self.pdev).name} after identity, "
-                           "expected NEEDS_KEY")
-        cert = self.pdev_cache.get(RmiDevCommObject.CERTIFICATE, b"")
-        key, _leaf = leaf_key_params(cert)
+        self._expect_pdev(self.pdev, RmiPdevState.NEEDS_KEY, "identity")
+
+    def pdev_set_pubkey(self) -> None:
+        """The leaf key, parsed by the host from the cached chain (as Linux does)."""
+        key, _leaf = leaf_key_params(self.pdev_cache.get(RmiDevCommObject.CERTIFICATE, b""))
         self.rmi_ok(RmiFid.RMI_PDEV_SET_PUBKEY, self.pdev, self._params(key.pack()))
+
+    def pdev_session(self) -> None:
         self._pdev_comm(self.pdev)
-        if self.pdev_state(self.pdev) is not RmiPdevState.READY:
-            raise CcaError(f"PDEV {self.pdev_state(self.pdev).name} after the session")
+        self._expect_pdev(self.pdev, RmiPdevState.READY, "session")
+
+    def rp_create(self) -> None:
+        """The root port's PDEV (category RP, no SPDM), driven to READY."""
         self.rp = self._delegated()
         self.rmi_ok(RmiFid.RMI_PDEV_CREATE, self.rp, self._params(RmiPdevParams(
             flags=RmiPdevCategory.RP << RMI_PDEV_FLAGS_CATEGORY_SHIFT, pdev_id=0,
             rid_base=0, rid_top=0x100, hash_algo=self.hash_algo).pack()))
         self._pdev_comm(self.rp)
+        self._expect_pdev(self.rp, RmiPdevState.READY, "root port")
+
+    def stream_connect(self) -> None:
+        """STREAM_CONNECT, the endpoint's COMMUNICATE (driving the root port at
+        STREAM_WAIT), STREAM_COMPLETE."""
         params = RmiPdevStreamParams(stream_type=RmiStreamType.NCOH, pdev_1=self.pdev,
                                      pdev_2=self.rp, ide_sid=self.ide_sid, num_addr_range=1)
         rng = RmiAddressRange(base=0, top=1 << 48).pack()
         self.stream = self.rmi_ok(RmiFid.RMI_PDEV_STREAM_CONNECT, self._params(
             params.pack(), {RMI_STREAM_PARAMS_ADDR_RANGE_OFFSET: rng}))[1]
         self._pdev_comm(self.pdev, peer=self.rp)
-        if self.pdev_state(self.pdev) is not RmiPdevState.READY:
-            raise CcaError("IDE stream setup failed: PDEV "
-                           f"{self.pdev_state(self.pdev).name}")
+        self._expect_pdev(self.pdev, RmiPdevState.READY, "IDE stream")
         self.rmi_ok(RmiFid.RMI_PDEV_STREAM_COMPLETE, self.stream)
 
     def disconnect(self) -> None:

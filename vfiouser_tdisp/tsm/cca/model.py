@@ -68,6 +68,9 @@ DEV_COMM_REQ_DELAY_US = 0
 # PDEV_ABORT / VDEV_ABORT drop the operation in flight; the object moves to ERROR (the
 # SPDM/TDISP state on the device is unknown after an abandoned exchange).  With nothing
 # in flight they succeed and change nothing.
+# VDEV_UNLOCK always ends UNLOCKED, even when the device does not confirm
+# STOP_INTERFACE (the event says so): the realm's access is withdrawn either way, so a
+# VDEV in ERROR can always be unlocked and destroyed.
 # PDEV_STOP is accepted in any state but STOPPED (TF-RMM); with a session it ends it
 # (END_SESSION) during the next COMMUNICATE.
 #

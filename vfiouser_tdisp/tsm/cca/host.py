@@ -194,14 +194,16 @@ class CcaHost:
     """The host kernel's side: connect / bind / unbind / disconnect and RHI serving."""
 
     def __init__(self, rmm: Rmm, transport: DoeTransport, mem: ByteArrayMemory | None = None,
-                 *, layout: str | RhiLayout = "rhi-1.0-bet1", pdev_id: int = 0x0100,
-                 tdi_id: int = 0, ide_sid: int = 1, hash_algo: int = 0,
+                 *, layout: str | RhiLayout = "rhi-1.0-bet1", pdev_id: int = 0,
+                 tdi_id: int | None = None, ide_sid: int = 1, hash_algo: int = 0,
                  id_index: int = 0) -> None:
         self.rmm = rmm
         self.transport = transport
         self.mem = mem or ByteArrayMemory()
         self.layout = LAYOUTS[layout] if isinstance(layout, str) else layout
-        self.pdev_id, self.tdi_id, self.ide_sid = pdev_id, tdi_id, ide_sid
+        # pdev_id: the DSM's RID (BDF); tdi_id: the TDI's RID, inside [pdev_id, pdev_id+8)
+        self.pdev_id, self.ide_sid = pdev_id, ide_sid
+        self.tdi_id = pdev_id if tdi_id is None else tdi_id
         self.hash_algo, self.id_index = hash_algo, id_index
         self.comm = self.mem.alloc()
         self.req, self.resp = (self.mem.alloc(model.DEV_COMM_BUFFER_SIZE),
@@ -391,7 +393,7 @@ class CcaHost:
         self.ensure_realm()
         v = HostVdev(vdev_id, self._delegated())
         ranges = ranges or []
-        params = RmiVdevParams(vdev_id=vdev_id, tdi_id=self.pdev_id + (self.tdi_id & 7),
+        params = RmiVdevParams(vdev_id=vdev_id, tdi_id=self.tdi_id,
                                num_addr_range=len(ranges))
         table = b"".join(RmiAddressRange(base=b, top=e).pack() for b, e in ranges)
         self.rmi_ok(RmiFid.RMI_VDEV_CREATE, self.rd, self.pdev, v.addr,

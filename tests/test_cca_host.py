@@ -16,6 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.cca_support import bench, config_accessors, device_identity, program_bars
 from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
@@ -303,3 +304,38 @@ def test_chain_anchor_check(cache: Path) -> None:
 
 def test_struct_sizes_fit_one_granule() -> None:
     assert struct.calcsize("<31Q") + 8 == abi.RSI_HOST_CALL_SIZE
+
+
+def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`vfiouser-tdisp tsm --platform cca --spdm HOST:PORT` against `serve --spdm-port`:
+    without assigned BARs the device refuses LOCK (INVALID_DEVICE_CONFIGURATION), the
+    command says so and exits 1; once the BARs are assigned every step passes."""
+    from vfiouser_tdisp.cli import main
+    path = str(sock_dir / "cli.sock")
+    running = start_devices([path], "virtio-rng", spdm_port=0,
+                            identity_options={"cache_dir": cache})
+    try:
+        spdm = f"127.0.0.1:{running.spdm_servers[0].port}"
+        assert main(["tsm", "--platform", "cca", "--spdm", spdm]) == 1
+        out = capsys.readouterr().out.splitlines()
+        assert [ln.split()[:2] for ln in out] == [
+            ["connect", "PASS"], ["bind", "PASS"], ["lock", "FAIL"]]
+        assert "INVALID_DEVICE_CONFIGURATION" in out[-1]
+        fn0 = VfioUserClient(path)    # the "guest": assigns the BARs, stays attached
+        try:
+            fn0.version()
+            program_bars(fn0.config_read32, fn0.config_write32)
+            root = sock_dir / "root.der"
+            root.write_bytes(device_identity(cache).root.public_bytes(Encoding.DER))
+            assert main(["tsm", "--platform", "cca", "--spdm", spdm, "--root", str(root),
+                         "--layout", "linux-rfc-v4"]) == 0
+        finally:
+            fn0.close()
+        out = capsys.readouterr().out.splitlines()
+        assert [ln.split()[:2] for ln in out] == [
+            [step, "PASS"] for step in ("connect", "bind", "lock", "accept", "unlock",
+                                        "unbind", "disconnect")]
+        assert "chain anchored" in out[2]
+    finally:
+        running.close()

@@ -327,7 +327,7 @@ def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
             fn0.version()
             program_bars(fn0.config_read32, fn0.config_write32)
             root = sock_dir / "root.der"
-            root.write_bytes(device_identity(cache).root.public_bytes(Encoding.DER))
+            root.write_bytes(running.devices[0].identity.root.public_bytes(Encoding.DER))
             assert main(["tsm", "--platform", "cca", "--spdm", spdm, "--root", str(root),
                          "--layout", "linux-rfc-v4"]) == 0
         finally:

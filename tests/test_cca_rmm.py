@@ -656,3 +656,39 @@ def test_abort_in_flight_and_recover(cache: Path) -> None:
     assert h.vdev_state(v.addr) is VS.LOCKED
 
 
+
+
+def test_report_refresh_exits_on_bytes(cache: Path) -> None:
+    """VDEV_GET_INTERFACE_REPORT: secured TDISP requests go out (protocol SECURE_SPDM 1);
+    the report comes back as one cached piece flagged RSP_CACHE|RSP_RESET, object 3."""
+    b = bench(cache)
+    h = b.host
+    h.connect()
+    v = h.bind(VDEV_ID)
+    h.rmi_ok(F.RMI_VDEV_GET_INTERFACE_REPORT, h.rd, h.pdev, v.addr)
+    exits = []
+    status, response = 0, b""
+    while True:
+        ex = comm_once(b, F.RMI_VDEV_COMMUNICATE, (h.rd, h.pdev, v.addr), status=status,
+                       response=response)
+        exits.append(ex)
+        if ex.flags & 0x2:
+            piece = h.mem.read(h.resp + ex.cache_rsp_offset, ex.cache_rsp_len)
+        if not ex.flags & 0x4:
+            break
+        assert ex.protocol == 1
+        response = h.transport(2, h.mem.read(h.req, ex.req_len))
+        status = 1
+    cached = [ex for ex in exits if ex.flags & 0x2]
+    assert len(cached) == 1 and cached[0].flags & 0x10 and cached[0].cache_obj_id == 3
+    from vfiouser_tdisp.tdisp.messages import TDI_REPORT_STRUCTURE
+    report = TDI_REPORT_STRUCTURE.unpack(piece)
+    assert report.mmio_range_count == len(b.bars)
+    assert exits[-1].flags == 0x2 | 0x10      # the last exit: cache only, operation over
+    assert h.vdev_state(v.addr) is VS.LOCKED
+
+
+def test_abi_id_is_the_port_fourcc() -> None:
+    from vfiouser_tdisp.tsm.cca import Rmm, make_firmware
+    assert Rmm.abi_id.to_bytes(4, "little") == b"CCA "     # docs/firmware-port.md
+    assert isinstance(make_firmware(), Rmm)

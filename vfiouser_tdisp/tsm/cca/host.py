@@ -252,7 +252,6 @@ class CcaHost:
                     on_stream_wait: Callable[[], None] | None = None) -> None:
         """Call COMMUNICATE until the operation ends, carrying each object to the device."""
         status, resp_len = RmiDevCommEnterStatus.NONE, 0
-        fresh: set[RmiDevCommObject] = set()
         for _ in range(10000):
             self.mem.write(self.comm, RmiDevCommEnter(status=status, req_addr=self.req,
                                                       resp_addr=self.resp,
@@ -262,12 +261,12 @@ class CcaHost:
                                                      RmiDevCommExit.fixed_size()))
             flags = RmiDevCommExitFlags(ex.flags)
             status, resp_len = RmiDevCommEnterStatus.NONE, 0
+            if flags & RmiDevCommExitFlags.RSP_RESET:
+                cache.pop(RmiDevCommObject(ex.cache_obj_id), None)
             if flags & RmiDevCommExitFlags.RSP_CACHE:
                 obj = RmiDevCommObject(ex.cache_obj_id)
                 piece = self.mem.read(self.resp + ex.cache_rsp_offset, ex.cache_rsp_len)
-                # An operation's first piece of an object replaces the old copy.
-                cache[obj] = (cache.get(obj, b"") if obj in fresh else b"") + piece
-                fresh.add(obj)
+                cache[obj] = cache.get(obj, b"") + piece
             if flags & RmiDevCommExitFlags.REQ_SEND:
                 request = self.mem.read(self.req, ex.req_len)
                 secured = ex.protocol == RmiDevCommProtocol.SECURE_SPDM

@@ -324,10 +324,10 @@ class Tamper(SpdmRequester):
 
     replace: object = None
 
-    def send(self, request: bytes, session=None) -> bytes:  # type: ignore[no-untyped-def]
+    def send_flow(self, request: bytes, session=None, **kw):  # type: ignore[no-untyped-def]
         if session is not None and request[1] == m.FINISH_CODE and self.replace:
             request = self.replace(request)  # type: ignore[operator]
-        return super().send(request, session)
+        return super().send_flow(request, session, **kw)
 
 
 def test_only_finish_during_handshake(r: SpdmResponder) -> None:

@@ -252,7 +252,7 @@ class Interloper(SpdmRequester):
         self.r = r
         self.seen: list[tuple[str, int | None]] = []
 
-    def send(self, request: bytes, session=None) -> bytes:  # type: ignore[no-untyped-def]
+    def send_flow(self, request: bytes, session=None, **kw):  # type: ignore[no-untyped-def]
         if session is not None and request[1] == m.FINISH_CODE:
             v = request[0]
             self.seen.append(("plain FINISH", err(self.r.handle_cma(request))))
@@ -264,8 +264,8 @@ class Interloper(SpdmRequester):
                         m.VENDOR_DEFINED_REQUEST(spdm_version=v, standard_id=3, len=2,
                                                  vendor_id=b"\x01\x00", req_length=1,
                                                  vendor_defined_req_payload=b"x").pack()):
-                self.seen.append((m.request_name(req[1]), err(self._raw(req, session))))
-        return super().send(request, session)
+                self.seen.append((m.request_name(req[1]), err(self.send(req, session))))
+        return super().send_flow(request, session, **kw)
 
 
 def test_only_finish_in_the_handshake_phase_and_the_handshake_survives(

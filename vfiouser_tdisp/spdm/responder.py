@@ -55,13 +55,19 @@ from .algorithms import (
 )
 from .keylog import key_entry
 from .session import (
+    SECURED_MESSAGE_VERSIONS,
+    SM_DATA_ID_VERSION_SELECTION,
+    SM_DATA_VERSION,
     DirectionKeys,
     KeySchedule,
     SecuredMessageError,
     SecuredSession,
     SessionState,
+    build_opaque,
     parse_record_header,
+    parse_secured_version_list,
 )
+from .transcript import signing_message
 
 if TYPE_CHECKING:
     from .identity import DeviceIdentity, SlotIdentity
@@ -69,18 +75,6 @@ if TYPE_CHECKING:
 CT_EXPONENT = 12           # 2^12 us = 4 ms worst-case cryptographic timeout
 CERT_MODEL_DEVICE_CERT = 1  # SPDM 1.3 CertInfo.CertModel
 MAX_SESSIONS = 4
-SECURED_MESSAGE_VERSIONS = (0x10, 0x11)  # DSP0277 versions we select from
-OPAQUE_SPEC_ID_DMTF = 0x444D5446
-SM_DATA_VERSION = 1
-SM_DATA_ID_VERSION_SELECTION = 0
-SM_DATA_ID_SUPPORTED_VERSION_LIST = 1
-
-SIGNING_CONTEXT = {
-    "challenge_auth": b"responder-challenge_auth signing",
-    "measurements": b"responder-measurements signing",
-    "key_exchange_rsp": b"responder-key_exchange_rsp signing",
-    "finish": b"requester-finish signing",
-}
 
 
 class SpdmFailure(Exception):
@@ -97,13 +91,6 @@ class SpdmFailure(Exception):
 
 # The exception vendor-defined protocol handlers raise to get an ERROR.
 VendorError = SpdmFailure
-
-
-def signing_message(version: int, context: str, transcript_hash: bytes) -> bytes:
-    """What a 1.2+ signature covers: combined_spdm_prefix || Hash(transcript)."""
-    prefix = (b"dmtf-spdm-v%d.%d.*" % (version >> 4, version & 0xF)) * 4
-    ctx = SIGNING_CONTEXT[context]
-    return prefix + bytes(36 - len(ctx)) + ctx + transcript_hash
 
 
 @dataclass(frozen=True)
@@ -188,10 +175,8 @@ class ResponderSession:
     transcript: bytearray
     finished_req: bytes = b""
     message_l: bytearray = field(default_factory=bytearray)
-    pending_update: bool = False   # UpdateKey done, VerifyNewKey not yet seen
-    end_after_send: bool = False
-    rotate_response_after_send: bool = False
-    next_response_keys: DirectionKeys | None = None  # data keys, after FINISH_RSP
+    # Response-direction data keys, taken into use once FINISH_RSP is out (FINISHING).
+    next_response_keys: DirectionKeys | None = None
 
     @property
     def session_id(self) -> int:
@@ -252,14 +237,12 @@ class SpdmResponder:
             return self._error(m.SpdmErrorCode.DecryptError, 0)
         response = self._respond(request, sess, padded=False)
         sealed = sess.secured.seal(response)
-        if sess.next_response_keys is not None:
+        state = sess.secured.state
+        if state is SessionState.FINISHING and sess.next_response_keys is not None:
             sess.secured.response, sess.next_response_keys = sess.next_response_keys, None
+            sess.secured.fsm.fire("data_keys")
             self._log_keys(sess, "response")
-        if sess.rotate_response_after_send:
-            sess.rotate_response_after_send = False
-            sess.secured.update_keys("response")
-            self._log_keys(sess, "response")
-        if sess.end_after_send:
+        elif state is SessionState.ENDING:
             self._end_session(sess, "end_session")
         return sealed
 
@@ -736,7 +719,7 @@ class SpdmResponder:
         if expected != req.requester_verify_data:
             emit("spdm.session.finish_failed", endpoint=self.name,
                  session_id=f"{sess.session_id:#010x}")
-            sess.end_after_send = True
+            sess.secured.fsm.fire("end", cause="finish_failed")  # after this ERROR
             raise SpdmFailure(m.SpdmErrorCode.DecryptError, "RequesterVerifyData mismatch")
         sess.transcript += exact
         rsp = m.FINISH_RSP(spdm_version=self.neg.version).pack(self.neg.sizes())
@@ -757,19 +740,21 @@ class SpdmResponder:
     def _key_update(self, data: bytes, sess: ResponderSession, padded: bool) -> bytes:
         req, _ = self._parse(m.KEY_UPDATE, data, padded)
         op = req.param1
-        if op == m.KEY_UPDATE_UPDATE_KEY:
+        fsm = sess.secured.fsm
+        if op in (m.KEY_UPDATE_UPDATE_KEY, m.KEY_UPDATE_UPDATE_ALL_KEYS):
+            # DSP0274 1.2 §10.21: the next request comes under the new request key;
+            # with UpdateAllKeys the responder also moves to its new response key
+            # before answering, so this KEY_UPDATE_ACK is already under it.
             sess.secured.update_keys("request")
             self._log_keys(sess, "request")
-            sess.pending_update = True
-        elif op == m.KEY_UPDATE_UPDATE_ALL_KEYS:
-            sess.secured.update_keys("request")
-            self._log_keys(sess, "request")
-            sess.rotate_response_after_send = True  # the ACK goes under the old key
-            sess.pending_update = True
+            if op == m.KEY_UPDATE_UPDATE_ALL_KEYS:
+                sess.secured.update_keys("response")
+                self._log_keys(sess, "response")
+            fsm.fire("key_update", operation=op)
         elif op == m.KEY_UPDATE_VERIFY_NEW_KEY:
-            if not sess.pending_update:
+            if not fsm.can("verify_new_key"):
                 raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, "no key update to verify")
-            sess.pending_update = False
+            fsm.fire("verify_new_key")
         else:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, f"KeyOperation {op}")
         return m.KEY_UPDATE_ACK(spdm_version=self.neg.version, param1=op,
@@ -777,15 +762,17 @@ class SpdmResponder:
 
     def _end_session_request(self, data: bytes, sess: ResponderSession, padded: bool) -> bytes:
         self._parse(m.END_SESSION, data, padded)
-        sess.end_after_send = True
+        sess.secured.fsm.fire("end", cause="end_session")  # closed once the ACK is out
         return m.END_SESSION_ACK(spdm_version=self.neg.version).pack()
 
     def _end_session(self, sess: ResponderSession, cause: str) -> None:
         if self.sessions.pop(sess.session_id, None) is None:
             return
-        trigger = "end" if cause in ("end_session", "get_version") else "error"
-        if sess.secured.fsm.can(trigger):
-            sess.secured.fsm.fire(trigger, cause=cause)
+        fsm = sess.secured.fsm
+        if fsm.state is SessionState.ENDING:
+            fsm.fire("closed", cause=cause)
+        elif fsm.can("error"):
+            fsm.fire("error", cause=cause)
         emit("spdm.session.closed", endpoint=self.name, session_id=f"{sess.session_id:#010x}",
              cause=cause)
 
@@ -912,68 +899,6 @@ SpdmResponder._HANDLERS = {
 _SESSION_ONLY = {m.FINISH_CODE, m.HEARTBEAT_CODE, m.KEY_UPDATE_CODE, m.END_SESSION_CODE}
 _OUTSIDE_SESSION_ONLY = {m.GET_CAPABILITIES_CODE, m.NEGOTIATE_ALGORITHMS_CODE, m.CHALLENGE_CODE,
                          m.KEY_EXCHANGE_CODE}
-
-
-# -- DSP0277 opaque data (secured message version negotiation) -------------------------------
-def build_opaque(element_data: bytes, opaque_format: int) -> bytes:
-    """One DMTF element in the general opaque data table (fmt1) or with the
-    SPDM 1.1 spec_id header (fmt0)."""
-    element = struct.pack("<BBH", 0, 0, len(element_data)) + element_data
-    element += bytes(-len(element) % 4)
-    if opaque_format == 2:
-        return struct.pack("<B3x", 1) + element
-    return struct.pack("<IBB2x", OPAQUE_SPEC_ID_DMTF, 1, 1) + element
-
-
-def parse_opaque_elements(opaque: bytes, opaque_format: int) -> list[bytes] | None:
-    """Element data of every DMTF element, or None when malformed."""
-    try:
-        if opaque_format == 2:
-            count, pos = opaque[0], 4
-        else:
-            spec_id, _, count = struct.unpack_from("<IBB", opaque)
-            if spec_id != OPAQUE_SPEC_ID_DMTF:
-                return None
-            pos = 8
-        out = []
-        for _ in range(count):
-            ident, vlen = opaque[pos], opaque[pos + 1]
-            pos += 2 + vlen
-            (dlen,) = struct.unpack_from("<H", opaque, pos)
-            pos += 2
-            if pos + dlen > len(opaque):
-                return None
-            if ident == 0:
-                out.append(opaque[pos:pos + dlen])
-            pos += dlen + (-(2 + vlen + 2 + dlen) % 4)
-        return out
-    except (IndexError, struct.error):
-        return None
-
-
-def parse_secured_version_list(opaque: bytes, opaque_format: int) -> list[int] | None:
-    """Versions in a SUPPORTED_VERSION_LIST element (as 0x11), [] if none, None if bad."""
-    if not opaque:
-        return []
-    elements = parse_opaque_elements(opaque, opaque_format)
-    if elements is None:
-        return None
-    for data in elements:
-        if len(data) >= 3 and data[0] == SM_DATA_VERSION and \
-                data[1] == SM_DATA_ID_SUPPORTED_VERSION_LIST:
-            count = data[2]
-            if len(data) < 3 + 2 * count:
-                return None
-            return [struct.unpack_from("<H", data, 3 + 2 * i)[0] >> 8 for i in range(count)]
-    return []
-
-
-def parse_secured_version_selection(opaque: bytes, opaque_format: int) -> int | None:
-    for data in parse_opaque_elements(opaque, opaque_format) or []:
-        if len(data) >= 4 and data[0] == SM_DATA_VERSION and \
-                data[1] == SM_DATA_ID_VERSION_SELECTION:
-            return int(struct.unpack_from("<H", data, 2)[0] >> 8)
-    return None
 
 
 __all__ = ["SpdmResponder", "ResponderConfig", "SpdmFailure", "VendorError", "VendorContext",

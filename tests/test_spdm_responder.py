@@ -273,7 +273,8 @@ def test_only_finish_in_the_handshake_phase_and_the_handshake_survives(
     req = Interloper(r)
     req.authenticate()
     s = req.start_session()
-    assert req.seen == [("plain FINISH", E.UnexpectedRequest)] + [
+    # A plain FINISH without HANDSHAKE_IN_THE_CLEAR: SessionRequired (DSP0274 1.2+).
+    assert req.seen == [("plain FINISH", E.SessionRequired)] + [
         (name, E.UnexpectedRequest) for name in
         ("HEARTBEAT", "KEY_UPDATE", "END_SESSION", "GET_DIGESTS", "GET_MEASUREMENTS",
          "VENDOR_DEFINED_REQUEST")]
@@ -288,7 +289,7 @@ def test_finish_after_the_handshake_is_unexpected(r: SpdmResponder) -> None:
     finish = m.FINISH(spdm_version=0x13, requester_verify_data=bytes(48)).pack(
         m.Sizes(version=0x13, hash=48))
     assert err(req.send(finish, s)) == E.UnexpectedRequest
-    assert err(r.handle_cma(finish)) == E.UnexpectedRequest
+    assert err(r.handle_cma(finish)) == E.SessionRequired   # plain: DSP0274 1.2+
     req.heartbeat(s)
 
 

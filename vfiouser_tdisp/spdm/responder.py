@@ -6,17 +6,8 @@ records (:meth:`SpdmResponder.handle_secured`).  Every request is decoded with
 its declared message class; anything malformed, out of order or unsupported
 gets the specification's ERROR response and leaves the connection as it was.
 
-Transcripts (DSP0274 §10.x, "message_a/b/c/k/f/l"):
-
-* A = GET_VERSION..ALGORITHMS (VCA); B = GET_DIGESTS..CERTIFICATE exchanges;
-  C = CHALLENGE + CHALLENGE_AUTH before its signature.  M1 = A||B||C.
-* L1 = [A (1.2+)] || GET_MEASUREMENTS/MEASUREMENTS since the last signed one.
-* K = A || Hash(cert chain) || KEY_EXCHANGE || KEY_EXCHANGE_RSP; F adds FINISH
-  and FINISH_RSP.  TH1/TH2 are hashes of these (see :mod:`.session`).
-
-From 1.2 on a signature covers ``combined_spdm_prefix || Hash(transcript)``
-where the prefix is "dmtf-spdm-v1.x.*" four times, zero padding and the
-context string; before 1.2 it covers the transcript itself.
+Transcripts (VCA, M1, L1/L2, K/F, TH1/TH2) follow :mod:`.transcript`, the
+same object the requester uses.
 """
 
 from __future__ import annotations
@@ -25,7 +16,7 @@ import enum
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..doe.protocols import DoeError
@@ -67,13 +58,14 @@ from .session import (
     parse_record_header,
     parse_secured_version_list,
 )
-from .transcript import signing_message
+from .transcript import SessionTranscript, Transcript, signing_message
 
 if TYPE_CHECKING:
     from .identity import DeviceIdentity, SlotIdentity
 
 CT_EXPONENT = 12           # 2^12 us = 4 ms worst-case cryptographic timeout
-CERT_MODEL_DEVICE_CERT = 1  # SPDM 1.3 CertInfo.CertModel
+# HeartbeatPeriod (seconds) in KEY_EXCHANGE_RSP: non-zero so requesters send HEARTBEAT.
+DEFAULT_HEARTBEAT_PERIOD = 60
 MAX_SESSIONS = 4
 
 
@@ -81,8 +73,9 @@ class SpdmFailure(Exception):
     """Answer the current request with ERROR ``code`` (DSP0274 §10.9)."""
 
     def __init__(self, code: int, detail: str = "", data: int = 0,
-                 extended: bytes = b"") -> None:
+                 extended: bytes = b"", version: int | None = None) -> None:
         super().__init__(f"{m.SpdmErrorCode.name(code)}: {detail}")
+        self.version = version   # the ERROR's SPDMVersion when not the negotiated one
         self.code = code
         self.detail = detail
         self.data = data
@@ -122,13 +115,16 @@ class ResponderConfig:
     data_transfer_size: int = 4096
     max_spdm_msg_size: int = 65536
     measurements: MeasurementSource | None = None
-    heartbeat_period: int = 0
+    heartbeat_period: int = DEFAULT_HEARTBEAT_PERIOD
+    handshake_in_the_clear: bool = False   # offer HANDSHAKE_IN_THE_CLEAR_CAP
 
     def __post_init__(self) -> None:
         # Only algorithms the identity has a leaf for can be offered.
         self.asyms = tuple(a for a in self.asyms if self.identity.for_asym(a) is not None)
         if not self.asyms:
             raise ValueError("the identity has no certificate chain for any offered algorithm")
+        if not 0 <= self.heartbeat_period <= 0xFF:
+            raise ValueError("HeartbeatPeriod is one byte (seconds)")
         if self.data_transfer_size < m.MIN_DATA_TRANSFER_SIZE_V12:
             raise ValueError("DataTransferSize below the SPDM 1.2 minimum of 42")
 
@@ -172,15 +168,20 @@ class Negotiated:
 @dataclass
 class ResponderSession:
     secured: SecuredSession
-    transcript: bytearray
+    transcript: SessionTranscript
     finished_req: bytes = b""
-    message_l: bytearray = field(default_factory=bytearray)
+    finished_rsp: bytes = b""
+    in_the_clear: bool = False   # HANDSHAKE_IN_THE_CLEAR: FINISH/FINISH_RSP travel plain
     # Response-direction data keys, taken into use once FINISH_RSP is out (FINISHING).
     next_response_keys: DirectionKeys | None = None
 
     @property
     def session_id(self) -> int:
         return self.secured.session_id
+
+    @property
+    def message_l(self) -> bytearray:   # L2
+        return self.transcript.message_l
 
 
 class SpdmResponder:
@@ -192,9 +193,7 @@ class SpdmResponder:
         self.fsm: StateMachine[ConnectionState] = StateMachine(
             "spdm.connection", CONNECTION_TABLE, ConnectionState.NOT_STARTED, endpoint=name)
         self.neg = Negotiated(m.V10)
-        self.message_a = bytearray()
-        self.message_b = bytearray()
-        self.message_l = bytearray()
+        self.transcript = Transcript()
         self.sessions: dict[int, ResponderSession] = {}
         self.vendor_protocols: dict[tuple[int, bytes], VendorProtocolHandler] = {}
         self._large_response: tuple[int, bytes] | None = None
@@ -247,9 +246,11 @@ class SpdmResponder:
         return sealed
 
     # -- core ----------------------------------------------------------------------------
-    def _error(self, code: int, data: int = 0, extended: bytes = b"") -> bytes:
-        version = self.neg.version if self.fsm.state is not ConnectionState.NOT_STARTED \
-            else m.V10
+    def _error(self, code: int, data: int = 0, extended: bytes = b"",
+                version: int | None = None) -> bytes:
+        if version is None:
+            version = self.neg.version if self.fsm.state is not ConnectionState.NOT_STARTED \
+                else m.V10
         emit("spdm.error_response", endpoint=self.name, code=m.SpdmErrorCode.name(code),
              data=data)
         return m.ERROR(spdm_version=version, param1=code, param2=data,
@@ -268,7 +269,7 @@ class SpdmResponder:
         except SpdmFailure as exc:
             emit("spdm.request_failed", endpoint=self.name, request=name,
                  error=m.SpdmErrorCode.name(exc.code), detail=exc.detail)
-            return self._error(exc.code, exc.data, exc.extended)
+            return self._error(exc.code, exc.data, exc.extended, exc.version)
         return self._deliver(response)
 
     def _deliver(self, response: bytes) -> bytes:
@@ -284,6 +285,17 @@ class SpdmResponder:
             return self._error(m.SpdmErrorCode.ResponseTooLarge, 0,
                                struct.pack("<I", len(response)))
         return response
+
+    def _chunking(self) -> bool:
+        """CHUNK_CAP on both sides (1.2+)."""
+        return self.neg.version >= m.V12 and \
+            bool(self.neg.peer_flags & self._flags(self.neg.version) & m.CapFlags.CHUNK_CAP)
+
+    def _clear_handshake(self) -> bool:
+        """HANDSHAKE_IN_THE_CLEAR_CAP on both sides."""
+        return self.neg.version >= m.V11 and bool(
+            self.neg.peer_flags & self._flags(self.neg.version) &
+            m.CapFlags.HANDSHAKE_IN_THE_CLEAR_CAP)
 
     def _new_handle(self) -> int:
         handle = self._next_handle
@@ -331,15 +343,15 @@ class SpdmResponder:
             if code in _OUTSIDE_SESSION_ONLY:
                 raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
                                   f"{m.request_name(code)} inside a session")
-        elif code in _SESSION_ONLY:
-            raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
-                              f"{m.request_name(code)} outside a session")
+        elif code in _SESSION_ONLY and not (code == m.FINISH_CODE and self._clear_handshake()):
+            # DSP0274 1.2 Table "error codes": SessionRequired (0x0B) "the request
+            # ... is only allowed within a session"; 1.0/1.1 have no such code.
+            code_err = m.SpdmErrorCode.SessionRequired if self.neg.version >= m.V12 else \
+                m.SpdmErrorCode.UnexpectedRequest
+            raise SpdmFailure(code_err, f"{m.request_name(code)} outside a session")
         response: bytes = handler(self, data, sess, padded)
         # Only a request that succeeded moves the transcripts on: bad input loses nothing.
-        if code not in (m.GET_MEASUREMENTS_CODE, m.CHUNK_GET_CODE, m.CHUNK_SEND_CODE):
-            (sess.message_l if sess else self.message_l).clear()
-        if code in m.RESETS_M1:
-            self.message_b.clear()
+        self.transcript.request_succeeded(code, sess.transcript if sess else None)
         if code not in (m.CHUNK_GET_CODE, m.CHUNK_SEND_CODE):
             self._large_response = None
         return response
@@ -351,12 +363,10 @@ class SpdmResponder:
         for sess in list(self.sessions.values()):
             self._end_session(sess, "get_version")
         self.neg = Negotiated(m.V10)
-        self.message_b.clear()
-        self.message_l.clear()
         self._large_response = None
         self._chunk_in = None
         rsp = m.VERSION.build(sorted(self.config.versions)).pack()
-        self.message_a = bytearray(exact + rsp)
+        self.transcript.reset(exact, rsp)
         self.fsm.fire("version")
         return rsp
 
@@ -369,8 +379,10 @@ class SpdmResponder:
         self.neg.version = data[0]
         try:
             req, exact = self._parse(m.GET_CAPABILITIES, data, padded)
-        except SpdmFailure:
+        except SpdmFailure as exc:
+            # Answered in the request's version (the one being negotiated).
             self.neg.version = m.V10
+            exc.version = data[0]
             raise
         v = req.spdm_version
         flags = req.flags
@@ -397,14 +409,14 @@ class SpdmResponder:
                     bad = "without CHUNK_CAP MaxSPDMmsgSize must equal DataTransferSize"
             if bad:
                 self.neg.version = m.V10
-                raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, bad)
+                raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, bad, version=v)
         self.neg.peer_flags = flags
         self.neg.peer_dts = req.data_transfer_size if v >= m.V12 else 0
         self.neg.peer_max = req.max_spdm_msg_size if v >= m.V12 else 0
         rsp = m.CAPABILITIES(spdm_version=v, ct_exponent=CT_EXPONENT, flags=self._flags(v),
                              data_transfer_size=self.config.data_transfer_size,
                              max_spdm_msg_size=self.config.max_spdm_msg_size).pack()
-        self.message_a += exact + rsp
+        self.transcript.add_vca(exact, rsp)
         self.fsm.fire("capabilities", version=f"{v:#x}")
         return rsp
 
@@ -415,6 +427,8 @@ class SpdmResponder:
             flags |= f.MEAS_CAP_SIG
         if version >= m.V11:
             flags |= f.ENCRYPT_CAP | f.MAC_CAP | f.KEY_EX_CAP | f.HBEAT_CAP | f.KEY_UPD_CAP
+        if version >= m.V11 and self.config.handshake_in_the_clear:
+            flags |= f.HANDSHAKE_IN_THE_CLEAR_CAP
         if version >= m.V12:
             flags |= f.CHUNK_CAP
         return flags
@@ -479,7 +493,7 @@ class SpdmResponder:
             resp_alg_struct=resp_structs).pack()
         if v >= m.V11 and not (neg.dhe and neg.aead and key_schedule):
             neg.dhe = neg.aead = None   # no sessions without all three
-        self.message_a += exact + rsp
+        self.transcript.add_vca(exact, rsp)
         self.fsm.fire("algorithms", hash=neg.hash.name if neg.hash else None,
                       asym=neg.asym.name if neg.asym else None,
                       dhe=neg.dhe.name if neg.dhe else None,
@@ -517,7 +531,7 @@ class SpdmResponder:
                         param1=0x01 if self.neg.version >= m.V13 else 0,
                         param2=0x01, digest=digest).pack()
         if sess is None:
-            self.message_b += exact + rsp
+            self.transcript.add_b(exact, rsp)
         return rsp
 
     def _get_certificate(self, data: bytes, sess: ResponderSession | None,
@@ -528,27 +542,34 @@ class SpdmResponder:
         if slot_id != 0:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, f"slot {slot_id} is empty")
         chain = self._chain(slot, hash_algo)
-        # 1.3: CertInfo.CertModel = DeviceCert (1); SlotSizeRequested (param2 bit 0)
+        # 1.3: Param2 is CertInfo only with MULTI_KEY_CAP, which this device does not
+        # advertise, so it is reserved (0).  SlotSizeRequested (request Param2 bit 0)
         # asks only for the chain's size, in RemainderLength.
-        cert_info = CERT_MODEL_DEVICE_CERT if self.neg.version >= m.V13 else 0
+        cert_info = 0
         if self.neg.version >= m.V13 and req.param2 & 1:
             rsp = m.CERTIFICATE(spdm_version=self.neg.version, param1=slot_id, param2=cert_info,
                                 portion_length=0, remainder_length=len(chain)).pack()
             if sess is None:
-                self.message_b += exact + rsp
+                self.transcript.add_b(exact, rsp)
             return rsp
         if req.offset >= len(chain):
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest,
                               f"offset {req.offset} beyond the {len(chain)}-byte chain")
-        limit = min(self.config.data_transfer_size,
-                    self.neg.peer_dts or self.config.data_transfer_size) - 8
+        if self._chunking():
+            # Both sides have CHUNK_CAP: the whole requested portion, however large,
+            # goes out as a large response through CHUNK_GET (DSP0274 1.2 §10.6:
+            # the responder may return more than DataTransferSize when chunking).
+            limit = min(self.config.max_spdm_msg_size, self.neg.peer_max) - 8
+        else:
+            limit = min(self.config.data_transfer_size,
+                        self.neg.peer_dts or self.config.data_transfer_size) - 8
         portion = chain[req.offset:req.offset + min(req.length, limit)]
         rsp = m.CERTIFICATE(spdm_version=self.neg.version, param1=slot_id, param2=cert_info,
                             portion_length=len(portion),
                             remainder_length=len(chain) - req.offset - len(portion),
                             cert_chain=portion).pack()
         if sess is None:
-            self.message_b += exact + rsp
+            self.transcript.add_b(exact, rsp)
         return rsp
 
     def _summary_hash(self, kind: int) -> bytes:
@@ -580,9 +601,9 @@ class SpdmResponder:
             requester_context=req.requester_context,
             signature=bytes(sizes.signature))
         unsigned = rsp.pack(sizes)[:-sizes.signature]
-        transcript = bytes(self.message_a + self.message_b) + exact + unsigned
-        signature = self._sign("challenge_auth", transcript)
-        self.message_b.clear()
+        signature = self._sign("challenge_auth",
+                               self.transcript.challenge_message(exact, unsigned))
+        self.transcript.challenge_done()
         emit("spdm.challenge", endpoint=self.name, summary_hash_type=req.param2)
         return unsigned + signature
 
@@ -621,14 +642,14 @@ class SpdmResponder:
             requester_context=req.requester_context,
             signature=bytes(sizes.signature) if signed else b"")
         packed = rsp.pack(sizes)
-        transcript = sess.message_l if sess else self.message_l
+        st = sess.transcript if sess else None
         if not signed:
-            transcript += exact + packed
+            self.transcript.add_unsigned_measurements(st, exact, packed)
             return packed
         unsigned = packed[:-sizes.signature]
-        prefix = bytes(self.message_a) if self.neg.version >= m.V12 else b""
-        signature = self._sign("measurements", prefix + bytes(transcript) + exact + unsigned)
-        transcript.clear()
+        signature = self._sign("measurements", self.transcript.measurements_message(
+            self.neg.version, st, exact, unsigned))
+        self.transcript.measurement_log(st).clear()
         emit("spdm.measurements", endpoint=self.name, operation=op, blocks=len(chosen))
         return unsigned + signature
 
@@ -655,7 +676,8 @@ class SpdmResponder:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, str(exc)) from None
         rsp_sid = self._new_session_id(req.req_session_id)
         session_id = req.req_session_id | (rsp_sid << 16)
-        sizes = neg.sizes(summary_hash=bool(summary))
+        clear = self._clear_handshake()
+        sizes = neg.sizes(summary_hash=bool(summary), responder_verify=not clear)
         rsp = m.KEY_EXCHANGE_RSP(
             spdm_version=neg.version, param1=self.config.heartbeat_period,
             rsp_session_id=rsp_sid, random_data=os.urandom(m.RANDOM_DATA_SIZE),
@@ -663,19 +685,24 @@ class SpdmResponder:
             opaque_length=len(opaque), opaque_data=opaque,
             signature=bytes(sizes.signature), responder_verify_data=bytes(sizes.hash))
         packed = rsp.pack(sizes)
-        unsigned = packed[:-(sizes.signature + sizes.hash)]
+        # In the clear (DSP0274 1.2 §10.16) KEY_EXCHANGE_RSP has no ResponderVerifyData.
+        unsigned = packed[:-(sizes.signature + (0 if clear else sizes.hash))]
         cert_hash = hash_algo.digest(self._chain(slot, hash_algo))
-        transcript = bytearray(self.message_a) + cert_hash + exact + unsigned
-        signature = self._sign("key_exchange_rsp", bytes(transcript))
-        transcript += signature
-        th1 = hash_algo.digest(bytes(transcript))
+        transcript = self.transcript.key_exchange(cert_hash, exact, unsigned)
+        signature = self._sign("key_exchange_rsp", bytes(transcript.data))
+        transcript.add(signature)
+        th1 = transcript.hash(hash_algo)
         schedule = KeySchedule(hash_algo, neg.aead, neg.version)
         req_keys, rsp_keys = schedule.handshake(shared, th1)
-        verify = hash_algo.hmac(schedule.finished_key(rsp_keys.secret), th1)
-        transcript += verify
+        verify = b""
+        if not clear:
+            verify = hash_algo.hmac(schedule.finished_key(rsp_keys.secret), th1)
+            transcript.add(verify)
         secured = SecuredSession(session_id, schedule, "responder", req_keys, rsp_keys)
         session = ResponderSession(secured, transcript,
-                                   finished_req=schedule.finished_key(req_keys.secret))
+                                   finished_req=schedule.finished_key(req_keys.secret),
+                                   finished_rsp=schedule.finished_key(rsp_keys.secret),
+                                   in_the_clear=clear)
         self.sessions[session_id] = session
         emit("spdm.session.opened", endpoint=self.name, session_id=f"{session_id:#010x}",
              dhe=neg.dhe.name, aead=neg.aead.name, hash=hash_algo.name)
@@ -706,7 +733,14 @@ class SpdmResponder:
     def _finish(self, data: bytes, sess: ResponderSession | None, padded: bool) -> bytes:
         hash_algo, _, _ = self._require_negotiated()
         if sess is None:
-            raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "FINISH outside a session")
+            # HANDSHAKE_IN_THE_CLEAR: a plain FINISH completes the newest handshake.
+            sess = self._clear_handshake_session()
+            if sess is None:
+                raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
+                                  "FINISH without a session in its handshake phase")
+        elif sess.in_the_clear:
+            raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
+                              "FINISH must travel in the clear in this session")
         if sess.secured.state is not SessionState.HANDSHAKING:
             raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "session already finished")
         req, exact = self._parse(m.FINISH, data, padded)
@@ -714,24 +748,43 @@ class SpdmResponder:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest,
                               "FINISH signature without mutual authentication")
         body = exact[:-hash_algo.size]
-        expected = hash_algo.hmac(sess.finished_req,
-                                  hash_algo.digest(bytes(sess.transcript) + body))
+        expected = hash_algo.hmac(sess.finished_req, sess.transcript.hash(hash_algo, body))
         if expected != req.requester_verify_data:
             emit("spdm.session.finish_failed", endpoint=self.name,
                  session_id=f"{sess.session_id:#010x}")
-            sess.secured.fsm.fire("end", cause="finish_failed")  # after this ERROR
+            if sess.in_the_clear:
+                self._end_session(sess, "finish_failed")
+            else:
+                sess.secured.fsm.fire("end", cause="finish_failed")  # after this ERROR
             raise SpdmFailure(m.SpdmErrorCode.DecryptError, "RequesterVerifyData mismatch")
-        sess.transcript += exact
-        rsp = m.FINISH_RSP(spdm_version=self.neg.version).pack(self.neg.sizes())
-        sess.transcript += rsp
-        th2 = hash_algo.digest(bytes(sess.transcript))
-        # The FINISH_RSP still travels under the handshake keys: switch after it.
+        sess.transcript.add(exact)
+        if sess.in_the_clear:
+            # ResponderVerifyData moves here: HMAC(finished_key, Hash(K || FINISH || header)).
+            header = m.FINISH_RSP(spdm_version=self.neg.version).pack(
+                self.neg.sizes(responder_verify=True))
+            verify = hash_algo.hmac(sess.finished_rsp, sess.transcript.hash(hash_algo, header))
+            rsp = header + verify
+        else:
+            rsp = m.FINISH_RSP(spdm_version=self.neg.version).pack(self.neg.sizes())
+        sess.transcript.add(rsp)
+        th2 = sess.transcript.hash(hash_algo)
         req_keys, rsp_keys = sess.secured.schedule.data(th2)
         sess.secured.request = req_keys
-        sess.next_response_keys = rsp_keys
-        self._log_keys(sess, "request")
         sess.secured.fsm.fire("finish")
+        if sess.in_the_clear:   # FINISH_RSP goes plain: both directions switch now
+            sess.secured.response = rsp_keys
+            sess.secured.fsm.fire("data_keys")
+            self._log_keys(sess, "request", "response")
+        else:   # FINISH_RSP still travels under the handshake key: switch after it
+            sess.next_response_keys = rsp_keys
+            self._log_keys(sess, "request")
         return rsp
+
+    def _clear_handshake_session(self) -> ResponderSession | None:
+        for sess in reversed(list(self.sessions.values())):
+            if sess.in_the_clear and sess.secured.state is SessionState.HANDSHAKING:
+                return sess
+        return None
 
     def _heartbeat(self, data: bytes, sess: Any, padded: bool) -> bytes:
         self._parse(m.HEARTBEAT, data, padded)

@@ -232,7 +232,9 @@ OPAQUE_SPEC_ID_DMTF = 0x444D5446
 SM_DATA_VERSION = 1
 SM_DATA_ID_VERSION_SELECTION = 0
 SM_DATA_ID_SUPPORTED_VERSION_LIST = 1
-SECURED_MESSAGE_VERSIONS = (0x10, 0x11)  # DSP0277 versions supported
+# DSP0277 versions supported.  1.2 keeps the 1.0/1.1 record layout and the
+# little-endian sequence number in the AEAD nonce, so all three share one codec.
+SECURED_MESSAGE_VERSIONS = (0x10, 0x11, 0x12)
 
 
 def build_opaque(element_data: bytes, opaque_format: int) -> bytes:

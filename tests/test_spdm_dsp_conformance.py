@@ -321,3 +321,12 @@ def test_requester_reads_update_all_keys_ack_under_the_new_response_key() -> Non
             with pytest.raises(SpdmRequesterError, match="old response key"):
                 flow.send(hand.seal(s.session_id, rsp_secret, rsp_seq, ack))
         r.sessions.clear()
+
+
+def test_every_request_code_has_one_typed_route() -> None:
+    """Each request the codec knows is routed to a handler for exactly its class."""
+    from vfiouser_tdisp.spdm import messages as m
+    from vfiouser_tdisp.spdm.responder import ROUTES
+    assert set(ROUTES) == set(m.REQUESTS)
+    for code, route in ROUTES.items():
+        assert route.cls is m.REQUESTS[code] and route.cls.CODE == code

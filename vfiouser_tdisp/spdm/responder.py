@@ -12,12 +12,13 @@ same object the requester uses.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..doe.protocols import DoeError
 from ..events import emit
@@ -184,6 +185,110 @@ class ResponderSession:
         return self.transcript.message_l
 
 
+class Where(enum.Enum):
+    """Where a request is legal (DSP0274 1.2 Table "SPDM request codes" session column)."""
+
+    ANYWHERE = "anywhere"
+    SESSION_ONLY = "session_only"
+    OUTSIDE_ONLY = "outside_only"
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one request code is handled: its message class (decoded before the handler
+    runs), the connection phase it needs, where it is legal, an optional readiness
+    check run before decoding (its ERROR wins over a decoding error) and an optional
+    trimming step (NEGOTIATE_ALGORITHMS' own Length)."""
+
+    cls: type[m.SpdmMessage]
+    handler: Callable[..., bytes]
+    state: ConnectionState | None
+    where: Where
+    ready: str | None = None
+    trim: str | None = None
+
+
+ROUTES: dict[int, Route] = {}
+H = TypeVar("H", bound=Callable[..., bytes])
+
+
+def handles(cls: type[m.SpdmMessage], *, state: ConnectionState | None =
+            ConnectionState.NEGOTIATED, where: Where = Where.ANYWHERE,
+            ready: str | None = None, trim: str | None = None) -> Callable[[H], H]:
+    """Register the decorated method as the handler of ``cls.CODE``."""
+    def register(handler: H) -> H:
+        ROUTES[cls.CODE] = Route(cls, handler, state, where, ready, trim)
+        return handler
+    return register
+
+
+class ChunkState(enum.Enum):
+    """DSP0274 1.2 §10.20 large-message transfer, one per connection."""
+
+    IDLE = "idle"
+    RECEIVING = "receiving"   # CHUNK_SEND pieces of a large request arriving
+    SENDING = "sending"       # a large response parked for CHUNK_GET
+
+
+CHUNK_TABLE: dict[tuple[ChunkState, str], ChunkState] = {
+    **{(s, "receive"): ChunkState.RECEIVING for s in ChunkState},  # CHUNK_SEND seq 0
+    (ChunkState.RECEIVING, "chunk_received"): ChunkState.RECEIVING,
+    (ChunkState.RECEIVING, "last_chunk_received"): ChunkState.IDLE,
+    (ChunkState.RECEIVING, "abort"): ChunkState.IDLE,
+    (ChunkState.IDLE, "large_response"): ChunkState.SENDING,
+    (ChunkState.SENDING, "large_response"): ChunkState.SENDING,
+    (ChunkState.SENDING, "chunk_sent"): ChunkState.SENDING,
+    (ChunkState.SENDING, "last_chunk_sent"): ChunkState.IDLE,
+    (ChunkState.SENDING, "other_request"): ChunkState.IDLE,   # the parked response is dropped
+    (ChunkState.SENDING, "abort"): ChunkState.IDLE,
+    **{(s, "reset"): ChunkState.IDLE for s in ChunkState},    # GET_VERSION
+}
+
+
+class ChunkTransfer:
+    """The large message in transit (either direction) and its state machine."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.fsm: StateMachine[ChunkState] = StateMachine(
+            "spdm.chunk", CHUNK_TABLE, ChunkState.IDLE, endpoint=endpoint)
+        self.handle = 0
+        self.seq = 0
+        self.size = 0
+        self.buffer = bytearray()
+
+    @property
+    def state(self) -> ChunkState:
+        return self.fsm.state
+
+    def _load(self, handle: int, data: bytes, size: int) -> None:
+        self.handle, self.seq, self.size, self.buffer = handle, 0, size, bytearray(data)
+
+    def start_receiving(self, handle: int, size: int) -> None:
+        self._load(handle, b"", size)
+        self.fsm.fire("receive", handle=handle, size=size)
+
+    def finish_receiving(self) -> None:
+        self.fsm.fire("last_chunk_received", size=len(self.buffer))
+
+    def park_response(self, handle: int, response: bytes) -> None:
+        self._load(handle, response, len(response))
+        self.fsm.fire("large_response", handle=handle, size=len(response))
+
+    def abort(self, why: str) -> None:
+        if self.fsm.can("abort"):
+            self.fsm.fire("abort", reason=why)
+        self._load(0, b"", 0)
+
+    def other_request(self) -> None:
+        if self.fsm.can("other_request"):
+            self.fsm.fire("other_request")
+            self._load(0, b"", 0)
+
+    def reset(self) -> None:
+        self.fsm.fire("reset")
+        self._load(0, b"", 0)
+
+
 class SpdmResponder:
     """One SPDM endpoint (the DSM).  Not thread-safe: callers hold the device lock."""
 
@@ -196,8 +301,7 @@ class SpdmResponder:
         self.transcript = Transcript()
         self.sessions: dict[int, ResponderSession] = {}
         self.vendor_protocols: dict[tuple[int, bytes], VendorProtocolHandler] = {}
-        self._large_response: tuple[int, bytes] | None = None
-        self._chunk_in: dict[str, Any] | None = None
+        self.chunk = ChunkTransfer(name)
         self._next_handle = 1
         # Receives session keys as they change (serve --pcap-keys); None = never.
         self.key_sink: Callable[[dict[str, Any]], None] | None = None
@@ -278,7 +382,7 @@ class SpdmResponder:
         if neg.version >= m.V12 and neg.peer_dts and len(response) > neg.peer_dts:
             if neg.peer_flags & m.CapFlags.CHUNK_CAP:
                 handle = self._new_handle()
-                self._large_response = (handle, response)
+                self.chunk.park_response(handle, response)
                 emit("spdm.chunk.large_response", endpoint=self.name, size=len(response),
                      handle=handle)
                 return self._error(m.SpdmErrorCode.LargeResponse, 0, bytes([handle]))
@@ -302,10 +406,12 @@ class SpdmResponder:
         self._next_handle = (self._next_handle % 255) + 1
         return handle
 
-    def _parse(self, cls: type[m.M], data: bytes, padded: bool, **sizes: Any) -> tuple[m.M, bytes]:
-        """Decode ``data`` as ``cls``; returns the message and its exact bytes."""
+    def _parse(self, cls: type[m.M], data: bytes, padded: bool) -> tuple[m.M, bytes]:
+        """Decode ``data`` as ``cls`` in the request's own version (the negotiated one,
+        or the one GET_CAPABILITIES picks); returns the message and its exact bytes."""
+        sizes = dataclasses.replace(self.neg.sizes(), version=data[0])
         try:
-            msg, used = cls.unpack_partial(data, self.neg.sizes(**sizes))
+            msg, used = cls.unpack_partial(data, sizes)
         except DecodeError as exc:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, str(exc)) from None
         extra = data[used:]
@@ -315,75 +421,88 @@ class SpdmResponder:
         return msg, data[:used]
 
     def _dispatch(self, data: bytes, sess: ResponderSession | None, padded: bool) -> bytes:
+        """Order of checks: known code, connection phase, version, where (session or
+        not), the route's phase and readiness, then decoding, then the typed handler."""
         version, code = data[0], data[1]
+        route = ROUTES.get(code)
+        if route is None:
+            raise SpdmFailure(m.SpdmErrorCode.UnsupportedRequest,
+                              f"request code {code:#04x}", data=code)
+        name = route.cls.__name__
+        choosing = False   # GET_CAPABILITIES picks the version: errors answer in it
         if code == m.GET_VERSION_CODE:
             if sess is not None:
                 raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "GET_VERSION in a session")
             if version != m.V10:
                 raise SpdmFailure(m.SpdmErrorCode.VersionMismatch,
                                   "GET_VERSION must be version 1.0")
-            return self._get_version(data, padded)
-        handler = self._HANDLERS.get(code)
-        if handler is None:
-            raise SpdmFailure(m.SpdmErrorCode.UnsupportedRequest,
-                              f"request code {code:#04x}", data=code)
-        if self.fsm.state is ConnectionState.NOT_STARTED:
-            raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "no GET_VERSION yet")
-        if self.fsm.state is ConnectionState.AFTER_VERSION and code != m.GET_CAPABILITIES_CODE:
-            raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "GET_CAPABILITIES comes next")
-        choosing = code == m.GET_CAPABILITIES_CODE and \
-            self.fsm.state is ConnectionState.AFTER_VERSION  # this request picks the version
-        if version != self.neg.version and not choosing:
-            raise SpdmFailure(m.SpdmErrorCode.VersionMismatch,
-                              f"request version {version:#x}, negotiated {self.neg.version:#x}")
+        else:
+            state = self.fsm.state
+            if state is ConnectionState.NOT_STARTED:
+                raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "no GET_VERSION yet")
+            if state is ConnectionState.AFTER_VERSION and code != m.GET_CAPABILITIES_CODE:
+                raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
+                                  "GET_CAPABILITIES comes next")
+            choosing = code == m.GET_CAPABILITIES_CODE and state is ConnectionState.AFTER_VERSION
+            if version != self.neg.version and not choosing:
+                raise SpdmFailure(m.SpdmErrorCode.VersionMismatch,
+                                  f"request version {version:#x}, negotiated "
+                                  f"{self.neg.version:#x}")
+            if choosing and version not in self.config.versions:
+                raise SpdmFailure(m.SpdmErrorCode.VersionMismatch,
+                                  f"version {version:#x} not offered in VERSION")
+            self._check_where(route, code, sess)
+            if route.state is not None and state is not route.state:
+                raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, f"{name} out of order")
+        try:
+            if route.ready is not None:
+                getattr(self, route.ready)()
+            if route.trim is not None:
+                data, padded = getattr(self, route.trim)(data, padded)
+            msg, exact = self._parse(route.cls, data, padded)
+            response: bytes = route.handler(self, msg, exact, sess)
+        except SpdmFailure as exc:
+            if choosing:
+                exc.version = version
+            raise
+        # Only a request that succeeded moves the transcripts on: bad input loses nothing.
+        self.transcript.request_succeeded(code, sess.transcript if sess else None)
+        if code not in (m.CHUNK_GET_CODE, m.CHUNK_SEND_CODE):
+            self.chunk.other_request()
+        return response
+
+    def _check_where(self, route: Route, code: int, sess: ResponderSession | None) -> None:
+        name = route.cls.__name__
         if sess is not None:
             if sess.secured.state is SessionState.HANDSHAKING and code != m.FINISH_CODE:
                 raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
                                   "only FINISH in the handshake phase")
-            if code in _OUTSIDE_SESSION_ONLY:
-                raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
-                                  f"{m.request_name(code)} inside a session")
-        elif code in _SESSION_ONLY and not (code == m.FINISH_CODE and self._clear_handshake()):
+            if route.where is Where.OUTSIDE_ONLY:
+                raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, f"{name} inside a session")
+        elif route.where is Where.SESSION_ONLY and \
+                not (code == m.FINISH_CODE and self._clear_handshake()):
             # DSP0274 1.2 Table "error codes": SessionRequired (0x0B) "the request
             # ... is only allowed within a session"; 1.0/1.1 have no such code.
-            code_err = m.SpdmErrorCode.SessionRequired if self.neg.version >= m.V12 else \
+            error = m.SpdmErrorCode.SessionRequired if self.neg.version >= m.V12 else \
                 m.SpdmErrorCode.UnexpectedRequest
-            raise SpdmFailure(code_err, f"{m.request_name(code)} outside a session")
-        response: bytes = handler(self, data, sess, padded)
-        # Only a request that succeeded moves the transcripts on: bad input loses nothing.
-        self.transcript.request_succeeded(code, sess.transcript if sess else None)
-        if code not in (m.CHUNK_GET_CODE, m.CHUNK_SEND_CODE):
-            self._large_response = None
-        return response
+            raise SpdmFailure(error, f"{name} outside a session")
 
     # -- VCA -----------------------------------------------------------------------------
-    def _get_version(self, data: bytes, padded: bool) -> bytes:
-        _, exact = self._parse(m.GET_VERSION, data, padded)
+    @handles(m.GET_VERSION, state=None, where=Where.OUTSIDE_ONLY)
+    def _get_version(self, req: m.GET_VERSION, exact: bytes, sess: None) -> bytes:
         # GET_VERSION resets the connection and ends every session (§10.3).
-        for sess in list(self.sessions.values()):
-            self._end_session(sess, "get_version")
+        for old in list(self.sessions.values()):
+            self._end_session(old, "get_version")
         self.neg = Negotiated(m.V10)
-        self._large_response = None
-        self._chunk_in = None
+        self.chunk.reset()
         rsp = m.VERSION.build(sorted(self.config.versions)).pack()
         self.transcript.reset(exact, rsp)
         self.fsm.fire("version")
         return rsp
 
-    def _get_capabilities(self, data: bytes, sess: Any, padded: bool) -> bytes:
-        if self.fsm.state is not ConnectionState.AFTER_VERSION:
-            raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "GET_CAPABILITIES out of order")
-        if data[0] not in self.config.versions:
-            raise SpdmFailure(m.SpdmErrorCode.VersionMismatch,
-                              f"version {data[0]:#x} not offered in VERSION")
-        self.neg.version = data[0]
-        try:
-            req, exact = self._parse(m.GET_CAPABILITIES, data, padded)
-        except SpdmFailure as exc:
-            # Answered in the request's version (the one being negotiated).
-            self.neg.version = m.V10
-            exc.version = data[0]
-            raise
+    @handles(m.GET_CAPABILITIES, state=ConnectionState.AFTER_VERSION,
+             where=Where.OUTSIDE_ONLY)
+    def _get_capabilities(self, req: m.GET_CAPABILITIES, exact: bytes, sess: None) -> bytes:
         v = req.spdm_version
         flags = req.flags
         if v >= m.V11:
@@ -408,8 +527,8 @@ class SpdmResponder:
                         req.max_spdm_msg_size != req.data_transfer_size:
                     bad = "without CHUNK_CAP MaxSPDMmsgSize must equal DataTransferSize"
             if bad:
-                self.neg.version = m.V10
-                raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, bad, version=v)
+                raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, bad)
+        self.neg.version = v
         self.neg.peer_flags = flags
         self.neg.peer_dts = req.data_transfer_size if v >= m.V12 else 0
         self.neg.peer_max = req.max_spdm_msg_size if v >= m.V12 else 0
@@ -433,10 +552,8 @@ class SpdmResponder:
             flags |= f.CHUNK_CAP
         return flags
 
-    def _negotiate_algorithms(self, data: bytes, sess: Any, padded: bool) -> bytes:
-        if self.fsm.state is not ConnectionState.AFTER_CAPABILITIES:
-            raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
-                              "NEGOTIATE_ALGORITHMS out of order")
+    def _trim_to_length(self, data: bytes, padded: bool) -> tuple[bytes, bool]:
+        """NEGOTIATE_ALGORITHMS says its own Length: only DOE padding may follow."""
         if len(data) >= 6:
             (length,) = struct.unpack_from("<H", data, 4)
             if length > len(data) or length < 32:
@@ -445,8 +562,13 @@ class SpdmResponder:
             extra = data[length:]
             if extra and not (padded and len(extra) < 4 and not any(extra)):
                 raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, "Length mismatch")
-            data = data[:length]
-        req, exact = self._parse(m.NEGOTIATE_ALGORITHMS, data, False)
+            return data[:length], False
+        return data, padded
+
+    @handles(m.NEGOTIATE_ALGORITHMS, state=ConnectionState.AFTER_CAPABILITIES,
+             where=Where.OUTSIDE_ONLY, trim="_trim_to_length")
+    def _negotiate_algorithms(self, req: m.NEGOTIATE_ALGORITHMS, exact: bytes,
+                              sess: None) -> bytes:
         v = self.neg.version
         if v < m.V11 and req.param1:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, "AlgStructs before SPDM 1.1")
@@ -523,9 +645,10 @@ class SpdmResponder:
         return asym.sign(slot.key, message, hash_algo)
 
     # -- identity ------------------------------------------------------------------------
-    def _get_digests(self, data: bytes, sess: ResponderSession | None, padded: bool) -> bytes:
+    @handles(m.GET_DIGESTS)
+    def _get_digests(self, req: m.GET_DIGESTS, exact: bytes, sess: ResponderSession | None
+                     ) -> bytes:
         hash_algo, _, slot = self._require_negotiated()
-        _, exact = self._parse(m.GET_DIGESTS, data, padded)
         digest = hash_algo.digest(self._chain(slot, hash_algo))
         rsp = m.DIGESTS(spdm_version=self.neg.version,
                         param1=0x01 if self.neg.version >= m.V13 else 0,
@@ -534,10 +657,10 @@ class SpdmResponder:
             self.transcript.add_b(exact, rsp)
         return rsp
 
-    def _get_certificate(self, data: bytes, sess: ResponderSession | None,
-                         padded: bool) -> bytes:
+    @handles(m.GET_CERTIFICATE)
+    def _get_certificate(self, req: m.GET_CERTIFICATE, exact: bytes,
+                         sess: ResponderSession | None) -> bytes:
         hash_algo, _, slot = self._require_negotiated()
-        req, exact = self._parse(m.GET_CERTIFICATE, data, padded)
         slot_id = req.param1 & 0xF
         if slot_id != 0:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, f"slot {slot_id} is empty")
@@ -585,9 +708,9 @@ class SpdmResponder:
         chosen = [b for b in blocks if kind == m.SUMMARY_HASH_ALL or b.tcb]
         return self.neg.hash.digest(b"".join(b.pack() for b in chosen))
 
-    def _challenge(self, data: bytes, sess: Any, padded: bool) -> bytes:
+    @handles(m.CHALLENGE, where=Where.OUTSIDE_ONLY)
+    def _challenge(self, req: m.CHALLENGE, exact: bytes, sess: None) -> bytes:
         hash_algo, _, slot = self._require_negotiated()
-        req, exact = self._parse(m.CHALLENGE, data, padded)
         slot_id = req.param1 & 0xF if req.param1 != 0xFF else 0xFF
         if slot_id != 0:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, f"slot {req.param1:#x}")
@@ -608,14 +731,17 @@ class SpdmResponder:
         return unsigned + signature
 
     # -- measurements --------------------------------------------------------------------
-    def _get_measurements(self, data: bytes, sess: ResponderSession | None,
-                          padded: bool) -> bytes:
-        hash_algo, _, _ = self._require_negotiated()
-        source = self.config.measurements
-        if source is None or not self.neg.measurement_spec:
+    def _measurements_ready(self) -> None:
+        self._require_negotiated()
+        if self.config.measurements is None or not self.neg.measurement_spec:
             raise SpdmFailure(m.SpdmErrorCode.UnsupportedRequest, "no measurements negotiated",
                               data=m.GET_MEASUREMENTS_CODE)
-        req, exact = self._parse(m.GET_MEASUREMENTS, data, padded)
+
+    @handles(m.GET_MEASUREMENTS, ready="_measurements_ready")
+    def _get_measurements(self, req: m.GET_MEASUREMENTS, exact: bytes,
+                          sess: ResponderSession | None) -> bytes:
+        source = self.config.measurements
+        assert source is not None
         signed = bool(req.param1 & m.MEAS_ATTR_SIGNATURE_REQUESTED)
         if signed and req.slot_id_param != 0:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, f"slot {req.slot_id_param}")
@@ -654,14 +780,19 @@ class SpdmResponder:
         return unsigned + signature
 
     # -- sessions ------------------------------------------------------------------------
-    def _key_exchange(self, data: bytes, sess: Any, padded: bool) -> bytes:
-        hash_algo, asym, slot = self._require_negotiated()
+    def _key_exchange_ready(self) -> None:
+        self._require_negotiated()
         neg = self.neg
         if neg.version < m.V11 or neg.dhe is None or neg.aead is None or \
                 not neg.peer_flags & m.CapFlags.KEY_EX_CAP:
             raise SpdmFailure(m.SpdmErrorCode.UnsupportedRequest, "no key exchange negotiated",
                               data=m.KEY_EXCHANGE_CODE)
-        req, exact = self._parse(m.KEY_EXCHANGE, data, padded)
+
+    @handles(m.KEY_EXCHANGE, where=Where.OUTSIDE_ONLY, ready="_key_exchange_ready")
+    def _key_exchange(self, req: m.KEY_EXCHANGE, exact: bytes, sess: None) -> bytes:
+        hash_algo, asym, slot = self._require_negotiated()
+        neg = self.neg
+        assert neg.dhe is not None and neg.aead is not None
         if req.param2 != 0:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, f"slot {req.param2:#x}")
         summary = self._summary_hash(req.param1)
@@ -730,7 +861,12 @@ class SpdmResponder:
                               choice << 8)
         return build_opaque(element, self.neg.opaque_format)
 
-    def _finish(self, data: bytes, sess: ResponderSession | None, padded: bool) -> bytes:
+    def _finish_ready(self) -> None:
+        self._require_negotiated()
+
+    # Outside a session only with HANDSHAKE_IN_THE_CLEAR (the dispatcher checks).
+    @handles(m.FINISH, where=Where.SESSION_ONLY, ready="_finish_ready")
+    def _finish(self, req: m.FINISH, exact: bytes, sess: ResponderSession | None) -> bytes:
         hash_algo, _, _ = self._require_negotiated()
         if sess is None:
             # HANDSHAKE_IN_THE_CLEAR: a plain FINISH completes the newest handshake.
@@ -743,7 +879,6 @@ class SpdmResponder:
                               "FINISH must travel in the clear in this session")
         if sess.secured.state is not SessionState.HANDSHAKING:
             raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "session already finished")
-        req, exact = self._parse(m.FINISH, data, padded)
         if req.param1 & 1:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest,
                               "FINISH signature without mutual authentication")
@@ -786,12 +921,12 @@ class SpdmResponder:
                 return sess
         return None
 
-    def _heartbeat(self, data: bytes, sess: Any, padded: bool) -> bytes:
-        self._parse(m.HEARTBEAT, data, padded)
+    @handles(m.HEARTBEAT, where=Where.SESSION_ONLY)
+    def _heartbeat(self, req: m.HEARTBEAT, exact: bytes, sess: ResponderSession) -> bytes:
         return m.HEARTBEAT_ACK(spdm_version=self.neg.version).pack()
 
-    def _key_update(self, data: bytes, sess: ResponderSession, padded: bool) -> bytes:
-        req, _ = self._parse(m.KEY_UPDATE, data, padded)
+    @handles(m.KEY_UPDATE, where=Where.SESSION_ONLY)
+    def _key_update(self, req: m.KEY_UPDATE, exact: bytes, sess: ResponderSession) -> bytes:
         op = req.param1
         fsm = sess.secured.fsm
         if op in (m.KEY_UPDATE_UPDATE_KEY, m.KEY_UPDATE_UPDATE_ALL_KEYS):
@@ -813,8 +948,9 @@ class SpdmResponder:
         return m.KEY_UPDATE_ACK(spdm_version=self.neg.version, param1=op,
                                 param2=req.param2).pack()
 
-    def _end_session_request(self, data: bytes, sess: ResponderSession, padded: bool) -> bytes:
-        self._parse(m.END_SESSION, data, padded)
+    @handles(m.END_SESSION, where=Where.SESSION_ONLY)
+    def _end_session_request(self, req: m.END_SESSION, exact: bytes,
+                             sess: ResponderSession) -> bytes:
         sess.secured.fsm.fire("end", cause="end_session")  # closed once the ACK is out
         return m.END_SESSION_ACK(spdm_version=self.neg.version).pack()
 
@@ -830,9 +966,10 @@ class SpdmResponder:
              cause=cause)
 
     # -- vendor-defined ------------------------------------------------------------------
-    def _vendor_defined(self, data: bytes, sess: ResponderSession | None, padded: bool) -> bytes:
+    @handles(m.VENDOR_DEFINED_REQUEST)
+    def _vendor_defined(self, req: m.VENDOR_DEFINED_REQUEST, exact: bytes,
+                        sess: ResponderSession | None) -> bytes:
         self._require_negotiated()
-        req, _ = self._parse(m.VENDOR_DEFINED_REQUEST, data, padded)
         handler = self.vendor_protocols.get((req.standard_id, req.vendor_id))
         if handler is None:
             raise SpdmFailure(m.SpdmErrorCode.UnsupportedRequest,
@@ -854,59 +991,63 @@ class SpdmResponder:
             vendor_defined_resp_payload=answer).pack()
 
     # -- chunking (DSP0274 §10.20) ----------------------------------------------------------
-    def _chunk_get(self, data: bytes, sess: Any, padded: bool) -> bytes:
-        req, _ = self._parse(m.CHUNK_GET, data, padded)
+    @handles(m.CHUNK_GET, state=None)   # large ALGORITHMS etc. travel chunked too
+    def _chunk_get(self, req: m.CHUNK_GET, exact: bytes, sess: ResponderSession | None
+                   ) -> bytes:
         if self.neg.version < m.V12:
             raise SpdmFailure(m.SpdmErrorCode.UnsupportedRequest, "CHUNK_GET before 1.2",
                               data=m.CHUNK_GET_CODE)
-        if self._large_response is None or self._large_response[0] != req.param2:
+        chunk = self.chunk
+        if chunk.state is not ChunkState.SENDING or chunk.handle != req.param2:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, "no large response with handle "
                               f"{req.param2}")
-        handle, whole = self._large_response
+        whole = bytes(chunk.buffer)
         first_room = self.neg.peer_dts - 16
         room = self.neg.peer_dts - 12
         seq = req.chunk_seq_no
         start = 0 if seq == 0 else first_room + (seq - 1) * room
         if start >= len(whole):
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, f"chunk {seq} beyond the end")
-        chunk = whole[start:start + (first_room if seq == 0 else room)]
-        last = start + len(chunk) >= len(whole)
-        if last:
-            self._large_response = None
+        piece = whole[start:start + (first_room if seq == 0 else room)]
+        last = start + len(piece) >= len(whole)
+        chunk.fsm.fire("last_chunk_sent" if last else "chunk_sent", seq=seq)
         return m.CHUNK_RESPONSE(
-            spdm_version=self.neg.version, param1=m.CHUNK_LAST if last else 0, param2=handle,
-            chunk_seq_no=seq, chunk_size=len(chunk), large_message_size=len(whole),
-            response_chunk=chunk).pack()
+            spdm_version=self.neg.version, param1=m.CHUNK_LAST if last else 0,
+            param2=req.param2, chunk_seq_no=seq, chunk_size=len(piece),
+            large_message_size=len(whole), response_chunk=piece).pack()
 
-    def _chunk_send(self, data: bytes, sess: ResponderSession | None, padded: bool) -> bytes:
-        req, _ = self._parse(m.CHUNK_SEND, data, padded)
+    @handles(m.CHUNK_SEND, state=None)
+    def _chunk_send(self, req: m.CHUNK_SEND, exact: bytes, sess: ResponderSession | None
+                    ) -> bytes:
         if self.neg.version < m.V12:
             raise SpdmFailure(m.SpdmErrorCode.UnsupportedRequest, "CHUNK_SEND before 1.2",
                               data=m.CHUNK_SEND_CODE)
-        state = self._chunk_in
+        chunk = self.chunk
         if req.chunk_seq_no == 0:
             if req.large_message_size > self.config.max_spdm_msg_size:
-                self._chunk_in = None
+                chunk.abort("request too large")
                 raise SpdmFailure(m.SpdmErrorCode.RequestTooLarge,
                                   f"{req.large_message_size} bytes")
-            state = self._chunk_in = {"handle": req.param2, "seq": 0, "data": bytearray(),
-                                      "size": req.large_message_size}
-        elif state is None or state["handle"] != req.param2 or \
-                req.chunk_seq_no != state["seq"] + 1:
-            self._chunk_in = None
+            chunk.start_receiving(req.param2, req.large_message_size)
+        elif chunk.state is not ChunkState.RECEIVING or chunk.handle != req.param2 or \
+                req.chunk_seq_no != chunk.seq + 1:
+            chunk.abort("out of sequence")
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, "CHUNK_SEND out of sequence")
-        state["seq"] = req.chunk_seq_no
-        state["data"] += req.spdm_chunk
-        if len(state["data"]) > state["size"]:
-            self._chunk_in = None
+        else:
+            chunk.fsm.fire("chunk_received", seq=req.chunk_seq_no)
+        chunk.seq = req.chunk_seq_no
+        chunk.buffer += req.spdm_chunk
+        if len(chunk.buffer) > chunk.size:
+            chunk.abort("too long")
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, "chunks exceed LargeMessageSize")
         response = b""
         if req.param1 & m.CHUNK_LAST:
-            self._chunk_in = None
-            if len(state["data"]) != state["size"]:
+            inner = bytes(chunk.buffer)
+            if len(inner) != chunk.size:
+                chunk.abort("too short")
                 raise SpdmFailure(m.SpdmErrorCode.InvalidRequest,
                                   "chunks shorter than LargeMessageSize")
-            inner = bytes(state["data"])
+            chunk.finish_receiving()
             if len(inner) >= 2 and inner[1] in (m.CHUNK_SEND_CODE, m.CHUNK_GET_CODE):
                 raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, "chunked chunk request")
             emit("spdm.chunk.large_request", endpoint=self.name, size=len(inner))
@@ -915,7 +1056,8 @@ class SpdmResponder:
                                 chunk_seq_no=req.chunk_seq_no,
                                 response_to_large_request=response).pack()
 
-    def _respond_if_ready(self, data: bytes, sess: Any, padded: bool) -> bytes:
+    @handles(m.RESPOND_IF_READY, state=None)
+    def _respond_if_ready(self, req: m.RESPOND_IF_READY, exact: bytes, sess: Any) -> bytes:
         raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
                           "no ResponseNotReady was sent")
 
@@ -929,29 +1071,7 @@ class SpdmResponder:
             if keys is not None:
                 self.key_sink(key_entry(s.session_id, direction, s.schedule.aead.name, keys))
 
-    _HANDLERS: dict[int, Callable[..., bytes]] = {}
 
-
-SpdmResponder._HANDLERS = {
-    m.GET_CAPABILITIES_CODE: SpdmResponder._get_capabilities,
-    m.NEGOTIATE_ALGORITHMS_CODE: SpdmResponder._negotiate_algorithms,
-    m.GET_DIGESTS_CODE: SpdmResponder._get_digests,
-    m.GET_CERTIFICATE_CODE: SpdmResponder._get_certificate,
-    m.CHALLENGE_CODE: SpdmResponder._challenge,
-    m.GET_MEASUREMENTS_CODE: SpdmResponder._get_measurements,
-    m.KEY_EXCHANGE_CODE: SpdmResponder._key_exchange,
-    m.FINISH_CODE: SpdmResponder._finish,
-    m.HEARTBEAT_CODE: SpdmResponder._heartbeat,
-    m.KEY_UPDATE_CODE: SpdmResponder._key_update,
-    m.END_SESSION_CODE: SpdmResponder._end_session_request,
-    m.VENDOR_DEFINED_REQUEST_CODE: SpdmResponder._vendor_defined,
-    m.CHUNK_GET_CODE: SpdmResponder._chunk_get,
-    m.CHUNK_SEND_CODE: SpdmResponder._chunk_send,
-    m.RESPOND_IF_READY_CODE: SpdmResponder._respond_if_ready,
-}
-_SESSION_ONLY = {m.FINISH_CODE, m.HEARTBEAT_CODE, m.KEY_UPDATE_CODE, m.END_SESSION_CODE}
-_OUTSIDE_SESSION_ONLY = {m.GET_CAPABILITIES_CODE, m.NEGOTIATE_ALGORITHMS_CODE, m.CHALLENGE_CODE,
-                         m.KEY_EXCHANGE_CODE}
 
 
 __all__ = ["SpdmResponder", "ResponderConfig", "SpdmFailure", "VendorError", "VendorContext",

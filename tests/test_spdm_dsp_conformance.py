@@ -330,3 +330,63 @@ def test_every_request_code_has_one_typed_route() -> None:
     assert set(ROUTES) == set(m.REQUESTS)
     for code, route in ROUTES.items():
         assert route.cls is m.REQUESTS[code] and route.cls.CODE == code
+
+
+def hand_vca(flow, rsp_flags: int = BASE_FLAGS | (2 << 3) | CHUNK_CAP,  # type: ignore[no-untyped-def]
+             dts: int = 4096, mx: int = 65536) -> None:
+    """Answer a stepped init_connection_flow with hand-written 1.2 responses (P-384 set)."""
+    next(flow)
+    flow.send(b"\x10\x04\x00\x00\x00\x01\x00\x12")
+    flow.send(struct.pack("<BBBBBBHIII", 0x12, 0x61, 0, 0, 0, 12, 0, rsp_flags, dts, mx))
+    structs = struct.pack("<BBH", 2, 0x20, 1 << 4) + struct.pack("<BBH", 3, 0x20, 1 << 1) + \
+        struct.pack("<BBH", 5, 0x20, 1)
+    # ALGORITHMS 1.2: Length 36 + structs, DMTF measurement spec, OpaqueDataFmt1,
+    # MeasurementHashAlgo SHA-384 (bit 2), BaseAsymSel P-384, BaseHashSel SHA-384
+    algorithms = struct.pack("<BBBBHBBIII11sBBBH", 0x12, 0x63, 3, 0, 36 + len(structs), 1, 2,
+                             1 << 2, 1 << 7, 1 << 1, bytes(11), 0, 0, 0, 0) + structs
+    with pytest.raises(StopIteration):
+        flow.send(algorithms)
+
+
+def test_flow_fetches_a_large_response_with_chunk_get() -> None:
+    """DSP0274 1.2 §10.20: ERROR LargeResponse (0x0F, ExtendedErrorData = Handle) is
+    followed by CHUNK_GET (Param2 = Handle, ChunkSeqNo from 0) until LastChunk."""
+    req = SpdmRequester(**P384_REQUESTER)
+    hand_vca(req.init_connection_flow())
+    assert req.conn.version == 0x12 and req.conn.responder_dts == 4096
+    flow = req.get_digests_flow()
+    assert next(flow) == SpdmRequest(b"\x12\x81\x00\x00", False)
+    assert flow.send(b"\x12\x7f\x0f\x00\x05") == SpdmRequest(b"\x12\x86\x00\x05\x00\x00", False)
+    digests = b"\x12\x01\x00\x01" + bytes(range(48))
+    first, rest = digests[:20], digests[20:]
+    step = flow.send(struct.pack("<BBBBHHII", 0x12, 0x06, 0, 5, 0, 0, len(first),
+                                 len(digests)) + first)
+    assert step == SpdmRequest(b"\x12\x86\x00\x05\x01\x00", False)
+    with pytest.raises(StopIteration) as done:
+        flow.send(struct.pack("<BBBBHHI", 0x12, 0x06, 1, 5, 1, 0, len(rest)) + rest)
+    assert done.value.value == [bytes(range(48))]
+
+
+def test_requester_handshake_in_the_clear_sends_finish_unsecured() -> None:
+    """With HANDSHAKE_IN_THE_CLEAR_CAP on both sides FINISH is a plain SPDM object
+    (DOE type 1) of header + RequesterVerifyData, and the session then runs under
+    the data keys (records, type 2)."""
+    r = responder(handshake_in_the_clear=True)
+    transport = doe_transport(dispatcher(r).exchange)
+    req = SpdmRequester(handshake_in_the_clear=True, **P384_REQUESTER)
+    drive(req.authenticate_flow(), transport)
+    flow = req.start_session_flow()
+    sent = []
+    request = next(flow)
+    while True:
+        sent.append(request)
+        try:
+            request = flow.send(transport(request))
+        except StopIteration as done:
+            session = done.value
+            break
+    assert [(s.payload[1], s.secured) for s in sent] == [(0xE4, False), (0xE5, False)]
+    assert sent[1].payload[:4] == bytes([req.conn.version, 0xE5, 0, 0])
+    assert len(sent[1].payload) == 4 + 48
+    heartbeat = req.heartbeat_flow(session)
+    assert next(heartbeat).secured

@@ -6,6 +6,13 @@ records (:meth:`SpdmResponder.handle_secured`).  Every request is decoded with
 its declared message class; anything malformed, out of order or unsupported
 gets the specification's ERROR response and leaves the connection as it was.
 
+Each request code has one typed handler, registered with :func:`handles`
+(its message class, the connection phase it needs, whether it belongs inside
+or outside a session); the dispatcher checks those, decodes the request and
+calls the handler with the decoded message.  Sessions follow
+:class:`~.session.SessionState` (key update included), large messages the
+:class:`ChunkState` machine; both are one enum and one transition table.
+
 Transcripts (VCA, M1, L1/L2, K/F, TH1/TH2) follow :mod:`.transcript`, the
 same object the requester uses.
 """

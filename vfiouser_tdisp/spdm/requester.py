@@ -306,7 +306,10 @@ class SpdmRequester:
     def _exchange(self, request: bytes, session: RequesterSession | None,
                   new_response_key: bool = False) -> SpdmFlow[bytes]:
         """:meth:`_once`, then RESPOND_IF_READY while the answer is ResponseNotReady."""
+        before = session.secured.response if session is not None else None
         response = yield from self._once(request, session, new_response_key)
+        if session is not None and session.secured.response is not before:
+            new_response_key = False   # already on the new key: retries stay there
         for _ in range(RESPONSE_NOT_READY_RETRIES):
             if not _is_error(response, m.SpdmErrorCode.ResponseNotReady):
                 return response
@@ -320,7 +323,10 @@ class SpdmRequester:
             time.sleep(min((1 << min(rdt_exponent, 31)) / 1e6, MAX_RDT_SLEEP))
             retry = m.RESPOND_IF_READY(spdm_version=self.conn.version, param1=code,
                                        param2=token).pack()
+            before = session.secured.response if session is not None else None
             response = yield from self._once(retry, session, new_response_key)
+            if session is not None and session.secured.response is not before:
+                new_response_key = False
         raise SpdmRequesterError("responder stayed not ready")
 
     def send_flow(self, request: bytes, session: RequesterSession | None = None,

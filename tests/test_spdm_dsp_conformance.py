@@ -390,3 +390,92 @@ def test_requester_handshake_in_the_clear_sends_finish_unsecured() -> None:
     assert len(sent[1].payload) == 4 + 48
     heartbeat = req.heartbeat_flow(session)
     assert next(heartbeat).secured
+
+
+# -- responder-initiated KEY_UPDATE (encapsulated requests) ------------------------------
+ENCAP_CAP = 1 << 12
+
+
+def clear_session(r: SpdmResponder, version: int, flags: int
+                  ) -> tuple[Hand, int, bytes, bytes]:
+    """A session by hand (HANDSHAKE_IN_THE_CLEAR keeps it short); returns the hand,
+    the session ID and the request/response data secrets (DSP0274 §12 key schedule)."""
+    a = SETS["p256-sha256-aes128"]
+    hand = Hand(r, a, version)
+    caps = vca(hand, flags | HANDSHAKE_IN_THE_CLEAR_CAP)
+    assert struct.unpack_from("<I", caps, 8)[0] & HANDSHAKE_IN_THE_CLEAR_CAP
+    chain = hand.certificate()
+    h = hand.h
+    ke, rsp, mine, dhe = key_exchange(hand, (0x12,))
+    transcript = hand.A + hand.H(chain) + ke + rsp
+    th1 = hand.H(transcript)
+    shared = mine.exchange(ec.ECDH(), ec.EllipticCurvePublicKey.from_encoded_point(
+        a.curve(), b"\x04" + rsp[40:40 + dhe]))
+    hs = hmac.new(bytes(h), shared, a.hash_name).digest()
+    fin_req = hand.expand(hand.expand(hs, h, b"req hs data", th1), h, b"finished")
+    header = struct.pack("<BBBB", version, 0xE5, 0, 0)
+    finish = header + hmac.new(fin_req, hand.H(transcript + header), a.hash_name).digest()
+    finish_rsp = hand.plain(finish)
+    th2 = hand.H(transcript + finish + finish_rsp)
+    master = hmac.new(hand.expand(hs, h, b"derived"), bytes(h), a.hash_name).digest()
+    sid = 0x1234 | (struct.unpack_from("<H", rsp, 4)[0] << 16)
+    return (hand, sid, hand.expand(master, h, b"req app data", th2),
+            hand.expand(master, h, b"rsp app data", th2))
+
+
+@pytest.mark.parametrize("version", [0x12, 0x13])
+def test_responder_initiated_key_update_through_encapsulated_requests(version: int) -> None:
+    """DSP0274 1.2 §10.23 (encapsulated requests) carrying KEY_UPDATE §10.21, the
+    device being the KEY_UPDATE requester: GET_ENCAPSULATED_REQUEST (EA) ->
+    ENCAPSULATED_REQUEST (6A, Param1 RequestID) + KEY_UPDATE UpdateKey;
+    DELIVER_ENCAPSULATED_RESPONSE (EB, RequestID) + KEY_UPDATE_ACK ->
+    ENCAPSULATED_RESPONSE_ACK (6B; 1.2+: AckRequestID, 3 reserved bytes) + VerifyNewKey,
+    already under the device's new key (sequence 0); the last ACK has PayloadType 0.
+    spdm-emu's OOB_ENCAP_KEY_UPDATE socket command (0x8001, session ID) starts it."""
+    import threading
+
+    from vfiouser_tdisp.doe.emu_socket import SpdmEmuServer
+    from vfiouser_tdisp.server import encap_key_update
+
+    r = responder(handshake_in_the_clear=True)
+    hand, sid, req_data, rsp_data = clear_session(r, version, BASE_FLAGS | ENCAP_CAP)
+    v = version
+    seq = {"req": 0, "rsp": 0}
+    rsp_key = [rsp_data]
+
+    def call(message: bytes) -> bytes:
+        record = r.handle_secured(hand.seal(sid, req_data, seq["req"], message))
+        seq["req"] += 1
+        answer = hand.open(sid, rsp_key[0], seq["rsp"], record)
+        seq["rsp"] += 1
+        return answer
+
+    # nothing queued yet: 1.3 NoPendingRequests (0x45), 1.2 UnexpectedRequest
+    assert call(bytes([v, 0xEA, 0, 0])) == bytes([v, 0x7F, 0x45 if v >= 0x13 else 0x04, 0])
+    emu = SpdmEmuServer(dispatcher(r), threading.RLock(), oob={0x8001: encap_key_update(r)})
+    reply, done = emu.handle_frame(0x8001, 2, struct.pack("<I", sid))
+    assert (reply, done) == (struct.pack(">III", 0x8001, 2, 0), False)
+
+    encap = call(bytes([v, 0xEA, 0, 0]))
+    assert len(encap) == 8 and encap[:2] == bytes([v, 0x6A]) and encap[3] == 0
+    rid, inner = encap[2], encap[4:]
+    assert inner[:3] == bytes([v, 0xE9, 0x01])          # KEY_UPDATE UpdateKey, Tag
+    # a DELIVER_ENCAPSULATED_RESPONSE for another RequestID is refused
+    assert call(bytes([v, 0xEB, rid ^ 0x80, 0, v, 0x69, 1, inner[3]]))[:3] == \
+        bytes([v, 0x7F, 0x01])
+    # the ACK of UpdateKey; the answer already comes under the device's new key
+    record = r.handle_secured(hand.seal(sid, req_data, seq["req"],
+                                        bytes([v, 0xEB, rid, 0, v, 0x69, 1, inner[3]])))
+    seq["req"] += 1
+    rsp_key[0] = hand.expand(rsp_data, hand.h, b"traffic upd")
+    seq["rsp"] = 0
+    ack = hand.open(sid, rsp_key[0], 0, record)
+    seq["rsp"] = 1
+    assert ack[:2] == bytes([v, 0x6B]) and ack[3] == 1 and ack[4:8] == bytes([rid, 0, 0, 0])
+    rid2, verify = ack[2], ack[8:]
+    assert len(verify) == 4 and verify[:3] == bytes([v, 0xE9, 0x03])   # VerifyNewKey
+    last = call(bytes([v, 0xEB, rid2, 0, v, 0x69, 3, verify[3]]))
+    assert last == bytes([v, 0x6B, 0, 0, rid2, 0, 0, 0])
+    # the session goes on: request key unchanged, response under the new key
+    assert call(bytes([v, 0xE8, 0, 0])) == bytes([v, 0x68, 0, 0])
+    assert call(bytes([v, 0xEA, 0, 0]))[1:3] == bytes([0x7F, 0x45 if v >= 0x13 else 0x04])

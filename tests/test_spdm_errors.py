@@ -509,13 +509,13 @@ def test_forged_replayed_and_unknown_records(r: SpdmResponder) -> None:
 
 def test_spdm_1_3_certificate_info_and_slot_size() -> None:
     """DSP0274 1.3 §10.7 CERTIFICATE: Param2 is CertInfo only when MULTI_KEY_CAP is
-    set; this device never advertises it (CAPABILITIES Flags bits 22:21 = 0), so
+    set; this device never advertises it (CAPABILITIES Flags bits 27:26 = 0), so
     Param2 is reserved and must be 0.  SlotSizeRequested (GET_CERTIFICATE Param2
     bit 0) answers PortionLength 0 and the chain size in RemainderLength."""
     r = responder()
     assert get_version(r)[1] == m.VERSION_CODE
     caps = r.handle_cma(get_caps(0x13))
-    assert struct.unpack_from("<I", caps, 8)[0] & (3 << 21) == 0   # no MULTI_KEY_CAP
+    assert struct.unpack_from("<I", caps, 8)[0] & (3 << 26) == 0   # no MULTI_KEY_CAP
     assert r.handle_cma(negotiate(0x13))[1] == m.ALGORITHMS_CODE
     chain = identity().for_asym("ecdsa-p384").spdm_chain("sha384")  # type: ignore[union-attr]
     # GET_CERTIFICATE 1.3: 13 82 | Param1 slot 0 | Param2 SlotSizeRequested | Offset | Length

@@ -60,8 +60,9 @@ class DeviceProfile:
     spdm_max_message_size: int = 65536
     # HeartbeatPeriod (seconds) announced in KEY_EXCHANGE_RSP; 0 = no HEARTBEAT.
     spdm_heartbeat_period: int = 60
-    # Offer HANDSHAKE_IN_THE_CLEAR_CAP (FINISH/FINISH_RSP outside the secured record).
-    spdm_handshake_in_the_clear: bool = False
+    # Offer HANDSHAKE_IN_THE_CLEAR_CAP (FINISH/FINISH_RSP outside the secured record);
+    # used only when the requester sets it too (DMTF's requester does by default).
+    spdm_handshake_in_the_clear: bool = True
     firmware_version: str = "1.0.0"
     # TDISP device interface report: how mmio_range.first_page is encoded
     # ("page-number" as the Linux kernel parses it, or "byte-address" as in libspdm).

@@ -173,6 +173,28 @@ class Negotiated:
                        dhe=self.dhe.exchange_size if self.dhe else 0, **kw)
 
 
+class EncapState(enum.Enum):
+    """A responder-initiated KEY_UPDATE carried in encapsulated requests (DSP0274 1.2
+    §10.23): the device is the KEY_UPDATE requester and updates its own (response
+    direction) key."""
+
+    IDLE = "idle"
+    ARMED = "armed"                      # waiting for GET_ENCAPSULATED_REQUEST
+    AWAIT_UPDATE_ACK = "await_update_ack"  # KEY_UPDATE UpdateKey sent encapsulated
+    AWAIT_VERIFY_ACK = "await_verify_ack"  # VerifyNewKey sent in ENCAPSULATED_RESPONSE_ACK
+
+
+ENCAP_TABLE: dict[tuple[EncapState, str], EncapState] = {
+    (EncapState.IDLE, "arm"): EncapState.ARMED,
+    (EncapState.ARMED, "arm"): EncapState.ARMED,
+    (EncapState.ARMED, "update_sent"): EncapState.AWAIT_UPDATE_ACK,
+    (EncapState.AWAIT_UPDATE_ACK, "updated"): EncapState.AWAIT_VERIFY_ACK,
+    (EncapState.AWAIT_VERIFY_ACK, "verified"): EncapState.IDLE,
+    (EncapState.AWAIT_UPDATE_ACK, "abort"): EncapState.IDLE,
+    (EncapState.AWAIT_VERIFY_ACK, "abort"): EncapState.IDLE,
+}
+
+
 @dataclass
 class ResponderSession:
     secured: SecuredSession
@@ -182,6 +204,13 @@ class ResponderSession:
     in_the_clear: bool = False   # HANDSHAKE_IN_THE_CLEAR: FINISH/FINISH_RSP travel plain
     # Response-direction data keys, taken into use once FINISH_RSP is out (FINISHING).
     next_response_keys: DirectionKeys | None = None
+    encap: StateMachine[EncapState] = dataclasses.field(init=False)
+    encap_request_id: int = 0
+    encap_tag: int = 0
+
+    def __post_init__(self) -> None:
+        self.encap = StateMachine("spdm.encap", ENCAP_TABLE, EncapState.IDLE,
+                                  session_id=f"{self.session_id:#010x}")
 
     @property
     def session_id(self) -> int:
@@ -471,6 +500,8 @@ class SpdmResponder:
         except SpdmFailure as exc:
             if choosing:
                 exc.version = version
+            if exc.code == m.SpdmErrorCode.UnsupportedRequest and not exc.data:
+                exc.data = code   # ErrorData of UnsupportedRequest: the request code
             raise
         # Only a request that succeeded moves the transcripts on: bad input loses nothing.
         self.transcript.request_succeeded(code, sess.transcript if sess else None)
@@ -552,7 +583,8 @@ class SpdmResponder:
         if self.config.measurements is not None:
             flags |= f.MEAS_CAP_SIG
         if version >= m.V11:
-            flags |= f.ENCRYPT_CAP | f.MAC_CAP | f.KEY_EX_CAP | f.HBEAT_CAP | f.KEY_UPD_CAP
+            flags |= f.ENCRYPT_CAP | f.MAC_CAP | f.KEY_EX_CAP | f.HBEAT_CAP | f.KEY_UPD_CAP | \
+                f.ENCAP_CAP
         if version >= m.V11 and self.config.handshake_in_the_clear:
             flags |= f.HANDSHAKE_IN_THE_CLEAR_CAP
         if version >= m.V12:
@@ -996,6 +1028,86 @@ class SpdmResponder:
             spdm_version=self.neg.version, standard_id=req.standard_id, len=req.len,
             vendor_id=req.vendor_id, resp_length=len(answer),
             vendor_defined_resp_payload=answer).pack()
+
+    # -- encapsulated requests: responder-initiated KEY_UPDATE (DSP0274 1.2 §10.23) ----------
+    def request_key_update(self, session_id: int) -> bool:
+        """Queue a KEY_UPDATE (UpdateKey) of the device's own key for ``session_id``; the
+        requester fetches it with GET_ENCAPSULATED_REQUEST.  False: no such session."""
+        sess = self.sessions.get(session_id)
+        if sess is None or sess.secured.state not in (SessionState.ESTABLISHED,
+                                                       SessionState.KEY_UPDATING):
+            return False
+        sess.encap.fire("arm")
+        return True
+
+    def _encap_ready(self) -> None:
+        self._require_negotiated()
+        if self.neg.version < m.V11 or not self.neg.peer_flags & m.CapFlags.ENCAP_CAP:
+            raise SpdmFailure(m.SpdmErrorCode.UnsupportedRequest, "no ENCAP_CAP negotiated")
+
+    def _nothing_pending(self) -> SpdmFailure:
+        # 1.3 has NoPendingRequests for this; before, the request is unexpected.
+        if self.neg.version >= m.V13:
+            return SpdmFailure(m.SpdmErrorCode.NoPendingRequests, "no encapsulated request")
+        return SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "no encapsulated request")
+
+    def _encap_key_update(self, sess: ResponderSession, operation: int) -> bytes:
+        sess.encap_request_id = sess.encap_request_id % 255 + 1
+        sess.encap_tag = os.urandom(1)[0]
+        return m.KEY_UPDATE(spdm_version=self.neg.version, param1=operation,
+                            param2=sess.encap_tag).pack()
+
+    @handles(m.GET_ENCAPSULATED_REQUEST, ready="_encap_ready")
+    def _get_encapsulated_request(self, req: m.GET_ENCAPSULATED_REQUEST, exact: bytes,
+                                  sess: ResponderSession | None) -> bytes:
+        if sess is None or sess.encap.state is not EncapState.ARMED:
+            raise self._nothing_pending()
+        inner = self._encap_key_update(sess, m.KEY_UPDATE_UPDATE_KEY)
+        sess.encap.fire("update_sent", request_id=sess.encap_request_id)
+        return m.ENCAPSULATED_REQUEST(spdm_version=self.neg.version,
+                                      param1=sess.encap_request_id,
+                                      encapsulated_request=inner).pack()
+
+    @handles(m.DELIVER_ENCAPSULATED_RESPONSE, ready="_encap_ready")
+    def _deliver_encapsulated_response(self, req: m.DELIVER_ENCAPSULATED_RESPONSE,
+                                       exact: bytes, sess: ResponderSession | None) -> bytes:
+        if sess is None or sess.encap.state not in (EncapState.AWAIT_UPDATE_ACK,
+                                                    EncapState.AWAIT_VERIFY_ACK):
+            raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
+                              "no encapsulated request outstanding")
+        if req.param1 != sess.encap_request_id:
+            raise SpdmFailure(m.SpdmErrorCode.InvalidRequest,
+                              f"RequestID {req.param1}, expected {sess.encap_request_id}")
+        answer = req.encapsulated_response
+        ack_id = sess.encap_request_id
+        done = m.ENCAPSULATED_RESPONSE_ACK(
+            spdm_version=self.neg.version, param1=0, param2=m.ENCAP_PAYLOAD_ABSENT,
+            ack_request_id=ack_id)
+        if len(answer) >= 4 and answer[1] == m.ERROR_CODE:
+            sess.encap.fire("abort", error=answer[2])   # the requester declined: flow over
+            return done.pack()
+        waiting_update = sess.encap.state is EncapState.AWAIT_UPDATE_ACK
+        op = m.KEY_UPDATE_UPDATE_KEY if waiting_update else m.KEY_UPDATE_VERIFY_NEW_KEY
+        expected = m.KEY_UPDATE_ACK(spdm_version=self.neg.version, param1=op,
+                                    param2=sess.encap_tag).pack()
+        if answer != expected:
+            sess.encap.fire("abort", error="bad ack")
+            raise SpdmFailure(m.SpdmErrorCode.InvalidRequest,
+                              f"encapsulated answer {answer[:4].hex()} is not the "
+                              f"KEY_UPDATE_ACK {expected.hex()}")
+        if waiting_update:
+            # The requester acknowledged: from this ENCAPSULATED_RESPONSE_ACK on the
+            # device sends under its new key, and asks for VerifyNewKey under it.
+            sess.secured.update_keys("response")
+            self._log_keys(sess, "response")
+            sess.encap.fire("updated")
+            verify = self._encap_key_update(sess, m.KEY_UPDATE_VERIFY_NEW_KEY)
+            return m.ENCAPSULATED_RESPONSE_ACK(
+                spdm_version=self.neg.version, param1=sess.encap_request_id,
+                param2=m.ENCAP_PAYLOAD_PRESENT, ack_request_id=ack_id,
+                encapsulated_request=verify).pack()
+        sess.encap.fire("verified")
+        return done.pack()
 
     # -- chunking (DSP0274 §10.20) ----------------------------------------------------------
     @handles(m.CHUNK_GET, state=None)   # large ALGORITHMS etc. travel chunked too

@@ -34,17 +34,10 @@ from vfiouser_tdisp.device.device import PROFILES, DeviceProfile
 from vfiouser_tdisp.doe.protocols import PCI_SIG_VENDOR_ID, build_object, parse_object
 from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.firmware import CallClass, FirmwareCall, GuestMemory
-from vfiouser_tdisp.run.initramfs import build_initramfs
-from vfiouser_tdisp.run.job import parse_console
 from vfiouser_tdisp.run.module_build import ensure_module
+from vfiouser_tdisp.run.port_guest import boot_with_port
 from vfiouser_tdisp.run.provision import Provisioned, ProvisionError, ensure_provisioned
-from vfiouser_tdisp.run.qemu import (
-    QemuCommand,
-    accel_decision,
-    firmware_port_args,
-    run_with_deadline,
-)
-from vfiouser_tdisp.server import firmware_port_path, platform_firmware, start_devices
+from vfiouser_tdisp.server import platform_firmware
 from vfiouser_tdisp.spdm.der import split_der_certificates
 from vfiouser_tdisp.spdm.requester import SpdmRequester
 
@@ -289,36 +282,6 @@ def prov() -> Provisioned:
         return ensure_provisioned()
     except ProvisionError as exc:
         pytest.fail(f"not provisioned: {exc}")
-
-
-def boot_with_port(prov: Provisioned, out: Path, firmware: Any, checks: str,
-                   timeout: float = 150, append: str = "",
-                   profile: str = "virtio-rng") -> tuple[Any, str]:
-    """Serve virtio-rng + the firmware port in this process, boot the guest."""
-    ko = ensure_module(prov)
-    initrd = build_initramfs(prov.busybox, prov.modules, out / "initrd.gz", extra_modules=[ko])
-    sock = f"/tmp/vtfw-{id(out) % 10**8}.sock"
-    running = start_devices([sock], profile, firmware=firmware)
-    # A function captures its bus number from Type 0 configuration writes (PCIe
-    # r6.x 2.2.6.2); vfio-user does not carry it, and the device's TDISP
-    # responder answers INTERFACE_IDs on bus 0 unless told.  Behind its own root
-    # port the guest enumerates it on bus 1, the RID the RMM puts in
-    # INTERFACE_ID (the TDI's host RID).
-    running.devices[0].tdisp.bus = 1
-    try:
-        chosen, _why = accel_decision(prov.qemu, prov.kernel, "auto", prov.cache)
-        console = out / "console.log"
-        qc = QemuCommand(kernel=prov.kernel, initrd=str(initrd), sockets=[[sock]],
-                         append="console=ttyS0 panic=-1 loglevel=7 vtdisp.vendor=0x1af4 "
-                                f"vtdisp.device=0x1044 vtdisp.checks={checks} {append}",
-                         accel=chosen, console_log=str(console),
-                         extra=firmware_port_args(firmware_port_path(sock)))
-        rc, err = run_with_deadline(qc.command(prov.qemu), prov.qemu.environ(), timeout)
-        text = console.read_text(errors="replace")
-        assert rc == 0, f"qemu rc={rc}: {err[-2000:]!r}\n{text[-3000:]}"
-        return parse_console(text), text
-    finally:
-        running.close()
 
 
 def test_module_builds_reproducibly(prov: Provisioned) -> None:

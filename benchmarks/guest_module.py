@@ -61,7 +61,7 @@ def main() -> int:
     print(f"{'step':16} median (s)  [rounds: {args.rounds}, accel: {run.accel}]")
     for step in STEPS:
         print(f"{step:16} {statistics.median(times[step]):8.2f}")
-    print(f"{'guest boot+flow':16} {statistics.median(walls):8.2f}  (wall, QEMU start to power-off)")
+    print(f"{'guest boot+flow':16} {statistics.median(walls):8.2f}  (wall, QEMU to power-off)")
     return 0
 
 

@@ -112,6 +112,16 @@ else
         if echo "$tsm" > "$d/tsm/connect" 2>/dev/null; then
             result tsm_connect FAIL "a second connect was accepted"
         fi
+        # the core probes the DSM's other functions: they get tsm/dsm too
+        for f in $BDFS; do
+            [ "$f" = "$BDF" ] && continue
+            fd=/sys/bus/pci/devices/$f
+            if [ "$(cat $fd/tsm/dsm 2>/dev/null)" = "$BDF" ] && [ -e $fd/authenticated ]; then
+                result tsm_function PASS "$f dsm=$(cat $fd/tsm/dsm)"
+            else
+                result tsm_function FAIL "$f: $(ls $fd | grep -e tsm -e auth | tr '\n' ' ')"
+            fi
+        done
         if [ "$(cmdline_opt bind)" = 1 ]; then
             p=/sys/bus/pci/devices/$port
             [ "$(cmdline_opt tvm)" = 1 ] && tvm_pre

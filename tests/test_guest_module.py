@@ -404,3 +404,14 @@ def test_module_connects_binds_locks_and_accepts_through_the_rmm(
     assert len(events.of("ide_km.key_prog")) == 6 and len(events.of("ide_km.k_set_go")) == 6
     assert "vtfw: VDEV UNLOCKED -> LOCKED (RMI_VDEV_LOCK)" in console
     assert "digests match" in console and "TVM: accepted" in console
+
+
+def test_connect_reaches_the_dsms_other_functions(prov: Provisioned, tmp_path: Path) -> None:
+    """virtio-rng-2fn: after connect the kernel's core probes function 1 through the link
+    TSM (pci_tsm_link_constructor), which then shows its DSM in tsm/dsm."""
+    run, console = boot_with_port(prov, tmp_path, MiniRmmWithStreams(), "device,tsm_module",
+                                  profile="virtio-rng-2fn")
+    for name in ("tsm_connect", "tsm_function", "tsm_disconnect", "tsm_rmmod"):
+        got = run.result(name)
+        assert got is not None and got[0], f"{name}: {got}\n{console[-3000:]}"
+    assert (run.result("tsm_function") or ("", ""))[1] == "0000:01:00.1 dsm=0000:01:00.0"

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from ..firmware import Firmware
-from ..server import firmware_port_path, start_devices
+from ..server import firmware_port_path, function_socket_path, start_devices
 from .initramfs import build_initramfs
 from .job import GuestRun, parse_console
 from .module_build import ensure_module
@@ -48,9 +48,11 @@ def boot_with_port(prov: Provisioned, out: Path, firmware: Firmware, checks: str
         chosen, _why = accel_decision(prov.qemu, prov.kernel, "auto", prov.cache)
         console = out / "console.log"
         vendor, device = running.devices[0].dsm.vendor_id, running.devices[0].dsm.device_id
-        qc = QemuCommand(kernel=prov.kernel, initrd=str(initrd), sockets=[[sock]],
+        fns = [function_socket_path(sock, i) for i in range(len(running.devices[0].functions))]
+        qc = QemuCommand(kernel=prov.kernel, initrd=str(initrd), sockets=[fns],
                          append=f"console=ttyS0 panic=-1 loglevel=7 vtdisp.vendor={vendor:#06x} "
-                                f"vtdisp.device={device:#06x} vtdisp.checks={checks} {append}",
+                                f"vtdisp.device={device:#06x} vtdisp.functions={len(fns)} "
+                                f"vtdisp.checks={checks} {append}",
                          accel=chosen, console_log=str(console),
                          extra=firmware_port_args(firmware_port_path(sock)))
         (out / "qemu-cmdline.txt").write_text(qc.shell(prov.qemu) + "\n")

@@ -106,6 +106,7 @@ def main_tsm(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     unsubscribe = []
+    events = None
     if args.events:
         events = open(args.events, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
         unsubscribe.append(LOG.subscribe(JsonLinesSink(events)))
@@ -137,6 +138,8 @@ def main_tsm(args: argparse.Namespace) -> int:
             client.close()
         for u in unsubscribe:
             u()
+        if events is not None:
+            events.close()
 
 
 def run_steps(args: argparse.Namespace, transport: Any, where: str, root: Any) -> int:

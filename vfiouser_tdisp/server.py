@@ -4,13 +4,16 @@ Each ``--socket PATH`` gets its own device built from the profile.  Function 0
 is served at PATH; further functions of a multi-function profile at
 ``PATH.fnN`` (attach them to QEMU in the same slot with ``addr=S.N``).
 ``--spdm-port`` also serves each device's DOE mailbox over the DMTF spdm-emu
-socket protocol; ``--pcap`` captures every DOE object.
+socket protocol; ``--pcap`` captures every DOE object.  ``--platform`` adds the
+firmware port (docs/firmware-port.md) with that platform's firmware emulator
+behind it, on ``PATH.fwport`` of the first socket.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import signal
 import sys
@@ -19,9 +22,11 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .device.device import Device, get_profile
+from .device.firmware_port import build_firmware_port
 from .doe.capture import PcapWriter
 from .doe.emu_socket import SpdmEmuServer
 from .events import LOG, HumanSink, JsonLinesSink, emit
+from .firmware import Firmware
 from .spdm.identity import IdentityError
 from .spdm.keylog import KeyLogWriter
 from .vfio_user.server import FunctionServer
@@ -33,6 +38,19 @@ def function_socket_path(path: str, fn: int) -> str:
 
 def numbered(path: str, i: int) -> str:
     return path if i == 0 else f"{path}.{i}"
+
+
+# --platform NAME -> the firmware emulator served behind the firmware port
+PLATFORMS = {"cca": "vfiouser_tdisp.tsm.cca:Rmm"}
+
+
+def firmware_port_path(path: str) -> str:
+    return f"{path}.fwport"
+
+
+def platform_firmware(name: str) -> Firmware:
+    module, _, factory = PLATFORMS[name].partition(":")
+    return getattr(importlib.import_module(module), factory)()  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -56,7 +74,8 @@ def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = N
                   spdm_host: str = "127.0.0.1", pcap: str | None = None, *,
                   pcap_keys: str | None = None,
                   identity_options: dict[str, Any] | None = None,
-                  debug_ide_keys: bool = False) -> RunningDevices:
+                  debug_ide_keys: bool = False,
+                  firmware: Firmware | None = None) -> RunningDevices:
     """Build one device per socket path and start serving it.
 
     Device ``i`` gets the spdm-emu port ``spdm_port + i`` and the capture file
@@ -64,7 +83,8 @@ def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = N
     ``identity_options`` go to :func:`identity_for_device` (chain_file,
     key_file, cache_dir).  The SPDM identity is loaded (or generated) here,
     before the guest can ask: a key generation inside a DOE exchange would
-    exceed the kernel's 1 s DOE timeout.
+    exceed the kernel's 1 s DOE timeout.  With ``firmware``, the firmware port
+    is served on ``firmware_port_path(paths[0])`` with it behind.
     """
     profile = get_profile(profile_name)
     running = RunningDevices()
@@ -92,6 +112,11 @@ def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = N
                 srv = FunctionServer(fn, function_socket_path(path, fn_no), dev.lock)
                 srv.start()
                 running.servers.append(srv)
+        if firmware is not None:
+            port_fn, _port = build_firmware_port(firmware)
+            srv = FunctionServer(port_fn, firmware_port_path(paths[0]))
+            srv.start()
+            running.servers.append(srv)
     except BaseException:
         running.close()
         raise
@@ -102,10 +127,11 @@ def serve_forever(paths: list[str], profile_name: str, spdm_port: int | None = N
                   spdm_host: str = "127.0.0.1", pcap: str | None = None, *,
                   pcap_keys: str | None = None,
                   identity_options: dict[str, Any] | None = None,
-                  debug_ide_keys: bool = False) -> None:
+                  debug_ide_keys: bool = False, platform: str | None = None) -> None:
     running = start_devices(paths, profile_name, spdm_port, spdm_host, pcap,
                             pcap_keys=pcap_keys, identity_options=identity_options,
-                            debug_ide_keys=debug_ide_keys)
+                            debug_ide_keys=debug_ide_keys,
+                            firmware=platform_firmware(platform) if platform else None)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -148,7 +174,8 @@ def main_serve(args: argparse.Namespace) -> int:
         try:
             serve_forever(args.socket, args.profile, args.spdm_port, args.spdm_host, args.pcap,
                           pcap_keys=args.pcap_keys, identity_options=identity,
-                          debug_ide_keys=args.debug_ide_keys)
+                          debug_ide_keys=args.debug_ide_keys,
+                          platform=getattr(args, "platform", None))
         except IdentityError as exc:
             print(f"vfiouser-tdisp serve: {exc}", file=sys.stderr)
             return 2

@@ -1,0 +1,65 @@
+# The guest module (vtfw.ko) against the kernel's own PCI/TSM core:
+# insmod binds the firmware port and registers a link TSM, tsm/ appears on the
+# DSM; tsm/connect runs the core and its DOE driver through the firmware;
+# with vtdisp.bind=1, bind and unbind the TDI through the kernel's
+# pci_tsm_bind()/pci_tsm_unbind() (the module's tdi_bind/tdi_unbind trigger:
+# 7.3 has no caller) and read tsm/bound; disconnect; rmmod makes tsm/
+# disappear (Documentation/ABI/testing/sysfs-bus-pci).
+# Results: tsm_module, tsm_connect, [tsm_bind, tsm_unbind,] tsm_disconnect, tsm_rmmod.
+d=/sys/bus/pci/devices/$BDF
+if [ -z "$BDF" ]; then
+    result tsm_module FAIL "device missing"
+elif [ -e "$d/tsm" ]; then
+    result tsm_module FAIL "tsm/ present before any TSM registered"
+elif ! load_module vtfw; then
+    result tsm_module FAIL "insmod vtfw failed: $(dmesg | grep vtfw | tail -n 3)"
+else
+    tsm=$(ls /sys/class/tsm 2>/dev/null | head -n 1)
+    port=$(basename "$(readlink -f /sys/bus/pci/drivers/vtfw/*:*)" 2>/dev/null)
+    if [ -d "$d/tsm" ] && [ -n "$tsm" ] && [ -e "$d/authenticated" ]; then
+        result tsm_module PASS "tsm=$tsm port=$port attrs=$(ls $d/tsm | tr '\n' ' ')"
+    else
+        result tsm_module FAIL "tsm/ not on $BDF (class tsm: '$tsm', port: '$port')"
+    fi
+    if echo "$tsm" > "$d/tsm/connect" 2>/tmp/connect.err; then
+        c=$(cat $d/tsm/connect) a=$(cat $d/authenticated) s=$(cat $d/tsm/dsm)
+        if [ "$c" = "$tsm" ] && [ "$a" = "$tsm" ] && [ "$s" = "$BDF" ]; then
+            result tsm_connect PASS "connect=$c authenticated=$a dsm=$s"
+        else
+            result tsm_connect FAIL "connect='$c' authenticated='$a' dsm='$s'"
+        fi
+        if echo "$tsm" > "$d/tsm/connect" 2>/dev/null; then
+            result tsm_connect FAIL "a second connect was accepted"
+        fi
+        if [ "$(cmdline_opt bind)" = 1 ]; then
+            p=/sys/bus/pci/devices/$port
+            if echo "$BDF" > "$p/tdi_bind" 2>/tmp/bind.err && [ "$(cat $d/tsm/bound)" = "$tsm" ]; then
+                result tsm_bind PASS "bound=$(cat $d/tsm/bound)"
+            else
+                result tsm_bind FAIL "$(cat /tmp/bind.err) bound='$(cat $d/tsm/bound)':" \
+                    "$(dmesg | grep -i vtfw | tail -n 3 | tr '\n' '|')"
+            fi
+            echo "$BDF" > "$p/tdi_unbind"
+            if [ -z "$(cat $d/tsm/bound)" ]; then
+                result tsm_unbind PASS "bound empty"
+            else
+                result tsm_unbind FAIL "bound='$(cat $d/tsm/bound)'"
+            fi
+        fi
+        echo "$tsm" > "$d/tsm/disconnect"
+        c=$(cat $d/tsm/connect) a=$(cat $d/authenticated) s=$(cat $d/tsm/dsm)
+        if [ -z "$c$a$s" ]; then
+            result tsm_disconnect PASS "connect, authenticated and dsm empty"
+        else
+            result tsm_disconnect FAIL "connect='$c' authenticated='$a' dsm='$s'"
+        fi
+    else
+        result tsm_connect FAIL "$(cat /tmp/connect.err): $(dmesg | grep -i vtfw | tail -n 4 | tr '\n' '|')"
+    fi
+    if rmmod vtfw && [ ! -e "$d/tsm" ] && [ ! -e "$d/authenticated" ] \
+            && [ -z "$(ls /sys/class/tsm 2>/dev/null)" ]; then
+        result tsm_rmmod PASS "tsm/ and authenticated gone"
+    else
+        result tsm_rmmod FAIL "after rmmod: $(ls $d | grep -e tsm -e authenticated | tr '\n' ' ')"
+    fi
+fi

@@ -68,12 +68,14 @@ struct cca_dsm {
 	u64 stream;
 	bool stream_connected;
 	unsigned int relayed;	/* DOE exchanges relayed for the RMM */
+	u64 handles;		/* RHI operation handles given out */
 };
 
 /* the realm TDIs are bound to: one per port, as this VM plays host and TVM */
 struct cca_realm {
 	void *rd;
 	void *rec;
+	void *run;		/* rmi_rec_run: the host's side of a REC entry */
 	bool rd_delegated;
 	bool rec_delegated;
 	bool created;
@@ -85,6 +87,7 @@ struct cca_tdi {
 	void *granule;
 	bool delegated;
 	bool created;
+	u64 handle;		/* the RHI operation in flight, 0: none */
 };
 
 static const char * const cca_vdev_states[] = {
@@ -252,6 +255,7 @@ static int cca_exchange(struct cca_dsm *dsm, u64 fid, const u64 *obj, unsigned i
 	u64 status = RMI_COMM_STATUS_NONE, resp_len = 0;
 	u64 res[VTFW_NR_RESULTS];
 	u64 args[4], req_len, id;
+	unsigned long fresh = 0;
 	int rc, n;
 	u8 type;
 
@@ -274,6 +278,10 @@ static int cca_exchange(struct cca_dsm *dsm, u64 fid, const u64 *obj, unsigned i
 
 		*flags = get64(dsm->comm, RMI_COMM_EXIT_FLAGS);
 		id = get64(dsm->comm, RMI_COMM_EXIT_CACHE_OBJ_ID) & 0xff;
+		/* an operation's first piece of an object replaces the old copy */
+		if (*flags & (RMI_COMM_EXIT_RSP_CACHE | RMI_COMM_EXIT_REQ_CACHE) &&
+		    id < RMI_DEV_NR_OBJS && !test_and_set_bit(id, &fresh))
+			*flags |= RMI_COMM_EXIT_RSP_RESET;
 		if (*flags & RMI_COMM_EXIT_RSP_RESET && id < RMI_DEV_NR_OBJS) {
 			kfree(dsm->obj[id].data);
 			dsm->obj[id].data = NULL;
@@ -592,9 +600,13 @@ static int cca_realm_get(struct cca_dsm *dsm, struct cca_realm **out)
 	*out = realm;
 	if (realm->created)
 		return 0;
-	realm->rd = cca_granule_get(port, &realm->rd_delegated);
-	realm->rec = cca_granule_get(port, &realm->rec_delegated);
-	if (!realm->rd || !realm->rec)
+	if (!realm->run)
+		realm->run = (void *)get_zeroed_page(GFP_KERNEL);
+	if (!realm->rd)
+		realm->rd = cca_granule_get(port, &realm->rd_delegated);
+	if (!realm->rec)
+		realm->rec = cca_granule_get(port, &realm->rec_delegated);
+	if (!realm->rd || !realm->rec || !realm->run)
 		return -ENOMEM;
 	/* realm and REC parameters: defaults (a zeroed page) */
 	memset(dsm->params, 0, PAGE_SIZE);
@@ -632,8 +644,10 @@ static void cca_realm_put(struct vtfw_port *port)
 	}
 	cca_granule_put(port, realm->rec, realm->rec_delegated);
 	cca_granule_put(port, realm->rd, realm->rd_delegated);
+	free_page((unsigned long)realm->run);
 	realm->rec = NULL;
 	realm->rd = NULL;
+	realm->run = NULL;
 }
 
 static const char *vdev_state_name(u64 state)
@@ -780,16 +794,199 @@ static void cca_unbind(struct pci_tdi *base)
 	cca_vdev_free(to_cca_dsm(base->pdev->tsm->dsm_dev), tdi);
 }
 
+/* -- RHI host calls: what a VMM does with the TVM's requests --------------------------- */
+
+static u64 cca_rhi_start(struct cca_dsm *dsm, struct cca_tdi *tdi, const char *what,
+			 u64 fid, u64 extra, u64 *out)
+{
+	struct cca_realm *realm = dsm->port->platform;
+	u64 args[] = { vtfw_pa(realm->rd), vtfw_pa(dsm->ep.granule), vtfw_pa(tdi->granule),
+		       extra };
+	u64 res[VTFW_NR_RESULTS];
+	int rc;
+
+	if (tdi->handle)
+		return RHI_DA_BUSY;
+	rc = vtfw_call(dsm->port, VTFW_CLASS_HOST, fid, args, ARRAY_SIZE(args), res);
+	if (!rc && res[0] == RMI_BUSY)
+		return RHI_DA_BUSY;
+	if (rc || res[0] != RMI_SUCCESS) {
+		vtfw_warn(tdi->base.pdev, "%s for the TVM: %d / %#llx\n", what, rc, res[0]);
+		return RHI_DA_DEVICE;
+	}
+	tdi->handle = ++dsm->handles;
+	out[1] = tdi->handle;
+	return RHI_DA_INCOMPLETE;
+}
+
+static u64 cca_rhi_continue(struct cca_dsm *dsm, struct cca_tdi *tdi, u64 handle)
+{
+	struct cca_realm *realm = dsm->port->platform;
+	u64 obj[] = { vtfw_pa(realm->rd), vtfw_pa(dsm->ep.granule), vtfw_pa(tdi->granule) };
+	u64 flags, state;
+
+	if (!tdi->handle || handle != tdi->handle)
+		return RHI_DA_DEVICE;
+	tdi->handle = 0;
+	if (cca_exchange(dsm, RMI_VDEV_COMMUNICATE, obj, ARRAY_SIZE(obj), &flags) ||
+	    cca_vdev_state(dsm, tdi, &state) || state == RMI_VDEV_ERROR)
+		return RHI_DA_DEVICE;
+	return RHI_DA_SUCCESS;
+}
+
+static u64 cca_rhi_set_tdi_state(struct cca_dsm *dsm, struct cca_tdi *tdi, u64 target,
+				 u64 *out)
+{
+	static const struct {
+		u64 state, fid;
+		const char *name;
+	} map[] = {
+		[RHI_TDI_CONFIG_UNLOCKED] = { RMI_VDEV_UNLOCKED, RMI_VDEV_UNLOCK, "VDEV_UNLOCK" },
+		[RHI_TDI_CONFIG_LOCKED] = { RMI_VDEV_LOCKED, RMI_VDEV_LOCK, "VDEV_LOCK" },
+		[RHI_TDI_RUN] = { RMI_VDEV_STARTED, RMI_VDEV_START, "VDEV_START" },
+	};
+	u64 state;
+
+	if (target >= ARRAY_SIZE(map))
+		return RHI_DA_INVALID_OBJECT;
+	if (cca_vdev_state(dsm, tdi, &state))
+		return RHI_DA_DEVICE;
+	if (state == map[target].state)
+		return RHI_DA_SUCCESS;	/* e.g. locked by the host at bind time */
+	return cca_rhi_start(dsm, tdi, map[target].name, map[target].fid, 0, out);
+}
+
+/* the TVM's measurement parameters: flags (RAW b0) @0, nonce[32] @0x100 */
+static u64 cca_rhi_measure(struct cca_dsm *dsm, struct cca_tdi *tdi, u64 params, u64 *out)
+{
+	const u8 *in;
+
+	if (!params || !pfn_valid(PHYS_PFN(params)) || offset_in_page(params))
+		return RHI_DA_ACCESS_FAILED;
+	in = phys_to_virt(params);
+	memset(dsm->params, 0, PAGE_SIZE);
+	put64(dsm->params, 0, get64(in, 0) & 1);
+	memcpy(dsm->params + RMI_VDEV_MEASURE_NONCE, in + RMI_VDEV_MEASURE_NONCE, 32);
+	return cca_rhi_start(dsm, tdi, "RMI_VDEV_GET_MEASUREMENTS", RMI_VDEV_GET_MEASUREMENTS,
+			     vtfw_pa(dsm->params), out);
+}
+
+/* OBJECT_SIZE / OBJECT_READ: from the host's cache of what the RMM marked */
+static u64 cca_rhi_object(struct cca_dsm *dsm, const u64 *in, u64 *out)
+{
+	u64 id = in[2], buf = in[3], max_len = in[4], offset = in[5];
+	struct cca_obj *o;
+
+	if (id > RHI_OBJ_INTERFACE_REPORT)
+		return RHI_DA_INVALID_OBJECT;
+	o = &dsm->obj[id];	/* the ACS object ids are the cache's */
+	if (!o->len)
+		return RHI_DA_DATA_NOT_AVAILABLE;
+	if (in[0] == RHI_DA_OBJECT_SIZE) {
+		out[1] = o->len;
+		return RHI_DA_SUCCESS;
+	}
+	if (!buf || !pfn_valid(PHYS_PFN(buf)))
+		return RHI_DA_ACCESS_FAILED;
+	if (offset >= o->len)
+		return RHI_DA_INVALID_OFFSET;
+	/* the TVM's buffer, one page at most: this VM is also the TVM */
+	max_len = min3(max_len, o->len - offset, PAGE_SIZE - offset_in_page(buf));
+	memcpy(phys_to_virt(buf), o->data + offset, max_len);
+	out[1] = max_len;
+	return RHI_DA_SUCCESS;
+}
+
+static u64 cca_rhi(struct cca_dsm *dsm, struct cca_tdi *tdi, const u64 *in, u64 *out)
+{
+	switch (in[0]) {
+	case RHI_DA_VERSION:
+		return RHI_DA_VERSION_1_0;
+	case RHI_DA_FEATURES:	/* sizes, reads, continue, measurements, report, state */
+		return BIT(0) | BIT(1) | BIT(2) | BIT(3) | BIT(4) | BIT(5);
+	case RHI_DA_OBJECT_SIZE:
+	case RHI_DA_OBJECT_READ:
+		return cca_rhi_object(dsm, in, out);
+	case RHI_DA_VDEV_GET_INTERFACE_REPORT:
+		return cca_rhi_start(dsm, tdi, "RMI_VDEV_GET_INTERFACE_REPORT",
+				     RMI_VDEV_GET_INTERFACE_REPORT, 0, out);
+	case RHI_DA_VDEV_GET_MEASUREMENTS:
+		return cca_rhi_measure(dsm, tdi, in[2], out);
+	case RHI_DA_VDEV_SET_TDI_STATE:
+		return cca_rhi_set_tdi_state(dsm, tdi, in[2], out);
+	case RHI_DA_VDEV_CONTINUE:
+		return cca_rhi_continue(dsm, tdi, in[2]);
+	default:
+		return RHI_NOT_SUPPORTED;
+	}
+}
+
 /*
- * TVM requests that reach the host (RHI through RSI_HOST_CALL) arrive here on
- * a real host through iommufd; the realm-side driver that issues them is not
- * written yet, so no request format is defined.
+ * guest_req carries one RHI call as the REC exit reported it: in = the 31
+ * gprs (gprs[0] = function id), out = the 31 gprs of the answer, *tsm_code =
+ * its status.  [MODEL] iommufd's TSM_REQ payload for CCA is not settled.
  */
-static ssize_t cca_guest_req(struct pci_tdi *tdi, enum pci_tsm_req_scope scope,
+static ssize_t cca_guest_req(struct pci_tdi *base, enum pci_tsm_req_scope scope,
 			     sockptr_t req_in, size_t in_len, sockptr_t req_out,
 			     size_t out_len, u64 *tsm_code)
 {
-	return -EOPNOTSUPP;
+	struct cca_tdi *tdi = container_of(base, struct cca_tdi, base);
+	struct cca_dsm *dsm = to_cca_dsm(base->pdev->tsm->dsm_dev);
+	u64 in[REC_NR_GPRS], out[REC_NR_GPRS] = {};
+
+	if (in_len != sizeof(in) || out_len < sizeof(out))
+		return -EINVAL;
+	if (copy_from_sockptr(in, req_in, sizeof(in)))
+		return -EFAULT;
+	if (in[0] == RHI_DA_VDEV_SET_TDI_STATE && scope != PCI_TSM_REQ_STATE_CHANGE)
+		return -EPERM;
+	if (in[0] != RHI_DA_VERSION && in[0] != RHI_DA_FEATURES && in[1] != base->tdi_id)
+		out[0] = RHI_DA_INVALID_VDEV_ID;
+	else
+		out[0] = cca_rhi(dsm, tdi, in, out);
+	if (copy_to_sockptr(req_out, out, sizeof(out)))
+		return -EFAULT;
+	*tsm_code = out[0];
+	return sizeof(out);
+}
+
+/*
+ * The host's half of a TVM host call (model.py "REC exits" of the RMM
+ * emulator): REC_ENTER reports the HOST_CALL exit, the request goes through
+ * the kernel's pci_tsm_guest_req() with the scope it needs, and the next
+ * REC_ENTER hands the answer back to the realm.
+ */
+int vtfw_cca_serve_host_call(struct vtfw_port *port, struct pci_dev *pdev)
+{
+	struct cca_realm *realm = port->platform;
+	u64 gprs[REC_NR_GPRS], answer[REC_NR_GPRS] = {};
+	u64 args[2], res[VTFW_NR_RESULTS], code = 0;
+	enum pci_tsm_req_scope scope;
+	ssize_t n;
+	int rc;
+
+	if (!realm->created)
+		return -ENXIO;
+	args[0] = vtfw_pa(realm->rec);
+	args[1] = vtfw_pa(realm->run);
+	rc = cca_port_rmi(port, "RMI_REC_ENTER", RMI_REC_ENTER, args, 2, res);
+	if (rc)
+		return rc;
+	if (get64(realm->run, RMI_REC_RUN_EXIT_REASON) != RMI_EXIT_HOST_CALL)
+		return -EPROTO;
+	memcpy(gprs, realm->run + RMI_REC_RUN_EXIT_GPRS, sizeof(gprs));
+	scope = gprs[0] == RHI_DA_VDEV_SET_TDI_STATE || gprs[0] == RHI_DA_VDEV_CONTINUE ?
+		PCI_TSM_REQ_STATE_CHANGE : PCI_TSM_REQ_INFO;
+	n = pci_tsm_guest_req(pdev, scope, KERNEL_SOCKPTR(gprs), sizeof(gprs),
+			      KERNEL_SOCKPTR(answer), sizeof(answer), &code);
+	if (n < 0) {
+		/* the host refused: the TVM sees a failed call */
+		vtfw_warn(pdev, "host call %#llx refused: %zd\n", gprs[0], n);
+		answer[0] = RHI_DA_DEVICE;
+	}
+	memset(realm->run, 0, RMI_REC_RUN_EXIT_REASON);
+	memcpy(realm->run + RMI_REC_RUN_ENTER_GPRS, answer, sizeof(answer));
+	return cca_port_rmi(port, "RMI_REC_ENTER", RMI_REC_ENTER, args, 2, res);
 }
 
 static int cca_connect(struct pci_dev *pdev)

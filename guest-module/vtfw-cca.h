@@ -151,4 +151,87 @@ enum rmi_dev_obj {
 #define RMI_STREAM_PARAMS_NUM_RANGES	0x28
 #define RMI_STREAM_NCOH			1
 
+/* REC run page (rmi_rec_run) and host calls */
+#define RMI_REC_ENTER			RMI_FID(0x0c)
+#define RMI_REC_RUN_ENTER_GPRS		0x200
+#define RMI_REC_RUN_EXIT_REASON		0x800
+#define RMI_REC_RUN_EXIT_GPRS		0xa00
+#define RMI_EXIT_HOST_CALL		5
+#define REC_NR_GPRS			31
+
+/* RSI (realm -> RMM), the firmware port's guest window */
+#define RSI_FID(n)			(0xc4000190 + (n))
+#define RSI_VERSION			RSI_FID(0x00)
+#define RSI_FEATURES			RSI_FID(0x01)
+#define RSI_HOST_CALL			RSI_FID(0x09)
+#define RSI_VDEV_DMA_ENABLE		RSI_FID(0x0c)
+#define RSI_VDEV_GET_INFO		RSI_FID(0x0d)
+#define RSI_VDEV_VALIDATE_MAPPING	RSI_FID(0x0f)
+#define RSI_VDEV_DMA_DISABLE		RSI_FID(0x14)
+#define RSI_SUCCESS			0
+#define RSI_INCOMPLETE			3
+#define RSI_ACCEPT			0
+
+/* rsi_host_call: imm u16 @0, gprs[31] @8 (256-byte aligned) */
+#define RSI_HOST_CALL_GPRS		0x08
+
+/* rsi_vdev_info (512 bytes, 512-byte aligned), TF-RMM layout */
+#define RSI_VDEV_INFO_HASH_ALGO		0x010
+#define RSI_VDEV_INFO_LOCK_NONCE	0x018
+#define RSI_VDEV_INFO_MEAS_NONCE	0x020
+#define RSI_VDEV_INFO_REPORT_NONCE	0x028
+#define RSI_VDEV_INFO_STATE		0x040
+#define RSI_VDEV_INFO_VCA_DIGEST	0x080
+#define RSI_VDEV_INFO_CERT_DIGEST	0x0c0
+#define RSI_VDEV_INFO_MEAS_DIGEST	0x140
+#define RSI_VDEV_INFO_REPORT_DIGEST	0x180
+#define RSI_HASH_SHA_256		0
+#define RSI_HASH_SHA_512		1
+
+/* RHI DA host calls, "rhi-1.0-bet1" numbering (the ACS; firmware-abi.md C.7) */
+#define RHI_DA_VERSION			0xc500004a
+#define RHI_DA_FEATURES			0xc500004b
+#define RHI_DA_OBJECT_SIZE		0xc500004c
+#define RHI_DA_OBJECT_READ		0xc500004d
+#define RHI_DA_VDEV_CONTINUE		0xc5000051
+#define RHI_DA_VDEV_GET_MEASUREMENTS	0xc5000052
+#define RHI_DA_VDEV_GET_INTERFACE_REPORT 0xc5000053
+#define RHI_DA_VDEV_SET_TDI_STATE	0xc5000054
+#define RHI_DA_VDEV_ABORT		0xc5000056
+#define RHI_DA_VERSION_1_0		0x10000
+#define RHI_NOT_SUPPORTED		((u64)-1)
+
+enum rhi_da_status {
+	RHI_DA_SUCCESS = 0,
+	RHI_DA_INCOMPLETE = 1,
+	RHI_DA_DATA_NOT_AVAILABLE = 2,
+	RHI_DA_INVALID_VDEV_ID = 3,
+	RHI_DA_INVALID_OBJECT = 4,
+	RHI_DA_INPUT = 5,
+	RHI_DA_DEVICE = 6,
+	RHI_DA_INVALID_OFFSET = 7,
+	RHI_DA_ACCESS_FAILED = 8,
+	RHI_DA_BUSY = 9,
+	RHI_DA_ABORTED_OPERATION_HAD_COMPLETED = 10,
+};
+
+enum rhi_tdi_state {
+	RHI_TDI_CONFIG_UNLOCKED = 0,
+	RHI_TDI_CONFIG_LOCKED = 1,
+	RHI_TDI_RUN = 2,
+};
+
+/* RHI objects (ACS numbering = rmi_dev_comm cache object ids) */
+#define RHI_OBJ_VCA			0
+#define RHI_OBJ_CERTIFICATE		1
+#define RHI_OBJ_MEASUREMENT		2
+#define RHI_OBJ_INTERFACE_REPORT	3
+
+/* rmi_vdev_measure_params: flags @0, nonce[32] @0x100 */
+#define RMI_VDEV_MEASURE_NONCE		0x100
+#define RMI_VDEV_GET_INTERFACE_REPORT	0xc40001d0
+#define RMI_VDEV_GET_MEASUREMENTS	0xc40001d1
+#define RMI_VDEV_START			0xc40001d3
+#define RMI_VDEV_ABORT			0xc4000185
+
 #endif /* _VTFW_CCA_H */

@@ -172,7 +172,10 @@ static int vtfw_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 
 	switch (port->abi_id) {
 	case VTFW_ABI_CCA:
-		return vtfw_cca_host_init(port);
+		rc = vtfw_cca_host_init(port);
+		if (!rc)
+			rc = vtfw_cca_realm_init(port);
+		return rc;
 	default:
 		pci_err(pdev, "no driver for platform ABI %#x\n", port->abi_id);
 		return -ENODEV;
@@ -185,6 +188,7 @@ static void vtfw_remove(struct pci_dev *pdev)
 
 	switch (port->abi_id) {
 	case VTFW_ABI_CCA:
+		vtfw_cca_realm_exit(port);
 		vtfw_cca_host_exit(port);
 		break;
 	}

@@ -94,6 +94,11 @@ static inline u64 vtfw_pa(void *va)
 /* Arm CCA host side (link TSM), vtfw-cca-host.c */
 int vtfw_cca_host_init(struct vtfw_port *port);
 void vtfw_cca_host_exit(struct vtfw_port *port);
+int vtfw_cca_serve_host_call(struct vtfw_port *port, struct pci_dev *pdev);
+
+/* Arm CCA realm (TVM) side, vtfw-cca-realm.c */
+int vtfw_cca_realm_init(struct vtfw_port *port);
+void vtfw_cca_realm_exit(struct vtfw_port *port);
 
 /* DER walking, vtfw-der.c */
 struct vtfw_spki {

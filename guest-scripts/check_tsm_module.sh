@@ -7,6 +7,72 @@
 # disappear (Documentation/ABI/testing/sysfs-bus-pci).
 # Results: tsm_module, tsm_connect, [tsm_bind, tsm_unbind,] tsm_disconnect, tsm_rmmod.
 d=/sys/bus/pci/devices/$BDF
+
+# errno of a write, as busybox reports it ("write error: <strerror>")
+write_err() {  # file value
+    echo "$2" 2>&1 > "$1" | sed -n 's/.*write error: //p'
+}
+
+# The TVM side (vtdisp.tvm=1): the module's tvm/ files with the proposed
+# tsm/lock and tsm/accept preconditions. Results: tvm_lock_busy,
+# tvm_accept_unlocked, tvm_lock, tvm_evidence, tvm_accept, tvm_probe, tvm_unlock.
+# Before the host binds (and locks) the TDI: lock must refuse while a driver
+# is bound, and the driver goes (unbinding it later would clear Bus Master
+# Enable of a locked TDI, which TDISP turns into ERROR).
+tvm_pre() {
+    t=$d/tvm
+    e=$(write_err $t/lock 1)
+    if [ "$e" = "Device or resource busy" ]; then
+        result tvm_lock_busy PASS "lock with $(basename "$(readlink $d/driver)") bound: $e"
+    else
+        result tvm_lock_busy FAIL "lock with a driver bound: '${e:-accepted}'"
+    fi
+    echo "$BDF" > $d/driver/unbind
+}
+
+tvm_flow() {
+    e=$(write_err $t/accept 1)
+    if [ "$e" = "Invalid argument" ]; then
+        result tvm_accept_unlocked PASS "accept before lock: $e"
+    else
+        result tvm_accept_unlocked FAIL "accept before lock: '${e:-accepted}'"
+    fi
+    e=$(write_err $t/lock 1)
+    if [ -z "$e" ] && [ "$(cat $t/state)" = locked ]; then
+        result tvm_lock PASS "state=$(cat $t/state)"
+    else
+        result tvm_lock FAIL "'$e' state=$(cat $t/state): $(dmesg | grep vtfw | tail -n 3 | tr '\n' '|')"
+    fi
+    sizes=""
+    for f in certificate vca measurements report; do
+        sizes="$sizes $f=$(cat $t/$f | wc -c)"
+    done
+    if [ "$(cat $t/certificate | wc -c)" -gt 500 ] && [ "$(cat $t/report | wc -c)" -gt 16 ]; then
+        result tvm_evidence PASS "$sizes"
+    else
+        result tvm_evidence FAIL "$sizes"
+    fi
+    e=$(write_err $t/accept 1)
+    if [ -z "$e" ] && [ "$(cat $t/state)" = run ]; then
+        result tvm_accept PASS "state=$(cat $t/state)"
+    else
+        result tvm_accept FAIL "'$e' state=$(cat $t/state): $(dmesg | grep vtfw | tail -n 3 | tr '\n' '|')"
+    fi
+    echo "$BDF" > /sys/bus/pci/drivers_probe
+    if [ -e $d/driver ]; then
+        result tvm_probe PASS "driver=$(basename "$(readlink $d/driver)")"
+    else
+        result tvm_probe FAIL "no driver bound after drivers_probe"
+    fi
+    [ -e $d/driver ] && echo "$BDF" > $d/driver/unbind
+    e=$(write_err $t/unlock 1)
+    if [ -z "$e" ] && [ "$(cat $t/state)" = unlocked ]; then
+        result tvm_unlock PASS "state=$(cat $t/state)"
+    else
+        result tvm_unlock FAIL "'$e' state=$(cat $t/state)"
+    fi
+}
+
 if [ -z "$BDF" ]; then
     result tsm_module FAIL "device missing"
 elif [ -e "$d/tsm" ]; then
@@ -33,12 +99,14 @@ else
         fi
         if [ "$(cmdline_opt bind)" = 1 ]; then
             p=/sys/bus/pci/devices/$port
+            [ "$(cmdline_opt tvm)" = 1 ] && tvm_pre
             if echo "$BDF" > "$p/tdi_bind" 2>/tmp/bind.err && [ "$(cat $d/tsm/bound)" = "$tsm" ]; then
                 result tsm_bind PASS "bound=$(cat $d/tsm/bound)"
             else
                 result tsm_bind FAIL "$(cat /tmp/bind.err) bound='$(cat $d/tsm/bound)':" \
                     "$(dmesg | grep -i vtfw | tail -n 3 | tr '\n' '|')"
             fi
+            [ "$(cmdline_opt tvm)" = 1 ] && tvm_flow
             echo "$BDF" > "$p/tdi_unbind"
             if [ -z "$(cat $d/tsm/bound)" ]; then
                 result tsm_unbind PASS "bound empty"

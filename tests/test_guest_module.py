@@ -30,6 +30,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from vfiouser_tdisp.device.device import PROFILES, DeviceProfile
 from vfiouser_tdisp.doe.protocols import PCI_SIG_VENDOR_ID, build_object, parse_object
 from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.firmware import CallClass, FirmwareCall, GuestMemory
@@ -291,12 +292,13 @@ def prov() -> Provisioned:
 
 
 def boot_with_port(prov: Provisioned, out: Path, firmware: Any, checks: str,
-                   timeout: float = 150, append: str = "") -> tuple[Any, str]:
+                   timeout: float = 150, append: str = "",
+                   profile: str = "virtio-rng") -> tuple[Any, str]:
     """Serve virtio-rng + the firmware port in this process, boot the guest."""
     ko = ensure_module(prov)
     initrd = build_initramfs(prov.busybox, prov.modules, out / "initrd.gz", extra_modules=[ko])
     sock = f"/tmp/vtfw-{id(out) % 10**8}.sock"
-    running = start_devices([sock], "virtio-rng", firmware=firmware)
+    running = start_devices([sock], profile, firmware=firmware)
     # A function captures its bus number from Type 0 configuration writes (PCIe
     # r6.x 2.2.6.2); vfio-user does not carry it, and the device's TDISP
     # responder answers INTERFACE_IDs on bus 0 unless told.  Behind its own root
@@ -356,28 +358,58 @@ def test_module_connects_through_the_firmware_port(prov: Provisioned, tmp_path: 
     assert fw.key is not None and fw.key[0] == ECDSA_P384
 
 
+@pytest.mark.parametrize(("asym", "algo"), [("ecdsa-p256", ECDSA_P256),
+                                            ("rsassa-3072", RSASSA_3072)])
+def test_module_takes_the_key_of_other_leaf_algorithms(
+        prov: Provisioned, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        asym: str, algo: int) -> None:
+    """The module's own DER walk (vtfw-der.c) to the leaf's SubjectPublicKeyInfo, for a
+    device that signs with another algorithm: the key it hands SET_PUBKEY must be the
+    one `cryptography` reads from the same certificate (MiniRmm checks)."""
+    name = f"virtio-rng-{asym}"
+    monkeypatch.setitem(PROFILES, name, DeviceProfile(name, "virtio-rng", spdm_asym=(asym,)))
+    fw = MiniRmmWithStreams()
+    run, console = boot_with_port(prov, tmp_path, fw, "device,tsm_module", profile=name)
+    got = run.result("tsm_connect")
+    assert got is not None and got[0], f"{got}\n{console[-3000:]}"
+    assert not fw.problems, fw.problems
+    assert fw.key is not None and fw.key[0] == algo
+    assert len(fw.key[1]) == {ECDSA_P256: 65, RSASSA_3072: 384}[algo]
+
+
 def _transitions(rec: Recorder, kind: str) -> list[tuple[str, str]]:
     return [(e["old"], e["new"]) for e in rec.of(kind)]
 
 
-def test_module_connects_and_binds_through_the_rmm(prov: Provisioned, tmp_path: Path,
-                                                   events: Recorder) -> None:
-    """The project's RMM emulator behind the port (what `serve --platform cca` serves)."""
+def test_module_connects_binds_locks_and_accepts_through_the_rmm(
+        prov: Provisioned, tmp_path: Path, events: Recorder) -> None:
+    """The project's RMM emulator behind the port (what `serve --platform cca` serves):
+    host side (connect, bind) and TVM side (lock, evidence, accept, probe, unlock)."""
     run, console = boot_with_port(prov, tmp_path, platform_firmware("cca"), "device,tsm_module",
-                                  append="vtdisp.bind=1")
-    for name in ("tsm_module", "tsm_connect", "tsm_bind", "tsm_unbind", "tsm_disconnect",
-                 "tsm_rmmod"):
+                                  append="vtdisp.bind=1 vtdisp.tvm=1")
+    for name in ("tsm_module", "tsm_connect", "tvm_lock_busy", "tsm_bind", "tvm_accept_unlocked",
+                 "tvm_lock", "tvm_evidence", "tvm_accept", "tvm_probe", "tvm_unlock",
+                 "tsm_unbind", "tsm_disconnect", "tsm_rmmod"):
         got = run.result(name)
         assert got is not None and got[0], f"{name}: {got}\n{console[-4000:]}"
     assert (run.result("tsm_bind") or ("", ""))[1] == "bound=tsm0"
-    # the endpoint PDEV went the whole way, and the VDEV through bind and unbind
+    # the proposed ABI's errnos (firmware-abi.md A.5): EBUSY with a driver bound,
+    # EINVAL for accept before lock
+    assert (run.result("tvm_lock_busy") or ("", ""))[1].endswith("Device or resource busy")
+    assert (run.result("tvm_accept_unlocked") or ("", ""))[1].endswith("Invalid argument")
+    assert (run.result("tvm_probe") or ("", ""))[1] == "driver=virtio-pci"
+    # the endpoint PDEV went the whole way, the VDEV through bind, lock, run, unlock
     eps = {e["pdev"] for e in events.of("rmm.pdev.created") if e["category"] == "EP_OFF_CHIP"}
     ep_path = [(e["old"], e["new"]) for e in events.of("rmm.pdev.transition") if e["pdev"] in eps]
     assert ep_path == [("NEW", "NEEDS_KEY"), ("NEEDS_KEY", "HAS_KEY"), ("HAS_KEY", "READY"),
                        ("READY", "STOPPED")]
-    assert _transitions(events, "rmm.vdev.transition") == [
-        ("NEW", "UNLOCKED"), ("UNLOCKED", "LOCKED"), ("LOCKED", "UNLOCKED")]
+    vdev_path = [t for t in _transitions(events, "rmm.vdev.transition") if t[0] != t[1]]
+    assert vdev_path == [("NEW", "UNLOCKED"), ("UNLOCKED", "LOCKED"), ("LOCKED", "STARTED"),
+                         ("STARTED", "UNLOCKED")]
+    assert _transitions(events, "rmm.vdev_dma.transition") == [("DISABLED", "ENABLED"),
+                                                               ("ENABLED", "DISABLED")]
+    assert events.of("rmm.host_call")  # RHI went through RSI_HOST_CALL and REC_ENTER
     # IDE_KM keyed the endpoint's stream through the kernel's DOE path
     assert len(events.of("ide_km.key_prog")) == 6 and len(events.of("ide_km.k_set_go")) == 6
     assert "vtfw: VDEV UNLOCKED -> LOCKED (RMI_VDEV_LOCK)" in console
-    assert "vtfw: VDEV destroyed" in console
+    assert "digests match" in console and "TVM: accepted" in console

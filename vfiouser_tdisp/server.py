@@ -93,6 +93,12 @@ def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = N
             dev = Device(profile, instance=i, identity_options=identity_options,
                          debug_ide_keys=debug_ide_keys)
             running.devices.append(dev)
+            if firmware is not None:
+                # The platform's firmware names a TDI by the RID the guest enumerates
+                # it at; vfio-user does not carry the bus number a function captures
+                # from configuration writes (PCIe r6.x 2.2.6.2).  `qemu-args
+                # --platform` puts device i behind its own root port: bus 1 + i.
+                dev.tdisp.bus = 1 + i
             spdm = dev.spdm
             if pcap:
                 stream = open(numbered(pcap, i), "wb")

@@ -43,6 +43,10 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="also serve the firmware port with this platform's firmware "
                         "emulator behind it, on PATH.fwport of the first --socket "
                         "(docs/firmware-port.md)")
+    p.add_argument("--tamper", action="append", choices=("measurements", "report"),
+                   help="alter the device's own evidence for the verifier's negative path: "
+                        "report another firmware's measurements, or an interface report "
+                        "range outside the BAR (repeatable)")
     _add_identity_args(p)
 
 

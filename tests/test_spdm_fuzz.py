@@ -116,11 +116,11 @@ class HandshakeOnly(SpdmRequester):
         super().__init__(dispatcher(r).exchange, **FAST)  # type: ignore[arg-type]
         self.session: RequesterSession | None = None
 
-    def send(self, request: bytes, session=None) -> bytes:  # type: ignore[no-untyped-def]
+    def send_flow(self, request: bytes, session=None, **kw):  # type: ignore[no-untyped-def]
         if session is not None and request[1] == m.FINISH_CODE:
             self.session = session
             raise self.Stop
-        return super().send(request, session)
+        return super().send_flow(request, session, **kw)
 
     def open(self) -> RequesterSession:
         self.authenticate()

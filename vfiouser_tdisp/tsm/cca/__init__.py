@@ -5,5 +5,11 @@ from .abi import RmiFid, RmiPdevState, RmiStatus, RmiVdevState, RsiFid, RsiStatu
 from .rhi import LAYOUTS, RhiLayout
 from .rmm import Rmm
 
+
+def make_firmware() -> Rmm:
+    """What ``serve --platform cca`` puts behind the firmware port (docs/firmware-port.md)."""
+    return Rmm()
+
+
 __all__ = ["LAYOUTS", "RhiLayout", "RmiFid", "RmiPdevState", "RmiStatus", "RmiVdevState",
-           "Rmm", "RsiFid", "RsiStatus"]
+           "Rmm", "RsiFid", "RsiStatus", "make_firmware"]

@@ -147,7 +147,7 @@ class Operation:
         self.started = False
         self.awaiting: Send | None = None      # sent, response not yet back
         self.queued: Send | StreamWait | None = None  # produced, not yet handed out
-        self.caches: deque[tuple[RmiDevCommObject, bytes]] = deque()
+        self.caches: deque[tuple[RmiDevCommObject, bytes, bool]] = deque()  # obj, piece, first
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -171,7 +171,7 @@ class Operation:
             while isinstance(action, Cache):
                 step = model.DEV_COMM_BUFFER_SIZE
                 for i in range(0, max(len(action.data), 1), step):
-                    self.caches.append((action.obj, action.data[i:i + step]))
+                    self.caches.append((action.obj, action.data[i:i + step], i == 0))
                 action = self.flow.send(None)
             self.queued = action
         except StopIteration as stop:
@@ -197,8 +197,10 @@ class Operation:
             self._advance(None)
         out = ExitRecord()
         if self.caches:
-            out.cache_obj, out.cache_data = self.caches.popleft()
+            out.cache_obj, out.cache_data, first = self.caches.popleft()
             out.flags |= RmiDevCommExitFlags.RSP_CACHE
+            if first:
+                out.flags |= RmiDevCommExitFlags.RSP_RESET
             if self.caches:
                 out.flags |= RmiDevCommExitFlags.MULTI
                 return out

@@ -194,14 +194,16 @@ class CcaHost:
     """The host kernel's side: connect / bind / unbind / disconnect and RHI serving."""
 
     def __init__(self, rmm: Rmm, transport: DoeTransport, mem: ByteArrayMemory | None = None,
-                 *, layout: str | RhiLayout = "rhi-1.0-bet1", pdev_id: int = 0x0100,
-                 tdi_id: int = 0, ide_sid: int = 1, hash_algo: int = 0,
+                 *, layout: str | RhiLayout = "rhi-1.0-bet1", pdev_id: int = 0,
+                 tdi_id: int | None = None, ide_sid: int = 1, hash_algo: int = 0,
                  id_index: int = 0) -> None:
         self.rmm = rmm
         self.transport = transport
         self.mem = mem or ByteArrayMemory()
         self.layout = LAYOUTS[layout] if isinstance(layout, str) else layout
-        self.pdev_id, self.tdi_id, self.ide_sid = pdev_id, tdi_id, ide_sid
+        # pdev_id: the DSM's RID (BDF); tdi_id: the TDI's RID, inside [pdev_id, pdev_id+8)
+        self.pdev_id, self.ide_sid = pdev_id, ide_sid
+        self.tdi_id = pdev_id if tdi_id is None else tdi_id
         self.hash_algo, self.id_index = hash_algo, id_index
         self.comm = self.mem.alloc()
         self.req, self.resp = (self.mem.alloc(model.DEV_COMM_BUFFER_SIZE),
@@ -250,7 +252,6 @@ class CcaHost:
                     on_stream_wait: Callable[[], None] | None = None) -> None:
         """Call COMMUNICATE until the operation ends, carrying each object to the device."""
         status, resp_len = RmiDevCommEnterStatus.NONE, 0
-        fresh: set[RmiDevCommObject] = set()
         for _ in range(10000):
             self.mem.write(self.comm, RmiDevCommEnter(status=status, req_addr=self.req,
                                                       resp_addr=self.resp,
@@ -260,12 +261,12 @@ class CcaHost:
                                                      RmiDevCommExit.fixed_size()))
             flags = RmiDevCommExitFlags(ex.flags)
             status, resp_len = RmiDevCommEnterStatus.NONE, 0
+            if flags & RmiDevCommExitFlags.RSP_RESET:
+                cache.pop(RmiDevCommObject(ex.cache_obj_id), None)
             if flags & RmiDevCommExitFlags.RSP_CACHE:
                 obj = RmiDevCommObject(ex.cache_obj_id)
                 piece = self.mem.read(self.resp + ex.cache_rsp_offset, ex.cache_rsp_len)
-                # An operation's first piece of an object replaces the old copy.
-                cache[obj] = (cache.get(obj, b"") if obj in fresh else b"") + piece
-                fresh.add(obj)
+                cache[obj] = cache.get(obj, b"") + piece
             if flags & RmiDevCommExitFlags.REQ_SEND:
                 request = self.mem.read(self.req, ex.req_len)
                 secured = ex.protocol == RmiDevCommProtocol.SECURE_SPDM
@@ -303,36 +304,60 @@ class CcaHost:
     # -- connect / disconnect (link TSM) --------------------------------------------------------
     def connect(self) -> None:
         """PDEV_CREATE -> NEEDS_KEY -> SET_PUBKEY -> READY; root port; IDE stream."""
+        self.pdev_create()
+        self.pdev_identity()
+        self.pdev_set_pubkey()
+        self.pdev_session()
+        self.rp_create()
+        self.stream_connect()
+
+    def pdev_create(self) -> None:
         self.pdev = self._delegated()
-        flags = RMI_PDEV_FLAGS_SPDM | (RmiPdevCategory.EP_OFF_CHIP << RMI_PDEV_FLAGS_CATEGORY_SHIFT)
+        flags = RMI_PDEV_FLAGS_SPDM | \
+            (RmiPdevCategory.EP_OFF_CHIP << RMI_PDEV_FLAGS_CATEGORY_SHIFT)
         self.rmi_ok(RmiFid.RMI_PDEV_CREATE, self.pdev, self._params(RmiPdevParams(
             flags=flags, pdev_id=self.pdev_id, routing_id=self.pdev_id,
             id_index=self.id_index, rid_base=self.pdev_id, rid_top=self.pdev_id + 8,
             hash_algo=self.hash_algo).pack()))
+
+    def _expect_pdev(self, pdev: int, want: RmiPdevState, step: str) -> None:
+        state = self.pdev_state(pdev)
+        if state is not want:
+            raise CcaError(f"{step}: PDEV {state.name}, expected {want.name}")
+
+    def pdev_identity(self) -> None:
+        """COMMUNICATE until NEEDS_KEY: VCA and certificate chain cached."""
         self._pdev_comm(self.pdev)
-        if self.pdev_state(self.pdev) is not RmiPdevState.NEEDS_KEY:
-            raise CcaError(f"PDEV {self.pdev_state(self.pdev).name} after identity, "
-                           "expected NEEDS_KEY")
-        cert = self.pdev_cache.get(RmiDevCommObject.CERTIFICATE, b"")
-        key, _leaf = leaf_key_params(cert)
+        self._expect_pdev(self.pdev, RmiPdevState.NEEDS_KEY, "identity")
+
+    def pdev_set_pubkey(self) -> None:
+        """The leaf key, parsed by the host from the cached chain (as Linux does)."""
+        key, _leaf = leaf_key_params(self.pdev_cache.get(RmiDevCommObject.CERTIFICATE, b""))
         self.rmi_ok(RmiFid.RMI_PDEV_SET_PUBKEY, self.pdev, self._params(key.pack()))
+
+    def pdev_session(self) -> None:
         self._pdev_comm(self.pdev)
-        if self.pdev_state(self.pdev) is not RmiPdevState.READY:
-            raise CcaError(f"PDEV {self.pdev_state(self.pdev).name} after the session")
+        self._expect_pdev(self.pdev, RmiPdevState.READY, "session")
+
+    def rp_create(self) -> None:
+        """The root port's PDEV (category RP, no SPDM), driven to READY."""
         self.rp = self._delegated()
         self.rmi_ok(RmiFid.RMI_PDEV_CREATE, self.rp, self._params(RmiPdevParams(
             flags=RmiPdevCategory.RP << RMI_PDEV_FLAGS_CATEGORY_SHIFT, pdev_id=0,
             rid_base=0, rid_top=0x100, hash_algo=self.hash_algo).pack()))
         self._pdev_comm(self.rp)
+        self._expect_pdev(self.rp, RmiPdevState.READY, "root port")
+
+    def stream_connect(self) -> None:
+        """STREAM_CONNECT, the endpoint's COMMUNICATE (driving the root port at
+        STREAM_WAIT), STREAM_COMPLETE."""
         params = RmiPdevStreamParams(stream_type=RmiStreamType.NCOH, pdev_1=self.pdev,
                                      pdev_2=self.rp, ide_sid=self.ide_sid, num_addr_range=1)
         rng = RmiAddressRange(base=0, top=1 << 48).pack()
         self.stream = self.rmi_ok(RmiFid.RMI_PDEV_STREAM_CONNECT, self._params(
             params.pack(), {RMI_STREAM_PARAMS_ADDR_RANGE_OFFSET: rng}))[1]
         self._pdev_comm(self.pdev, peer=self.rp)
-        if self.pdev_state(self.pdev) is not RmiPdevState.READY:
-            raise CcaError("IDE stream setup failed: PDEV "
-                           f"{self.pdev_state(self.pdev).name}")
+        self._expect_pdev(self.pdev, RmiPdevState.READY, "IDE stream")
         self.rmi_ok(RmiFid.RMI_PDEV_STREAM_COMPLETE, self.stream)
 
     def disconnect(self) -> None:
@@ -367,7 +392,7 @@ class CcaHost:
         self.ensure_realm()
         v = HostVdev(vdev_id, self._delegated())
         ranges = ranges or []
-        params = RmiVdevParams(vdev_id=vdev_id, tdi_id=self.pdev_id + (self.tdi_id & 7),
+        params = RmiVdevParams(vdev_id=vdev_id, tdi_id=self.tdi_id,
                                num_addr_range=len(ranges))
         table = b"".join(RmiAddressRange(base=b, top=e).pack() for b, e in ranges)
         self.rmi_ok(RmiFid.RMI_VDEV_CREATE, self.rd, self.pdev, v.addr,

@@ -13,9 +13,10 @@ import threading
 from ...tdisp import messages as t
 
 # -- the firmware port -----------------------------------------------------------------
-# ABI identifier and version the firmware port shows the guest module for this RMM:
-# "RMM\0" and 1.0 (our own numbering of this emulator's port ABI, not an Arm number).
-ABI_ID = 0x524D_4D00
+# ABI identifier and version the firmware port shows the guest module for this RMM: the
+# port ABI's platform fourcc "CCA " (little-endian, docs/firmware-port.md) and 1.0 (our own
+# numbering of this emulator's call interface, not an Arm number).
+ABI_ID = 0x2041_4343
 ABI_VERSION = 0x0001_0000
 
 # RMI_VERSION / RSI_VERSION answers: the DA ABI of TF-RMM main is "1.1" (alp17 DA) with
@@ -46,7 +47,9 @@ DEV_COMM_REQ_DELAY_US = 0
 # SPDM messages; objects that arrive inside a secured session are encrypted on the wire,
 # so this RMM writes the *plaintext object* into the response buffer before the exit
 # that flags it (RSP_CACHE, cache_rsp_offset 0), in pieces of at most
-# DEV_COMM_BUFFER_SIZE, appended in order.  REQ_CACHE is never used.  The objects:
+# DEV_COMM_BUFFER_SIZE, appended in order.  The first piece of each object also carries
+# RSP_RESET: "drop what you hold for cache_obj_id, then keep this piece" (a new report or
+# measurement replaces the old one).  REQ_CACHE is never used.  The objects:
 #   VCA             the VCA transcript: GET_VERSION .. ALGORITHMS as exchanged (DSP0274
 #                   "VCA" = message A)
 #   CERTIFICATE     the SPDM certificate chain of slot id_index (Length, RootHash, DER
@@ -68,6 +71,9 @@ DEV_COMM_REQ_DELAY_US = 0
 # PDEV_ABORT / VDEV_ABORT drop the operation in flight; the object moves to ERROR (the
 # SPDM/TDISP state on the device is unknown after an abandoned exchange).  With nothing
 # in flight they succeed and change nothing.
+# VDEV_UNLOCK always ends UNLOCKED, even when the device does not confirm
+# STOP_INTERFACE (the event says so): the realm's access is withdrawn either way, so a
+# VDEV in ERROR can always be unlocked and destroyed.
 # PDEV_STOP is accepted in any state but STOPPED (TF-RMM); with a session it ends it
 # (END_SESSION) during the next COMMUNICATE.
 #

@@ -191,9 +191,16 @@ def vdev_start(ctx: SpdmContext, function_id: int, nonce: bytes) -> DevFlow[None
     yield from ctx.bridge.run(lambda: tdisp.start(function_id, nonce))
 
 
-def vdev_stop(ctx: SpdmContext, function_id: int) -> DevFlow[None]:
-    tdisp = TdispRequester(ctx.channel())
-    yield from ctx.bridge.run(lambda: tdisp.stop(function_id))
+def vdev_stop(ctx: SpdmContext, function_id: int) -> DevFlow[bool]:
+    """STOP_INTERFACE; returns whether the device confirmed it.  [MODEL] Unlocking
+    succeeds either way (like PDEV_STOP): the RMM withdraws the realm's access whatever
+    the device says, so an ERROR VDEV can always be unlocked and destroyed."""
+    try:
+        tdisp = TdispRequester(ctx.channel())
+        yield from ctx.bridge.run(lambda: tdisp.stop(function_id))
+    except Exception:
+        return False
+    return True
 
 
 def report_ranges(report: bytes) -> list[tuple[int, int]]:

@@ -516,7 +516,8 @@ class Rmm:
             mem.write(enter.req_addr, out.request)
         mem.write(data_addr + RMI_DEV_COMM_EXIT_OFFSET, out.pack_exit().pack())
         emit("rmm.communicate", object=f"{obj.addr:#x}", operation=op.name,
-             flags=str(RmiDevCommExitFlags(out.flags)), req_len=len(out.request),
+             flags="|".join(f.name or "" for f in RmiDevCommExitFlags if f & out.flags) or "0",
+             req_len=len(out.request),
              protocol=out.protocol.name if out.request else None,
              cache=out.cache_obj.name if out.cache_obj is not None else None)
         if op.done and not op.caches:
@@ -841,7 +842,7 @@ class Rmm:
 
         def unlocked(op: Operation) -> None:
             v.validated.clear()
-            v.fsm.fire("unlocked")
+            v.fsm.fire("unlocked", device_confirmed=op.result)
         self._start(vdev, "unlock", ops.vdev_stop(vdev.pdev.ctx, vdev.function_id), unlocked)
         return (RmiStatus.RMI_SUCCESS,)
 

@@ -47,6 +47,7 @@ from vfiouser_tdisp.run.qemu import (
 from vfiouser_tdisp.server import firmware_port_path, platform_firmware, start_devices
 from vfiouser_tdisp.spdm.der import split_der_certificates
 from vfiouser_tdisp.spdm.requester import SpdmRequester
+from vfiouser_tdisp.tsm.cca import Rmm
 
 pytestmark = pytest.mark.vm
 
@@ -381,6 +382,9 @@ def _transitions(rec: Recorder, kind: str) -> list[tuple[str, str]]:
     return [(e["old"], e["new"]) for e in rec.of(kind)]
 
 
+@pytest.mark.xfail(Rmm.abi_id != MiniRmm.abi_id, strict=True,
+                   reason="the RMM emulator must announce the port ABI's CCA id 0x20414343 "
+                          "(docs/firmware-port.md); h-rmm cafeef7 still says 0x524D4D00")
 def test_module_connects_binds_locks_and_accepts_through_the_rmm(
         prov: Provisioned, tmp_path: Path, events: Recorder) -> None:
     """The project's RMM emulator behind the port (what `serve --platform cca` serves):

@@ -173,6 +173,7 @@ pf_verify() {
 
 # -- the flow ----------------------------------------------------------------
 tamper=$(cmdline_opt tamper)
+load_module virtio_rng
 load_module vtfw
 [ -e /sys/module/vtfw/parameters/lock_at_bind ] \
     && echo 0 > /sys/module/vtfw/parameters/lock_at_bind
@@ -273,8 +274,12 @@ else
 
     echo "$BDF" > /sys/bus/pci/drivers_probe
     drv=$(pf_driver)
+    n=0
+    while [ $n -lt 50 ] && ! grep -q virtio_rng /sys/class/misc/hw_random/rng_current; do
+        sleep 0.1; n=$((n + 1))
+    done
     rng=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)
-    if [ "$drv" = virtio-pci ] && [ -n "$rng" ]; then
+    if [ "$drv" = virtio-pci ] && [ "${rng#virtio_rng}" != "$rng" ]; then
         pf_step probe PASS "driver=$drv rng_current=$rng"
     else
         pf_step probe FAIL "driver='$drv' rng_current='$rng'"

@@ -110,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_identity_args(p)
     p.set_defaults(handler="vfiouser_tdisp.spdm.identity:main_certs")
 
-    p = sub.add_parser("run", help="the main job: provision, serve, boot a guest with the "
-                                   "device and run the flow inside it")
+    p = sub.add_parser("run", help="the main job: provision, serve the device and the "
+                                   "platform firmware, boot a guest and run the TEE I/O flow "
+                                   "(connect, bind, lock, evidence, verify, accept, probe, "
+                                   "unlock and the paths that must fail) inside it")
     p.add_argument("--out", default="out", metavar="DIR",
                    help="output directory for console.log and events.jsonl (default: out)")
     p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
@@ -122,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hard deadline for the guest in seconds (default: 180)")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                    help="accelerator: auto probes KVM with a deadline and falls back to TCG")
-    p.set_defaults(handler="vfiouser_tdisp.run.job:main_run")
+    p.add_argument("--platform", choices=PLATFORMS, default="cca",
+                   help="platform firmware the flow runs against (default: cca, the only "
+                        "one so far)")
+    p.set_defaults(handler="vfiouser_tdisp.run.platform:main_run")
 
     _add_tsm_parser(sub)
     return parser

@@ -43,7 +43,7 @@ def apply_tamper(dev: Device, kinds: Iterable[str]) -> None:
             dev.tdisp.report_filter = shifted_report
         else:
             raise ValueError(f"unknown tamper kind {kind!r} (known: {', '.join(KINDS)})")
-        emit("device.tamper", device=dev.profile.name, instance=dev.instance, kind=kind)
+        emit("device.tamper", device=dev.profile.name, instance=dev.instance, evidence=kind)
 
 
 __all__ = ["KINDS", "apply_tamper", "shifted_report"]

@@ -73,7 +73,7 @@ class Boot:
     step_times: dict[str, float] = field(default_factory=dict)
 
     def of(self, kind: str) -> list[dict[str, object]]:
-        return [e for e in self.events if e.get("kind") == kind]
+        return [e for e in self.events if e.get("event") == kind]
 
 
 def reference_measurements(profile_name: str) -> str:
@@ -182,30 +182,42 @@ def host_checks(boot: Boot) -> list[tuple[str, bool, str]]:
                 "EP PDEV " + " -> ".join([str(ep_path[0][0])] + [str(n) for _o, n in ep_path])
                 if ep_path else "no endpoint PDEV transitions"))
     vdev = [(e["old"], e["new"]) for e in boot.of("rmm.vdev.transition")]
-    vstates = [str(vdev[0][0])] + [str(n) for _o, n in vdev] if vdev else []
+    vstates = [str(vdev[0][0])] + [str(n) for o, n in vdev if o != n] if vdev else []
     out.append(("vdev_states", _subsequence(VDEV_PATH, vstates),
                 "VDEV " + " -> ".join(vstates) if vstates else "no VDEV transitions"))
     spdm = Counter(str(e["request"]) + ("(secured)" if e.get("session_id") else "")
                    for e in boot.of("spdm.request"))
     tdisp = Counter(str(e["message"]) for e in boot.of("tdisp.request"))
-    ide = Counter(str(e["kind"]).removeprefix("ide_km.") for e in boot.events
-                  if str(e.get("kind", "")).startswith("ide_km."))
+    ide = Counter(str(e["event"]).removeprefix("ide_km.") for e in boot.events
+                  if str(e.get("event", "")).startswith("ide_km."))
     relayed = sum(1 for e in boot.of("rmm.communicate") if e.get("req_len"))
+    # every data object the device's mailbox took (the kernel's discovery included)
+    mailbox = sum(1 for e in boot.of("doe.transition") if e.get("trigger") == "go_ok")
     need = ("GET_VERSION", "KEY_EXCHANGE", "FINISH(secured)")
     ok = all(spdm.get(n) for n in need) and tdisp.get("LOCK_INTERFACE_REQUEST", 0) > 0 \
         and tdisp.get("START_INTERFACE_REQUEST", 0) > 0 and ide.get("key_prog", 0) > 0 \
-        and relayed == sum(spdm.values())
+        and relayed == sum(spdm.values()) and mailbox >= relayed
     out.append(("doe_objects", ok,
                 f"{relayed} objects the RMM handed to the guest kernel's DOE path, "
+                f"{mailbox} through the device's DOE mailbox, "
                 f"{sum(spdm.values())} SPDM requests at the device: "
                 + ", ".join(f"{k} {v}" for k, v in sorted(spdm.items()))
                 + "; IDE_KM " + ", ".join(f"{k} {v}" for k, v in sorted(ide.items()))
                 + "; TDISP " + ", ".join(f"{k} {v}" for k, v in sorted(tdisp.items()))))
-    held = boot.of("virtio.dma_blocked") + boot.of("tdisp.dma_held")
-    used = boot.of("virtio.used")
-    out.append(("dma_gate", bool(held) and bool(used),
-                f"{len(held)} DMA accesses held while the TDI was not running, "
-                f"{len(used)} virtio-rng buffers filled while it ran"))
+    # the device's DMA: held while the TDI was locked (or in ERROR), flowing while RUN
+    held = used = 0
+    running = False
+    for e in boot.events:
+        kind = e.get("event")
+        if kind == "tdi.transition":
+            running = e.get("new") == "RUN"
+        elif kind in ("virtio.dma_blocked", "tdisp.dma_held"):
+            held += 1
+        elif kind == "virtio.used" and running:
+            used += 1
+    out.append(("dma_gate", held > 0 and used > 0,
+                f"{held} DMA accesses held while the TDI was locked, {used} virtio-rng "
+                "buffers filled while it ran"))
     return out
 
 
@@ -213,7 +225,7 @@ def tamper_checks(boot: Boot) -> list[tuple[str, bool, str]]:
     """The tampered device's TDI must never have been started."""
     started = [e for e in boot.of("tdisp.request")
                if e.get("message") == "START_INTERFACE_REQUEST"]
-    tampered = [str(e.get("kind")) for e in boot.of("device.tamper")]
+    tampered = [str(e.get("evidence")) for e in boot.of("device.tamper")]
     return [("tamper_host", not started and bool(tampered),
              f"device tampered ({', '.join(tampered)}); START_INTERFACE requests: "
              f"{len(started)}")]

@@ -56,7 +56,7 @@ GUEST_STEPS = ("tsm_module", "connect", "bind", "lock_busy", "accept_unlocked", 
                "evidence", "verify", "accept", "probe", "hwrng", "unlock", "dma_held",
                "tdi_error", "unbind", "disconnect")
 TAMPER_STEPS = ("tamper",)
-HOST_STEPS = ("pdev_states", "vdev_states", "doe_objects", "dma_gate")
+HOST_STEPS = ("pdev_states", "vdev_states", "tdi_states", "doe_objects", "dma_gate")
 STEP_TIME_RE = re.compile(r"VTDISP-INFO step_time (\S+) ([\d.]+)")
 TCB_INDICES = (1, 2, 3)  # measurement indices that do not change with configuration
 PDEV_PATH = [("NEW", "NEEDS_KEY"), ("NEEDS_KEY", "HAS_KEY"), ("HAS_KEY", "READY"),
@@ -204,6 +204,14 @@ def host_checks(boot: Boot) -> list[tuple[str, bool, str]]:
                 + ", ".join(f"{k} {v}" for k, v in sorted(spdm.items()))
                 + "; IDE_KM " + ", ".join(f"{k} {v}" for k, v in sorted(ide.items()))
                 + "; TDISP " + ", ".join(f"{k} {v}" for k, v in sorted(tdisp.items()))))
+    # the device's own TDISP state machine (PCIe r7.0 §11): locked, run, and the BAR
+    # moved while RUN taking it to ERROR
+    tdi = boot.of("tdi.transition")
+    path = [str(tdi[0]["old"])] + [str(e["new"]) + (f" ({e['trigger']})" if e["new"] == "ERROR"
+                                                   else "") for e in tdi] if tdi else []
+    ok = any(e["old"] == "CONFIG_LOCKED" and e["new"] == "RUN" for e in tdi) and \
+        any(e["old"] == "RUN" and e["trigger"] == "bar_change" for e in tdi)
+    out.append(("tdi_states", ok, "TDI " + " -> ".join(path) if path else "no TDI transitions"))
     # the device's DMA: held while the TDI was locked (or in ERROR), flowing while RUN
     held = used = 0
     running = False

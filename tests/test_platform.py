@@ -17,7 +17,6 @@ from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.run.guest_tools import elf_interp_and_needed, program_files
 from vfiouser_tdisp.run.initramfs import initramfs_entries
 from vfiouser_tdisp.run.job import GuestRun
-from vfiouser_tdisp.run.provision import ProvisionError, ensure_provisioned
 from vfiouser_tdisp.run.platform import (
     PDEV_PATH,
     Boot,
@@ -26,6 +25,7 @@ from vfiouser_tdisp.run.platform import (
     reference_measurements,
     tamper_checks,
 )
+from vfiouser_tdisp.run.provision import ProvisionError, ensure_provisioned
 from vfiouser_tdisp.spdm.algorithms import HASHES
 from vfiouser_tdisp.tdisp import messages as t
 

@@ -302,10 +302,7 @@ def _sigterm(_signum: int, _frame: object) -> None:
 
 
 def main_run(args: argparse.Namespace) -> int:
-    """`run`: with --platform, the platform flow; else the device checks (job.py)."""
-    if not getattr(args, "platform", None):
-        from .job import main_run as device_run
-        return device_run(args)
+    """`run`: the platform flow against ``args.platform``."""
     old = signal.signal(signal.SIGTERM, _sigterm)  # stop server and QEMU on SIGTERM too
     try:
         try:

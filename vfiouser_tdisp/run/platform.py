@@ -164,7 +164,27 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
             with contextlib.suppress(ValueError):
                 boot.events.append(json.loads(line))
     boot.step_times = {m.group(1): float(m.group(2)) for m in STEP_TIME_RE.finditer(text)}
+    (out / "doe-objects.txt").write_text("".join(f"{line}\n" for line in doe_objects(boot)))
     return boot
+
+
+def doe_objects(boot: Boot) -> list[str]:
+    """Each object the firmware handed the guest kernel, in order, with what the device
+    made of it: the record behind the `doe_objects` check (DIR/*/doe-objects.txt)."""
+    lines = []
+    for e in boot.events:
+        kind = str(e.get("event"))
+        if kind == "rmm.communicate" and e.get("req_len"):
+            lines.append(f"{e.get('operation')}: {e.get('protocol')} object, "
+                         f"{e.get('req_len')} bytes -> guest kernel DOE")
+        elif kind == "spdm.request":
+            lines.append(f"  device SPDM {e.get('request')}"
+                         + (f" (session {e['session_id']})" if e.get("session_id") else ""))
+        elif kind.startswith("ide_km.") and kind != "ide_km.key_fingerprint":
+            lines.append(f"    IDE_KM {kind.removeprefix('ide_km.')}")
+        elif kind == "tdisp.request":
+            lines.append(f"    TDISP {e.get('message')} -> {e.get('result')}")
+    return lines
 
 
 def _subsequence(want: Sequence[object], got: Sequence[object]) -> bool:
@@ -200,7 +220,8 @@ def host_checks(boot: Boot) -> list[tuple[str, bool, str]]:
     out.append(("doe_objects", ok,
                 f"{relayed} objects the RMM handed to the guest kernel's DOE path, "
                 f"{mailbox} through the device's DOE mailbox, "
-                f"{sum(spdm.values())} SPDM requests at the device: "
+                f"{sum(spdm.values())} SPDM requests at the device (in order: "
+                "doe-objects.txt): "
                 + ", ".join(f"{k} {v}" for k, v in sorted(spdm.items()))
                 + "; IDE_KM " + ", ".join(f"{k} {v}" for k, v in sorted(ide.items()))
                 + "; TDISP " + ", ".join(f"{k} {v}" for k, v in sorted(tdisp.items()))))

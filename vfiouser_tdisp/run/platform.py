@@ -324,6 +324,11 @@ def _sigterm(_signum: int, _frame: object) -> None:
 
 def main_run(args: argparse.Namespace) -> int:
     """`run`: the platform flow against ``args.platform``."""
+    if get_profile(args.profile).personality != "virtio-rng":
+        # probe, hwrng and dma_held read /dev/hwrng through the device's driver
+        print(f"vfiouser-tdisp run: the platform flow needs a virtio-rng profile "
+              f"(virtio-rng, virtio-rng-2fn), not {args.profile}", file=sys.stderr)
+        return 2
     old = signal.signal(signal.SIGTERM, _sigterm)  # stop server and QEMU on SIGTERM too
     try:
         try:

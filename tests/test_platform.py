@@ -222,3 +222,15 @@ def test_tamper_check_fails_once_a_tampered_tdi_started() -> None:
 
 def test_subsequence() -> None:
     assert _subsequence("ace", "abcde") and not _subsequence("aec", "abcde")
+
+
+def test_run_command_runs_the_platform_flow() -> None:
+    from vfiouser_tdisp.cli import build_parser
+
+    args = build_parser().parse_args(["run"])
+    assert (args.platform, args.handler) == ("cca", "vfiouser_tdisp.run.platform:main_run")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--platform", "tdx"])  # not an emulator yet
+    serve = build_parser().parse_args(["serve", "--socket", "s", "--tamper", "report",
+                                       "--tamper", "measurements"])
+    assert serve.tamper == ["report", "measurements"]

@@ -8,6 +8,15 @@
 # Results: tsm_module, tsm_connect, [tsm_bind, tsm_unbind,] tsm_disconnect, tsm_rmmod.
 d=/sys/bus/pci/devices/$BDF
 
+# centiseconds since boot, and the time since $1 of them as "t=S.CCs"
+now_cs() {
+    cut -d' ' -f1 /proc/uptime | tr -d .
+}
+took() {
+    cs=$(( $(now_cs) - $1 ))
+    printf 't=%d.%02ds' $((cs / 100)) $((cs % 100))
+}
+
 # errno of a write, as busybox reports it ("write error: <strerror>")
 write_err() {  # file value
     echo "$2" 2>&1 > "$1" | sed -n 's/.*write error: //p'
@@ -37,9 +46,11 @@ tvm_flow() {
     else
         result tvm_accept_unlocked FAIL "accept before lock: '${e:-accepted}'"
     fi
+    t0=$(now_cs)
     e=$(write_err $t/lock 1)
+    t1=$(took $t0)
     if [ -z "$e" ] && [ "$(cat $t/state)" = locked ]; then
-        result tvm_lock PASS "state=$(cat $t/state)"
+        result tvm_lock PASS "state=$(cat $t/state) $t1"
     else
         result tvm_lock FAIL "'$e' state=$(cat $t/state): $(dmesg | grep vtfw | tail -n 3 | tr '\n' '|')"
     fi
@@ -52,9 +63,11 @@ tvm_flow() {
     else
         result tvm_evidence FAIL "$sizes"
     fi
+    t0=$(now_cs)
     e=$(write_err $t/accept 1)
+    t1=$(took $t0)
     if [ -z "$e" ] && [ "$(cat $t/state)" = run ]; then
-        result tvm_accept PASS "state=$(cat $t/state)"
+        result tvm_accept PASS "state=$(cat $t/state) $t1"
     else
         result tvm_accept FAIL "'$e' state=$(cat $t/state): $(dmesg | grep vtfw | tail -n 3 | tr '\n' '|')"
     fi
@@ -87,21 +100,34 @@ else
     else
         result tsm_module FAIL "tsm/ not on $BDF (class tsm: '$tsm', port: '$port')"
     fi
+    t0=$(now_cs)
     if echo "$tsm" > "$d/tsm/connect" 2>/tmp/connect.err; then
+        t1=$(took $t0)
         c=$(cat $d/tsm/connect) a=$(cat $d/authenticated) s=$(cat $d/tsm/dsm)
         if [ "$c" = "$tsm" ] && [ "$a" = "$tsm" ] && [ "$s" = "$BDF" ]; then
-            result tsm_connect PASS "connect=$c authenticated=$a dsm=$s"
+            result tsm_connect PASS "connect=$c authenticated=$a dsm=$s $t1"
         else
             result tsm_connect FAIL "connect='$c' authenticated='$a' dsm='$s'"
         fi
         if echo "$tsm" > "$d/tsm/connect" 2>/dev/null; then
             result tsm_connect FAIL "a second connect was accepted"
         fi
+        # the core probes the DSM's other functions: they get tsm/dsm too
+        for f in $BDFS; do
+            [ "$f" = "$BDF" ] && continue
+            fd=/sys/bus/pci/devices/$f
+            if [ "$(cat $fd/tsm/dsm 2>/dev/null)" = "$BDF" ] && [ -e $fd/authenticated ]; then
+                result tsm_function PASS "$f dsm=$(cat $fd/tsm/dsm)"
+            else
+                result tsm_function FAIL "$f: $(ls $fd | grep -e tsm -e auth | tr '\n' ' ')"
+            fi
+        done
         if [ "$(cmdline_opt bind)" = 1 ]; then
             p=/sys/bus/pci/devices/$port
             [ "$(cmdline_opt tvm)" = 1 ] && tvm_pre
+            t0=$(now_cs)
             if echo "$BDF" > "$p/tdi_bind" 2>/tmp/bind.err && [ "$(cat $d/tsm/bound)" = "$tsm" ]; then
-                result tsm_bind PASS "bound=$(cat $d/tsm/bound)"
+                result tsm_bind PASS "bound=$(cat $d/tsm/bound) $(took $t0)"
             else
                 result tsm_bind FAIL "$(cat /tmp/bind.err) bound='$(cat $d/tsm/bound)':" \
                     "$(dmesg | grep -i vtfw | tail -n 3 | tr '\n' '|')"
@@ -114,10 +140,12 @@ else
                 result tsm_unbind FAIL "bound='$(cat $d/tsm/bound)'"
             fi
         fi
+        t0=$(now_cs)
         echo "$tsm" > "$d/tsm/disconnect"
+        t1=$(took $t0)
         c=$(cat $d/tsm/connect) a=$(cat $d/authenticated) s=$(cat $d/tsm/dsm)
         if [ -z "$c$a$s" ]; then
-            result tsm_disconnect PASS "connect, authenticated and dsm empty"
+            result tsm_disconnect PASS "connect, authenticated and dsm empty $t1"
         else
             result tsm_disconnect FAIL "connect='$c' authenticated='$a' dsm='$s'"
         fi

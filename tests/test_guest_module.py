@@ -34,20 +34,12 @@ from vfiouser_tdisp.device.device import PROFILES, DeviceProfile
 from vfiouser_tdisp.doe.protocols import PCI_SIG_VENDOR_ID, build_object, parse_object
 from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.firmware import CallClass, FirmwareCall, GuestMemory
-from vfiouser_tdisp.run.initramfs import build_initramfs
-from vfiouser_tdisp.run.job import parse_console
 from vfiouser_tdisp.run.module_build import ensure_module
+from vfiouser_tdisp.run.port_guest import boot_with_port
 from vfiouser_tdisp.run.provision import Provisioned, ProvisionError, ensure_provisioned
-from vfiouser_tdisp.run.qemu import (
-    QemuCommand,
-    accel_decision,
-    firmware_port_args,
-    run_with_deadline,
-)
-from vfiouser_tdisp.server import firmware_port_path, platform_firmware, start_devices
+from vfiouser_tdisp.server import platform_firmware
 from vfiouser_tdisp.spdm.der import split_der_certificates
 from vfiouser_tdisp.spdm.requester import SpdmRequester
-from vfiouser_tdisp.tsm.cca import Rmm
 
 pytestmark = pytest.mark.vm
 
@@ -155,8 +147,8 @@ class MiniRmm:
             return self._communicate(p, a[1], mem)
         if call.fid == RMI_PDEV_SET_PUBKEY:
             return self._set_pubkey(p, a[1], mem)
-        if call.fid == RMI_PDEV_STOP:
-            if p.state not in (READY, ERROR):
+        if call.fid == RMI_PDEV_STOP:  # any state but STOPPED (TF-RMM pdev.c)
+            if p.state == STOPPED:
                 return (RMI_ERROR_INPUT,)
             p.stopping = True
             return (RMI_SUCCESS,)
@@ -292,36 +284,6 @@ def prov() -> Provisioned:
         pytest.fail(f"not provisioned: {exc}")
 
 
-def boot_with_port(prov: Provisioned, out: Path, firmware: Any, checks: str,
-                   timeout: float = 150, append: str = "",
-                   profile: str = "virtio-rng") -> tuple[Any, str]:
-    """Serve virtio-rng + the firmware port in this process, boot the guest."""
-    ko = ensure_module(prov)
-    initrd = build_initramfs(prov.busybox, prov.modules, out / "initrd.gz", extra_modules=[ko])
-    sock = f"/tmp/vtfw-{id(out) % 10**8}.sock"
-    running = start_devices([sock], profile, firmware=firmware)
-    # A function captures its bus number from Type 0 configuration writes (PCIe
-    # r6.x 2.2.6.2); vfio-user does not carry it, and the device's TDISP
-    # responder answers INTERFACE_IDs on bus 0 unless told.  Behind its own root
-    # port the guest enumerates it on bus 1, the RID the RMM puts in
-    # INTERFACE_ID (the TDI's host RID).
-    running.devices[0].tdisp.bus = 1
-    try:
-        chosen, _why = accel_decision(prov.qemu, prov.kernel, "auto", prov.cache)
-        console = out / "console.log"
-        qc = QemuCommand(kernel=prov.kernel, initrd=str(initrd), sockets=[[sock]],
-                         append="console=ttyS0 panic=-1 loglevel=7 vtdisp.vendor=0x1af4 "
-                                f"vtdisp.device=0x1044 vtdisp.checks={checks} {append}",
-                         accel=chosen, console_log=str(console),
-                         extra=firmware_port_args(firmware_port_path(sock)))
-        rc, err = run_with_deadline(qc.command(prov.qemu), prov.qemu.environ(), timeout)
-        text = console.read_text(errors="replace")
-        assert rc == 0, f"qemu rc={rc}: {err[-2000:]!r}\n{text[-3000:]}"
-        return parse_console(text), text
-    finally:
-        running.close()
-
-
 def test_module_builds_reproducibly(prov: Provisioned) -> None:
     ko = ensure_module(prov)
     started = time.monotonic()
@@ -359,6 +321,34 @@ def test_module_connects_through_the_firmware_port(prov: Provisioned, tmp_path: 
     assert fw.key is not None and fw.key[0] == ECDSA_P384
 
 
+class MiniRmmRefusingKeys(MiniRmmWithStreams):
+    """Refuses every SET_PUBKEY (as an RMM does for a key that is not the leaf's)."""
+
+    def call(self, call: FirmwareCall, mem: GuestMemory) -> tuple[int, ...]:
+        if call.fid == RMI_PDEV_SET_PUBKEY:
+            self.log.append(("refused_key", call.args[0]))
+            return (RMI_ERROR_INPUT,)
+        return super().call(call, mem)
+
+
+def test_failed_connect_unwinds(prov: Provisioned, tmp_path: Path) -> None:
+    """A connect the firmware refuses half-way fails with the RMI status's errno, leaves
+    tsm/connect empty, and the module gives every PDEV and granule back."""
+    fw = MiniRmmRefusingKeys()
+    run, console = boot_with_port(prov, tmp_path, fw, "device,tsm_module")
+    got = run.result("tsm_connect")
+    assert got is not None and not got[0], console[-3000:]
+    assert "Invalid argument" in got[1]  # RMI_ERROR_INPUT -> -EINVAL
+    assert "vtfw: RMI_PDEV_SET_PUBKEY: RMI status 0x1" in console
+    assert "vtfw: connect failed: -22" in console
+    assert ("refused_key", next(iter(e[1] for e in fw.log if e[0] == "refused_key"))) in fw.log
+    # the EP PDEV was stopped and destroyed, its granule undelegated
+    assert not fw.pdevs and not fw.delegated
+    assert [e[1] for e in fw.log if e[0] == "destroy"] == [0b011]
+    rmmod = run.result("tsm_rmmod")
+    assert rmmod is not None and rmmod[0]
+
+
 @pytest.mark.parametrize(("asym", "algo"), [("ecdsa-p256", ECDSA_P256),
                                             ("rsassa-3072", RSASSA_3072)])
 def test_module_takes_the_key_of_other_leaf_algorithms(
@@ -382,9 +372,6 @@ def _transitions(rec: Recorder, kind: str) -> list[tuple[str, str]]:
     return [(e["old"], e["new"]) for e in rec.of(kind)]
 
 
-@pytest.mark.xfail(Rmm.abi_id != MiniRmm.abi_id, strict=True,
-                   reason="the RMM emulator must announce the port ABI's CCA id 0x20414343 "
-                          "(docs/firmware-port.md); h-rmm cafeef7 still says 0x524D4D00")
 def test_module_connects_binds_locks_and_accepts_through_the_rmm(
         prov: Provisioned, tmp_path: Path, events: Recorder) -> None:
     """The project's RMM emulator behind the port (what `serve --platform cca` serves):
@@ -396,7 +383,7 @@ def test_module_connects_binds_locks_and_accepts_through_the_rmm(
                  "tsm_unbind", "tsm_disconnect", "tsm_rmmod"):
         got = run.result(name)
         assert got is not None and got[0], f"{name}: {got}\n{console[-4000:]}"
-    assert (run.result("tsm_bind") or ("", ""))[1] == "bound=tsm0"
+    assert (run.result("tsm_bind") or ("", ""))[1].startswith("bound=tsm0 t=")
     # the proposed ABI's errnos (firmware-abi.md A.5): EBUSY with a driver bound,
     # EINVAL for accept before lock
     assert (run.result("tvm_lock_busy") or ("", ""))[1].endswith("Device or resource busy")
@@ -417,3 +404,14 @@ def test_module_connects_binds_locks_and_accepts_through_the_rmm(
     assert len(events.of("ide_km.key_prog")) == 6 and len(events.of("ide_km.k_set_go")) == 6
     assert "vtfw: VDEV UNLOCKED -> LOCKED (RMI_VDEV_LOCK)" in console
     assert "digests match" in console and "TVM: accepted" in console
+
+
+def test_connect_reaches_the_dsms_other_functions(prov: Provisioned, tmp_path: Path) -> None:
+    """virtio-rng-2fn: after connect the kernel's core probes function 1 through the link
+    TSM (pci_tsm_link_constructor), which then shows its DSM in tsm/dsm."""
+    run, console = boot_with_port(prov, tmp_path, MiniRmmWithStreams(), "device,tsm_module",
+                                  profile="virtio-rng-2fn")
+    for name in ("tsm_connect", "tsm_function", "tsm_disconnect", "tsm_rmmod"):
+        got = run.result(name)
+        assert got is not None and got[0], f"{name}: {got}\n{console[-3000:]}"
+    assert (run.result("tsm_function") or ("", ""))[1] == "0000:01:00.1 dsm=0000:01:00.0"

@@ -54,7 +54,7 @@ def numbered(path: str, i: int) -> str:
 
 
 # --platform NAME -> the firmware emulator served behind the firmware port
-PLATFORMS = {"cca": "vfiouser_tdisp.tsm.cca:Rmm"}
+PLATFORMS = {"cca": "vfiouser_tdisp.tsm.cca:make_firmware"}
 
 
 def firmware_port_path(path: str) -> str:

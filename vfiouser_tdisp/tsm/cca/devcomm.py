@@ -15,14 +15,11 @@ object out of the generator and waits for the response the host brings back.
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ...doe.protocols import PCI_DOE_FEATURE_SSESSION, PCI_SIG_VENDOR_ID, build_object, parse_object
 from ...events import emit
 from . import model
 from .abi import RmiDevCommEnterStatus, RmiDevCommExit, RmiDevCommExitFlags, RmiDevCommObject
@@ -54,62 +51,6 @@ DevFlow = Generator[Action, bytes | None, T]
 
 class DeviceCommError(Exception):
     """The host could not carry an exchange (enter.status = ERROR) or gave up."""
-
-
-class _Cancelled(BaseException):
-    """Raised in the worker when the operation is abandoned (ABORT, destroy)."""
-
-
-class BlockingBridge:
-    """Runs blocking requester code as a flow; ``transport`` is what the requester calls."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._out: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._in: queue.Queue[object] = queue.Queue()
-
-    def transport(self, request_object: bytes) -> bytes:
-        """The requester's DOE transport (runs in the worker thread)."""
-        self._out.put(("send", request_object))
-        answer = self._in.get()
-        if isinstance(answer, BaseException):
-            raise answer
-        assert isinstance(answer, bytes)
-        return answer
-
-    def run(self, fn: Callable[[], T]) -> Generator[Action, bytes | None, T]:
-        def worker() -> None:
-            try:
-                self._out.put(("done", fn()))
-            except _Cancelled:
-                self._out.put(("cancelled", None))
-            except BaseException as exc:  # handed to the flow, which re-raises it
-                self._out.put(("error", exc))
-
-        thread = threading.Thread(target=worker, daemon=True, name=f"rmm {self.name}")
-        thread.start()
-        while True:
-            kind, value = self._out.get()
-            if kind == "done":
-                thread.join()
-                return value  # type: ignore[no-any-return]
-            if kind in ("error", "cancelled"):
-                thread.join()
-                raise value if kind == "error" else DeviceCommError("cancelled")
-            hdr, payload = parse_object(value)
-            secured = hdr.data_object_type == PCI_DOE_FEATURE_SSESSION
-            try:
-                response = yield Send(Proto.SECURE_SPDM if secured else Proto.SPDM, payload)
-            except BaseException as exc:
-                # Abandoned (GeneratorExit) or the host reported an error: unblock the
-                # worker with an exception and let it unwind before going on.
-                self._in.put(_Cancelled() if isinstance(exc, GeneratorExit)
-                             else DeviceCommError(str(exc)))
-                kind, value = self._out.get()
-                thread.join()
-                raise
-            self._in.put(build_object(PCI_SIG_VENDOR_ID, hdr.data_object_type,
-                                      response or b""))
 
 
 @dataclass

@@ -10,18 +10,34 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ...ide.capability import KeyDirection, KeySubstream
-from ...spdm.requester import RequesterSession, SpdmRequester, SpdmRequesterError
+from ...spdm.requester import RequesterSession, SpdmFlow, SpdmRequester, SpdmRequesterError
 from ...tdisp import messages as t
 from ..core import ALL_SUBSTREAMS, IdeKmRequester, PciSigChannel, TdispRequester, parse_report
 from . import model
 from .abi import RmiDevCommObject as Obj
+from .abi import RmiDevCommProtocol as Proto
 from .abi import RmiSignatureAlgorithm as Sig
-from .devcomm import BlockingBridge, Cache, DevFlow, StreamWait
+from .devcomm import Cache, DevFlow, Send, StreamWait
+
+T = TypeVar("T")
+
+
+def spdm(flow: SpdmFlow[T]) -> DevFlow[T]:
+    """A steppable requester flow as an RMM flow: each SpdmRequest becomes a Send (the
+    host carries it; DOE type 2 when secured), each response resumes the requester."""
+    try:
+        request = next(flow)
+        while True:
+            response = yield Send(Proto.SECURE_SPDM if request.secured else Proto.SPDM,
+                                  request.payload)
+            request = flow.send(response or b"")
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -29,14 +45,13 @@ class SpdmContext:
     """The RMM's SPDM connection to one endpoint PDEV (and its session)."""
 
     name: str
-    bridge: BlockingBridge = field(init=False)
     spdm: SpdmRequester = field(init=False)
     session: RequesterSession | None = None
     leaf_key: Any = None
 
     def __post_init__(self) -> None:
-        self.bridge = BlockingBridge(self.name)
-        self.spdm = SpdmRequester(self.bridge.transport, name=f"rmm.{self.name}")
+        # No transport: the RMM only steps flows; the host carries every object.
+        self.spdm = SpdmRequester(name=f"rmm.{self.name}")
 
     def channel(self) -> PciSigChannel:
         if self.session is None:
@@ -46,11 +61,10 @@ class SpdmContext:
 
 def identity(ctx: SpdmContext, slot: int) -> DevFlow[None]:
     """NEW -> NEEDS_KEY: VCA, digests, certificate chain (cached), chain checked."""
-    run = ctx.bridge.run
-    yield from run(ctx.spdm.init_connection)
+    yield from spdm(ctx.spdm.init_connection_flow())
     yield Cache(Obj.VCA, bytes(ctx.spdm.message_a))
-    yield from run(ctx.spdm.get_digests)
-    chain: bytes = yield from run(lambda: ctx.spdm.get_certificate(slot))
+    yield from spdm(ctx.spdm.get_digests_flow())
+    chain = yield from spdm(ctx.spdm.get_certificate_flow(slot))
     yield Cache(Obj.CERTIFICATE, chain)
     # Length, RootHash, every link and the leaf key type; the trust anchor is the
     # relying party's business (the realm checks the chain against its own root).
@@ -79,7 +93,7 @@ def public_key_matches(leaf: Any, algo: int, key: bytes, metadata: bytes) -> boo
 
 def session(ctx: SpdmContext) -> DevFlow[None]:
     """HAS_KEY -> READY: KEY_EXCHANGE (signature checked against the leaf key) + FINISH."""
-    ctx.session = yield from ctx.bridge.run(ctx.spdm.start_session)
+    ctx.session = yield from spdm(ctx.spdm.start_session_flow())
 
 
 def stop(ctx: SpdmContext) -> DevFlow[None]:
@@ -87,7 +101,7 @@ def stop(ctx: SpdmContext) -> DevFlow[None]:
     if ctx.session is not None:
         sess, ctx.session = ctx.session, None
         try:
-            yield from ctx.bridge.run(lambda: ctx.spdm.end_session(sess))
+            yield from spdm(ctx.spdm.end_session_flow(sess))
         except Exception:  # the device may be gone: stopping still succeeds
             pass
 
@@ -108,20 +122,14 @@ def new_stream_keys(stream_id: int) -> StreamKeys:
 def stream_connect_ep(ctx: SpdmContext, keys: StreamKeys) -> DevFlow[None]:
     """IDE_KM on the endpoint: QUERY, KEY_PROG x6, (wait for the root port), K_SET_GO x6."""
     km = IdeKmRequester(ctx.channel())
-    yield from ctx.bridge.run(km.query)
-
-    def program() -> None:
-        for (sub, d), (key, ifv) in keys.keys.items():
-            km.key_prog(keys.stream_id, 0, d, sub, key, ifv)
-    yield from ctx.bridge.run(program)
+    yield from spdm(km.query_flow())
+    for (sub, d), (key, ifv) in keys.keys.items():
+        yield from spdm(km.key_prog_flow(keys.stream_id, 0, d, sub, key, ifv))
     keys.ep_programmed = True
     while not keys.rp_programmed:
         yield StreamWait()
-
-    def go() -> None:
-        for sub, d in keys.keys:
-            km.k_set(True, keys.stream_id, 0, d, sub)
-    yield from ctx.bridge.run(go)
+    for sub, d in keys.keys:
+        yield from spdm(km.k_set_flow(True, keys.stream_id, 0, d, sub))
 
 
 def stream_connect_rp(keys: StreamKeys) -> DevFlow[None]:
@@ -134,29 +142,23 @@ def stream_connect_rp(keys: StreamKeys) -> DevFlow[None]:
 
 def stream_disconnect_ep(ctx: SpdmContext, keys: StreamKeys) -> DevFlow[None]:
     km = IdeKmRequester(ctx.channel())
-
-    def stop_all() -> None:
-        for sub, d in keys.keys:
-            km.k_set(False, keys.stream_id, 0, d, sub)
-    yield from ctx.bridge.run(stop_all)
+    for sub, d in keys.keys:
+        yield from spdm(km.k_set_flow(False, keys.stream_id, 0, d, sub))
 
 
 def vdev_init(ctx: SpdmContext, function_id: int) -> DevFlow[None]:
     """NEW -> UNLOCKED: TDISP version and capabilities; the TDI must end CONFIG_UNLOCKED."""
     tdisp = TdispRequester(ctx.channel())
-
-    def run() -> None:
-        tdisp.version(function_id)
-        tdisp.capabilities(function_id)
-        if tdisp.state(function_id) is not t.TdiState.CONFIG_UNLOCKED:
-            tdisp.stop(function_id)
-    yield from ctx.bridge.run(run)
+    yield from spdm(tdisp.version_flow(function_id))
+    yield from spdm(tdisp.capabilities_flow(function_id))
+    if (yield from spdm(tdisp.state_flow(function_id))) is not t.TdiState.CONFIG_UNLOCKED:
+        yield from spdm(tdisp.stop_flow(function_id))
 
 
 def vdev_lock(ctx: SpdmContext, function_id: int, stream_id: int) -> DevFlow[bytes]:
     """UNLOCKED -> LOCKED: LOCK_INTERFACE; returns START_INTERFACE_NONCE."""
     tdisp = TdispRequester(ctx.channel())
-    nonce: bytes = yield from ctx.bridge.run(lambda: tdisp.lock(
+    nonce: bytes = yield from spdm(tdisp.lock_flow(
         function_id, flags=model.LOCK_FLAGS, default_stream_id=stream_id,
         mmio_reporting_offset=model.MMIO_REPORTING_OFFSET))
     return nonce
@@ -165,7 +167,7 @@ def vdev_lock(ctx: SpdmContext, function_id: int, stream_id: int) -> DevFlow[byt
 def vdev_report(ctx: SpdmContext, function_id: int) -> DevFlow[bytes]:
     """GET_DEVICE_INTERFACE_REPORT (all portions), cached as INTERFACE_REPORT."""
     tdisp = TdispRequester(ctx.channel())
-    report: bytes = yield from ctx.bridge.run(lambda: tdisp.report(function_id))
+    report: bytes = yield from spdm(tdisp.report_flow(function_id))
     parse_report(report)  # must decode before the RMM vouches for it
     yield Cache(Obj.INTERFACE_REPORT, report)
     return report
@@ -177,18 +179,16 @@ def vdev_measurements(ctx: SpdmContext, raw: bool) -> DevFlow[bytes]:
     if sess is None:
         raise SpdmRequesterError("no secured session")
 
-    def run() -> bytes:
-        ctx.spdm.get_measurements(signed=True, raw=raw, session=sess)
-        # The exact response bytes the signature covered (DOE padding excluded).
-        return bytes(ctx.spdm._last_exact)
-    response: bytes = yield from ctx.bridge.run(run)
+    yield from spdm(ctx.spdm.get_measurements_flow(signed=True, raw=raw, session=sess))
+    # The exact response bytes the signature covered (DOE padding excluded).
+    response = bytes(ctx.spdm._last_exact)
     yield Cache(Obj.MEASUREMENTS, response)
     return response
 
 
 def vdev_start(ctx: SpdmContext, function_id: int, nonce: bytes) -> DevFlow[None]:
     tdisp = TdispRequester(ctx.channel())
-    yield from ctx.bridge.run(lambda: tdisp.start(function_id, nonce))
+    yield from spdm(tdisp.start_flow(function_id, nonce))
 
 
 def vdev_stop(ctx: SpdmContext, function_id: int) -> DevFlow[bool]:
@@ -197,7 +197,7 @@ def vdev_stop(ctx: SpdmContext, function_id: int) -> DevFlow[bool]:
     the device says, so an ERROR VDEV can always be unlocked and destroyed."""
     try:
         tdisp = TdispRequester(ctx.channel())
-        yield from ctx.bridge.run(lambda: tdisp.stop(function_id))
+        yield from spdm(tdisp.stop_flow(function_id))
     except Exception:
         return False
     return True

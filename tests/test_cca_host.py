@@ -339,3 +339,75 @@ def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
         assert "chain anchored" in out[2]
     finally:
         running.close()
+
+
+def test_cli_against_dmtf_spdm_responder_emu(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Interop with an independent responder: DMTF spdm-emu's ``spdm_responder_emu``
+    (libspdm, its own IDE_KM and TDISP samples).  Built outside the repository; set
+    SPDM_RESPONDER_EMU to the binary (its sample keys are looked up next to it in
+    ../../libspdm/unit_test/sample_key, or SPDM_EMU_KEYS)."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    from vfiouser_tdisp.cli import main
+    binary = os.environ.get("SPDM_RESPONDER_EMU")
+    if not binary or not os.access(binary, os.X_OK):
+        pytest.skip("SPDM_RESPONDER_EMU does not name DMTF's spdm_responder_emu")
+    keys = Path(os.environ.get("SPDM_EMU_KEYS") or
+                Path(binary).resolve().parents[2] / "libspdm/unit_test/sample_key")
+    work = tmp_path / "keys"
+    shutil.copytree(keys, work)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([binary, "--trans", "PCI_DOE", "--ip", "127.0.0.1", "--port",
+                             str(port)], cwd=work, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        # DMTF's server takes one client and stops after it: watch for LISTEN in
+        # /proc/net/tcp instead of probing with a connection.
+        deadline = time.monotonic() + 10
+        listening = f":{port:04X} 00000000:0000 0A"
+        while time.monotonic() < deadline and \
+                listening not in Path("/proc/net/tcp").read_text():
+            time.sleep(0.05)
+        assert main(["tsm", "--platform", "cca", "--spdm", f"127.0.0.1:{port}"]) == 0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    out = capsys.readouterr().out.splitlines()
+    assert [ln.split()[:2] for ln in out] == [
+        [step, "PASS"] for step in ("connect", "bind", "lock", "accept", "unlock", "unbind",
+                                    "disconnect")]
+
+
+def test_cli_in_process_device_with_events(cache: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --spdm the CLI builds the device in process (BARs assigned) and drives it
+    through its DOE mailbox registers; --events records every RMM transition."""
+    import json
+
+    from vfiouser_tdisp.cli import main
+    events = tmp_path / "events.jsonl"
+    assert main(["tsm", "--platform", "cca", "--cache-dir", str(cache), "--events",
+                 str(events), "--hash", "sha512", "connect", "bind", "lock", "measurements",
+                 "info", "accept", "unlock", "unbind", "disconnect"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert all(line.split()[1] == "PASS" for line in out) and len(out) == 9
+    assert "hash_algo 1" in out[4]
+    lines = [json.loads(ln) for ln in events.read_text().splitlines()]
+    pdev = [e for e in lines if e["event"] == "rmm.pdev.transition"]
+    ep = pdev[0]["pdev"]
+    assert [pdev[0]["old"]] + [e["new"] for e in pdev if e["pdev"] == ep] == \
+        ["NEW", "NEEDS_KEY", "HAS_KEY", "READY", "STOPPED"]
+    vdev = [e["new"] for e in lines if e["event"] == "rmm.vdev.transition"]
+    assert vdev == ["UNLOCKED", "LOCKED", "LOCKED", "LOCKED", "LOCKED", "STARTED", "UNLOCKED"]
+    assert main(["tsm", "--platform", "cca", "--cache-dir", str(cache), "nonsense"]) == 2

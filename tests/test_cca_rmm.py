@@ -692,3 +692,80 @@ def test_abi_id_is_the_port_fourcc() -> None:
     from vfiouser_tdisp.tsm.cca import Rmm, make_firmware
     assert Rmm.abi_id.to_bytes(4, "little") == b"CCA "     # docs/firmware-port.md
     assert isinstance(make_firmware(), Rmm)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_calls_get_a_status_and_leave_the_rmm_serving(cache: Path, seed: int) -> None:
+    """Every RMI/RSI call with random registers, from a connected, bound state: each gets a
+    status of its own ABI (never an exception), and the sequence still works after."""
+    import random
+    rng = random.Random(seed)
+    b = bench(cache)
+    h = b.host
+    vdev_in(b, VS.LOCKED)
+    pages = [h.pdev, h.rp, h.rd, h.rec, h.comm, h.req, h.resp, h.params, h.run,
+             b.realm.info_page, b.realm.hc, h.vdevs[VDEV_ID].addr]
+    noise = h.mem.alloc()
+    h.mem.write(noise, rng.randbytes(4096))
+
+    def value() -> int:
+        pick = rng.random()
+        if pick < 0.5:
+            return rng.choice(pages) + rng.choice((0, 0, 0, 8, 0x100))
+        if pick < 0.7:
+            return noise
+        return rng.getrandbits(64) if pick < 0.85 else rng.randrange(16)
+    rmi_status = {s.value for s in RS} | {0xFFFFFFFFFFFFFFFF}
+    rsi_status = {s.value for s in SS} | {0xFFFFFFFFFFFFFFFF}
+    destructive = {F.RMI_PDEV_DESTROY, F.RMI_PDEV_STOP, F.RMI_PDEV_ABORT, F.RMI_VDEV_ABORT,
+                   F.RMI_VDEV_DESTROY, F.RMI_REALM_DESTROY, F.RMI_REC_DESTROY,
+                   F.RMI_GRANULE_UNDELEGATE, F.RMI_PDEV_STREAM_DISCONNECT}
+    for _ in range(300):
+        if rng.random() < 0.6:
+            fid = rng.choice([f for f in F if f not in destructive])
+            out = h.rmi(fid, *(value() for _ in range(4)))
+            assert out[0] in rmi_status, (fid.name, out)
+        else:
+            rfid = rng.choice(list(RsiFid))
+            out = rsi(b, rfid, *(value() for _ in range(8)))
+            assert out[0] in rsi_status, (rfid.name, out)
+    # whatever state the random calls left, the RMM still answers and tears down
+    for obj in list(b.rmm.vdevs.values()) + list(b.rmm.pdevs.values()):
+        if obj.op is not None:
+            fid = F.RMI_VDEV_ABORT if obj in b.rmm.vdevs.values() else F.RMI_PDEV_ABORT
+            assert h.rmi(fid, obj.addr)[0] == S_
+    assert h.rmi(F.RMI_PDEV_GET_STATE, h.pdev)[0] == S_
+
+
+def _dmtf_value_types(measurements: bytes) -> list[int]:
+    """DMTFSpecMeasurementValueType of every block of a MEASUREMENTS response, parsed by
+    hand from DSP0274 §10.11: header 4 B, NumberOfBlocks u8, MeasurementRecordLength
+    u24, then blocks {Index u8, MeasurementSpecification u8 (DMTF 0x01), MeasurementSize
+    u16, {DMTFSpecMeasurementValueType u8 (bit 7 = raw bit stream), ValueSize u16, Value}}."""
+    count = measurements[4]
+    length = int.from_bytes(measurements[5:8], "little")
+    record, pos, types = measurements[8:8 + length], 0, []
+    for _ in range(count):
+        assert record[pos + 1] == 0x01
+        size = int.from_bytes(record[pos + 2:pos + 4], "little")
+        types.append(record[pos + 4])
+        pos += 4 + size
+    assert pos == length
+    return types
+
+
+def test_measurement_params_raw_flag(cache: Path) -> None:
+    """rmi_vdev_measure_params.flags RAW (bit 0) asks the device for raw bit streams."""
+    b = bench(cache)
+    h = b.host
+    h.connect()
+    v = h.bind(VDEV_ID)
+    h.measure(v, raw=False)
+    digests = _dmtf_value_types(v.cache[abi.RmiDevCommObject.MEASUREMENTS])
+    h.measure(v, raw=True)
+    raw = _dmtf_value_types(v.cache[abi.RmiDevCommObject.MEASUREMENTS])
+    assert len(raw) == len(digests) and all(t & 0x80 for t in raw)
+    assert not all(t & 0x80 for t in digests)
+    # bits other than RAW are reserved
+    page = h._params(abi.RmiVdevMeasureParams(flags=2).pack())
+    assert h.rmi(F.RMI_VDEV_GET_MEASUREMENTS, h.rd, h.pdev, v.addr, page)[0] == INP

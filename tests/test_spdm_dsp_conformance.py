@@ -40,6 +40,7 @@ from .test_spdm_independent import SETS, Hand
 BASE_FLAGS = (1 << 1) | (1 << 2) | (1 << 6) | (1 << 7) | (1 << 9) | (1 << 13) | (1 << 14)
 HANDSHAKE_IN_THE_CLEAR_CAP = 1 << 15
 CHUNK_CAP = 1 << 17
+ENCAP_CAP = 1 << 12
 
 
 def vca(hand: Hand, flags: int = BASE_FLAGS, dts: int = 4096, mx: int = 4096) -> bytes:
@@ -245,9 +246,11 @@ def test_flow_yields_the_dsp0274_requests_and_handles_response_not_ready() -> No
     # VERSION: Reserved, VersionNumberEntryCount 1, entry 1.2 (0x1200)
     step = flow.send(b"\x10\x04\x00\x00\x00\x01\x00\x12")
     # GET_CAPABILITIES 1.2 (Table "GET_CAPABILITIES"): CTExponent 12, Flags CERT|CHAL|
-    # ENCRYPT|MAC|KEY_EX|HBEAT|KEY_UPD|CHUNK, DataTransferSize 4096, MaxSPDMmsgSize 65536
+    # ENCRYPT|MAC|KEY_EX|ENCAP|HBEAT|KEY_UPD|CHUNK, DataTransferSize 4096, MaxSPDMmsgSize
+    # 65536
     assert step == SpdmRequest(struct.pack("<BBBBBBHIII", 0x12, 0xE1, 0, 0, 0, 12, 0,
-                                           BASE_FLAGS | CHUNK_CAP, 4096, 65536), False)
+                                           BASE_FLAGS | ENCAP_CAP | CHUNK_CAP, 4096, 65536),
+                               False)
     rsp_flags = BASE_FLAGS | (2 << 3) | CHUNK_CAP
     step = flow.send(struct.pack("<BBBBBBHIII", 0x12, 0x61, 0, 0, 0, 12, 0, rsp_flags,
                                  4096, 65536))
@@ -393,7 +396,6 @@ def test_requester_handshake_in_the_clear_sends_finish_unsecured() -> None:
 
 
 # -- responder-initiated KEY_UPDATE (encapsulated requests) ------------------------------
-ENCAP_CAP = 1 << 12
 
 
 def clear_session(r: SpdmResponder, version: int, flags: int
@@ -479,3 +481,41 @@ def test_responder_initiated_key_update_through_encapsulated_requests(version: i
     # the session goes on: request key unchanged, response under the new key
     assert call(bytes([v, 0xE8, 0, 0])) == bytes([v, 0x68, 0, 0])
     assert call(bytes([v, 0xEA, 0, 0]))[1:3] == bytes([0x7F, 0x45 if v >= 0x13 else 0x04])
+
+
+def test_requester_serves_the_responder_initiated_key_update() -> None:
+    """The requester side of the same exchange: nothing pending -> 0 requests served;
+    after the device queues a KEY_UPDATE, GET_ENCAPSULATED_REQUEST and two
+    DELIVER_ENCAPSULATED_RESPONSEs (UpdateKey, VerifyNewKey), the session goes on
+    under the device's new key."""
+    r = responder()
+    req = SpdmRequester(dispatcher(r).exchange, **P384_REQUESTER)
+    req.authenticate()
+    assert req.conn.responder_flags & ENCAP_CAP
+    s = req.start_session()
+    assert req.encapsulated(s) == 0
+    old = s.secured.response
+    assert r.request_key_update(s.session_id)
+    sent: list[SpdmRequest] = []
+    transport = doe_transport(dispatcher(r).exchange)
+
+    def recording(request: SpdmRequest) -> bytes:
+        sent.append(request)
+        return transport(request)
+
+    assert drive(req.encapsulated_flow(s), recording) == 2
+    assert [request.secured for request in sent] == [True] * 3
+    assert s.secured.response is not old
+    req.heartbeat(s)
+    req.key_update(s, all_keys=True)
+    req.heartbeat(s)
+
+
+@pytest.mark.parametrize("code", [0xEA, 0xEB])
+def test_encapsulated_requests_need_encap_cap(code: int) -> None:
+    """Without ENCAP_CAP in the requester's GET_CAPABILITIES the encapsulated-request
+    codes are unsupported: ERROR UnsupportedRequest, ErrorData = the request code."""
+    r = responder()
+    hand = Hand(r, SETS["p384-sha384-aes256"], 0x12)
+    vca(hand, BASE_FLAGS)
+    assert r.handle_cma(bytes([0x12, code, 0, 0])) == bytes([0x12, 0x7F, 0x07, code])

@@ -85,7 +85,7 @@ def test_requests_before_get_version(r: SpdmResponder, code: int) -> None:
     assert err(r.handle_cma(bytes([0x12, code, 0, 0]) + bytes(40))) == E.UnexpectedRequest
 
 
-@pytest.mark.parametrize("code", [0x80, 0x87, 0xE2, 0xE6, 0xEA, 0xED, 0x10, 0x05])
+@pytest.mark.parametrize("code", [0x80, 0x87, 0xE2, 0xE6, 0xED, 0x10, 0x05])
 def test_unknown_or_unsupported_code(r: SpdmResponder, code: int) -> None:
     vca(r)
     rsp = r.handle_cma(bytes([0x12, code, 0, 0]))

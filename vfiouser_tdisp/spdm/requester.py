@@ -29,6 +29,7 @@ owns a transport):
   ``key_update_flow`` (UpdateKey or UpdateAllKeys, then VerifyNewKey),
   ``key_update_operation_flow`` (one KEY_UPDATE of any KeyOperation),
   ``end_session_flow``, ``vendor_request_flow``, ``authenticate_flow``,
+  ``encapsulated_flow`` (serve the responder's own KEY_UPDATE, GET_ENCAPSULATED_REQUEST),
   ``send_flow`` (any request, raw response).  CHUNK_SEND/CHUNK_GET and
   ResponseNotReady/RESPOND_IF_READY happen inside the flows (the flow sleeps
   the responder's RDT, at most 1 s, before RESPOND_IF_READY).
@@ -211,7 +212,7 @@ def _is_error(data: bytes, code: int | None = None) -> bool:
 class SpdmRequester:
     CAP_FLAGS = (m.CapFlags.CERT_CAP | m.CapFlags.CHAL_CAP | m.CapFlags.ENCRYPT_CAP |
                  m.CapFlags.MAC_CAP | m.CapFlags.KEY_EX_CAP | m.CapFlags.HBEAT_CAP |
-                 m.CapFlags.KEY_UPD_CAP | m.CapFlags.CHUNK_CAP)
+                 m.CapFlags.KEY_UPD_CAP | m.CapFlags.CHUNK_CAP | m.CapFlags.ENCAP_CAP)
 
     def __init__(self, transport: ObjectTransport | None = None, *,
                  versions: tuple[int, ...] = m.SUPPORTED_VERSIONS,
@@ -751,6 +752,55 @@ class SpdmRequester:
 
     def key_update(self, session: RequesterSession, *, all_keys: bool = False) -> None:
         self._drive(self.key_update_flow(session, all_keys=all_keys))
+
+    def encapsulated_flow(self, session: RequesterSession) -> SpdmFlow[int]:
+        """Serve the responder's encapsulated requests (DSP0274 1.2 §10.23) until it has
+        none left; returns how many were answered.
+
+        GET_ENCAPSULATED_REQUEST, then DELIVER_ENCAPSULATED_RESPONSE for each request
+        the responder sends (in ENCAPSULATED_REQUEST, then ENCAPSULATED_RESPONSE_ACK).
+        KEY_UPDATE is understood: the responder updates its own, response-direction
+        key, and its answer to our ACK of UpdateKey already comes under the new key.
+        Anything else is answered ERROR UnsupportedRequest.
+        """
+        v = self.conn.version
+        raw = yield from self.send_flow(m.GET_ENCAPSULATED_REQUEST(spdm_version=v).pack(),
+                                        session)
+        if _is_error(raw, m.SpdmErrorCode.NoPendingRequests) or \
+                (v < m.V13 and _is_error(raw, m.SpdmErrorCode.UnexpectedRequest)):
+            return 0
+        encap = self._expect(m.ENCAPSULATED_REQUEST, raw)
+        request_id, inner = encap.param1, encap.encapsulated_request
+        served = 0
+        while True:
+            answer, new_key = self._answer_encapsulated(inner)
+            served += 1
+            deliver = m.DELIVER_ENCAPSULATED_RESPONSE(spdm_version=v, param1=request_id,
+                                                      encapsulated_response=answer).pack()
+            ack = self._expect(m.ENCAPSULATED_RESPONSE_ACK, (yield from self.send_flow(
+                deliver, session, new_response_key=new_key)))
+            if v >= m.V12 and ack.ack_request_id != request_id:
+                raise SpdmRequesterError(f"ENCAPSULATED_RESPONSE_ACK for request "
+                                         f"{ack.ack_request_id}, delivered {request_id}")
+            if ack.param2 == m.ENCAP_PAYLOAD_ABSENT:
+                return served
+            if ack.param2 != m.ENCAP_PAYLOAD_PRESENT:
+                raise SpdmRequesterError(f"ENCAPSULATED_RESPONSE_ACK PayloadType {ack.param2}")
+            request_id, inner = ack.param1, ack.encapsulated_request
+
+    def _answer_encapsulated(self, request: bytes) -> tuple[bytes, bool]:
+        """(our response, whether the responder's next answer uses its next key)."""
+        v = self.conn.version
+        if len(request) == 4 and request[:2] == bytes([v, m.KEY_UPDATE_CODE]) and \
+                request[2] in (m.KEY_UPDATE_UPDATE_KEY, m.KEY_UPDATE_VERIFY_NEW_KEY):
+            ack = m.KEY_UPDATE_ACK(spdm_version=v, param1=request[2], param2=request[3]).pack()
+            return ack, request[2] == m.KEY_UPDATE_UPDATE_KEY
+        code = request[1] if len(request) >= 2 else 0
+        return m.ERROR(spdm_version=v, param1=m.SpdmErrorCode.UnsupportedRequest,
+                       param2=code).pack(), False
+
+    def encapsulated(self, session: RequesterSession) -> int:
+        return self._drive(self.encapsulated_flow(session))
 
     def end_session_flow(self, session: RequesterSession) -> SpdmFlow[None]:
         req = m.END_SESSION(spdm_version=self.conn.version).pack()

@@ -183,6 +183,8 @@ class _Fields(dict[str, Any]):
     def __init__(self, e: Event) -> None:
         super().__init__({k: _value(v) if isinstance(v, (list, tuple, type(None))) else v
                           for k, v in e.items()})
+        if "endpoint" in self:
+            self["endpoint"] = _short(self["endpoint"])
 
     def __missing__(self, key: str) -> str:
         return "?"
@@ -219,9 +221,10 @@ FORMATS: dict[str, Formatter] = {
     "spdm.malformed": _f("SPDM {endpoint}: malformed request of {size} bytes"),
     "spdm.secured.rejected": _f("SPDM {endpoint}: secured record rejected ({reason})"),
     "spdm.session.opened": _f("SPDM {endpoint}: session {session_id} opened"),
-    "spdm.session.closed": _f("SPDM {endpoint}: session {session_id} closed ({reason})"),
+    "spdm.session.closed": _f("SPDM {endpoint}: session {session_id} closed ({cause})"),
     "spdm.session.finish_failed": _f("SPDM {endpoint}: session {session_id} FINISH failed"),
-    "spdm.session.key_update": _f("SPDM session {session_id}: {direction} keys updated"),
+    "spdm.session.key_update": _f("SPDM session {session_id}: {role} {direction} keys "
+                                  "updated"),
     "spdm.vendor_handler_error": _f("SPDM {endpoint}: vendor handler failed ({error})"),
     "tdisp.request": _tdisp_request,
     "tdisp.error": _tdisp_error,

@@ -260,11 +260,15 @@ def _names_in(table: dict[str, Any], what: str) -> Any:
     return check
 
 
-def _in_range(low: int, high: int) -> Any:
+def _in_range(low: int, high: int, fmt: str = "d") -> Any:
     def check(value: int | None) -> None:
         if value is not None and not low <= value <= high:
-            raise ValueError(f"{value:#x} is outside {low:#x}..{high:#x}")
+            raise ValueError(f"{value:{fmt}} is outside {low:{fmt}}..{high:{fmt}}")
     return check
+
+
+def _id_range(high: int) -> Any:
+    return _in_range(0, high, "#x")
 
 
 def _check_versions(versions: tuple[str, ...]) -> None:
@@ -293,9 +297,10 @@ def _check_personality(name: str) -> None:
 PROFILE_CHECKS: dict[str, Any] = {
     "personality": _check_personality,
     "functions": _in_range(1, 8),
-    "vendor_id": _in_range(0, 0xFFFE), "device_id": _in_range(0, 0xFFFF),
-    "class_code": _in_range(0, 0xFFFFFF), "revision": _in_range(0, 0xFF),
-    "subsystem_vendor_id": _in_range(0, 0xFFFF), "subsystem_id": _in_range(0, 0xFFFF),
+    # 0xFFFF reads as "no device" (PCI Local Bus 3.0 §6.2.1): not a vendor ID
+    "vendor_id": _id_range(0xFFFE), "device_id": _id_range(0xFFFF),
+    "class_code": _id_range(0xFFFFFF), "revision": _id_range(0xFF),
+    "subsystem_vendor_id": _id_range(0xFFFF), "subsystem_id": _id_range(0xFFFF),
     "ide_link_streams": _in_range(0, 8),
     "ide_selective_streams": _in_range(0, 255),
     "ide_assoc_blocks": _in_range(0, 15),
@@ -342,7 +347,7 @@ def profile_from_toml(data: dict[str, Any], source: str | os.PathLike[str],
     data.setdefault("name", default_name)
     pf = data.get("personality_file")
     if isinstance(pf, str) and pf:  # relative to the file, not to the current directory
-        data["personality_file"] = str(Path(source).parent / pf)
+        data["personality_file"] = str((Path(source).parent / pf).resolve())
     try:
         return from_table(DeviceProfile, data)
     except ProfileError as exc:

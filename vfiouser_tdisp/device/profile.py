@@ -72,6 +72,8 @@ def convert(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         # TOML has no null: an optional field given a value takes its other type.
         options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(options) == 1:
+            return convert(value, options[0], key)
         errors = []
         for option in options:
             try:

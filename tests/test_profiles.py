@@ -230,11 +230,20 @@ def measurement_record(record: bytes) -> dict[int, tuple[int, bytes]]:
     return out
 
 
-def test_example_personality_served_over_a_real_socket(sock_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("encoding", ["page-number", "byte-address"])
+def test_example_personality_served_over_a_real_socket(sock_dir: Path, tmp_path: Path,
+                                                       encoding: str) -> None:
+    profile = EXAMPLE.relative_to(ROOT)  # as shipped (page-number), relative to the cwd
+    if encoding != "page-number":        # a copy with the other report encoding
+        profile = tmp_path / "counter.toml"
+        text = EXAMPLE.read_text().replace('first_page = "page-number"',
+                                           f'first_page = "{encoding}"')
+        profile.write_text(text.replace('personality_file = "counter.py"',
+                                        f'personality_file = "{EXAMPLE.parent}/counter.py"'))
     sock, events = sock_dir / "counter.sock", tmp_path / "events.jsonl"
     proc = subprocess.Popen(
         [sys.executable, "-m", "vfiouser_tdisp", "serve", "--socket", str(sock), "--profile",
-         str(EXAMPLE.relative_to(ROOT)), "--spdm-port", "0", "--events", str(events), "-q"],
+         str(profile), "--spdm-port", "0", "--events", str(events), "-q"],
         cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         port = None
@@ -301,7 +310,8 @@ def test_example_personality_served_over_a_real_socket(sock_dir: Path, tmp_path:
                 b"counter: 4 vectors, doorbell enabled").digest())
             assert record[6] == (0x89, bytes.fromhex("c0ffee"))   # informational, raw
 
-            # TDISP: the report encodes first_page as a byte address (libspdm's way)
+            # TDISP: the report's first_page (TDISP 1.0 DEVICE_INTERFACE_REPORT mmio_range)
+            # as the profile says: the page number (Linux) or the byte address (libspdm)
             bars = program_bars(c, 0)
             assert {i: size for i, (_, size) in bars.items()} == {0: 0x1000, 2: 0x1000,
                                                                   4: 0x10000}
@@ -311,8 +321,9 @@ def test_example_personality_served_over_a_real_socket(sock_dir: Path, tmp_path:
             tdisp.lock(fid)
             report = parse_report(tdisp.report(fid))
             starts = {r.range_id: r.first_page for r in report.mmio_range}
-            assert starts[0] == bars[0][0]            # 0xE0000000, not page 0xE0000
-            assert starts[4] == bars[4][0]
+            shift = 12 if encoding == "page-number" else 0
+            assert starts[0] == bars[0][0] >> shift == {12: 0xE0000, 0: 0xE000_0000}[shift]
+            assert starts[4] == bars[4][0] >> shift
             tdisp.stop(fid)
             spdm.end_session(session)
         finally:

@@ -385,7 +385,8 @@ def main_run(args: argparse.Namespace) -> int:
             (out / "events.jsonl").unlink()
         port = free_tcp_port()
         device = Device(get_profile(args.profile))
-        state = identity_dir(identity_cache(Path(prov.cache)))
+        keys_cache = identity_cache(Path(prov.cache))
+        state = identity_dir(keys_cache)
         old_umask = os.umask(0o077)  # the identity cache is private (keys), whatever the umask
         try:
             root = identity_for_device(device, identity_dir=state).root
@@ -401,7 +402,8 @@ def main_run(args: argparse.Namespace) -> int:
             run = boot_guest(
                 prov, out, args.profile, args.timeout, args.accel, checks=checks,
                 append="vtdisp.wait=5",
-                server_args=["--spdm-port", str(port), "--cache-dir", str(state)],
+                # serve --cache-dir takes the cache; it finds identity/ inside, as here
+                server_args=["--spdm-port", str(port), "--cache-dir", str(keys_cache)],
                 host_turn=lambda console: tsm_flow(port, console, root))
         except (RuntimeError, OSError) as exc:
             print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)

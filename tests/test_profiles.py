@@ -344,3 +344,33 @@ def test_example_profile_builds_in_process() -> None:
     assert fn.msix is not None and fn.msix.vectors == 4
     assert [b.index for b in fn.bars if b is not None] == [0, 2, 4]
     assert dev.ide_km is not None
+
+
+@pytest.mark.slow
+def test_wheel_and_sdist_carry_the_builtin_profiles(tmp_path: Path) -> None:
+    """Installed from a wheel, the package finds its built-in profile files."""
+    import tarfile
+    import zipfile
+
+    src = tmp_path / "src"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                           check=True).stdout.split(b"\0")
+    for name in filter(None, files):
+        rel = Path(os.fsdecode(name))
+        if (ROOT / rel).exists():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            (src / rel).write_bytes((ROOT / rel).read_bytes())
+    r = subprocess.run([sys.executable, "-m", "build", "--outdir", str(tmp_path / "dist"),
+                        str(src)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for p in ("dma-test", "virtio-rng", "virtio-rng-2fn"):
+        assert f"vfiouser_tdisp/device/profiles/{p}.toml" in names
+    (sdist,) = (tmp_path / "dist").glob("*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        inside = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    for want in ("vfiouser_tdisp/device/profiles/virtio-rng.toml", "examples/counter/counter.py",
+                 "examples/counter/counter.toml", "ci/github-actions.yml", "ci/gitlab-ci.yml",
+                 "ci/README.md", "docs/events.md", "docs/profiles.md"):
+        assert want in inside, want

@@ -23,11 +23,14 @@ PROFILE_HELP = (f"device profile: a built-in one ({', '.join(sorted(PROFILES))})
 def _profile(text: str) -> str:
     """``--profile``: a built-in name, or a profile file, loaded and checked now so a
     mistake is one line naming the key; a file is passed on as an absolute path."""
-    from .device.device import get_profile, is_profile_path
+    from .device.device import get_profile, is_profile_path, load_profile_file
     from .device.profile import ProfileError
 
     try:
-        get_profile(text)
+        if is_profile_path(text):
+            load_profile_file(text)
+        else:
+            get_profile(text)
     except ProfileError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     except KeyError as exc:

@@ -354,13 +354,20 @@ def profile_from_toml(data: dict[str, Any], source: str | os.PathLike[str],
         raise ProfileError(f"{source}: {exc}") from None
 
 
-def load_profile_file(path: str | os.PathLike[str]) -> DeviceProfile:
-    """Load and check a profile file: the profile builds a device, or a ProfileError."""
+def load_profile_file(path: str | os.PathLike[str], *, check: bool = True) -> DeviceProfile:
+    """Load a profile file; with ``check``, also build its device once, so BAR and
+    MSI-X clashes with the personality are a ProfileError naming the file too."""
     profile = profile_from_toml(read_toml(path), path, Path(path).stem)
-    try:
-        Device(profile)  # BAR and MSI-X clashes with the personality show up here
-    except ProfileError as exc:
-        raise ProfileError(f"{path}: {exc}") from None
+    if check:
+        try:
+            trial = Device(profile)
+        except ProfileError as exc:
+            raise ProfileError(f"{path}: {exc}") from None
+        for fn in trial.functions:  # the trial device is dropped: give back its memfds
+            for bar in fn.bars:
+                if bar is not None and bar.backing_fd is not None:
+                    os.close(bar.backing_fd)
+                    bar.backing_fd = None
     return profile
 
 
@@ -389,7 +396,7 @@ def get_profile(name: str) -> DeviceProfile:
     if name in PROFILES:
         return PROFILES[name]
     if is_profile_path(name):
-        return load_profile_file(name)
+        return load_profile_file(name, check=False)  # the command line checked it
     raise KeyError(f"unknown profile {name!r}; known: {', '.join(sorted(PROFILES))} "
                    "(or a path to a .toml profile file)")
 

@@ -365,7 +365,12 @@ def load_profile_file(path: str | os.PathLike[str], *, check: bool = True) -> De
             raise ProfileError(f"{path}: {exc}") from None
         for fn in trial.functions:  # the trial device is dropped: give back its memfds
             for bar in fn.bars:
-                if bar is not None and bar.backing_fd is not None:
+                if bar is None:
+                    continue
+                for _, area in bar.mmap_areas():
+                    if area.mem is not None:
+                        area.mem.close()  # mmap holds a dup of the memfd
+                if bar.backing_fd is not None:
                     os.close(bar.backing_fd)
                     bar.backing_fd = None
     return profile

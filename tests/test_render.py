@@ -281,9 +281,9 @@ def test_serve_quiet_prints_nothing_and_verbose_prints_fields(
 
 
 def test_events_follow_renders_lines_as_they_are_appended(tmp_path: Path) -> None:
+    """Like tail -F: waits for the file, reads lines written in pieces whole, and
+    starts over on a new file (`run` replaces events.jsonl)."""
     path = tmp_path / "events.jsonl"
-    path.write_text(json.dumps(ev("server.ready", sockets=["/s"], profile="p",
-                                  spdm_ports=[])) + "\n")
     proc = subprocess.Popen([sys.executable, "-m", "vfiouser_tdisp", "events", "--follow",
                              str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=dict(os.environ, TZ="UTC"))
@@ -295,6 +295,9 @@ def test_events_follow_renders_lines_as_they_are_appended(tmp_path: Path) -> Non
         return proc.stdout.readline()
 
     try:
+        time.sleep(0.5)  # the file does not exist yet
+        path.write_text(json.dumps(ev("server.ready", sockets=["/s"], profile="p",
+                                      spdm_ports=[])) + "\n")
         assert next_line() == "22:13:20.250 server ready on /s (profile p)\n"
         line = json.dumps(ev("tdisp.request", 1, message="GET_DEVICE_INTERFACE_STATE",
                              function_id="0x0", result="DEVICE_INTERFACE_STATE"))
@@ -305,8 +308,9 @@ def test_events_follow_renders_lines_as_they_are_appended(tmp_path: Path) -> Non
             f.write(line[20:] + "\n")
         assert next_line() == ("22:13:21.250 TDISP fn 0x0: GET_DEVICE_INTERFACE_STATE -> "
                                "DEVICE_INTERFACE_STATE\n")
-        with path.open("a") as f:
-            f.write(json.dumps(ev("server.stopped", 2)) + "\n")
+        fresh = tmp_path / "new.jsonl"   # a new run: a new file in its place
+        fresh.write_text(json.dumps(ev("server.stopped", 2)) + "\n")
+        os.replace(fresh, path)
         assert next_line() == "22:13:22.250 server stopped\n"
     finally:
         proc.send_signal(signal.SIGINT)

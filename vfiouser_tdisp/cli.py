@@ -92,7 +92,8 @@ def _add_events_command(sub: argparse._SubParsersAction) -> None:  # type: ignor
                                       "as serve prints it on a terminal")
     p.add_argument("file", metavar="FILE", help="the JSON-lines event file")
     p.add_argument("-f", "--follow", action="store_true",
-                   help="keep reading as the file grows (like tail -f; Ctrl-C stops)")
+                   help="keep reading as the file grows, waiting for it to appear and "
+                        "starting over when it is replaced (like tail -F; Ctrl-C stops)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="every event, each with its fields")
     p.add_argument("--kind", action="append", metavar="PREFIX",

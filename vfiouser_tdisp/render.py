@@ -15,6 +15,7 @@ before the event that closes the exchange, and is folded into that line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -257,27 +258,43 @@ FORMATS: dict[str, Formatter] = {
 
 # -- the `events` command -----------------------------------------------------------------
 
-def read_events(stream: IO[str], follow: bool = False,
-                poll: float = 0.2) -> Iterator[Event | str]:
-    """Events from a JSON-lines stream; a line that is no event comes back as the
-    text.  With ``follow``, waits for more at the end (a partial last line is
-    kept until its newline arrives)."""
-    partial = ""
-    while True:
-        chunk = stream.readline()
-        if not chunk:
-            if not follow:
-                if partial:
-                    yield _parse(partial)
-                return
-            time.sleep(poll)
-            continue
-        partial += chunk
-        if not partial.endswith("\n"):
-            continue
-        line, partial = partial, ""
+def read_events(stream: IO[str]) -> Iterator[Event | str]:
+    """Events from a JSON-lines stream; a line that is no event comes back as the text."""
+    for line in stream:
         if line.strip():
             yield _parse(line)
+
+
+def follow_path(path: str, poll: float = 0.2) -> Iterator[Event | str]:
+    """Like ``tail -F``: events appended to ``path``, waiting for it to exist and
+    starting over when it is replaced or truncated (``run`` starts a fresh
+    events.jsonl each time)."""
+    while True:
+        try:
+            stream = open(path, encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            time.sleep(poll)
+            continue
+        with stream:
+            ident = os.fstat(stream.fileno())
+            partial = ""
+            while True:
+                chunk = stream.readline()
+                if chunk:
+                    partial += chunk
+                    if partial.endswith("\n"):
+                        line, partial = partial, ""
+                        if line.strip():
+                            yield _parse(line)
+                    continue
+                try:
+                    now = os.stat(path)
+                except FileNotFoundError:
+                    now = None
+                if now is None or (now.st_dev, now.st_ino) != (ident.st_dev, ident.st_ino) \
+                        or now.st_size < stream.tell():
+                    break  # replaced, removed or truncated: reopen from the start
+                time.sleep(poll)
 
 
 def _parse(line: str) -> Event | str:
@@ -292,19 +309,25 @@ def main_events(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     """`vfiouser-tdisp events FILE [--follow] [-v] [--kind PREFIX]`."""
     out = out or sys.stdout
     renderer = Renderer(args.verbose, tuple(args.kind or ()))
-    try:
-        stream = open(args.file, encoding="utf-8", errors="replace")
-    except OSError as exc:
-        print(f"vfiouser-tdisp events: {args.file}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
     bad = 0
-    with stream:
-        if args.follow and not os.path.isfile(args.file):
-            print(f"vfiouser-tdisp events: {args.file}: --follow needs a regular file",
-                  file=sys.stderr)
-            return 2
+    with contextlib.ExitStack() as stack:
+        if args.follow:
+            if os.path.exists(args.file) and not os.path.isfile(args.file):
+                print(f"vfiouser-tdisp events: {args.file}: --follow needs a regular file",
+                      file=sys.stderr)
+                return 2
+            items = follow_path(args.file)
+        else:
+            try:
+                stream = stack.enter_context(
+                    open(args.file, encoding="utf-8", errors="replace"))
+            except OSError as exc:
+                print(f"vfiouser-tdisp events: {args.file}: {exc.strerror or exc}",
+                      file=sys.stderr)
+                return 1
+            items = read_events(stream)
         try:
-            for item in read_events(stream, args.follow):
+            for item in items:
                 if isinstance(item, str):
                     bad += 1
                     print(f"vfiouser-tdisp events: not an event: {item[:80]}", file=sys.stderr)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -34,6 +35,7 @@ from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
 from vfiouser_tdisp.run.qemu import guest_append
 from vfiouser_tdisp.spdm.requester import SpdmRequester
 from vfiouser_tdisp.tdisp import messages as t
+from vfiouser_tdisp.tdisp.report import FirstPageEncoding
 from vfiouser_tdisp.tsm.core import PciSigChannel, TdispRequester, parse_report
 from vfiouser_tdisp.vfio_user.client import VfioUserClient
 from vfiouser_tdisp.vfio_user.messages import (
@@ -160,11 +162,23 @@ def test_a_new_profile_field_is_loadable_without_loader_code() -> None:
     class Extended(DeviceProfile):   # what another change adds to DeviceProfile
         spdm_heartbeat_period: int = 0
         spdm_handshake_in_the_clear: bool = False
+        spdm_mode: Literal["strict", "lenient"] = "strict"
+        tdisp_encoding: FirstPageEncoding = FirstPageEncoding.PAGE_NUMBER
 
     got = from_table(Extended, {"name": "x", "personality": "virtio-rng",
                                 "spdm": {"heartbeat_period": 5,
-                                         "handshake_in_the_clear": True}})
+                                         "handshake_in_the_clear": True, "mode": "lenient"},
+                                "tdisp": {"encoding": "byte-address"}})
     assert (got.spdm_heartbeat_period, got.spdm_handshake_in_the_clear) == (5, True)
+    assert (got.spdm_mode, got.tdisp_encoding) == ("lenient", FirstPageEncoding.BYTE_ADDRESS)
+    with pytest.raises(ProfileError, match=r"^spdm.mode: expected one of 'strict', "
+                                           r"'lenient', got 'loose' \(a string\)$"):
+        from_table(Extended, {"personality": "virtio-rng", "name": "x",
+                              "spdm": {"mode": "loose"}})
+    with pytest.raises(ProfileError, match=r"^tdisp.encoding: expected one of "
+                                           r"'page-number', 'byte-address', got 3"):
+        from_table(Extended, {"personality": "virtio-rng", "name": "x",
+                              "tdisp": {"encoding": 3}})
     with pytest.raises(ProfileError, match=r"^spdm.heartbeat_period: expected an integer, "
                                            r"got '5' \(a string\)$"):
         from_table(Extended, {"personality": "virtio-rng", "name": "x",

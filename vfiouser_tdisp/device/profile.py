@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import os
 import tomllib
 import types
@@ -83,6 +84,18 @@ def convert(value: Any, tp: Any, key: str) -> Any:
         raise ProfileError("; or ".join(errors), key)
     if tp is Any or tp is object:
         return value
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value in choices and not isinstance(value, bool):
+            return value
+        raise ProfileError(f"expected one of {', '.join(map(repr, choices))}, got "
+                           f"{_describe(value)}", key)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        for member in tp:  # by value ("page-number") or by name ("PAGE_NUMBER")
+            if value == member.value or value == member.name:
+                return member
+        raise ProfileError(f"expected one of {', '.join(repr(m.value) for m in tp)}, got "
+                           f"{_describe(value)}", key)
     if tp is bool:
         if isinstance(value, bool):
             return value

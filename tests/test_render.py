@@ -174,6 +174,18 @@ def drive(sock: Path, port: int) -> None:
         client.close()
 
 
+def wait_for(events: Path, *kinds: str) -> None:
+    """Until the server has logged each of ``kinds`` (its threads see a client go
+    away on their own time)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        seen = {json.loads(ln)["event"] for ln in events.read_text().splitlines()}
+        if set(kinds) <= seen:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {kinds} in {events}")
+
+
 def stop(proc: subprocess.Popen[str]) -> str:
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
@@ -234,6 +246,7 @@ def test_serve_prints_one_line_per_exchange_and_events_replays_it(
     proc = serve(sock, events)
     try:
         drive(sock, wait_port(events, proc))
+        wait_for(events, "vfio_user.disconnect", "spdm_emu.disconnect")
     finally:
         err = stop(proc)
     lines = normalized(err)

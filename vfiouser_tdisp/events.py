@@ -26,6 +26,10 @@ class EventLog:
     def __init__(self) -> None:
         self._sinks: list[Sink] = []
         self._lock = threading.Lock()
+        # One event reaches every sink before the next one starts, so the JSON
+        # lines and the terminal show the same order whichever threads emit.
+        # Reentrant: a sink may emit.
+        self._deliver = threading.RLock()
 
     def subscribe(self, sink: Sink) -> Callable[[], None]:
         with self._lock:
@@ -39,9 +43,10 @@ class EventLog:
         return unsubscribe
 
     def emit(self, kind: str, **fields: Any) -> Event:
-        event: Event = {"time": round(time.time(), 6), "event": kind, **fields}
-        for sink in list(self._sinks):
-            sink(event)
+        with self._deliver:
+            event: Event = {"time": round(time.time(), 6), "event": kind, **fields}
+            for sink in list(self._sinks):
+                sink(event)
         return event
 
 

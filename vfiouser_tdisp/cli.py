@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import os
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +17,26 @@ from .device.device import PROFILES
 
 DEFAULT_PROFILE = "virtio-rng"
 PLATFORMS = ("cca",)  # server.PLATFORMS names their firmware emulators
+PROFILE_HELP = (f"device profile: a built-in one ({', '.join(sorted(PROFILES))}) or a "
+                f"TOML profile file (docs/profiles.md); default: {DEFAULT_PROFILE}")
+
+
+def _profile(text: str) -> str:
+    """``--profile``: a built-in name, or a profile file, loaded and checked now so a
+    mistake is one line naming the key; a file is passed on as an absolute path."""
+    from .device.device import get_profile, is_profile_path, load_profile_file
+    from .device.profile import ProfileError
+
+    try:
+        if is_profile_path(text):
+            load_profile_file(text)
+        else:
+            get_profile(text)
+    except ProfileError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    except KeyError as exc:
+        raise argparse.ArgumentTypeError(exc.args[0]) from None
+    return os.path.abspath(text) if is_profile_path(text) else text
 
 
 def _tcp_port(text: str) -> int:
@@ -33,11 +54,11 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket", required=True, action="append", metavar="PATH",
                    help="UNIX socket to serve the device on; repeat for several devices "
                         "(each gets its own socket)")
-    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
-                   help=f"device profile (default: {DEFAULT_PROFILE})")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, type=_profile, metavar="PROFILE",
+                   help=PROFILE_HELP)
     p.add_argument("--events", metavar="FILE",
                    help="append structured events (JSON lines) to FILE")
-    p.add_argument("--quiet", action="store_true", help="no human-readable event output")
+    _add_output_args(p)
     p.add_argument("--spdm-port", type=_tcp_port, metavar="PORT",
                    help="also serve the DOE mailbox over the DMTF spdm-emu TCP socket "
                         "protocol on PORT (device i on PORT+i; 0 picks a free port); up to "
@@ -63,6 +84,31 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                         "report another firmware's measurements, or an interface report "
                         "range outside the BAR (repeatable)")
     _add_identity_args(p)
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    """How much `serve` prints on stderr, rendered from its events (docs/events.md)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="print nothing (events still go to --events)")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="every event, each with its fields (default: one concise line per "
+                        "protocol exchange, state change or error)")
+
+
+def _add_events_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("events", help="print an events.jsonl (serve --events, run's DIR) "
+                                      "as serve prints it on a terminal")
+    p.add_argument("file", metavar="FILE", help="the JSON-lines event file")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep reading as the file grows, waiting for it to appear and "
+                        "starting over when it is replaced (like tail -F; Ctrl-C stops)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="every event, each with its fields")
+    p.add_argument("--kind", action="append", metavar="PREFIX",
+                   help="only events whose name starts with PREFIX (repeatable), e.g. "
+                        "--kind tdisp. --kind spdm.session")
+    p.set_defaults(handler="vfiouser_tdisp.render:main_events")
 
 
 def _add_identity_args(p: argparse.ArgumentParser) -> None:
@@ -112,9 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "QEMU and guest) that boots a guest with the device, "
                                          "or with --device-only the arguments to add to yours")
     p.add_argument("--socket", required=True, metavar="PATH", help="the server's socket")
-    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
-                   help="profile the server runs (multi-function profiles need one "
-                        "-device per function)")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, type=_profile, metavar="PROFILE",
+                   help="profile the server runs, a name or a .toml file (multi-function "
+                        "profiles need one -device per function)")
     p.add_argument("--platform", choices=PLATFORMS,
                    help="the server runs with --platform: also attach the firmware port")
     p.add_argument("--initrd", metavar="FILE",
@@ -149,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("certs", help="write the root CA and SPDM certificate chain a device "
                                      "presents, so a verifier can trust it")
-    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
-                   help=f"device profile (default: {DEFAULT_PROFILE})")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, type=_profile, metavar="PROFILE",
+                   help=PROFILE_HELP)
     p.add_argument("--out", required=True, metavar="DIR",
                    help="where to write root.pem, root.der, intermediate.pem, chain.der, "
                         "leaf.pem (and chain-<alg>.der, leaf-<alg>.pem per signature "
@@ -174,14 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(one --dhe_secret per session from --keys) instead")
     p.set_defaults(handler="vfiouser_tdisp.inspect.capture:main_dump")
 
+    _add_events_command(sub)
+
     p = sub.add_parser("run", help="the main job: provision, serve the device and the "
                                    "platform firmware, boot a guest and run the TEE I/O flow "
                                    "(connect, bind, lock, evidence, verify, accept, probe, "
                                    "unlock and the paths that must fail) inside it")
     p.add_argument("--out", default="out", metavar="DIR",
                    help="output directory for console.log and events.jsonl (default: out)")
-    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
-                   help=f"device profile (default: {DEFAULT_PROFILE})")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, type=_profile, metavar="PROFILE",
+                   help=PROFILE_HELP)
     p.add_argument("--qemu", metavar="PATH", help="qemu-system-x86_64 to use")
     p.add_argument("--cache-dir", metavar="DIR", help="cache directory")
     p.add_argument("--timeout", type=float, default=180.0,

@@ -2,7 +2,8 @@
 
 Every layer reports what happened through :func:`emit`.  Sinks (a JSON-lines
 file, a human renderer on stderr, an in-memory list for tests) subscribe to the
-process-wide :class:`EventLog`.  Human output is rendered from the same events.
+process-wide :class:`EventLog`.  Human output is rendered from the same events
+(render.py); docs/events.md catalogues every event and its fields.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class EventLog:
     def __init__(self) -> None:
         self._sinks: list[Sink] = []
         self._lock = threading.Lock()
+        # One event reaches every sink before the next one starts, so the JSON
+        # lines and the terminal show the same order whichever threads emit.
+        # Reentrant: a sink may emit.
+        self._deliver = threading.RLock()
 
     def subscribe(self, sink: Sink) -> Callable[[], None]:
         with self._lock:
@@ -38,9 +43,10 @@ class EventLog:
         return unsubscribe
 
     def emit(self, kind: str, **fields: Any) -> Event:
-        event: Event = {"time": round(time.time(), 6), "event": kind, **fields}
-        for sink in list(self._sinks):
-            sink(event)
+        with self._deliver:
+            event: Event = {"time": round(time.time(), 6), "event": kind, **fields}
+            for sink in list(self._sinks):
+                sink(event)
         return event
 
 
@@ -93,22 +99,21 @@ def open_event_log(path: str | os.PathLike[str]) -> IO[str]:
 
 
 class HumanSink:
-    """Renders events as short lines for a terminal."""
+    """Renders events as short lines for a terminal (the words are in render.py:
+    one line per protocol exchange; ``verbose`` adds chatty events and fields)."""
 
-    def __init__(self, stream: IO[str] | None = None, kinds: tuple[str, ...] = ()) -> None:
+    def __init__(self, stream: IO[str] | None = None, kinds: tuple[str, ...] = (),
+                 verbose: bool = False) -> None:
+        from .render import Renderer  # render.py reads events; imported late, no cycle
+
         self.stream = stream or sys.stderr
-        self.kinds = kinds
+        self.renderer = Renderer(verbose, kinds)
 
     def __call__(self, event: Event) -> None:
-        kind = event["event"]
-        if self.kinds and not kind.startswith(self.kinds):
-            return
-        stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
-        rest = " ".join(
-            f"{k}={v}" for k, v in event.items() if k not in ("time", "event")
-        )
-        self.stream.write(f"{stamp} {kind} {rest}\n")
-        self.stream.flush()
+        line = self.renderer.render(event)
+        if line is not None:
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
 
 class Recorder:

@@ -196,11 +196,9 @@ def main_serve(args: argparse.Namespace) -> int:
                       f"{exc.strerror or exc}", file=sys.stderr)
                 return 1
             stack.callback(LOG.subscribe(JsonLinesSink(stream)))
-        if not args.quiet:
-            stack.callback(LOG.subscribe(HumanSink(sys.stderr, kinds=(
-                "server.", "vfio_user.connect", "vfio_user.disconnect", "vfio_user.listening",
-                "vfio_user.error_reply", "vfio_user.protocol_error", "device.", "doe.error",
-                "function.reset", "spdm_emu.listening", "spdm_emu.connect"))))
+        if not args.quiet:  # one line per exchange; -v: every event with its fields
+            stack.callback(LOG.subscribe(HumanSink(
+                sys.stderr, verbose=getattr(args, "verbose", False))))
         if bool(args.cert_chain) != bool(args.cert_key):
             print("vfiouser-tdisp serve: --cert-chain and --cert-key go together",
                   file=sys.stderr)

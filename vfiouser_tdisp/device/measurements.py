@@ -12,7 +12,8 @@ Index  DMTF type                       content
 
 Indices 1-3 are TCB components (the TCB summary hash covers them); 4 changes
 with the device's configuration, so a TSM sees a BAR reprogrammed or a TDI
-locked in its measurement.
+locked in its measurement.  A profile adds blocks of its own from index 5
+(``[[measurements]]`` in a profile file).
 """
 
 from __future__ import annotations
@@ -115,6 +116,13 @@ class DeviceMeasurements:
             blocks.append(MeasurementBlock(index, vtype, v, is_raw, tcb))
         version = self.device.profile.firmware_version.encode()
         blocks.insert(1, MeasurementBlock(2, 0x06, version, True, True))
+        for spec in sorted(self.device.profile.measurements, key=lambda s: s.index):
+            if spec.raw:
+                blocks.append(MeasurementBlock(spec.index, spec.value_type, spec.data, True,
+                                               spec.tcb))
+            else:
+                v, is_raw = value(spec.data)
+                blocks.append(MeasurementBlock(spec.index, spec.value_type, v, is_raw, spec.tcb))
         return blocks
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from ..pci.function import PciFunction
+
+if TYPE_CHECKING:
+    from .device import DeviceProfile
 
 
 class Personality:
@@ -30,6 +33,9 @@ class Personality:
 
     def __init__(self) -> None:
         self.function: PciFunction | None = None
+        # The profile the device was built from (set before build(); its
+        # ``extra`` table carries settings of the personality's own).
+        self.profile: DeviceProfile | None = None
 
     def build(self, fn: PciFunction) -> None:
         """Declare BARs, MSI-X and personality capabilities on ``fn``."""

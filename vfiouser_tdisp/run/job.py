@@ -201,8 +201,8 @@ def boot_guest(prov: Provisioned, out: Path, profile: str | None, timeout: float
                                        str(out / "server.log"), server_args)
                 server.wait_ready(fn_socks)
                 sockets = [fn_socks]
-                cmdline += (f" vtdisp.vendor=0x{pers.VENDOR_ID:04x}"
-                            f" vtdisp.device=0x{pers.DEVICE_ID:04x}"
+                cmdline += (f" vtdisp.vendor=0x{prof.ids().vendor_id:04x}"
+                            f" vtdisp.device=0x{prof.ids().device_id:04x}"
                             f" vtdisp.functions={prof.functions}")
                 checks = checks or list(pers.GUEST_CHECKS)
             if checks:

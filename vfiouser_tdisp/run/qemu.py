@@ -343,8 +343,9 @@ def guest_append(profile_name: str, checks: list[str] | None = None, extra: str 
 
     prof = get_profile(profile_name)
     pers = get_personality(prof.personality)
-    line = (f"{GUEST_CMDLINE} vtdisp.vendor=0x{pers.VENDOR_ID:04x}"
-            f" vtdisp.device=0x{pers.DEVICE_ID:04x} vtdisp.functions={prof.functions}"
+    ids = prof.ids()
+    line = (f"{GUEST_CMDLINE} vtdisp.vendor=0x{ids.vendor_id:04x}"
+            f" vtdisp.device=0x{ids.device_id:04x} vtdisp.functions={prof.functions}"
             f" vtdisp.checks={','.join(checks or pers.GUEST_CHECKS)}")
     return f"{line} {extra}" if extra else line
 

@@ -397,6 +397,18 @@ class SpdmResponder:
                        extended_error_data=extended).pack()
 
     def _respond(self, data: bytes, sess: ResponderSession | None, *, padded: bool) -> bytes:
+        """One request -> its response, reported as one ``spdm.response`` event
+        (what `serve` prints per exchange)."""
+        response = self._answer(data, sess, padded=padded)
+        if len(data) >= 2 and len(response) >= 3:
+            error = {"error": m.SpdmErrorCode.name(response[2])} \
+                if response[1] == m.ERROR.CODE else {}
+            emit("spdm.response", endpoint=self.name, request=m.request_name(data[1]),
+                 response=m.request_name(response[1]), **error,
+                 session_id=None if sess is None else f"{sess.session_id:#010x}")
+        return response
+
+    def _answer(self, data: bytes, sess: ResponderSession | None, *, padded: bool) -> bytes:
         if len(data) < 4:
             emit("spdm.malformed", endpoint=self.name, size=len(data))
             return self._error(m.SpdmErrorCode.InvalidRequest)

@@ -57,6 +57,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="print RMM events as they happen")
 
 
+def add_platform_arguments(p: Any) -> None:
+    """The CCA-only options of ``tsm`` (the common ones: tsm/platform.py)."""
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default=DEFAULT_LAYOUT,
+                   help=f"RHI numbering the realm and host use (default: {DEFAULT_LAYOUT})")
+    p.add_argument("--vdev-id", type=lambda s: int(s, 0), default=0x10, metavar="ID",
+                   help="the VDEV id the realm uses (default: 0x10)")
+    p.add_argument("--hash", choices=("sha256", "sha512"), default="sha256",
+                   help="PDEV hash_algo for the digests the RMM attests (default: sha256)")
+
+
 def _in_process_transport(profile: str, cache_dir: str | None) -> Any:
     from ...device.device import Device, get_profile
     from ...doe.driver import DoeDriver

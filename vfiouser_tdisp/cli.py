@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="vfiouser_tdisp.run.job:main_run")
 
     _add_tsm_parser(sub)
+    _add_tdx_blob_parser(sub)
     return parser
 
 
@@ -186,6 +187,16 @@ def _add_tsm_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     from .tsm.platform import add_tsm_parser
 
     add_tsm_parser(sub)
+
+
+def _add_tdx_blob_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`tdx-blob`: TDX module update images (valid and deliberately broken)."""
+    from .tsm.tdx.cli import add_tdx_blob_arguments
+
+    p = sub.add_parser("tdx-blob", help="write a TDX module update image (\"TDX-BLOB\", "
+                                        "valid or deliberately broken) for update tooling")
+    add_tdx_blob_arguments(p)
+    p.set_defaults(handler="vfiouser_tdisp.tsm.tdx.cli:main_tdx_blob")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1042,8 +1042,8 @@ class TdxModule:
             self.version, self.mrseam = self._staged
             self._staged = None
         # Handoff data: every SPDM context, IDE stream and TDI is kept as it was.
-        self.fsm.fire("update", old=".".join(map(str, old)),
-                      new=".".join(map(str, self.version)), spdm_contexts=len(self.spdm),
+        self.fsm.fire("update", from_version=".".join(map(str, old)),
+                      to_version=".".join(map(str, self.version)), spdm_contexts=len(self.spdm),
                       tdis=len(self.tdis))
         return regs(TdxStatus.TDX_SUCCESS, args=a)
 
@@ -1100,7 +1100,7 @@ class TdxModule:
             return SeamldrStatus.EBADHASH
         if sig.major_version != self.version[0]:
             return SeamldrStatus.EUNSUPPORTED
-        self.fsm.fire("install", new=f"{sig.major_version}.{sig.minor_version}."
+        self.fsm.fire("install", image_version=f"{sig.major_version}.{sig.minor_version}."
                                      f"{sig.update_version}")
         self._staged = ((sig.major_version, sig.minor_version, sig.update_version),
                         sig.module_hash)

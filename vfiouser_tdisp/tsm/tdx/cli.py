@@ -99,7 +99,7 @@ def run_sequence(args: argparse.Namespace, steps: list[str], transport: Any, whe
 
     def why() -> str | None:
         failed = errors.of("tdx.device_error")
-        return f"module: {failed[-1]['kind']} {failed[-1]['error']}" if failed else None
+        return f"module: {failed[-1]['failure']} {failed[-1]['error']}" if failed else None
     try:
         passed = run_steps(steps, table, why)
     finally:

@@ -451,7 +451,7 @@ class TdxModule:
             self.pending = None
             failure = exc if isinstance(exc, DeviceFailure) else DeviceFailure(_kind(exc),
                                                                                repr(exc))
-            emit("tdx.device_error", operation=op.name, kind=failure.kind.name,
+            emit("tdx.device_error", operation=op.name, failure=failure.kind.name,
                  error=str(failure))
             op.failed(failure)
             return regs(model.TDX_DEVICE_ERROR | int(failure.kind), args=args)

@@ -31,7 +31,6 @@ from vfiouser_tdisp.tsm.tdx.abi import (
     TdcallLeaf,
     TdcmOperation,
     TdTdiState,
-    TdxStatus,
     hpa_array,
 )
 from vfiouser_tdisp.tsm.tdx.host import TdxError, TdxHost, TdxTd
@@ -444,7 +443,7 @@ def test_td_preserving_update_keeps_the_tdi_running(bench: Bench, recorder: Reco
 def test_kernel_refuses_broken_images() -> None:
     good = blob.build_image((1, 5, 21))
     assert blob.checksum_ok(good)
-    for name, b in blob.BREAKAGES.items():
+    for b in blob.BREAKAGES.values():
         image = b.make(good)
         if b.refused_by == "kernel":
             with pytest.raises(blob.ImageError):

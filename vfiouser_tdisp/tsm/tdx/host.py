@@ -311,9 +311,10 @@ class TdxHost:
         except TdxError as exc:
             status = exc.status or 0
             if status >> 32 == model.TDX_DEVICE_ERROR >> 32:
-                kind = {model.DeviceErrorKind.SPDM: TdcmError.SPDM_MESSAGE,
-                        model.DeviceErrorKind.IDE_KM: TdcmError.IDE_KM_MESSAGE,
-                        model.DeviceErrorKind.TDISP: TdcmError.TDISP_MESSAGE}
+                kind: dict[int, TdcmError] = {
+                    model.DeviceErrorKind.SPDM: TdcmError.SPDM_MESSAGE,
+                    model.DeviceErrorKind.IDE_KM: TdcmError.IDE_KM_MESSAGE,
+                    model.DeviceErrorKind.TDISP: TdcmError.TDISP_MESSAGE}
                 return TdcmStatus.ERROR, kind.get(status & 0xFF, TdcmError.TDXIO_DEVICE), b""
             if status >> 32 == model.TDX_OBJECT_STATE_INCORRECT >> 32:
                 return TdcmStatus.ERROR, TdcmError.INVALID_STATE, b""

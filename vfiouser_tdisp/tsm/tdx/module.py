@@ -277,7 +277,7 @@ class Operation:
     name: str
     flow: Generator[SpdmRequest, bytes, Any]
     done: Callable[[Any], Result]
-    failed: Callable[[DeviceFailure], None]
+    failed: Callable[[DeviceFailure], object]
     ctx: SpdmContext
     started: bool = False
     awaiting_secured: bool | None = None

@@ -26,6 +26,7 @@ import itertools
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -45,10 +46,15 @@ from ...doe.protocols import (
 from ...events import emit
 from ...firmware import CallClass, FirmwareCall, GuestMemory, GuestMemoryError
 from ...fsm import StateMachine
-from ...spdm.requester import RequesterSession, SpdmFlow, SpdmRequest, SpdmRequester
-from ...tdisp import messages as t
+from ...spdm.requester import (
+    RequesterSession,
+    SpdmFlow,
+    SpdmRequest,
+    SpdmRequester,
+    SpdmRequesterError,
+)
 from ...wire import DecodeError
-from ..core import ALL_SUBSTREAMS, IdeKmRequester, PciSigChannel, TdispRequester, parse_report
+from ..core import ALL_SUBSTREAMS, IdeKmRequester, PciSigChannel
 from . import model
 from .abi import (
     EXIT_REASON_EXTERNAL_INTERRUPT,
@@ -279,18 +285,19 @@ class Operation:
     done: Callable[[Any], Result]
     failed: Callable[[DeviceFailure], object]
     ctx: SpdmContext
+    protocol: DeviceErrorKind = DeviceErrorKind.SPDM   # what a failed answer is
     started: bool = False
     awaiting_secured: bool | None = None
 
 
-def _kind(exc: BaseException) -> DeviceErrorKind:
-    from ..core import TsmProtocolError
+def _kind(exc: BaseException, op: Operation) -> DeviceErrorKind:
+    """Which protocol failed: an SPDM-level failure (ERROR response, signature, session)
+    is SPDM whatever the operation; a failed IDE_KM / TDISP answer is the operation's."""
     if isinstance(exc, DeviceFailure):
         return exc.kind
-    if isinstance(exc, TsmProtocolError):
-        return DeviceErrorKind.TDISP if "TDISP" in str(exc) or "answers" in str(exc) \
-            else DeviceErrorKind.IDE_KM
-    return DeviceErrorKind.SPDM
+    if isinstance(exc, SpdmRequesterError):
+        return DeviceErrorKind.SPDM
+    return op.protocol
 
 
 # -- the module -------------------------------------------------------------------------------
@@ -322,6 +329,7 @@ class TdxModule:
         self.vmcall: PendingVmcall | None = None
         self._ids = itertools.count(0x100)
         self._bind_sessions = itertools.count(1)
+        from . import tdi as tdi_calls  # [MODEL] host TDI calls, one module
         self.host: dict[int, Handler] = {
             SeamcallLeaf.TDH_VP_ENTER: self.tdh_vp_enter,
             SeamcallLeaf.TDH_SYS_RD: self.tdh_sys_rd,
@@ -339,14 +347,14 @@ class TdxModule:
             SeamcallLeaf.TDH_IDE_STREAM_BLOCK: self.tdh_ide_stream_block,
             SeamcallLeaf.TDH_IDE_STREAM_DELETE: self.tdh_ide_stream_delete,
             SeamcallLeaf.TDH_IDE_STREAM_KM: self.tdh_ide_stream_km,
-            HostTdiLeaf.TDH_TDI_BIND: self.tdh_tdi_bind,
-            HostTdiLeaf.TDH_TDI_START: self.tdh_tdi_start,
-            HostTdiLeaf.TDH_TDI_STOP: self.tdh_tdi_stop,
-            HostTdiLeaf.TDH_TDI_UNBIND: self.tdh_tdi_unbind,
-            HostTdiLeaf.TDH_MMIO_MAP: self.tdh_mmio_map,
-            HostTdiLeaf.TDH_MMIO_UNMAP: self.tdh_mmio_unmap,
-            HostTdiLeaf.TDH_DMAR_ADD: self.tdh_dmar_add,
-            HostTdiLeaf.TDH_DMAR_REMOVE: self.tdh_dmar_remove,
+            HostTdiLeaf.TDH_TDI_BIND: partial(tdi_calls.tdh_tdi_bind, self),
+            HostTdiLeaf.TDH_TDI_START: partial(tdi_calls.tdh_tdi_start, self),
+            HostTdiLeaf.TDH_TDI_STOP: partial(tdi_calls.tdh_tdi_stop, self),
+            HostTdiLeaf.TDH_TDI_UNBIND: partial(tdi_calls.tdh_tdi_unbind, self),
+            HostTdiLeaf.TDH_MMIO_MAP: partial(tdi_calls.tdh_mmio_map, self),
+            HostTdiLeaf.TDH_MMIO_UNMAP: partial(tdi_calls.tdh_mmio_unmap, self),
+            HostTdiLeaf.TDH_DMAR_ADD: partial(tdi_calls.tdh_dmar_add, self),
+            HostTdiLeaf.TDH_DMAR_REMOVE: partial(tdi_calls.tdh_dmar_remove, self),
             SeamldrLeaf.SEAMLDR_INFO: self.seamldr_info,
             SeamldrLeaf.SEAMLDR_INSTALL: self.seamldr_install,
         }
@@ -449,8 +457,8 @@ class TdxModule:
             return op.done(stop.value)
         except Exception as exc:  # the device failed; the object says how (its FSM)
             self.pending = None
-            failure = exc if isinstance(exc, DeviceFailure) else DeviceFailure(_kind(exc),
-                                                                               repr(exc))
+            failure = exc if isinstance(exc, DeviceFailure) else \
+                DeviceFailure(_kind(exc, op), repr(exc))
             emit("tdx.device_error", operation=op.name, failure=failure.kind.name,
                  error=str(failure))
             op.failed(failure)
@@ -611,9 +619,8 @@ class TdxModule:
 
         result = self._extension(mem, a, SeamcallLeaf.TDH_SPDM_DISCONNECT, spdm_id, rsp, req,
                                  start, ctx, refresh_exempt=True)
-        if result[0] & model.TDX_DEVICE_ERROR == model.TDX_DEVICE_ERROR and \
-                result[0] >> 32 == model.TDX_DEVICE_ERROR >> 32:
-            return regs(TdxStatus.TDX_SUCCESS, 0, args=a)
+        if result[0] >> 32 == model.TDX_DEVICE_ERROR >> 32:
+            return regs(TdxStatus.TDX_SUCCESS, 0, args=a)   # keys dropped all the same
         return result
 
     def _end_flow(self, ctx: SpdmContext) -> SpdmFlow[None]:
@@ -729,7 +736,8 @@ class TdxModule:
                 flow = self._program_flow(km, stream)
             return Operation(SeamcallLeaf.TDH_IDE_STREAM_KM, stream_id,
                              f"ide_km_{IdeStreamKmOp(op).name.lower()}", flow,
-                             lambda _: finish(), lambda f: failed(f), ctx)
+                             lambda _: finish(), lambda f: failed(f), ctx,
+                             protocol=DeviceErrorKind.IDE_KM)
 
         def finish() -> Result:
             stream.fsm.fire("stopped" if op == IdeStreamKmOp.STOP else "keyed",
@@ -809,201 +817,9 @@ class TdxModule:
         _, mt = self.iommus.pop(a[0])
         return regs(TdxStatus.TDX_SUCCESS, mt, args=a)
 
-    # -- [MODEL] host TDI calls (model.HostTdiLeaf) ---------------------------------------------
-    def tdh_tdi_bind(self, mem: GuestMemory, a: tuple[int, ...]) -> Result:
-        spdm_id, func_id, td, rsp, req, stream_id = a[0], a[1], a[2], a[3], a[4], a[5]
-        ctx = self._ctx(spdm_id)
-        if ctx is None:
-            return regs(invalid(OperandId.RCX), args=a)
-
-        def start() -> Operation | int:
-            if func_id & FUNC_ID_RESERVED_MASK:
-                return invalid(OperandId.RDX)
-            if td == 0:
-                return invalid(OperandId.R8)
-            if func_id in self.tdis:
-                return busy(OperandId.RDX)
-            stream = self._stream(spdm_id, stream_id)
-            if stream is None:
-                return invalid(OperandId.R11)
-            if ctx.fsm.state is not S.CONNECTED or ctx.session is None or \
-                    stream.fsm.state is not I.ACTIVE:
-                return wrong_state(OperandId.RCX)
-            tdi = Tdi(func_id, spdm_id, stream_id, td,
-                      StateMachine("tdx.tdi", TDI_TRANSITIONS, TdiState.BINDING,
-                                   func_id=f"{func_id:#x}"))
-            self.tdis[func_id] = tdi
-            return Operation(HostTdiLeaf.TDH_TDI_BIND, func_id, "tdi_bind",
-                             self._bind_flow(ctx, tdi), lambda _: finish(tdi),
-                             lambda f: failed(tdi, f), ctx)
-
-        def finish(tdi: Tdi) -> Result:
-            tdi.bind_session_id = next(self._bind_sessions)
-            tdi.fsm.fire("locked", bind_session_id=tdi.bind_session_id)
-            return regs(TdxStatus.TDX_SUCCESS, tdi.bind_session_id, args=a)
-
-        def failed(tdi: Tdi, f: DeviceFailure) -> None:
-            tdi.fsm.fire("failed", error=str(f))
-
-        return self._extension(mem, a, HostTdiLeaf.TDH_TDI_BIND, func_id, rsp, req, start, ctx)
-
-    def _bind_flow(self, ctx: SpdmContext, tdi: Tdi) -> SpdmFlow[None]:
-        tdisp = TdispRequester(PciSigChannel(ctx.spdm, ctx.session))
-        version = yield from tdisp.version_flow(tdi.func_id)
-        tdi.tdisp_version = max(version.version_num_entry, default=0)
-        yield from tdisp.capabilities_flow(tdi.func_id)
-        state = yield from tdisp.state_flow(tdi.func_id)
-        if state is not t.TdiState.CONFIG_UNLOCKED:
-            yield from tdisp.stop_flow(tdi.func_id)
-        tdi.nonce = yield from tdisp.lock_flow(
-            tdi.func_id, flags=model.LOCK_FLAGS, default_stream_id=tdi.stream_id,
-            mmio_reporting_offset=model.MMIO_REPORTING_OFFSET)
-        report = yield from tdisp.report_flow(tdi.func_id)
-        parsed = parse_report(report)
-        tdi.report = report
-        tdi.ranges = [(r.first_page << model.REPORT_PAGE_SHIFT, r.number_of_pages)
-                      for r in parsed.mmio_range]
-        if (yield from tdisp.state_flow(tdi.func_id)) is not t.TdiState.CONFIG_LOCKED:
-            raise DeviceFailure(DeviceErrorKind.TDISP, "TDI not CONFIG_LOCKED after LOCK")
-
     def _tdi(self, func_id: int) -> Tdi | None:
         tdi = self.tdis.get(func_id)
         return None if tdi is None or tdi.fsm.state is D.BINDING else tdi
-
-    def tdh_tdi_start(self, mem: GuestMemory, a: tuple[int, ...]) -> Result:
-        spdm_id, func_id, rsp, req = a[0], a[1], a[2], a[3]
-        ctx = self._ctx(spdm_id)
-        if ctx is None:
-            return regs(invalid(OperandId.RCX), args=a)
-        tdi = self._tdi(func_id)
-        if tdi is None or tdi.spdm_id != spdm_id:
-            return regs(invalid(OperandId.RDX), args=a)
-
-        def start() -> Operation | int:
-            if tdi.fsm.state is not D.LOCKED or not tdi.td_start:
-                return wrong_state(OperandId.RDX)
-            tdi.fsm.fire("start")
-            tdisp = TdispRequester(PciSigChannel(ctx.spdm, ctx.session))
-            return Operation(HostTdiLeaf.TDH_TDI_START, func_id, "tdi_start",
-                             self._start_flow(tdisp, tdi), lambda _: finish(),
-                             lambda f: tdi.fsm.fire("failed", error=str(f)), ctx)
-
-        def finish() -> Result:
-            tdi.fsm.fire("started")
-            return regs(TdxStatus.TDX_SUCCESS, 0, args=a)
-
-        return self._extension(mem, a, HostTdiLeaf.TDH_TDI_START, func_id, rsp, req, start, ctx)
-
-    @staticmethod
-    def _start_flow(tdisp: TdispRequester, tdi: Tdi) -> SpdmFlow[None]:
-        yield from tdisp.start_flow(tdi.func_id, tdi.nonce)
-        if (yield from tdisp.state_flow(tdi.func_id)) is not t.TdiState.RUN:
-            raise DeviceFailure(DeviceErrorKind.TDISP, "TDI not RUN after START_INTERFACE")
-
-    def tdh_tdi_stop(self, mem: GuestMemory, a: tuple[int, ...]) -> Result:
-        spdm_id, func_id, rsp, req = a[0], a[1], a[2], a[3]
-        ctx = self._ctx(spdm_id)
-        if ctx is None:
-            return regs(invalid(OperandId.RCX), args=a)
-        tdi = self._tdi(func_id)
-        if tdi is None or tdi.spdm_id != spdm_id:
-            return regs(invalid(OperandId.RDX), args=a)
-
-        def start() -> Operation | int:
-            if not tdi.fsm.can("stop"):
-                return wrong_state(OperandId.RDX)
-            tdi.fsm.fire("stop")
-            self._withdraw(tdi)
-            return Operation(HostTdiLeaf.TDH_TDI_STOP, func_id, "tdi_stop",
-                             self._stop_flow(ctx, tdi), lambda ok: finish(bool(ok)),
-                             lambda f: tdi.fsm.fire("stopped", device_confirmed=False), ctx)
-
-        def finish(confirmed: bool) -> Result:
-            tdi.fsm.fire("stopped", device_confirmed=confirmed)
-            return regs(TdxStatus.TDX_SUCCESS, 0, args=a)
-
-        result = self._extension(mem, a, HostTdiLeaf.TDH_TDI_STOP, func_id, rsp, req, start, ctx,
-                                 refresh_exempt=True)
-        if result[0] >> 32 == model.TDX_DEVICE_ERROR >> 32:
-            return regs(TdxStatus.TDX_SUCCESS, 0, args=a)   # withdrawn all the same
-        return result
-
-    @staticmethod
-    def _withdraw(tdi: Tdi) -> None:
-        tdi.mapped.clear()
-        tdi.accepted.clear()
-        tdi.dmar_accepted = tdi.td_start = False
-        tdi.dmar_added = False
-
-    @staticmethod
-    def _stop_flow(ctx: SpdmContext, tdi: Tdi) -> SpdmFlow[bool]:
-        if ctx.session is None:
-            return False
-        tdisp = TdispRequester(PciSigChannel(ctx.spdm, ctx.session))
-        try:
-            yield from tdisp.stop_flow(tdi.func_id)
-        except Exception:
-            return False
-        return True
-
-    def tdh_tdi_unbind(self, mem: GuestMemory, a: tuple[int, ...]) -> Result:
-        spdm_id, func_id = a[0], a[1]
-        if self._ctx(spdm_id) is None:
-            return regs(invalid(OperandId.RCX), args=a)
-        tdi = self.tdis.get(func_id)
-        if tdi is None or tdi.spdm_id != spdm_id:
-            return regs(invalid(OperandId.RDX), args=a)
-        if tdi.fsm.state not in (D.UNLOCKED, D.ERROR) or \
-                (self.pending is not None and self.pending.key == func_id):
-            return regs(wrong_state(OperandId.RDX), args=a)
-        del self.tdis[func_id]
-        emit("tdx.tdi.unbound", func_id=f"{func_id:#x}")
-        return regs(TdxStatus.TDX_SUCCESS, args=a)
-
-    def tdh_mmio_map(self, mem: GuestMemory, a: tuple[int, ...]) -> Result:
-        func_id, gpa, hpa, count = a[0], a[1], a[2], a[3]
-        tdi = self._tdi(func_id)
-        if tdi is None:
-            return regs(invalid(OperandId.RCX), args=a)
-        if tdi.fsm.state is not D.LOCKED:
-            return regs(wrong_state(OperandId.RCX), args=a)
-        if gpa & (PAGE_SIZE - 1):
-            return regs(invalid(OperandId.RDX), args=a)
-        if hpa & (PAGE_SIZE - 1) or count == 0 or not any(
-                base <= hpa and hpa + count * PAGE_SIZE <= base + pages * PAGE_SIZE
-                for base, pages in tdi.ranges):
-            return regs(invalid(OperandId.R8 if count else OperandId.R9), args=a)
-        for i in range(count):
-            tdi.mapped[gpa + i * PAGE_SIZE] = hpa + i * PAGE_SIZE
-        return regs(TdxStatus.TDX_SUCCESS, args=a)
-
-    def tdh_mmio_unmap(self, mem: GuestMemory, a: tuple[int, ...]) -> Result:
-        func_id, gpa, count = a[0], a[1], a[2]
-        tdi = self._tdi(func_id)
-        if tdi is None:
-            return regs(invalid(OperandId.RCX), args=a)
-        pages = [gpa + i * PAGE_SIZE for i in range(count)]
-        if not pages or any(p not in tdi.mapped for p in pages):
-            return regs(invalid(OperandId.RDX), args=a)
-        for p in pages:
-            tdi.accepted.discard(tdi.mapped.pop(p))
-        return regs(TdxStatus.TDX_SUCCESS, args=a)
-
-    def tdh_dmar_add(self, mem: GuestMemory, a: tuple[int, ...]) -> Result:
-        tdi = self._tdi(a[0])
-        if tdi is None:
-            return regs(invalid(OperandId.RCX), args=a)
-        if tdi.fsm.state is not D.LOCKED or not self.iommus:
-            return regs(wrong_state(OperandId.RCX), args=a)
-        tdi.dmar_added = True
-        return regs(TdxStatus.TDX_SUCCESS, args=a)
-
-    def tdh_dmar_remove(self, mem: GuestMemory, a: tuple[int, ...]) -> Result:
-        tdi = self._tdi(a[0])
-        if tdi is None:
-            return regs(invalid(OperandId.RCX), args=a)
-        tdi.dmar_added = tdi.dmar_accepted = False
-        return regs(TdxStatus.TDX_SUCCESS, args=a)
 
     # -- TDH.VP.ENTER: the TD's VMCALL reaches the host ([MODEL]) -------------------------------
     def tdh_vp_enter(self, mem: GuestMemory, a: tuple[int, ...]) -> Result:

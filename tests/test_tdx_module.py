@@ -481,3 +481,63 @@ def test_bad_device_answer_is_a_device_error(bench: Bench) -> None:
     assert bench.module.td_view(0) is None or bench.module.td_view(0) is TdTdiState.ERROR
     bench.host.unbind()
     bench.host.disconnect()
+
+
+# -- TDCM errors: the host maps each failure to the GHCI error code -------------------------
+def test_tdcm_error_codes(identity_cache: Path) -> None:
+    """status ERROR (2) with error TDX_MODULE 10, TDXIO_DEVICE 11, SPDM_MESSAGE 12,
+    TDISP_MESSAGE 14, INVALID_STATE 15 ([ISTG] tdx_connect.c), each from its cause."""
+    def error_of(td: TdxTd, op: TdcmOperation) -> tuple[int, int]:
+        with pytest.raises(TdxError):
+            td.tdcm(op)
+        raw = td.mem.read(td.buffer + 8, 2)
+        return raw[0], raw[1]
+
+    b = Bench(identity_cache / "identity")
+    b.host.connect()
+    # INVALID_STATE: START_TDI before the TD's TDG.TDI.START (the module refuses TDH.TDI.START)
+    b.host.bind()
+    assert error_of(b.td, TdcmOperation.START_TDI) == (2, 15)
+    b.td.unlock()
+    # TDX_MODULE: the module refuses the host's call (a func_id with reserved bits)
+    bad = TdxTd(b.host, func_id=1 << 25)
+    assert error_of(bad, TdcmOperation.BIND) == (2, 10)
+    # TDXIO_DEVICE: the DOE transfer fails during BIND
+    real = b.host.transport
+
+    def unreachable(object_type: int, payload: bytes) -> bytes:
+        raise OSError("device gone")
+    b.host.transport = unreachable
+    assert error_of(b.td, TdcmOperation.BIND) == (2, 11)
+    b.host.transport = real
+    b.host.unbind()
+    # SPDM_MESSAGE: inside the session the device answers a plain SPDM ERROR
+    b.host.transport = lambda t, p: bytes.fromhex("127f0100") if t == 2 else real(t, p)
+    assert error_of(b.td, TdcmOperation.BIND) == (2, 12)
+    b.host.transport = real
+    b.host.unbind()
+    b.host.disconnect()
+    # TDISP_MESSAGE: the device refuses LOCK_INTERFACE (memory decode off)
+    c = Bench(identity_cache / "identity")
+    fn = c.dev.dsm
+    fn.config.write(0x04, (int.from_bytes(fn.config.read(0x04, 4), "little") & ~0x2)
+                    .to_bytes(4, "little"))
+    c.host.connect()
+    assert error_of(c.td, TdcmOperation.BIND) == (2, 14)
+
+
+def test_ide_km_failure_is_an_ide_km_device_error(identity_cache: Path,
+                                                  recorder: Recorder) -> None:
+    """KEY_PROG for a port the device does not have: KP_ACK UNSUPPORTED_PORT_INDEX (status 2, PCIe r6
+    §6.99 IDE_KM) fails the KM operation as an IDE_KM device error, the stream in ERROR."""
+    from vfiouser_tdisp.ide.capability import KeyDirection, KeySubstream
+
+    def program(km: Any, stream: Any) -> Any:
+        yield from km.key_prog_flow(stream.stream_id, 0, KeyDirection.RX, KeySubstream.PR,
+                                    bytes(32), bytes(8), port_index=5)
+    b = Bench(identity_cache / "identity")
+    b.module._program_flow = program  # type: ignore[method-assign]
+    with pytest.raises(TdxError) as failed:
+        b.host.connect()
+    assert failed.value.status == model.TDX_DEVICE_ERROR | model.DeviceErrorKind.IDE_KM
+    assert transitions(recorder, "tdx.ide_stream") == ["CREATED", "KEYING", "ERROR"]

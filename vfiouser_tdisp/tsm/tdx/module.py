@@ -750,8 +750,11 @@ class TdxModule:
             else:
                 stream.fsm.fire("failed", error=str(f))
 
-        return self._extension(mem, a, SeamcallLeaf.TDH_IDE_STREAM_KM, stream_id, rsp, req,
-                               start, ctx)
+        result = self._extension(mem, a, SeamcallLeaf.TDH_IDE_STREAM_KM, stream_id, rsp, req,
+                                 start, ctx, refresh_exempt=op == IdeStreamKmOp.STOP)
+        if op == IdeStreamKmOp.STOP and result[0] >> 32 == model.TDX_DEVICE_ERROR >> 32:
+            return regs(TdxStatus.TDX_SUCCESS, 0, args=a)   # stopped: the keys are dropped
+        return result
 
     @staticmethod
     def _program_flow(km: IdeKmRequester, stream: IdeStream) -> SpdmFlow[None]:

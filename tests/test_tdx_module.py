@@ -528,8 +528,9 @@ def test_tdcm_error_codes(identity_cache: Path) -> None:
 
 def test_ide_km_failure_is_an_ide_km_device_error(identity_cache: Path,
                                                   recorder: Recorder) -> None:
-    """KEY_PROG for a port the device does not have: KP_ACK UNSUPPORTED_PORT_INDEX (status 2, PCIe r6
-    §6.99 IDE_KM) fails the KM operation as an IDE_KM device error, the stream in ERROR."""
+    """KEY_PROG for a port the device does not have: KP_ACK UNSUPPORTED_PORT_INDEX (status
+    2, PCIe r6 §6.99 IDE_KM) fails the KM operation as an IDE_KM device error; the stream
+    is in ERROR."""
     from vfiouser_tdisp.ide.capability import KeyDirection, KeySubstream
 
     def program(km: Any, stream: Any) -> Any:

@@ -31,6 +31,7 @@ from vfiouser_tdisp.tsm.tdx.abi import (
     TdcallLeaf,
     TdcmOperation,
     TdTdiState,
+    TdxStatus,
     hpa_array,
 )
 from vfiouser_tdisp.tsm.tdx.host import TdxError, TdxHost, TdxTd
@@ -542,3 +543,45 @@ def test_ide_km_failure_is_an_ide_km_device_error(identity_cache: Path,
         b.host.connect()
     assert failed.value.status == model.TDX_DEVICE_ERROR | model.DeviceErrorKind.IDE_KM
     assert transitions(recorder, "tdx.ide_stream") == ["CREATED", "KEYING", "ERROR"]
+
+
+def test_random_registers_get_statuses_and_leave_the_module_serving(bench: Bench) -> None:
+    """Bad input from a RUN state: random registers for every leaf (except the ones that
+    take no operand and would legitimately change the platform) get a status of the ABI,
+    never an exception; the TDI stays RUN and the sequence finishes normally."""
+    import random
+    rng = random.Random(1234)
+    bench.running()
+    mem = bench.host.mem
+    pages = [mem.base + rng.randrange(0, len(mem.data) // PAGE_SIZE) * PAGE_SIZE
+             for _ in range(16)]
+    skip = {SeamcallLeaf.TDH_SYS_SHUTDOWN, SeamcallLeaf.TDH_SYS_UPDATE,
+            SeamcallLeaf.TDH_VP_ENTER, SeamcallLeaf.TDH_SYS_LP_INIT}
+    host_leaves = [int(x) for x in (*SeamcallLeaf, *HostTdiLeaf, *SeamldrLeaf) if x not in skip]
+    known = {int(s) for s in TdxStatus} | {int(s) for s in SeamldrStatus}
+    classes = {int(s) >> 32 for s in TdxStatus} | {model.TDX_DEVICE_ERROR >> 32,
+                                                   model.TDX_OBJECT_STATE_INCORRECT >> 32}
+
+    def value() -> int:
+        pick = rng.random()
+        if pick < 0.3:
+            return rng.choice(pages) + rng.choice((0, 0, 8, 0x100))
+        if pick < 0.5:
+            return rng.randrange(0, 300)
+        return rng.getrandbits(64)
+    for i in range(3000):
+        cls = CallClass.HOST if i % 3 else CallClass.GUEST
+        leaf = rng.choice(host_leaves) if cls is CallClass.HOST else \
+            rng.choice([int(x) for x in TdcallLeaf] + [0x7F])
+        if cls is CallClass.GUEST and leaf == TdcallLeaf.TDG_VP_VMCALL:
+            continue              # its status is in R10; covered by its own test
+        args = tuple(value() for _ in range(rng.randrange(0, 11)))
+        out = bench.module.call(FirmwareCall(cls, leaf, args), mem)
+        assert len(out) == 11 and all(0 <= r < 1 << 64 for r in out)
+        assert out[0] in known or out[0] >> 32 in classes, (hex(leaf), hex(out[0]))
+    assert bench.module.pending is None
+    assert bench.td.state() is TdTdiState.RUN
+    assert bench.device_tdi() is DeviceTdiState.RUN
+    bench.host.mng(SpdmMngOp.HEARTBEAT)
+    bench.td.unlock()
+    bench.host.disconnect()

@@ -29,7 +29,7 @@ from vfiouser_tdisp.server import start_devices  # noqa: E402
 from vfiouser_tdisp.tsm.platform import (  # noqa: E402
     DoeTransport,
     assign_bars,
-    in_process_transport,
+    in_process_device,
     socket_transport,
 )
 from vfiouser_tdisp.tsm.tdx.cli import DEFAULT_STEPS, sequence_steps  # noqa: E402
@@ -62,7 +62,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=10)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="tdx-bench") as tmp:
-        transport, _dev = in_process_transport("virtio-rng", tmp)
+        transport, _dev = in_process_device("virtio-rng", tmp)
         report("in-process", transport, args.rounds)
         path = f"{tmp}/d.sock"
         running = start_devices([path], "virtio-rng", spdm_port=0,

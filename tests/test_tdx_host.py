@@ -109,8 +109,14 @@ def test_cli_in_process_and_bad_arguments(capsys: pytest.CaptureFixture[str]) ->
     assert all(ln.split()[1] == "PASS" for ln in out)
     assert main(["tsm", "--platform", "tdx", "nosuchstep"]) == 2
     assert "unknown step 'nosuchstep'" in capsys.readouterr().err
-    assert main(["tsm", "--platform", "tdx", "--list-steps"]) == 0
-    assert "module_update" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["tsm", "--help"])
+    assert "tdx steps: connect" in capsys.readouterr().out
+    from vfiouser_tdisp.tsm.tdx import cli as tdx_cli
+    from vfiouser_tdisp.tsm.tdx import model
+    assert tdx_cli.DEFAULT_UPDATES == model.NUM_UPDATES
+    boot = model.BOOT_MODULE_VERSION
+    assert tdx_cli.DEFAULT_IMAGE_VERSION == f"{boot[0]}.{boot[1]}.{boot[2] + 1}"
 
 
 def test_cli_image_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -143,3 +149,42 @@ def test_tdx_blob_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["tdx-blob", "--out", str(good), "--version", "x"]) == 2
     assert main(["tdx-blob", "--out", str(good), "--module-pages", "497"]) == 2
     assert main(["tdx-blob"]) == 2
+    assert main(["tdx-blob", "--out", str(good), "--break", "nope"]) == 2
+    assert "module-hash" in capsys.readouterr().err
+
+
+def test_serve_platform_tdx_serves_the_module_behind_the_port(sock_dir: Path) -> None:
+    """`serve --platform tdx`: the firmware port (docs/firmware-port.md) shows ABI_ID "TDX "
+    and carries SEAMCALLs: FID = RAX leaf, ARG0 = RCX, ARG1 = RDX; RES0 = RAX, RES3 = R8.
+    TDH.SYS.RD(MAJOR_VERSION 0x0800000100000004) answers the boot module's major, 1."""
+    import signal
+    import struct
+    import subprocess
+    import sys
+    import time
+    host_win, fid, doorbell, status, args, res = 0x100, 0x00, 0x08, 0x0C, 0x20, 0xA0
+    path = str(sock_dir / "dev.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "vfiouser_tdisp", "serve", "--socket", path,
+                             "--platform", "tdx", "--quiet"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (Path(path).exists() and Path(path + ".fwport").exists()):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        with VfioUserClient(path + ".fwport") as c:
+            c.version()
+            assert c.region_read(0, 0, 4) == b"VTFP"
+            assert c.region_read(0, 8, 4) == b"TDX "                 # ABI_ID fourcc
+            assert struct.unpack("<I", c.region_read(0, 0x0C, 4))[0] == 0x00010000
+            c.region_write(0, host_win + args, struct.pack("<Q", 0), posted=True)
+            c.region_write(0, host_win + args + 8, struct.pack("<Q", 0x0800000100000004),
+                           posted=True)
+            c.region_write(0, host_win + fid, struct.pack("<Q", 34), posted=True)   # TDH.SYS.RD
+            c.region_write(0, host_win + doorbell, struct.pack("<I", 1), posted=True)
+            assert struct.unpack("<I", c.region_read(0, host_win + status, 4))[0] & 0x6 == 0x2
+            rax, rcx, rdx, r8 = struct.unpack("<4Q", c.region_read(0, host_win + res, 32))
+            assert (rax, rdx, r8) == (0, 0x0800000100000004, 1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)

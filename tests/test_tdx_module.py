@@ -17,7 +17,7 @@ import pytest
 from vfiouser_tdisp.events import LOG, Recorder
 from vfiouser_tdisp.firmware import CallClass, FirmwareCall
 from vfiouser_tdisp.tdisp.messages import TdiState as DeviceTdiState
-from vfiouser_tdisp.tsm.platform import in_process_transport
+from vfiouser_tdisp.tsm.platform import in_process_device
 from vfiouser_tdisp.tsm.tdx import blob, model
 from vfiouser_tdisp.tsm.tdx.abi import (
     NO_PAGE,
@@ -63,7 +63,7 @@ def recorder() -> Iterator[Recorder]:
 
 class Bench:
     def __init__(self, cache: Path, **module_args: Any) -> None:
-        self.transport, self.dev = in_process_transport("virtio-rng", str(cache))
+        self.transport, self.dev = in_process_device("virtio-rng", str(cache))
         self.module = TdxModule(**module_args)
         self.host = TdxHost(self.module, self.transport)
         self.td = TdxTd(self.host)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from .device.device import PROFILES
 
 DEFAULT_PROFILE = "virtio-rng"
+PLATFORMS = ("cca", "tdx")  # server.PLATFORMS names their firmware emulators
 
 
 def _tcp_port(text: str) -> int:
@@ -53,6 +54,10 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                         "keys; device i > 0 writes FILE.i")
     p.add_argument("--debug-ide-keys", action="store_true",
                    help="log IDE_KM keys in clear in the events (default: a fingerprint)")
+    p.add_argument("--platform", choices=PLATFORMS,
+                   help="also serve the firmware port with this platform's firmware "
+                        "emulator behind it, on PATH.fwport of the first --socket "
+                        "(docs/firmware-port.md)")
     _add_identity_args(p)
 
 
@@ -106,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
                    help="profile the server runs (multi-function profiles need one "
                         "-device per function)")
+    p.add_argument("--platform", choices=PLATFORMS,
+                   help="the server runs with --platform: also attach the firmware port")
     p.add_argument("--initrd", metavar="FILE",
                    help="guest image from `vfiouser-tdisp initramfs` (needed unless "
                         "--device-only)")
@@ -184,9 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_tsm_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`tsm`: a platform's firmware emulator driven by its guest-less host driver."""
-    from .tsm.platform import add_tsm_parser
+    from .tsm.cca.cli import add_arguments
+    from .tsm.tdx.cli import add_platform_arguments as add_tdx_arguments
 
-    add_tsm_parser(sub)
+    p = sub.add_parser("tsm", help="run a platform's connect / bind / lock / accept sequence "
+                                   "against a device without a guest (firmware emulator + "
+                                   "host driver in this process)")
+    p.add_argument("--platform", required=True, choices=("cca", "tdx"),
+                   help="platform firmware to emulate (cca: Arm CCA RMM; tdx: Intel TDX "
+                        "module with TDX Connect + P-SEAMLDR)")
+    add_arguments(p)
+    add_tdx_arguments(p.add_argument_group("--platform tdx"))
+    p.set_defaults(handler="vfiouser_tdisp.tsm.cli:main_tsm")
 
 
 def _add_tdx_blob_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,22 +1,21 @@
-"""What every platform-firmware emulator's guest-less driver needs, whatever the platform.
+"""Platform-neutral pieces of the guest-less firmware drivers (CCA, TDX, SEV-TIO).
 
-The Arm CCA RMM (``tsm/cca``), the TDX module (``tsm/tdx``) and the SEV-TIO PSP
-(``tsm/sev_tio``) are each driven without a guest by a Python host driver that plays
-the host kernel: it hands the firmware pages in guest memory, and carries every DOE
-object the firmware asks for to the device.  The pieces here are the platform-neutral
-part of that: guest memory backed by a bytearray, the DOE transports (the DMTF
-spdm-emu socket, or a DOE mailbox in this process with the BARs assigned as firmware
-would), and the ``vfiouser-tdisp tsm --platform NAME`` dispatch with its common
-arguments and its one-line-per-step runner.  Nothing here knows a platform.
+- :data:`DoeTransport` and its two carriers: DMTF's spdm-emu socket
+  (:func:`socket_transport`, against ``serve --spdm-port`` or any spdm-emu responder) and
+  anything that exchanges whole DOE objects (:func:`object_transport`, e.g. a
+  :class:`~vfiouser_tdisp.doe.driver.DoeDriver` on a function's config space);
+- :class:`ByteArrayMemory`: guest memory for a :class:`~vfiouser_tdisp.firmware.Firmware`
+  without a VM, with a page allocator;
+- :func:`in_process_device`: a device of this project in the same process, its BARs
+  assigned as firmware would, reached through its DOE mailbox registers.
+
+A firmware emulator never touches the device: its host driver carries each object with
+one of these transports (docs/firmware-port.md, ARCHITECTURE.md "The platform").
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from ..doe.protocols import PCI_SIG_VENDOR_ID, build_object, parse_object
@@ -24,20 +23,34 @@ from ..firmware import GuestMemoryError
 
 PAGE_SIZE = 0x1000
 
-# (DOE object type, payload) -> response payload
+# (DOE object type: 1 SPDM, 2 secured SPDM; payload) -> response payload
 DoeTransport = Callable[[int, bytes], bytes]
 
 
 class TransportError(Exception):
-    """The device could not be reached or gave no answer."""
+    """The responder did not answer a DOE object."""
+
+
+def socket_transport(client: Any) -> DoeTransport:
+    """Over DMTF's spdm-emu socket (:class:`~vfiouser_tdisp.doe.emu_socket.SpdmEmuClient`)."""
+    def exchange(object_type: int, payload: bytes) -> bytes:
+        rsp = client.doe(build_object(PCI_SIG_VENDOR_ID, object_type, payload))
+        if not rsp:
+            raise TransportError("the responder answered with an empty frame")
+        return parse_object(rsp)[1]
+    return exchange
+
+
+def object_transport(exchange_object: Callable[[bytes], bytes]) -> DoeTransport:
+    """Over anything that exchanges whole DOE objects (a DoeDriver on config space)."""
+    def exchange(object_type: int, payload: bytes) -> bytes:
+        return parse_object(exchange_object(build_object(PCI_SIG_VENDOR_ID, object_type,
+                                                         payload)))[1]
+    return exchange
 
 
 class ByteArrayMemory:
-    """Guest memory backed by a bytearray, with a bump allocator for pages.
-
-    Implements :class:`vfiouser_tdisp.firmware.GuestMemory`; an access outside the
-    array raises :class:`GuestMemoryError` as a failed DMA would.
-    """
+    """Guest memory backed by a bytearray, with a bump allocator for pages."""
 
     def __init__(self, size: int = 4 << 20, base: int = 0x8000_0000) -> None:
         self.base, self.data = base, bytearray(size)
@@ -64,33 +77,10 @@ class ByteArrayMemory:
         return addr
 
 
-def socket_transport(client: Any) -> DoeTransport:
-    """Over DMTF's spdm-emu socket (:class:`~..doe.emu_socket.SpdmEmuClient`)."""
-    def exchange(object_type: int, payload: bytes) -> bytes:
-        rsp = client.doe(build_object(PCI_SIG_VENDOR_ID, object_type, payload))
-        if not rsp:
-            raise TransportError("the responder answered with an empty frame")
-        return parse_object(rsp)[1]
-    return exchange
-
-
-def object_transport(exchange_object: Callable[[bytes], bytes]) -> DoeTransport:
-    """Over anything that exchanges whole DOE objects (a DoeDriver on config space)."""
-    def exchange(object_type: int, payload: bytes) -> bytes:
-        return parse_object(exchange_object(build_object(PCI_SIG_VENDOR_ID, object_type,
-                                                         payload)))[1]
-    return exchange
-
-
-BAR_BASE = 0xE000_0000
-DOE_CAP_OFFSET = 0x100     # the DSM's DOE capability (device/device.py)
-
-
 def assign_bars(read32: Callable[[int], int], write32: Callable[[int, int], None],
-                base: int = BAR_BASE) -> dict[int, tuple[int, int]]:
-    """Size and place every BAR as firmware would, then set Memory Space and Bus
-    Master Enable (a TDI can be locked only while it decodes).  Returns
-    {BAR index: (base, size)}."""
+                base: int = 0xE000_0000) -> dict[int, tuple[int, int]]:
+    """Size and place every memory BAR, then set Memory Space and Bus Master Enable, as
+    firmware does before a TDI is locked (a TDI is locked only while it decodes)."""
     bars: dict[int, tuple[int, int]] = {}
     index = 0
     while index < 6:
@@ -117,16 +107,14 @@ def assign_bars(read32: Callable[[int], int], write32: Callable[[int, int], None
     return bars
 
 
-def in_process_transport(profile: str, cache_dir: str | None = None
-                         ) -> tuple[DoeTransport, Any]:
-    """A device of ``profile`` in this process, BARs assigned, reached through its DOE
-    mailbox registers; returns (transport, device)."""
+def in_process_device(profile: str = "virtio-rng", identity_dir: str | None = None,
+                      identity: Any = None) -> tuple[DoeTransport, Any]:
+    """A device of this project in process, reached through its DOE mailbox registers."""
     from ..device.device import Device, get_profile
     from ..doe.driver import DoeDriver
-    from ..paths import identity_dir
 
-    dev = Device(get_profile(profile),
-                 identity_options={"identity_dir": identity_dir(cache_dir)})
+    dev = Device(get_profile(profile), identity=identity,
+                 identity_options={"identity_dir": identity_dir})
     fn = dev.dsm
 
     def read32(off: int) -> int:
@@ -134,112 +122,7 @@ def in_process_transport(profile: str, cache_dir: str | None = None
 
     def write32(off: int, value: int) -> None:
         fn.config.write(off, value.to_bytes(4, "little"))
+
     assign_bars(read32, write32)
-    _ = dev.identity  # generated before the first exchange, not inside a step's timing
-    return object_transport(DoeDriver(read32, write32, DOE_CAP_OFFSET).exchange), dev
-
-
-# -- `vfiouser-tdisp tsm --platform NAME` -------------------------------------------------------
-# Platform name -> module with add_platform_arguments(group) and main_tsm(args) -> int.
-PLATFORMS = {
-    "cca": "vfiouser_tdisp.tsm.cca.cli",
-    "tdx": "vfiouser_tdisp.tsm.tdx.cli",
-}
-PLATFORM_HELP = {"cca": "Arm CCA RMM", "tdx": "Intel TDX module (TDX Connect) + P-SEAMLDR"}
-
-
-def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments every platform's guest-less sequence takes."""
-    p.add_argument("steps", nargs="*", metavar="STEP", default=[],
-                   help="steps to run in order (default: the platform's whole sequence); "
-                        "--platform NAME --list-steps names them")
-    p.add_argument("--list-steps", action="store_true",
-                   help="print the platform's steps and exit")
-    p.add_argument("--spdm", metavar="HOST:PORT",
-                   help="reach the device over the DMTF spdm-emu socket (PCI DOE transport); "
-                        "default: a device in this process, BARs assigned")
-    p.add_argument("--pdev-id", type=lambda s: int(s, 0), default=0, metavar="RID",
-                   help="the device's RID (bus << 8 | devfn) (default: 0)")
-    p.add_argument("--tdi", type=lambda s: int(s, 0), default=None, metavar="RID",
-                   help="the TDI's RID, the TDISP function id (default: --pdev-id)")
-    p.add_argument("--root", metavar="FILE",
-                   help="PEM/DER root certificate the device chain must start at "
-                        "(e.g. root.pem from `vfiouser-tdisp certs`)")
-    p.add_argument("--profile", default="virtio-rng",
-                   help="device profile for the in-process device (default: virtio-rng)")
-    p.add_argument("--cache-dir", metavar="DIR",
-                   help="cache holding the in-process device's identity")
-    p.add_argument("--events", metavar="FILE", help="append structured events to FILE")
-    p.add_argument("--verbose", action="store_true",
-                   help="print the firmware's events as they happen")
-
-
-def add_tsm_parser(sub: Any) -> None:
-    """``tsm``: a platform's firmware emulator driven by its guest-less host driver."""
-    p = sub.add_parser("tsm", help="run a platform's connect / bind / lock / accept sequence "
-                                   "against a device without a guest (firmware emulator + "
-                                   "host driver in this process)")
-    p.add_argument("--platform", required=True, choices=sorted(PLATFORMS),
-                   help="platform firmware to emulate: " + ", ".join(
-                       f"{k} ({v})" for k, v in sorted(PLATFORM_HELP.items())))
-    add_common_arguments(p)
-    for name in sorted(PLATFORMS):
-        group = p.add_argument_group(f"--platform {name}")
-        importlib.import_module(PLATFORMS[name]).add_platform_arguments(group)
-    p.set_defaults(handler="vfiouser_tdisp.tsm.platform:main_tsm")
-
-
-def main_tsm(args: argparse.Namespace) -> int:
-    module = importlib.import_module(PLATFORMS[args.platform])
-    if args.list_steps:
-        print(" ".join(module.STEPS))
-        return 0
-    return int(module.main_tsm(args))
-
-
-def load_root(path: str | None) -> Any:
-    """The relying party's root certificate (PEM or DER), or None."""
-    if not path:
-        return None
-    from pathlib import Path
-
-    from cryptography import x509
-    data = Path(path).read_bytes()
-    return x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data \
-        else x509.load_der_x509_certificate(data)
-
-
-def chosen_steps(requested: Sequence[str], known: Sequence[str],
-                 default: Sequence[str]) -> list[str]:
-    """The steps to run (``all`` or none: ``default``); ValueError names an unknown one."""
-    unknown = [s for s in requested if s not in tuple(known) + ("all",)]
-    if unknown:
-        raise ValueError(f"unknown step {unknown[0]!r}; steps: {', '.join(known)}")
-    if list(requested) in (["all"], []):
-        return list(default)
-    return [s for s in requested if s != "all"]
-
-
-def run_steps(steps: Iterable[str], table: dict[str, Callable[[], str]],
-              why: Callable[[], str | None] = lambda: None,
-              out: Any = None) -> bool:
-    """Run each step; one line each (name, PASS/FAIL, seconds, detail).  Stops at the
-    first failure; ``why`` may add the firmware's own reason.  True if all passed."""
-    out = out or sys.stdout
-    for step in steps:
-        start = time.monotonic()
-        try:
-            detail = table[step]()
-        except Exception as exc:  # one line per step, whatever went wrong
-            reason = why()
-            print(f"{step:<16} FAIL {time.monotonic() - start:6.3f}s {exc}"
-                  + (f" ({reason})" if reason else ""), file=out)
-            return False
-        print(f"{step:<16} PASS {time.monotonic() - start:6.3f}s {detail}", file=out)
-    return True
-
-
-__all__ = ["PAGE_SIZE", "PLATFORMS", "ByteArrayMemory", "DoeTransport", "TransportError",
-           "add_common_arguments", "add_tsm_parser", "assign_bars", "chosen_steps",
-           "in_process_transport", "load_root", "main_tsm", "object_transport", "run_steps",
-           "socket_transport"]
+    _ = dev.identity   # generate before the first exchange
+    return object_transport(DoeDriver(read32, write32, 0x100).exchange), dev

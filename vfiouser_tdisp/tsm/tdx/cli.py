@@ -18,43 +18,36 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ...events import LOG, HumanSink, JsonLinesSink, Recorder
-from ..platform import (
-    chosen_steps,
-    in_process_transport,
-    load_root,
-    run_steps,
-    socket_transport,
-)
-from . import model
-from .abi import SeamldrStatus, SpdmMngOp, TdiRdField
-from .blob import BREAKAGES, ImageError, build_image, checksum_ok, parse_image
-from .host import TdxError, TdxHost, TdxTd, split_dev_info, status_name
-from .model import TdiRdModelField
-from .module import TdxModule
-
+# Only light imports here: `vfiouser-tdisp --help` builds the parsers.
 STEPS = ("connect", "bind", "lock", "report", "measurements", "info", "accept", "heartbeat",
          "key_update", "seamldr_info", "module_update", "update_bad_image", "update_exhausted",
          "unlock", "unbind", "disconnect")
 DEFAULT_STEPS = ("connect", "bind", "lock", "accept", "heartbeat", "key_update",
                  "seamldr_info", "module_update", "update_bad_image", "unlock", "unbind",
                  "disconnect")
+DEFAULT_UPDATES = 4          # model.NUM_UPDATES (checked by a test)
+DEFAULT_IMAGE_VERSION = "1.5.21"   # the boot module's (model.BOOT_MODULE_VERSION) next update
 
 
 def add_platform_arguments(p: Any) -> None:
-    """The TDX-only options of ``tsm`` (the common ones: tsm/platform.py)."""
-    p.add_argument("--updates", type=int, default=model.NUM_UPDATES, metavar="N",
-                   help="P-SEAMLDR num_remaining_updates at start (tdx; default: "
-                        f"{model.NUM_UPDATES})")
+    """The TDX-only options of ``tsm`` (the steps, --spdm, --root ...: tsm/cca/cli.py)."""
+    p.description = (f"tdx steps: {', '.join(STEPS)} (default: {' '.join(DEFAULT_STEPS)}); "
+                     "docs/platform-tdx.md")
+    p.add_argument("--updates", type=int, default=DEFAULT_UPDATES, metavar="N",
+                   help=f"P-SEAMLDR num_remaining_updates at start (default: {DEFAULT_UPDATES})")
     p.add_argument("--image", metavar="FILE",
-                   help="update image for module_update (tdx; default: one built for the "
-                        "next update version)")
+                   help="update image for module_update (default: one built for the next "
+                        "update version)")
     p.add_argument("--preempt-every", type=int, default=0, metavar="N",
                    help="the module answers every N-th device-talking call "
-                        "TDX_INTERRUPTED_RESUMABLE (tdx; default: never)")
+                        "TDX_INTERRUPTED_RESUMABLE (default: never)")
 
 
 def main_tsm(args: argparse.Namespace) -> int:
+    from ...events import LOG, HumanSink, JsonLinesSink
+    from ...paths import identity_dir
+    from ..platform import in_process_device, socket_transport
+    from ..steps import chosen_steps, load_root
     try:
         steps = chosen_steps(args.steps, STEPS, DEFAULT_STEPS)
     except ValueError as exc:
@@ -74,7 +67,8 @@ def main_tsm(args: argparse.Namespace) -> int:
             client = SpdmEmuClient(host_name or "127.0.0.1", int(port))
             transport, where = socket_transport(client), f"spdm-emu {args.spdm}"
         else:
-            transport, _dev = in_process_transport(args.profile, args.cache_dir)
+            transport, _dev = in_process_device(args.profile,
+                                                str(identity_dir(args.cache_dir)))
             where = f"in-process {args.profile}"
         image = Path(args.image).read_bytes() if args.image else None
         return run_sequence(args, steps, transport, where, load_root(args.root), image)
@@ -90,6 +84,10 @@ def main_tsm(args: argparse.Namespace) -> int:
 
 def run_sequence(args: argparse.Namespace, steps: list[str], transport: Any, where: str,
                  root: Any, image: bytes | None) -> int:
+    from ...events import LOG, Recorder
+    from ..steps import run_steps
+    from .host import TdxError, TdxHost, TdxTd
+    from .module import TdxModule
     module = TdxModule(num_updates=args.updates, preempt_every=args.preempt_every)
     host = TdxHost(module, transport, func_id=args.pdev_id, tdi=args.tdi)
     td = TdxTd(host)
@@ -114,9 +112,14 @@ def run_sequence(args: argparse.Namespace, steps: list[str], transport: Any, whe
     return 0 if passed else 1
 
 
-def sequence_steps(host: TdxHost, td: TdxTd, where: str, root: Any,
+def sequence_steps(host: Any, td: Any, where: str, root: Any,
                    image: bytes | None) -> dict[str, Callable[[], str]]:
     """Step name -> function returning the one-line detail (raises on failure)."""
+    from . import model
+    from .abi import SeamldrStatus, SpdmMngOp, TdcmOperation, TdiRdField
+    from .blob import BREAKAGES, ImageError, build_image
+    from .host import TdxError, split_dev_info, status_name
+    from .model import TdiRdModelField
     module = host.module
 
     def connect() -> str:
@@ -139,7 +142,6 @@ def sequence_steps(host: TdxHost, td: TdxTd, where: str, root: Any,
                 f"hashes match TDG.TDI.RD" + ("; chain anchored" if root is not None else ""))
 
     def report() -> str:
-        from .abi import TdcmOperation
         return f"report {len(td.tdcm(TdcmOperation.GET_TDI_REPORT))} B"
 
     def measurements() -> str:
@@ -247,14 +249,12 @@ def sequence_steps(host: TdxHost, td: TdxTd, where: str, root: Any,
 # -- tdx-blob ------------------------------------------------------------------------------------
 def add_tdx_blob_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="FILE", help="where to write the image")
-    p.add_argument("--version", default=".".join(map(str, model.BOOT_MODULE_VERSION[:2]
-                                                     + (model.BOOT_MODULE_VERSION[2] + 1,))),
-                   metavar="MAJOR.MINOR.UPDATE",
+    p.add_argument("--version", default=DEFAULT_IMAGE_VERSION, metavar="MAJOR.MINOR.UPDATE",
                    help="module version the image carries (default: the emulated boot "
                         "module's next update version)")
     p.add_argument("--module-pages", type=int, default=2, metavar="N",
                    help="module pages, 1..496 (default: 2)")
-    p.add_argument("--break", dest="breakage", choices=sorted(BREAKAGES), metavar="KIND",
+    p.add_argument("--break", dest="breakage", metavar="KIND",
                    help="write a deliberately broken image (--list-breakages names them)")
     p.add_argument("--list-breakages", action="store_true",
                    help="print each KIND, what it breaks and what refuses it")
@@ -263,6 +263,11 @@ def add_tdx_blob_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main_tdx_blob(args: argparse.Namespace) -> int:
+    from .blob import BREAKAGES, ImageError, build_image, checksum_ok, parse_image
+    if args.breakage is not None and args.breakage not in BREAKAGES:
+        print(f"vfiouser-tdisp tdx-blob: no breakage {args.breakage!r}; one of: "
+              f"{', '.join(sorted(BREAKAGES))}", file=sys.stderr)
+        return 2
     if args.list_breakages:
         for name, b in sorted(BREAKAGES.items()):
             refused = b.refused_by if isinstance(b.refused_by, str) else \

@@ -214,6 +214,13 @@ def test_delete_and_disconnect_in_wrong_state(bench: Bench) -> None:
                            NO_PAGE)[0] == OPERAND_INVALID | RDX
     assert bench.host_call(SeamcallLeaf.TDH_SPDM_MNG, sid, SpdmMngOp.RECOLLECT, NO_PAGE,
                            h.rsp, h.req, NO_PAGE)[0] == OPERAND_INVALID | 11   # R11: no out
+    # a page that is not page-aligned: the register that holds it ([TDXC1] tdx.c order)
+    assert bench.host_call(SeamcallLeaf.TDH_SPDM_MNG, sid, 0, NO_PAGE, h.rsp + 4, h.req,
+                           NO_PAGE)[0] == OPERAND_INVALID | R9
+    assert bench.host_call(SeamcallLeaf.TDH_IDE_STREAM_KM, sid, stream, 1, h.rsp,
+                           h.req + 4)[0] == OPERAND_INVALID | R10
+    assert bench.host_call(SeamcallLeaf.TDH_SPDM_DISCONNECT, sid, h.rsp + 4, h.req)[0] == \
+        OPERAND_INVALID | RDX
     h.disconnect()
     assert not bench.module.spdm and not bench.module.streams
 

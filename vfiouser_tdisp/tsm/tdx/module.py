@@ -100,6 +100,10 @@ def regs(status: int, *values: int, args: tuple[int, ...] = ()) -> Result:
     return (status, *out[:NREGS])
 
 
+ARG_OPERANDS = (OperandId.RCX, OperandId.RDX, OperandId.R8, OperandId.R9, OperandId.R10,
+                OperandId.R11, OperandId.R12, OperandId.R13, OperandId.R14, OperandId.R15)
+
+
 def invalid(op: OperandId) -> int:
     return operand_status(TdxStatus.TDX_OPERAND_INVALID, op)
 
@@ -426,15 +430,17 @@ class TdxModule:
 
     # -- the extension's device-talking calls ----------------------------------------------
     def _extension(self, mem: GuestMemory, args: tuple[int, ...], leaf: int, key: int,
-                   rsp: int, req: int, start: Callable[[], Operation | int],
+                   rsp_at: int, req_at: int, start: Callable[[], Operation | int],
                    ctx: SpdmContext | None, refresh_exempt: bool = False) -> Result:
-        """Start or resume the one device-talking operation (firmware-abi.md B.4 loop)."""
+        """Start or resume the one device-talking operation (firmware-abi.md B.4 loop).
+        ``rsp_at`` / ``req_at``: which argument register holds the response / request page."""
         op = self.pending
         if op is not None and (op.leaf, op.key) != (leaf, key):
             return regs(busy(OperandId.RCX), args=args)
-        if (rsp | req) & (PAGE_SIZE - 1):
-            return regs(invalid(OperandId.R8 if rsp & (PAGE_SIZE - 1) else OperandId.R9),
-                        args=args)
+        rsp, req = args[rsp_at], args[req_at]
+        for at in (rsp_at, req_at):
+            if args[at] & (PAGE_SIZE - 1):
+                return regs(invalid(ARG_OPERANDS[at]), args=args)
         if op is None:
             if ctx is not None and ctx.session is not None and not refresh_exempt and \
                     ctx.secured_objects >= self.key_refresh_after:
@@ -531,7 +537,7 @@ class TdxModule:
         return regs(TdxStatus.TDX_SUCCESS, ctx.mt, args=a)
 
     def tdh_spdm_connect(self, mem: GuestMemory, a: tuple[int, ...]) -> Result:
-        spdm_id, conf_pa, rsp, req, out = a[0], a[1], a[2], a[3], a[4]
+        spdm_id, conf_pa, out = a[0], a[1], a[4]   # R8 rsp, R9 req page
         ctx = self._ctx(spdm_id)
         if ctx is None:
             return regs(invalid(OperandId.RCX), args=a)
@@ -557,7 +563,7 @@ class TdxModule:
             ctx.fsm.fire("connected")
             return self._write_out(mem, out, info, a)
 
-        return self._extension(mem, a, SeamcallLeaf.TDH_SPDM_CONNECT, spdm_id, rsp, req, start,
+        return self._extension(mem, a, SeamcallLeaf.TDH_SPDM_CONNECT, spdm_id, 2, 3, start,
                                ctx)
 
     def _write_out(self, mem: GuestMemory, out: int, data: bytes,
@@ -595,7 +601,7 @@ class TdxModule:
         return head.pack() + chain + vca + meas
 
     def tdh_spdm_disconnect(self, mem: GuestMemory, a: tuple[int, ...]) -> Result:
-        spdm_id, rsp, req = a[0], a[1], a[2]
+        spdm_id = a[0]            # RDX rsp, R8 req page
         ctx = self._ctx(spdm_id)
         if ctx is None:
             return regs(invalid(OperandId.RCX), args=a)
@@ -617,7 +623,7 @@ class TdxModule:
             ctx.session, ctx.dev_info, ctx.secured_objects = None, b"", 0
             return regs(TdxStatus.TDX_SUCCESS, 0, args=a)
 
-        result = self._extension(mem, a, SeamcallLeaf.TDH_SPDM_DISCONNECT, spdm_id, rsp, req,
+        result = self._extension(mem, a, SeamcallLeaf.TDH_SPDM_DISCONNECT, spdm_id, 1, 2,
                                  start, ctx, refresh_exempt=True)
         if result[0] >> 32 == model.TDX_DEVICE_ERROR >> 32:
             return regs(TdxStatus.TDX_SUCCESS, 0, args=a)   # keys dropped all the same
@@ -629,7 +635,7 @@ class TdxModule:
             yield from ctx.spdm.end_session_flow(session)
 
     def tdh_spdm_mng(self, mem: GuestMemory, a: tuple[int, ...]) -> Result:
-        spdm_id, op, param, rsp, req, out = a[0], a[1], a[2], a[3], a[4], a[5]
+        spdm_id, op, param, out = a[0], a[1], a[2], a[5]   # R9 rsp, R10 req page
         ctx = self._ctx(spdm_id)
         if ctx is None:
             return regs(invalid(OperandId.RCX), args=a)
@@ -662,7 +668,7 @@ class TdxModule:
                 return self._write_out(mem, out, value, a)
             return regs(TdxStatus.TDX_SUCCESS, 0, args=a)
 
-        return self._extension(mem, a, SeamcallLeaf.TDH_SPDM_MNG, spdm_id, rsp, req, start, ctx,
+        return self._extension(mem, a, SeamcallLeaf.TDH_SPDM_MNG, spdm_id, 3, 4, start, ctx,
                                refresh_exempt=op == SpdmMngOp.KEY_UPDATE)
 
     def _key_update_flow(self, ctx: SpdmContext, session: RequesterSession) -> SpdmFlow[None]:
@@ -711,7 +717,7 @@ class TdxModule:
         return self.streams.get((spdm_id, stream_id))
 
     def tdh_ide_stream_km(self, mem: GuestMemory, a: tuple[int, ...]) -> Result:
-        spdm_id, stream_id, op, rsp, req = a[0], a[1], a[2], a[3], a[4]
+        spdm_id, stream_id, op = a[0], a[1], a[2]   # R9 rsp, R10 req page
         ctx = self._ctx(spdm_id)
         if ctx is None:
             return regs(invalid(OperandId.RCX), args=a)
@@ -750,7 +756,7 @@ class TdxModule:
             else:
                 stream.fsm.fire("failed", error=str(f))
 
-        result = self._extension(mem, a, SeamcallLeaf.TDH_IDE_STREAM_KM, stream_id, rsp, req,
+        result = self._extension(mem, a, SeamcallLeaf.TDH_IDE_STREAM_KM, stream_id, 3, 4,
                                  start, ctx, refresh_exempt=op == IdeStreamKmOp.STOP)
         if op == IdeStreamKmOp.STOP and result[0] >> 32 == model.TDX_DEVICE_ERROR >> 32:
             return regs(TdxStatus.TDX_SUCCESS, 0, args=a)   # stopped: the keys are dropped

@@ -39,7 +39,7 @@ from .module import (
 
 
 def tdh_tdi_bind(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
-    spdm_id, func_id, td, rsp, req, stream_id = a[0], a[1], a[2], a[3], a[4], a[5]
+    spdm_id, func_id, td, stream_id = a[0], a[1], a[2], a[5]   # R9 rsp, R10 req
     ctx = m._ctx(spdm_id)
     if ctx is None:
         return regs(invalid(OperandId.RCX), args=a)
@@ -73,7 +73,7 @@ def tdh_tdi_bind(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
     def failed(tdi: Tdi, f: DeviceFailure) -> None:
         tdi.fsm.fire("failed", error=str(f))
 
-    return m._extension(mem, a, HostTdiLeaf.TDH_TDI_BIND, func_id, rsp, req, start, ctx)
+    return m._extension(mem, a, HostTdiLeaf.TDH_TDI_BIND, func_id, 3, 4, start, ctx)
 
 def _bind_flow(m: TdxModule, ctx: SpdmContext, tdi: Tdi) -> SpdmFlow[None]:
     tdisp = TdispRequester(PciSigChannel(ctx.spdm, ctx.session))
@@ -95,7 +95,7 @@ def _bind_flow(m: TdxModule, ctx: SpdmContext, tdi: Tdi) -> SpdmFlow[None]:
         raise DeviceFailure(DeviceErrorKind.TDISP, "TDI not CONFIG_LOCKED after LOCK")
 
 def tdh_tdi_start(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
-    spdm_id, func_id, rsp, req = a[0], a[1], a[2], a[3]
+    spdm_id, func_id = a[0], a[1]   # R8 rsp, R9 req page
     ctx = m._ctx(spdm_id)
     if ctx is None:
         return regs(invalid(OperandId.RCX), args=a)
@@ -117,7 +117,7 @@ def tdh_tdi_start(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
         tdi.fsm.fire("started")
         return regs(TdxStatus.TDX_SUCCESS, 0, args=a)
 
-    return m._extension(mem, a, HostTdiLeaf.TDH_TDI_START, func_id, rsp, req, start, ctx)
+    return m._extension(mem, a, HostTdiLeaf.TDH_TDI_START, func_id, 2, 3, start, ctx)
 
 def _start_flow(tdisp: TdispRequester, tdi: Tdi) -> SpdmFlow[None]:
     yield from tdisp.start_flow(tdi.func_id, tdi.nonce)
@@ -125,7 +125,7 @@ def _start_flow(tdisp: TdispRequester, tdi: Tdi) -> SpdmFlow[None]:
         raise DeviceFailure(DeviceErrorKind.TDISP, "TDI not RUN after START_INTERFACE")
 
 def tdh_tdi_stop(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
-    spdm_id, func_id, rsp, req = a[0], a[1], a[2], a[3]
+    spdm_id, func_id = a[0], a[1]   # R8 rsp, R9 req page
     ctx = m._ctx(spdm_id)
     if ctx is None:
         return regs(invalid(OperandId.RCX), args=a)
@@ -147,7 +147,7 @@ def tdh_tdi_stop(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
         tdi.fsm.fire("stopped", device_confirmed=confirmed)
         return regs(TdxStatus.TDX_SUCCESS, 0, args=a)
 
-    result = m._extension(mem, a, HostTdiLeaf.TDH_TDI_STOP, func_id, rsp, req, start, ctx,
+    result = m._extension(mem, a, HostTdiLeaf.TDH_TDI_STOP, func_id, 2, 3, start, ctx,
                              refresh_exempt=True)
     if result[0] >> 32 == model.TDX_DEVICE_ERROR >> 32:
         return regs(TdxStatus.TDX_SUCCESS, 0, args=a)   # withdrawn all the same

@@ -592,3 +592,26 @@ def test_random_registers_get_statuses_and_leave_the_module_serving(bench: Bench
     bench.host.mng(SpdmMngOp.HEARTBEAT)
     bench.td.unlock()
     bench.host.disconnect()
+
+
+def test_iommu_setup_and_clear(bench: Bench) -> None:
+    """TDH.IOMMU.SETUP(RCX vtbar, RDX iommu_mt) -> RCX iommu_id; TDH.IOMMU.CLEAR(RCX id)
+    -> RCX the released mt (firmware-abi.md B.4, Linux tdx.c tdh_iommu_setup/clear)."""
+    h = bench.host
+    mt = hpa_array(h.iommu_mt)
+    assert bench.host_call(SeamcallLeaf.TDH_IOMMU_SETUP, 0xFED9_0010, mt)[0] == \
+        OPERAND_INVALID | RCX                              # VT-d register base not a page
+    assert bench.host_call(SeamcallLeaf.TDH_IOMMU_SETUP, 0xFED9_0000, 0x1000)[0] == \
+        OPERAND_INVALID | RDX                              # mt not in memory
+    out = bench.host_call(SeamcallLeaf.TDH_IOMMU_SETUP, 0xFED9_0000, mt)
+    assert out[0] == 0 and out[1] >= 1
+    assert bench.host_call(SeamcallLeaf.TDH_IOMMU_SETUP, 0xFED9_0000, mt)[0] == \
+        OPERAND_BUSY | RCX                                 # that unit is set up already
+    assert bench.host_call(SeamcallLeaf.TDH_IOMMU_CLEAR, out[1] + 7)[0] == OPERAND_INVALID | RCX
+    assert bench.host_call(SeamcallLeaf.TDH_IOMMU_CLEAR, out[1])[:2] == (0, mt)
+    # without an IOMMU the module cannot let a TDI DMA: TDH.DMAR.ADD is refused
+    h.iommu_id = 1         # pretend, so connect() does not set one up
+    h.connect()
+    with pytest.raises(TdxError) as refused:
+        h.bind()
+    assert refused.value.status == model.TDX_OBJECT_STATE_INCORRECT | RCX

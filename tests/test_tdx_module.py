@@ -615,3 +615,15 @@ def test_iommu_setup_and_clear(bench: Bench) -> None:
     with pytest.raises(TdxError) as refused:
         h.bind()
     assert refused.value.status == model.TDX_OBJECT_STATE_INCORRECT | RCX
+
+
+def test_tdcm_bad_buffers_are_not_served(bench: Bench) -> None:
+    """A TDCM VMCALL naming a buffer smaller than the 20-byte header, or outside guest
+    memory, is dropped by the host (nothing written, the host keeps serving)."""
+    h, td = bench.host, bench.td
+    h.connect()
+    for gpa, size in ((td.buffer, 8), (0x10, 0x1000)):
+        out = td.tdcall(TdcallLeaf.TDG_VP_VMCALL, 0, 0, 0, 0, 0, 0x10007, 0, gpa, size, 0)
+        assert out[5] == 0
+        assert h.serve_vmcall() is None
+    assert struct.unpack("<I", td.tdcm(TdcmOperation.CHECK_TEEIO_SUPP))[0] == 1

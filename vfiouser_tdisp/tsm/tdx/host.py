@@ -23,7 +23,8 @@ from typing import Any
 
 from ...doe.protocols import PCI_SIG_VENDOR_ID, DoeError, DoeHeader, build_object, parse_object
 from ...events import emit
-from ...firmware import CallClass, FirmwareCall
+from ...firmware import CallClass, FirmwareCall, GuestMemoryError
+from ...wire import DecodeError
 from ..core import parse_report
 from ..platform import ByteArrayMemory, DoeTransport
 from . import model
@@ -63,6 +64,8 @@ from .model import DevInfoHeader, HostTdiLeaf, TdiRdModelField
 from .module import TdxModule
 
 Leaf = SeamcallLeaf | HostTdiLeaf | SeamldrLeaf | TdcallLeaf
+# The host maps at most this much of a TD's TDCM buffer (header + a 16-page report + slack).
+MAX_TDCM_BUFFER = 32 * PAGE_SIZE
 
 
 class TdxError(Exception):
@@ -259,7 +262,13 @@ class TdxHost:
         r11, device, gpa, size = out[6], out[7], out[8], out[9]
         if r11 != TDG_VP_VMCALL_TDCM:
             return None
-        req = TdvmcallTdcm.unpack(self.mem.read(gpa, size), exact=False)
+        try:   # the TD's buffer is untrusted: too small or unmapped -> not served
+            if not TDCM_HEADER_SIZE <= size <= MAX_TDCM_BUFFER:
+                raise DecodeError(f"TDCM buffer of {size} bytes")
+            req = TdvmcallTdcm.unpack(self.mem.read(gpa, size), exact=False)
+        except (DecodeError, GuestMemoryError) as exc:
+            emit("tdx_host.tdcm_refused", gpa=f"{gpa:#x}", size=size, error=str(exc))
+            return None
         data = req.data[:req.data_length]
         try:
             op = TdcmOperation(req.operation)

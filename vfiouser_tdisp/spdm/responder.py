@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -55,13 +54,12 @@ from .algorithms import (
 from .keylog import dhe_entry, key_entry
 from .session import (
     SECURED_MESSAGE_VERSIONS,
-    SM_DATA_ID_VERSION_SELECTION,
-    SM_DATA_VERSION,
     DirectionKeys,
     KeySchedule,
     SecuredMessageError,
     SecuredSession,
     SessionState,
+    SmVersionSelection,
     build_opaque,
     parse_record_header,
     parse_secured_version_list,
@@ -233,15 +231,14 @@ class Where(enum.Enum):
 class Route:
     """How one request code is handled: its message class (decoded before the handler
     runs), the connection phase it needs, where it is legal, an optional readiness
-    check run before decoding (its ERROR wins over a decoding error) and an optional
-    trimming step (NEGOTIATE_ALGORITHMS' own Length)."""
+    check run before decoding (its ERROR wins over a decoding error).  A message with
+    its own Length (NEGOTIATE_ALGORITHMS) ends there: the codec's ``message_length``."""
 
     cls: type[m.SpdmMessage]
     handler: Callable[..., bytes]
     state: ConnectionState | None
     where: Where
     ready: str | None = None
-    trim: str | None = None
 
 
 ROUTES: dict[int, Route] = {}
@@ -250,10 +247,10 @@ H = TypeVar("H", bound=Callable[..., bytes])
 
 def handles(cls: type[m.SpdmMessage], *, state: ConnectionState | None =
             ConnectionState.NEGOTIATED, where: Where = Where.ANYWHERE,
-            ready: str | None = None, trim: str | None = None) -> Callable[[H], H]:
+            ready: str | None = None) -> Callable[[H], H]:
     """Register the decorated method as the handler of ``cls.CODE``."""
     def register(handler: H) -> H:
-        ROUTES[cls.CODE] = Route(cls, handler, state, where, ready, trim)
+        ROUTES[cls.CODE] = Route(cls, handler, state, where, ready)
         return handler
     return register
 
@@ -421,9 +418,10 @@ class SpdmResponder:
                 self.chunk.park_response(handle, response)
                 emit("spdm.chunk.large_response", endpoint=self.name, size=len(response),
                      handle=handle)
-                return self._error(m.SpdmErrorCode.LargeResponse, 0, bytes([handle]))
+                return self._error(m.SpdmErrorCode.LargeResponse, 0,
+                                   m.LargeResponseData(handle).pack())
             return self._error(m.SpdmErrorCode.ResponseTooLarge, 0,
-                               struct.pack("<I", len(response)))
+                               m.ResponseTooLargeData(len(response)).pack())
         return response
 
     def _chunking(self) -> bool:
@@ -493,8 +491,6 @@ class SpdmResponder:
         try:
             if route.ready is not None:
                 getattr(self, route.ready)()
-            if route.trim is not None:
-                data, padded = getattr(self, route.trim)(data, padded)
             msg, exact = self._parse(route.cls, data, padded)
             response: bytes = route.handler(self, msg, exact, sess)
         except SpdmFailure as exc:
@@ -591,21 +587,8 @@ class SpdmResponder:
             flags |= f.CHUNK_CAP
         return flags
 
-    def _trim_to_length(self, data: bytes, padded: bool) -> tuple[bytes, bool]:
-        """NEGOTIATE_ALGORITHMS says its own Length: only DOE padding may follow."""
-        if len(data) >= 6:
-            (length,) = struct.unpack_from("<H", data, 4)
-            if length > len(data) or length < 32:
-                raise SpdmFailure(m.SpdmErrorCode.InvalidRequest,
-                                  f"Length {length} vs {len(data)} bytes received")
-            extra = data[length:]
-            if extra and not (padded and len(extra) < 4 and not any(extra)):
-                raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, "Length mismatch")
-            return data[:length], False
-        return data, padded
-
     @handles(m.NEGOTIATE_ALGORITHMS, state=ConnectionState.AFTER_CAPABILITIES,
-             where=Where.OUTSIDE_ONLY, trim="_trim_to_length")
+             where=Where.OUTSIDE_ONLY)
     def _negotiate_algorithms(self, req: m.NEGOTIATE_ALGORITHMS, exact: bytes,
                               sess: None) -> bytes:
         v = self.neg.version
@@ -646,7 +629,7 @@ class SpdmResponder:
         resp_structs = b"".join(m.AlgStruct(t, selections[t]).pack() for t in types)
         meas_hash_bit = neg.measurement_hash.measurement_bit if neg.measurement_hash else 0
         rsp = m.ALGORITHMS(
-            spdm_version=v, param1=len(types), length=36 + len(resp_structs),
+            spdm_version=v, param1=len(types),
             measurement_specification_sel=neg.measurement_spec,
             other_params_selection=other, measurement_hash_algo=meas_hash_bit,
             base_asym_sel=neg.asym.bit if neg.asym else 0,
@@ -759,7 +742,7 @@ class SpdmResponder:
         rsp = m.CHALLENGE_AUTH(
             spdm_version=self.neg.version, param1=0, param2=0x01,
             cert_chain_hash=hash_algo.digest(chain), nonce=os.urandom(m.NONCE_SIZE),
-            measurement_summary_hash=summary, opaque_length=0, opaque_data=b"",
+            measurement_summary_hash=summary,
             requester_context=req.requester_context,
             signature=bytes(sizes.signature))
         unsigned = rsp.pack(sizes)[:-sizes.signature]
@@ -852,7 +835,7 @@ class SpdmResponder:
             spdm_version=neg.version, param1=self.config.heartbeat_period,
             rsp_session_id=rsp_sid, random_data=os.urandom(m.RANDOM_DATA_SIZE),
             exchange_data=exchange, measurement_summary_hash=summary,
-            opaque_length=len(opaque), opaque_data=opaque,
+            opaque_data=opaque,
             signature=bytes(sizes.signature), responder_verify_data=bytes(sizes.hash))
         packed = rsp.pack(sizes)
         # In the clear (DSP0274 1.2 §10.16) KEY_EXCHANGE_RSP has no ResponderVerifyData.
@@ -896,8 +879,7 @@ class SpdmResponder:
         if choice is None:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest,
                               "no common secured-message version")
-        element = struct.pack("<BBH", SM_DATA_VERSION, SM_DATA_ID_VERSION_SELECTION,
-                              choice << 8)
+        element = SmVersionSelection(selected_version=choice << 8).pack()
         return build_opaque(element, self.neg.opaque_format)
 
     def _finish_ready(self) -> None:

@@ -43,6 +43,7 @@ from .protocols import (
     PCI_SIG_VENDOR_ID,
     DiscoveryRequest,
     DiscoveryResponse,
+    DoeHeader,
     build_object,
 )
 
@@ -133,16 +134,22 @@ class DoeDriver:
 
     def _receive(self, request: bytes) -> bytes:
         read = self.cap + PCI_DOE_READ
-        dw0 = self.read32(read)
-        if dw0.to_bytes(4, "little")[:3] != request[:3]:
+        want, _ = DoeHeader.unpack_partial(request)
+        dw0 = self.read32(read).to_bytes(4, "little")
+        # The header's first DW (Vendor ID, Data Object Type) is checked before
+        # it is acknowledged: a stray object is left for the error path.
+        first, _ = DoeHeader.unpack_partial(dw0 + bytes(4))
+        if (first.vendor_id, first.data_object_type) != (want.vendor_id,
+                                                          want.data_object_type):
             raise self._fail("response vendor/type differ from the request")
         self.write32(read, 0)
-        dw1 = self.read32(read)
+        dw1 = self.read32(read).to_bytes(4, "little")
         self.write32(read, 0)
-        length = dw1 & (PCI_DOE_MAX_LENGTH - 1) or PCI_DOE_MAX_LENGTH
+        head = DoeHeader.unpack(dw0 + dw1)
+        length = head.length_dw
         if length < 2:
             raise self._fail(f"response LENGTH {length} < 2")
-        out = bytearray(dw0.to_bytes(4, "little") + dw1.to_bytes(4, "little"))
+        out = bytearray(dw0 + dw1)
         remaining = length - 2
         for i in range(remaining):
             out += self.read32(read).to_bytes(4, "little")

@@ -305,3 +305,58 @@ def test_without_clear_handshake_verify_data_is_required() -> None:
                                   records[3].orig_len)
     decoded = decode_capture(capture)
     assert decoded[7].note.startswith("malformed: KEY_EXCHANGE_RSP: truncated")
+
+
+# -- DSP0274 HEARTBEAT: the session ends after 2 x HeartbeatPeriod of silence -----------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_session_ends_after_twice_the_heartbeat_period() -> None:
+    from vfiouser_tdisp.doe.protocols import DoeError
+
+    from .spdm_support import requester, responder
+
+    clock = _Clock()
+    r = responder(heartbeat_period=5, clock=clock)
+    req = requester(r, versions=(0x12,))
+    req.authenticate()
+    s = req.start_session()
+    # KEY_EXCHANGE_RSP Param1 = HeartbeatPeriod 5 (both sides set HBEAT_CAP, bit 13)
+    assert s.heartbeat_period == 5
+    sid = s.session_id
+    clock.now += 10.0           # exactly 2 x HeartbeatPeriod: still alive
+    req.heartbeat(s)
+    clock.now += 9.9            # the HEARTBEAT restarted the timer
+    req.heartbeat(s)
+    clock.now += 10.001         # silent for more than 10 s: the session is gone
+    record = s.secured.seal(m.HEARTBEAT(spdm_version=0x12).pack())
+    with pytest.raises(DoeError, match="unknown session"):
+        r.handle_secured(record)
+    assert sid not in r.sessions
+    # the connection itself stays usable: a new session opens
+    s2 = req.start_session()
+    assert s2.session_id in r.sessions
+
+
+def test_no_heartbeat_cap_means_period_zero_and_no_timeout() -> None:
+    from .spdm_support import requester, responder
+
+    clock = _Clock()
+    r = responder(heartbeat_period=5, clock=clock)
+    req = requester(r, versions=(0x12,))
+    req.CAP_FLAGS = req.CAP_FLAGS & ~m.CapFlags.HBEAT_CAP   # requester without HBEAT_CAP
+    req.authenticate()
+    s = req.start_session()
+    # DSP0274 KEY_EXCHANGE_RSP: HeartbeatPeriod 0 when either side lacks HBEAT_CAP
+    assert s.heartbeat_period == 0
+    clock.now += 3600
+    answer = r.handle_secured(s.secured.seal(m.HEARTBEAT(spdm_version=0x12).pack()))
+    assert s.secured.open(answer) == b"\x12\x68\x00\x00"     # HEARTBEAT_ACK
+    assert s.session_id in r.sessions

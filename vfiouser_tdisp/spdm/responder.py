@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -71,7 +72,10 @@ if TYPE_CHECKING:
 
 CT_EXPONENT = 12           # 2^12 us = 4 ms worst-case cryptographic timeout
 # HeartbeatPeriod (seconds) in KEY_EXCHANGE_RSP: non-zero so requesters send HEARTBEAT.
-DEFAULT_HEARTBEAT_PERIOD = 60
+# DSP0274 (HEARTBEAT): a session with no message for 2 x HeartbeatPeriod is terminated.
+# The largest period (255 s -> 510 s of silence) so platform flows that hold a session
+# idle between steps for minutes keep it; longer holders send HEARTBEAT.
+DEFAULT_HEARTBEAT_PERIOD = 255
 MAX_SESSIONS = 4
 
 
@@ -123,6 +127,8 @@ class ResponderConfig:
     measurements: MeasurementSource | None = None
     heartbeat_period: int = DEFAULT_HEARTBEAT_PERIOD
     handshake_in_the_clear: bool = False   # offer HANDSHAKE_IN_THE_CLEAR_CAP
+    # Seconds, monotonic: what the heartbeat timeout is measured with (tests step it).
+    clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         # Only algorithms the identity has a leaf for can be offered.
@@ -205,6 +211,13 @@ class ResponderSession:
     encap: StateMachine[EncapState] = dataclasses.field(init=False)
     encap_request_id: int = 0
     encap_tag: int = 0
+    heartbeat_period: int = 0    # as announced in KEY_EXCHANGE_RSP; 0 = no timeout
+    last_heard: float = 0.0      # clock() when the session last received a message
+
+    def timed_out(self, now: float) -> bool:
+        """DSP0274 HEARTBEAT: nothing received for twice the HeartbeatPeriod."""
+        return bool(self.heartbeat_period) and \
+            now - self.last_heard > 2 * self.heartbeat_period
 
     def __post_init__(self) -> None:
         self.encap = StateMachine("spdm.encap", ENCAP_TABLE, EncapState.IDLE,
@@ -358,6 +371,15 @@ class SpdmResponder:
             emit("spdm.secured.rejected", endpoint=self.name, reason=exc.reason)
             raise DoeError(f"secured record rejected: {exc.reason}") from None
         sess = self.sessions.get(session_id)
+        now = self.config.clock()
+        if sess is not None and sess.timed_out(now):
+            # The session ended when 2 x HeartbeatPeriod passed in silence; a record
+            # for it now is one for a session that no longer exists.
+            emit("spdm.session.heartbeat_timeout", endpoint=self.name,
+                 session_id=f"{session_id:#010x}", period=sess.heartbeat_period,
+                 silent_for=round(now - sess.last_heard, 3))
+            self._end_session(sess, "heartbeat_timeout")
+            sess = None
         if sess is None:
             emit("spdm.secured.rejected", endpoint=self.name, session_id=f"{session_id:#010x}",
                  reason="unknown session")
@@ -371,6 +393,7 @@ class SpdmResponder:
                  session_id=f"{session_id:#010x}", reason=exc.reason)
             self._end_session(sess, "decrypt_error")
             return self._error(m.SpdmErrorCode.DecryptError, 0)
+        sess.last_heard = now
         response = self._respond(request, sess, padded=False)
         sealed = sess.secured.seal(response)
         state = sess.secured.state
@@ -831,8 +854,11 @@ class SpdmResponder:
         session_id = req.req_session_id | (rsp_sid << 16)
         clear = self._clear_handshake()
         sizes = neg.sizes(summary_hash=bool(summary), responder_verify=not clear)
+        # DSP0274 KEY_EXCHANGE_RSP HeartbeatPeriod: 0 unless both sides set HBEAT_CAP.
+        period = self.config.heartbeat_period if \
+            neg.peer_flags & m.CapFlags.HBEAT_CAP else 0
         rsp = m.KEY_EXCHANGE_RSP(
-            spdm_version=neg.version, param1=self.config.heartbeat_period,
+            spdm_version=neg.version, param1=period,
             rsp_session_id=rsp_sid, random_data=os.urandom(m.RANDOM_DATA_SIZE),
             exchange_data=exchange, measurement_summary_hash=summary,
             opaque_data=opaque,
@@ -855,7 +881,8 @@ class SpdmResponder:
         session = ResponderSession(secured, transcript,
                                    finished_req=schedule.finished_key(req_keys.secret),
                                    finished_rsp=schedule.finished_key(rsp_keys.secret),
-                                   in_the_clear=clear)
+                                   in_the_clear=clear, heartbeat_period=period,
+                                   last_heard=self.config.clock())
         self.sessions[session_id] = session
         emit("spdm.session.opened", endpoint=self.name, session_id=f"{session_id:#010x}",
              dhe=neg.dhe.name, aead=neg.aead.name, hash=hash_algo.name)

@@ -360,3 +360,30 @@ def test_no_heartbeat_cap_means_period_zero_and_no_timeout() -> None:
     answer = r.handle_secured(s.secured.seal(m.HEARTBEAT(spdm_version=0x12).pack()))
     assert s.secured.open(answer) == b"\x12\x68\x00\x00"     # HEARTBEAT_ACK
     assert s.session_id in r.sessions
+
+
+# -- NEGOTIATE_ALGORITHMS: an AlgStruct with AlgSupported 0 --------------------------------------
+
+
+def test_alg_struct_with_nothing_supported_is_answered_with_nothing_selected() -> None:
+    from .spdm_support import responder
+
+    r = responder()
+    assert r.handle_cma(bytes.fromhex("10840000"))[1] == 0x04
+    caps = struct.pack("<BBBBBBHIII", 0x12, 0xE1, 0, 0, 0, 12, 0,
+                       int(m.CapFlags.CERT_CAP | m.CapFlags.CHAL_CAP |
+                           m.CapFlags.ENCRYPT_CAP | m.CapFlags.MAC_CAP |
+                           m.CapFlags.KEY_EX_CAP), 4096, 4096)
+    assert r.handle_cma(caps)[1] == 0x61
+    # NEGOTIATE_ALGORITHMS 1.2, Param1 = 4 AlgStructs: DHE secp384r1 (bit 4), AEAD
+    # AES-256-GCM (bit 1), ReqBaseAsymAlg with AlgSupported 0, KeySchedule SPDM;
+    # Length 32 + 16 = 48
+    req = struct.pack("<BBBBHBBII12sBBBB", 0x12, 0xE3, 4, 0, 48, 1, 2, 1 << 7, 1 << 1,
+                      bytes(12), 0, 0, 0, 0) + \
+        struct.pack("<BBH", 2, 0x20, 1 << 4) + struct.pack("<BBH", 3, 0x20, 1 << 1) + \
+        struct.pack("<BBH", 4, 0x20, 0) + struct.pack("<BBH", 5, 0x20, 1)
+    rsp = r.handle_cma(req)
+    # ALGORITHMS, Param1 = 4, Length 36 + 16 = 52; the AlgStructs answer in the same
+    # order: DHE bit 4, AEAD bit 1, ReqBaseAsymAlg 0 (no mutual auth), KeySchedule 1
+    assert rsp[:6] == bytes.fromhex("12630400" "3400")
+    assert rsp[36:] == bytes.fromhex("02201000" "03200200" "04200000" "05200100")

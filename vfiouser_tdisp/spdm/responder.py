@@ -634,6 +634,10 @@ class SpdmResponder:
             cfg.measurements is not None
         neg.measurement_spec = MEASUREMENT_SPEC_DMTF if dmtf else 0
         neg.measurement_hash = neg.hash if dmtf else None
+        # An AlgStruct whose AlgSupported is 0 offers nothing of its type: DSP0274's
+        # ReqAlgStruct tables define AlgSupported only as the Requester's bit mask and
+        # list no InvalidRequest case for an empty one (libspdm refuses it; this
+        # responder reads it as "none", answering that AlgStruct with 0 selected).
         offered = {s.alg_type: s.alg_supported for s in structs}
         neg.dhe = select(cfg.dhes, offered.get(m.ALG_TYPE_DHE, 0), DHES)
         neg.aead = select(cfg.aeads, offered.get(m.ALG_TYPE_AEAD, 0), AEADS)

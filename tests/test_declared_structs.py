@@ -387,3 +387,32 @@ def test_alg_struct_with_nothing_supported_is_answered_with_nothing_selected() -
     # order: DHE bit 4, AEAD bit 1, ReqBaseAsymAlg 0 (no mutual auth), KeySchedule 1
     assert rsp[:6] == bytes.fromhex("12630400" "3400")
     assert rsp[36:] == bytes.fromhex("02201000" "03200200" "04200000" "05200100")
+
+
+def test_heartbeat_timer_starts_when_the_session_is_established() -> None:
+    """A slow FINISH does not count against the session: the timer (2 x HeartbeatPeriod)
+    starts at FINISH, as libspdm's responder starts its watchdog at FINISH_RSP."""
+    from vfiouser_tdisp.doe.protocols import DoeError
+    from vfiouser_tdisp.spdm.requester import doe_transport
+
+    from .spdm_support import dispatcher, requester, responder
+
+    clock = _Clock()
+    r = responder(heartbeat_period=5, clock=clock)
+    req = requester(r, versions=(0x12,))
+    req.authenticate()
+    transport = doe_transport(dispatcher(r).exchange)
+    flow = req.start_session_flow()
+    step = next(flow)
+    assert step.payload[1] == 0xE4          # KEY_EXCHANGE
+    step = flow.send(transport(step))
+    assert step.secured                      # FINISH, under the handshake keys
+    clock.now += 60.0                        # far beyond 2 x 5 s before FINISH
+    with pytest.raises(StopIteration) as done:
+        flow.send(transport(step))
+    s = done.value.value
+    clock.now += 10.0
+    req.heartbeat(s)                         # 10 s after FINISH: alive
+    clock.now += 10.5
+    with pytest.raises(DoeError, match="unknown session"):
+        r.handle_secured(s.secured.seal(m.HEARTBEAT(spdm_version=0x12).pack()))

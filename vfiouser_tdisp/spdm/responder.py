@@ -215,8 +215,10 @@ class ResponderSession:
     last_heard: float = 0.0      # clock() when the session last received a message
 
     def timed_out(self, now: float) -> bool:
-        """DSP0274 HEARTBEAT: nothing received for twice the HeartbeatPeriod."""
+        """DSP0274 HEARTBEAT: the established session received nothing for twice
+        the HeartbeatPeriod (the handshake phase is not timed)."""
         return bool(self.heartbeat_period) and \
+            self.secured.state is not SessionState.HANDSHAKING and \
             now - self.last_heard > 2 * self.heartbeat_period
 
     def __post_init__(self) -> None:
@@ -958,6 +960,9 @@ class SpdmResponder:
         req_keys, rsp_keys = sess.secured.schedule.data(th2)
         sess.secured.request = req_keys
         sess.secured.fsm.fire("finish")
+        # The heartbeat timer runs from here (the session is established), as in
+        # libspdm's responder, and restarts on every record the session receives.
+        sess.last_heard = self.config.clock()
         if sess.in_the_clear:   # FINISH_RSP goes plain: both directions switch now
             sess.secured.response = rsp_keys
             sess.secured.fsm.fire("data_keys")

@@ -390,7 +390,7 @@ class SpdmRequester:
             last = pos >= len(request)
             msg = m.CHUNK_SEND(spdm_version=self.conn.version,
                                param1=m.CHUNK_LAST if last else 0, param2=self._chunk_handle,
-                               chunk_seq_no=seq, chunk_size=len(piece),
+                               chunk_seq_no=seq,
                                large_message_size=len(request), spdm_chunk=piece).pack()
             ack = self._expect(m.CHUNK_SEND_ACK, (yield from self._exchange(msg, session)))
             if last:

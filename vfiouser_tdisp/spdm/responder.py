@@ -739,7 +739,6 @@ class SpdmResponder:
                         self.neg.peer_dts or self.config.data_transfer_size) - 8
         portion = chain[req.offset:req.offset + min(req.length, limit)]
         rsp = m.CERTIFICATE(spdm_version=self.neg.version, param1=slot_id, param2=cert_info,
-                            portion_length=len(portion),
                             remainder_length=len(chain) - req.offset - len(portion),
                             cert_chain=portion).pack()
         if sess is None:
@@ -814,7 +813,7 @@ class SpdmResponder:
         sizes = self.neg.sizes(signed=signed)
         rsp = m.MEASUREMENTS(
             spdm_version=self.neg.version, param1=param1, param2=0,  # slot 0
-            number_of_blocks=len(chosen), measurement_record_length=len(record),
+            number_of_blocks=len(chosen),
             measurement_record=record, nonce=os.urandom(m.NONCE_SIZE),
             requester_context=req.requester_context,
             signature=bytes(sizes.signature) if signed else b"")
@@ -1043,8 +1042,8 @@ class SpdmResponder:
         if len(answer) > 0xFFFF:
             raise SpdmFailure(m.SpdmErrorCode.Unspecified, "vendor response too large")
         return m.VENDOR_DEFINED_RESPONSE(
-            spdm_version=self.neg.version, standard_id=req.standard_id, len=req.len,
-            vendor_id=req.vendor_id, resp_length=len(answer),
+            spdm_version=self.neg.version, standard_id=req.standard_id,
+            vendor_id=req.vendor_id,
             vendor_defined_resp_payload=answer).pack()
 
     # -- encapsulated requests: responder-initiated KEY_UPDATE (DSP0274 1.2 §10.23) ----------
@@ -1150,7 +1149,7 @@ class SpdmResponder:
         chunk.fsm.fire("last_chunk_sent" if last else "chunk_sent", seq=seq)
         return m.CHUNK_RESPONSE(
             spdm_version=self.neg.version, param1=m.CHUNK_LAST if last else 0,
-            param2=req.param2, chunk_seq_no=seq, chunk_size=len(piece),
+            param2=req.param2, chunk_seq_no=seq,
             large_message_size=len(whole), response_chunk=piece).pack()
 
     @handles(m.CHUNK_SEND, state=None)

@@ -50,6 +50,7 @@ from ..doe.protocols import (
 from ..ide import km
 from ..spdm import messages as m
 from ..spdm.keylog import decrypt_capture, dhe_secrets, load_keylog
+from ..spdm.session import SecuredRecordHeader
 from ..tdisp import messages as t
 from ..wire import DecodeError
 
@@ -619,8 +620,8 @@ def _decode_object(decoder: CaptureDecoder, i: int, data: bytes,
     # Secured CMA/SPDM: SessionID (u32) | Length (u16) | encrypted data + MAC (DSP0277).
     if len(payload) < 6:
         return Decoded(0, 0.0, expected, "Secured SPDM", "(short record)", note="malformed")
-    session_id = int.from_bytes(payload[:4], "little")
-    length = int.from_bytes(payload[4:6], "little")
+    record, _ = SecuredRecordHeader.unpack_partial(payload)
+    session_id, length = record.session_id, record.length
     if opened is None:
         return Decoded(0, 0.0, expected, "Secured SPDM", "(encrypted)", session_id,
                        fields={"length": length},

@@ -428,8 +428,9 @@ class SpdmRequester:
     def negotiate_algorithms_request(self, version: int) -> bytes:
         """NEGOTIATE_ALGORITHMS for ``version``.  The AlgStructs (1.1+) are DHE,
         AEAD and KeySchedule; ReqBaseAsymAlg is left out because this requester
-        has no key for mutual authentication (an AlgStruct offering nothing is
-        not allowed: DSP0274 1.1 §10.4 "AlgSupported ... at least one bit")."""
+        has no key for mutual authentication: an AlgStruct offering nothing says
+        no more than leaving it out, and libspdm's responder answers one with
+        ERROR InvalidRequest."""
         structs = b""
         count = 0
         if version >= m.V11:

@@ -22,6 +22,7 @@ from vfiouser_tdisp.doe.capture import (
     parse_pcap,
 )
 from vfiouser_tdisp.doe.protocols import build_object
+from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.inspect.capture import (
     CaptureDecoder,
     _cap_flags,
@@ -318,7 +319,7 @@ class _Clock:
         return self.now
 
 
-def test_session_ends_after_twice_the_heartbeat_period() -> None:
+def test_session_ends_after_twice_the_heartbeat_period(events: Recorder) -> None:
     from vfiouser_tdisp.doe.protocols import DoeError
 
     from .spdm_support import requester, responder
@@ -340,6 +341,9 @@ def test_session_ends_after_twice_the_heartbeat_period() -> None:
     with pytest.raises(DoeError, match="unknown session"):
         r.handle_secured(record)
     assert sid not in r.sessions
+    closed = events.of("spdm.session.closed")
+    assert [(e["session_id"], e["cause"]) for e in closed] == \
+        [(f"{sid:#010x}", "heartbeat_timeout")]
     # the connection itself stays usable: a new session opens
     s2 = req.start_session()
     assert s2.session_id in r.sessions

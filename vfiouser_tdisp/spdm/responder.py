@@ -377,9 +377,6 @@ class SpdmResponder:
         if sess is not None and sess.timed_out(now):
             # The session ended when 2 x HeartbeatPeriod passed in silence; a record
             # for it now is one for a session that no longer exists.
-            emit("spdm.session.heartbeat_timeout", endpoint=self.name,
-                 session_id=f"{session_id:#010x}", period=sess.heartbeat_period,
-                 silent_for=round(now - sess.last_heard, 3))
             self._end_session(sess, "heartbeat_timeout")
             sess = None
         if sess is None:

@@ -90,8 +90,10 @@ def test_heartbeat_period_in_key_exchange_rsp(period: int | None) -> None:
     hand.certificate()
     _, rsp, _, _ = key_exchange(hand)
     assert rsp[:2] == b"\x12\x64"
-    assert rsp[2] == (60 if period is None else period)
-    assert DeviceProfile("x", "dma-test").spdm_heartbeat_period == 60
+    # Default 255 s: the largest period, so the 2 x HeartbeatPeriod session timeout
+    # (DSP0274 HEARTBEAT) leaves platform flows 510 s of silence.
+    assert rsp[2] == (255 if period is None else period)
+    assert DeviceProfile("x", "dma-test").spdm_heartbeat_period == 255
 
 
 @pytest.mark.parametrize("version", [0x12, 0x13])
@@ -291,7 +293,7 @@ def test_flow_blocking_and_stepped_runs_agree_with_a_responder() -> None:
     assert auth.request_response_code == 0x03   # CHALLENGE_AUTH
     assert seen == [0x84, 0xE1, 0xE3, 0x81, 0x82, 0x83]   # whole chain in one GET_CERTIFICATE
     session = drive(req.start_session_flow(), transport)
-    assert session.secured_version == 0x12 and session.heartbeat_period == 60
+    assert session.secured_version == 0x12 and session.heartbeat_period == 255
     with pytest.raises(SpdmRequesterError, match="no transport"):
         req.heartbeat(session)
 

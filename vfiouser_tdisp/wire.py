@@ -35,7 +35,10 @@ Field kinds:
 * ``counted(length_field, unit=1)`` -- bytes whose length is ``unit`` times an
   earlier integer field;
 * ``items(SubStruct, count_field)`` -- a list of sub-structures whose number
-  is an earlier integer field.
+  is an earlier integer field;
+* ``pad(align)`` -- zero bytes up to the next multiple of ``align`` bytes from
+  the start of the structure (DSP0274 opaque elements' AlignPadding); left
+  empty, ``pack`` writes the zeros, ``unpack`` keeps what it read.
 
 Every helper also takes ``since=`` and ``when=``:
 
@@ -159,6 +162,11 @@ def counted(length_field: str, unit: int = 1, *, since: int | None = None,
     return _field("counted", b"", since=since, when=when, ref=length_field, unit=unit)
 
 
+def pad(align: int, *, since: int | None = None, when: Cond | None = None) -> Any:
+    """Padding to a multiple of ``align`` bytes, counted from the structure's start."""
+    return _field("pad", b"", since=since, when=when, align=align)
+
+
 def items(item_type: type[Struct], count_field: str, *, since: int | None = None,
           when: Cond | None = None) -> Any:
     """A list of ``item_type`` whose number is ``<count_field>``."""
@@ -176,7 +184,8 @@ def items(item_type: type[Struct], count_field: str, *, since: int | None = None
 #   _SIZED                      name, size name for the context
 #   _COUNTED                    name, count field, unit
 #   _ITEMS                      name, item class, count field
-_FIXED, _U24, _SIZED, _COUNTED, _ITEMS, _TAIL = range(6)
+#   _PAD                        name, alignment
+_FIXED, _U24, _SIZED, _COUNTED, _ITEMS, _TAIL, _PAD = range(7)
 
 
 _EMPTY_RUN: tuple[Any, ...] = (_FIXED, None, {}, struct.Struct("<"), (), (), None)
@@ -285,6 +294,8 @@ def _program(cls: type, metas: list[tuple[dataclasses.Field[Any], str, Any]],
             steps.append((_ITEMS, when, skip, f.name, meta["item"], meta["ref"]))
         elif kind == "tail":
             steps.append((_TAIL, when, skip, f.name))
+        elif kind == "pad":
+            steps.append((_PAD, when, skip, f.name, meta["align"]))
         else:
             raise TypeError(f"{cls.__name__}.{f.name}: unknown wire kind {kind!r}")
     flush()
@@ -448,6 +459,13 @@ class Struct:
                                      f"{ref} says {vals[ref]}")
                 for item in value:
                     out += item.pack(ctx)
+            elif op == _PAD:
+                name, size = step[3], -len(out) % step[4]
+                value = vals[name]
+                if value and len(value) != size:
+                    raise ValueError(f"{cls.__name__}.{name}: {len(value)} bytes of "
+                                     f"padding where {size} are due")
+                out += value or bytes(size)
             else:
                 out += vals[step[3]]
         if length_at is not None:
@@ -562,6 +580,8 @@ class Struct:
                     size = 3
                 elif op == _SIZED:
                     size = _ctx_size(cls, ctx, step[4])
+                elif op == _PAD:
+                    size = -(pos - offset) % step[4]
                 else:
                     size = values[step[4]] * step[5]
                 if pos + size > end:

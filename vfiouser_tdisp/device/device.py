@@ -202,8 +202,10 @@ class DeviceProfile:
     # responses go through CHUNK_SEND / CHUNK_GET.
     spdm_data_transfer_size: int = 4096
     spdm_max_message_size: int = 65536
-    # HeartbeatPeriod (seconds) announced in KEY_EXCHANGE_RSP; 0 = no HEARTBEAT.
-    spdm_heartbeat_period: int = 60
+    # HeartbeatPeriod (seconds) announced in KEY_EXCHANGE_RSP; 0 = no HEARTBEAT.  A
+    # session silent for twice this long is terminated (DSP0274 HEARTBEAT); 255, the
+    # largest, lets platform flows hold a session idle for 8.5 minutes.
+    spdm_heartbeat_period: int = 255
     # Offer HANDSHAKE_IN_THE_CLEAR_CAP (FINISH/FINISH_RSP outside the secured record);
     # used only when the requester sets it too (DMTF's requester does by default).
     spdm_handshake_in_the_clear: bool = True

@@ -31,7 +31,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..events import emit
+from ..wire import DecodeError, Struct, u16, u32
 
 LINKTYPE_MCTP = 291
 LINKTYPE_PCI_DOE = 292
@@ -50,8 +50,33 @@ SNAPLEN = 0x10000
 # payloads before a session): the owner's only, whatever the umask.
 CAPTURE_FILE_MODE = 0o600
 
-_GLOBAL = struct.Struct("<IHHiIII")
-_RECORD = struct.Struct("<IIII")
+
+
+@dataclass(frozen=True)
+class PcapGlobalHeader(Struct):
+    """libpcap file format global header (little-endian, microsecond stamps).
+    thiszone is a signed offset; we always write 0 (UTC) and do not read it."""
+
+    magic_number: int = u32(PCAP_MAGIC)
+    version_major: int = u16(PCAP_VERSION[0])
+    version_minor: int = u16(PCAP_VERSION[1])
+    thiszone: int = u32()
+    sigfigs: int = u32()
+    snaplen: int = u32(SNAPLEN)
+    network: int = u32(LINKTYPE_PCI_DOE)
+
+
+@dataclass(frozen=True)
+class PcapRecordHeader(Struct):
+    """libpcap per-packet header: timestamp, bytes saved, bytes on the wire."""
+
+    ts_sec: int = u32()
+    ts_usec: int = u32()
+    incl_len: int = u32()
+    orig_len: int = u32()
+
+
+_RECORD_SIZE = PcapRecordHeader.fixed_size()
 
 
 def open_private_file(path: str | os.PathLike[str], mode: int, *,
@@ -96,7 +121,7 @@ class PcapWriter:
         self.stream = stream
         self._lock = threading.Lock()
         self.count = 0
-        stream.write(_GLOBAL.pack(PCAP_MAGIC, *PCAP_VERSION, 0, 0, SNAPLEN, linktype))
+        stream.write(PcapGlobalHeader(network=linktype).pack())
         stream.flush()
 
     @classmethod
@@ -111,7 +136,7 @@ class PcapWriter:
         if len(incl) < len(data):
             emit("capture.truncated", size=len(data), kept=len(incl))
         with self._lock:
-            self.stream.write(_RECORD.pack(sec, usec, len(incl), len(data)) + incl)
+            self.stream.write(PcapRecordHeader(sec, usec, len(incl), len(data)).pack() + incl)
             self.stream.flush()
             self.count += 1
 
@@ -148,21 +173,22 @@ def parse_pcap(data: bytes) -> PcapFile:
     A record cut off by the end of the file (a capture still being written)
     ends the list; it is not an error.
     """
-    if len(data) < _GLOBAL.size:
-        raise ValueError("shorter than a pcap global header")
-    magic, major, minor, _tz, _sig, snaplen, linktype = _GLOBAL.unpack_from(data)
-    if magic != PCAP_MAGIC or (major, minor) != PCAP_VERSION:
+    try:
+        head, pos = PcapGlobalHeader.unpack_partial(data)
+    except DecodeError:
+        raise ValueError("shorter than a pcap global header") from None
+    if head.magic_number != PCAP_MAGIC or \
+            (head.version_major, head.version_minor) != PCAP_VERSION:
         raise ValueError("not a little-endian pcap 2.4 file")
-    pos = _GLOBAL.size
     records = []
-    while pos + _RECORD.size <= len(data):
-        sec, usec, incl, orig = _RECORD.unpack_from(data, pos)
-        pos += _RECORD.size
-        if pos + incl > len(data):
+    while pos + _RECORD_SIZE <= len(data):
+        rec, pos = PcapRecordHeader.unpack_from(data, pos)
+        if pos + rec.incl_len > len(data):
             break
-        records.append(PcapRecord(sec, usec, data[pos:pos + incl], orig))
-        pos += incl
-    return PcapFile(linktype, snaplen, records)
+        records.append(PcapRecord(rec.ts_sec, rec.ts_usec, data[pos:pos + rec.incl_len],
+                                  rec.orig_len))
+        pos += rec.incl_len
+    return PcapFile(head.network, head.snaplen, records)
 
 
 def read_pcap(data: bytes) -> tuple[int, list[bytes]]:

@@ -43,6 +43,7 @@ from .protocols import (
     PCI_SIG_VENDOR_ID,
     DiscoveryRequest,
     DiscoveryResponse,
+    DoeHeader,
     build_object,
 )
 
@@ -133,16 +134,20 @@ class DoeDriver:
 
     def _receive(self, request: bytes) -> bytes:
         read = self.cap + PCI_DOE_READ
+        want, _ = DoeHeader.unpack_partial(request)
         dw0 = self.read32(read)
-        if dw0.to_bytes(4, "little")[:3] != request[:3]:
+        # The header's first DW (Vendor ID 15:0, Data Object Type 23:16) is checked
+        # before it is acknowledged: a stray object is left for the error path.
+        if (dw0 & 0xFFFF, dw0 >> 16 & 0xFF) != (want.vendor_id, want.data_object_type):
             raise self._fail("response vendor/type differ from the request")
         self.write32(read, 0)
         dw1 = self.read32(read)
         self.write32(read, 0)
-        length = dw1 & (PCI_DOE_MAX_LENGTH - 1) or PCI_DOE_MAX_LENGTH
+        head = DoeHeader.unpack(dw0.to_bytes(4, "little") + dw1.to_bytes(4, "little"))
+        length = head.length_dw
         if length < 2:
             raise self._fail(f"response LENGTH {length} < 2")
-        out = bytearray(dw0.to_bytes(4, "little") + dw1.to_bytes(4, "little"))
+        out = bytearray(head.pack())
         remaining = length - 2
         for i in range(remaining):
             out += self.read32(read).to_bytes(4, "little")

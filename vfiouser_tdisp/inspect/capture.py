@@ -50,6 +50,7 @@ from ..doe.protocols import (
 from ..ide import km
 from ..spdm import messages as m
 from ..spdm.keylog import decrypt_capture, dhe_secrets, load_keylog
+from ..spdm.session import SecuredRecordHeader
 from ..tdisp import messages as t
 from ..wire import DecodeError
 
@@ -101,17 +102,29 @@ def _version(v: int) -> str:
     return f"{v >> 4}.{v & 0xF}"
 
 
+# DSP0274 GET_CAPABILITIES / CAPABILITIES Flags that are 2-bit fields: (shift,
+# name, value -> meaning).  MEAS_CAP, PSK_CAP (1.1), EP_INFO_CAP and
+# MULTI_KEY_CAP (1.3); the value 3 is reserved in each.
+CAP_FIELDS: tuple[tuple[int, str, dict[int, str]], ...] = (
+    (3, "MEAS_CAP", {1: "NO_SIG", 2: "SIG"}),
+    (10, "PSK_CAP", {1: "PSK", 2: "PSK_WITH_CONTEXT"}),
+    (22, "EP_INFO_CAP", {1: "NO_SIG", 2: "SIG"}),
+    (26, "MULTI_KEY_CAP", {1: "ONLY", 2: "NEG"}),
+)
+
+
 def _cap_flags(flags: int) -> list[str]:
     names = {v: k for k, v in vars(m.CapFlags).items()
              if k.endswith("_CAP") and isinstance(v, int)}
+    wide = 0
+    for shift, _name, _values in CAP_FIELDS:
+        wide |= 3 << shift
     out = [names.get(1 << b, f"bit{b}") for b in range(32)
-           if flags >> b & 1 and not (3 << 3) & (1 << b) and not (3 << 10) & (1 << b)]
-    meas = (flags >> 3) & 3
-    if meas:
-        out.append({1: "MEAS_CAP=NO_SIG", 2: "MEAS_CAP=SIG"}.get(meas, "MEAS_CAP=3"))
-    psk = (flags >> 10) & 3
-    if psk:
-        out.append(f"PSK_CAP={psk}")
+           if flags >> b & 1 and not wide & (1 << b)]
+    for shift, name, values in CAP_FIELDS:
+        value = (flags >> shift) & 3
+        if value:
+            out.append(f"{name}={values.get(value, value)}")
     return out
 
 
@@ -160,6 +173,17 @@ class _Negotiated:
     hash_bit: int | None = None
     asym_bit: int | None = None
     dhe_bit: int | None = None
+    requester_flags: int = 0   # GET_CAPABILITIES Flags
+    responder_flags: int = 0   # CAPABILITIES Flags
+
+    @property
+    def in_the_clear(self) -> bool:
+        """HANDSHAKE_IN_THE_CLEAR_CAP on both sides (DSP0274 1.1+): KEY_EXCHANGE_RSP
+        has no ResponderVerifyData, FINISH/FINISH_RSP travel in the clear and
+        FINISH_RSP carries ResponderVerifyData."""
+        return self.version >= m.V11 and bool(
+            self.requester_flags & self.responder_flags &
+            m.CapFlags.HANDSHAKE_IN_THE_CLEAR_CAP)
 
     def sizes(self, **kw: Any) -> m.Sizes:
         return m.Sizes(version=self.version,
@@ -175,15 +199,17 @@ class CaptureDecoder:
 
     def __init__(self) -> None:
         self.neg = _Negotiated()
-        self.last_request: dict[int | None, bytes] = {}  # per session (None = plain)
+        # per channel: a session id, None (plain), or ("encap", session) for the
+        # Responder's encapsulated requests, which pair with their own responses.
+        self.last_request: dict[Any, bytes] = {}
         # Large messages being reassembled from CHUNK_SEND / CHUNK_RESPONSE, per
         # session and direction (DSP0274 1.2+ chunking).
         self.chunks: dict[tuple[int | None, str], bytearray] = {}
-        self.session: int | None = None  # the channel of the message being decoded
+        self.session: Any = None  # the channel of the message being decoded
 
     # -- SPDM -------------------------------------------------------------------------------
-    def spdm(self, msg: bytes, session: int | None) -> tuple[str, str, str | None,
-                                                               dict[str, Any], str]:
+    def spdm(self, msg: bytes, session: Any) -> tuple[str, str, str | None,
+                                                        dict[str, Any], str]:
         """(direction, name, version, fields, note) of one SPDM message."""
         if len(msg) < 4:
             return UNKNOWN, "(short SPDM message)", None, {"bytes": len(msg)}, "malformed"
@@ -214,14 +240,18 @@ def _f_version(d: CaptureDecoder, msg: bytes, req: bytes, f: dict[str, Any]) -> 
 
 def _f_get_capabilities(d: CaptureDecoder, msg: bytes, req: bytes, f: dict[str, Any]) -> None:
     d.neg.version = msg[0]
+    d.neg.requester_flags = d.neg.responder_flags = 0
     if msg[0] < m.V11:
         return
     r = m.GET_CAPABILITIES.unpack_partial(msg)[0]
+    d.neg.requester_flags = r.flags
     _caps_fields(r, msg[0], f)
 
 
 def _f_capabilities(d: CaptureDecoder, msg: bytes, req: bytes, f: dict[str, Any]) -> None:
-    _caps_fields(m.CAPABILITIES.unpack_partial(msg)[0], msg[0], f)
+    r = m.CAPABILITIES.unpack_partial(msg)[0]
+    d.neg.responder_flags = r.flags
+    _caps_fields(r, msg[0], f)
 
 
 def _caps_fields(r: Any, version: int, f: dict[str, Any]) -> None:
@@ -305,12 +335,79 @@ def _f_key_exchange(d: CaptureDecoder, msg: bytes, req: bytes, f: dict[str, Any]
 
 def _f_key_exchange_rsp(d: CaptureDecoder, msg: bytes, req: bytes, f: dict[str, Any]) -> None:
     summary = len(req) > 2 and req[2] != m.SUMMARY_HASH_NONE
-    r = m.KEY_EXCHANGE_RSP.unpack_partial(msg, d.neg.sizes(summary_hash=summary))[0]
+    clear = d.neg.in_the_clear
+    r = m.KEY_EXCHANGE_RSP.unpack_partial(
+        msg, d.neg.sizes(summary_hash=summary, responder_verify=not clear))[0]
     f.update(heartbeat_period=r.param1, rsp_session_id=f"{r.rsp_session_id:#06x}",
              mut_auth_requested=r.mut_auth_requested)
+    if clear:
+        f["handshake_in_the_clear"] = True
     if len(req) >= 6 and req[1] == m.KEY_EXCHANGE_CODE:
         req_sid = m.KEY_EXCHANGE.unpack_partial(req, d.neg.sizes())[0].req_session_id
         f["session_id"] = f"{req_sid | r.rsp_session_id << 16:#010x}"
+
+
+def _f_finish(d: CaptureDecoder, msg: bytes, req: bytes, f: dict[str, Any]) -> None:
+    clear = d.neg.in_the_clear
+    r = m.FINISH.unpack_partial(msg, d.neg.sizes(responder_verify=not clear))[0]
+    f["signature_included"] = bool(r.param1 & 1)
+    if clear:
+        f["handshake_in_the_clear"] = True
+
+
+def _f_finish_rsp(d: CaptureDecoder, msg: bytes, req: bytes, f: dict[str, Any]) -> None:
+    clear = d.neg.in_the_clear
+    r = m.FINISH_RSP.unpack_partial(msg, d.neg.sizes(responder_verify=not clear))[0]
+    if clear:
+        f.update(handshake_in_the_clear=True,
+                 responder_verify_data=len(r.responder_verify_data))
+
+
+def _encap_inner(d: CaptureDecoder, inner: bytes, f: dict[str, Any]) -> None:
+    """The message an encapsulated exchange carries (DSP0274 1.2 §10.23): the
+    Responder's request to the Requester or the Requester's response; named and
+    decoded on the carrier's line, paired on their own channel."""
+    if not inner:
+        return
+    _dir, name, _version_text, fields, note = d.spdm(inner, ("encap", d.session))
+    f["encapsulated"] = name
+    f.update({k: v for k, v in fields.items() if k not in f})
+    if note:
+        f["encapsulated_note"] = note
+
+
+def _f_encapsulated_request(d: CaptureDecoder, msg: bytes, req: bytes,
+                            f: dict[str, Any]) -> None:
+    session = d.session
+    r = m.ENCAPSULATED_REQUEST.unpack_partial(msg)[0]
+    f["request_id"] = r.param1
+    _encap_inner(d, r.encapsulated_request, f)
+    d.session = session
+
+
+def _f_deliver_encapsulated(d: CaptureDecoder, msg: bytes, req: bytes,
+                            f: dict[str, Any]) -> None:
+    session = d.session
+    r = m.DELIVER_ENCAPSULATED_RESPONSE.unpack_partial(msg)[0]
+    f["request_id"] = r.param1
+    _encap_inner(d, r.encapsulated_response, f)
+    d.session = session
+
+
+ENCAP_PAYLOAD_TYPE = {m.ENCAP_PAYLOAD_ABSENT: "absent", m.ENCAP_PAYLOAD_PRESENT: "present",
+                      m.ENCAP_PAYLOAD_REQ_SLOT_NUMBER: "ReqSlotNumber"}
+
+
+def _f_encapsulated_ack(d: CaptureDecoder, msg: bytes, req: bytes, f: dict[str, Any]) -> None:
+    session = d.session
+    r = m.ENCAPSULATED_RESPONSE_ACK.unpack_partial(msg)[0]
+    f["request_id"] = r.param1
+    f["payload_type"] = ENCAP_PAYLOAD_TYPE.get(r.param2, r.param2)
+    if msg[0] >= m.V12:
+        f["ack_request_id"] = r.ack_request_id
+    if r.param2 == m.ENCAP_PAYLOAD_PRESENT:
+        _encap_inner(d, r.encapsulated_request, f)
+    d.session = session
 
 
 def _f_key_update(d: CaptureDecoder, msg: bytes, req: bytes, f: dict[str, Any]) -> None:
@@ -455,6 +552,11 @@ _SPDM_FIELDS: dict[int, Callable[[CaptureDecoder, bytes, bytes, dict[str, Any]],
     m.MEASUREMENTS_CODE: _f_measurements,
     m.KEY_EXCHANGE_CODE: _f_key_exchange,
     m.KEY_EXCHANGE_RSP_CODE: _f_key_exchange_rsp,
+    m.FINISH_CODE: _f_finish,
+    m.FINISH_RSP_CODE: _f_finish_rsp,
+    m.ENCAPSULATED_REQUEST_CODE: _f_encapsulated_request,
+    m.DELIVER_ENCAPSULATED_RESPONSE_CODE: _f_deliver_encapsulated,
+    m.ENCAPSULATED_RESPONSE_ACK_CODE: _f_encapsulated_ack,
     m.KEY_UPDATE_CODE: _f_key_update,
     m.KEY_UPDATE_ACK_CODE: _f_key_update,
     m.END_SESSION_CODE: _f_end_session,
@@ -518,8 +620,8 @@ def _decode_object(decoder: CaptureDecoder, i: int, data: bytes,
     # Secured CMA/SPDM: SessionID (u32) | Length (u16) | encrypted data + MAC (DSP0277).
     if len(payload) < 6:
         return Decoded(0, 0.0, expected, "Secured SPDM", "(short record)", note="malformed")
-    session_id = int.from_bytes(payload[:4], "little")
-    length = int.from_bytes(payload[4:6], "little")
+    record, _ = SecuredRecordHeader.unpack_partial(payload)
+    session_id, length = record.session_id, record.length
     if opened is None:
         return Decoded(0, 0.0, expected, "Secured SPDM", "(encrypted)", session_id,
                        fields={"length": length},

@@ -28,7 +28,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-import struct
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from ..events import emit
 from .der import split_der_certificates
+from .messages import CertChain, Sizes
 
 ASYM_ALGORITHMS = ("ecdsa-p256", "ecdsa-p384", "rsassa-3072")
 SPDM_CHAIN_HASHES = ("sha256", "sha384", "sha512")
@@ -137,11 +137,12 @@ class SlotIdentity:
             raise ValueError(f"RootHash algorithm {hash_name!r} not one of "
                              f"{', '.join(SPDM_CHAIN_HASHES)}")
         root_hash = hashlib.new(hash_name, _der(self.certs[0])).digest()
-        body = root_hash + self.certs_der()
-        total = 4 + len(body)
+        certs = self.certs_der()
+        total = 4 + len(root_hash) + len(certs)
         if total > 0xFFFF:
             raise ValueError(f"certificate chain of {total} bytes exceeds 65535")
-        return struct.pack("<HH", total, 0) + body
+        return CertChain(root_hash=root_hash, certificates=certs).pack(
+            Sizes(hash=len(root_hash)))
 
 
 def _name(cn: str) -> x509.Name:

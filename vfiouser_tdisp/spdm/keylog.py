@@ -34,15 +34,15 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
 import threading
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from ..doe.capture import open_private_file
 from ..doe.protocols import PCI_DOE_FEATURE_SSESSION, parse_object
+from ..wire import DecodeError
 from .algorithms import AEADS, CryptoError
-from .session import DirectionKeys
+from .session import DirectionKeys, SecuredPlaintext, SecuredRecordHeader
 
 KEYLOG_FILE_MODE = 0o600
 
@@ -105,8 +105,10 @@ class _Direction:
             except CryptoError:
                 continue
             self.index, self.sequence = idx, seq + 1
-            (size,) = struct.unpack_from("<H", plain)
-            return plain[2:2 + size]
+            try:
+                return SecuredPlaintext.unpack(plain).application_data
+            except DecodeError:   # authentic but with a bad ApplicationDataLength
+                return plain[2:]
         return None
 
 
@@ -127,10 +129,10 @@ def decrypt_capture(packets: list[bytes],
             continue
         if hdr.data_object_type != PCI_DOE_FEATURE_SSESSION or len(payload) < 6:
             continue
-        session_id, length = struct.unpack_from("<IH", payload)
-        record = payload[:6 + length]
+        header, _ = SecuredRecordHeader.unpack_partial(payload)
+        record = payload[:6 + header.length]
         for direction in ("request", "response"):
-            slot = table.get((session_id, direction))
+            slot = table.get((header.session_id, direction))
             message = slot.try_open(record) if slot else None
             if message is not None:
                 out.append((i, direction, message))

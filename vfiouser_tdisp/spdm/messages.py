@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-from ..wire import DecodeError, Struct, counted, raw, tail, u8, u16, u24, u32
+from ..wire import DecodeError, Struct, counted, items, raw, tail, u8, u16, u24, u32
 
 # -- request / response codes (DSP0274 Table 4 / Table 5) -------------------------------
 GET_DIGESTS_CODE = 0x81
@@ -285,18 +285,18 @@ class VERSION(SpdmMessage):
     CODE: ClassVar[int] = VERSION_CODE
     reserved: int = u8()
     version_number_entry_count: int = u8()
-    version_number_entries: bytes = counted("version_number_entry_count", 2)
+    version_number_entries: list[VersionNumberEntry] = items(VersionNumberEntry,
+                                                             "version_number_entry_count")
 
     @property
     def versions(self) -> list[int]:
         """Entries as version bytes (0x12), from VersionNumberEntry bits 15:8."""
-        raw_entries = self.version_number_entries
-        return [raw_entries[i + 1] for i in range(0, len(raw_entries), 2)]
+        return [e.version >> 8 for e in self.version_number_entries]
 
     @classmethod
     def build(cls, versions: list[int]) -> VERSION:
-        entries = b"".join(VersionNumberEntry(v << 8).pack() for v in versions)
-        return cls(spdm_version=V10, version_number_entries=entries)
+        return cls(spdm_version=V10,
+                   version_number_entries=[VersionNumberEntry(v << 8) for v in versions])
 
 
 @dataclass(frozen=True)
@@ -434,6 +434,18 @@ class CERTIFICATE(SpdmMessage):
     portion_length: int = u16()
     remainder_length: int = u16()
     cert_chain: bytes = counted("portion_length")
+
+
+@dataclass(frozen=True)
+class CertChain(Struct):
+    """DSP0274 "Certificate chain format" (what GET_CERTIFICATE reads and the
+    digests cover): Length of the whole chain, Reserved, RootHash (H bytes,
+    hash of the root certificate), then the DER certificates, root first."""
+
+    length: int = u16(message_length=True)
+    reserved: int = u16()
+    root_hash: bytes = raw("H")
+    certificates: bytes = tail()
 
 
 @dataclass(frozen=True)
@@ -662,6 +674,22 @@ class VENDOR_DEFINED_RESPONSE(SpdmMessage):
 class ERROR(SpdmMessage):
     CODE: ClassVar[int] = ERROR_CODE
     extended_error_data: bytes = tail()
+
+
+@dataclass(frozen=True)
+class ResponseTooLargeData(Struct):
+    """DSP0274 1.2 ERROR ResponseTooLarge (0x0D) ExtendedErrorData: MaxSize, the
+    size in bytes of the response the Requester's DataTransferSize cannot take."""
+
+    max_size: int = u32()
+
+
+@dataclass(frozen=True)
+class LargeResponseData(Struct):
+    """DSP0274 1.2 ERROR LargeResponse (0x0F) ExtendedErrorData: the Handle
+    CHUNK_GET names."""
+
+    handle: int = u8()
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,6 @@ Usage::
 from __future__ import annotations
 
 import os
-import struct
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -98,11 +97,11 @@ from .algorithms import (
 from .der import split_der_certificates
 from .session import (
     SECURED_MESSAGE_VERSIONS,
-    SM_DATA_ID_SUPPORTED_VERSION_LIST,
-    SM_DATA_VERSION,
     KeySchedule,
     SecuredMessageError,
+    SecuredRecordHeader,
     SecuredSession,
+    SmSupportedVersionList,
     build_opaque,
     parse_secured_version_selection,
 )
@@ -277,14 +276,17 @@ class SpdmRequester:
         if session is None:
             return (yield SpdmRequest(request, False))
         record = yield SpdmRequest(session.secured.seal(request), True)
-        if _is_error(record) and struct.unpack_from("<I", record)[0] != session.session_id:
+        try:
+            header: SecuredRecordHeader | None = SecuredRecordHeader.unpack_partial(record)[0]
+        except DecodeError:
+            header = None
+        if _is_error(record) and (header is None or header.session_id != session.session_id):
             # A plain ERROR (DecryptError): the responder dropped the session.
             self._drop(session, "decrypt_error")
             return record
-        try:
-            exact = record[:6 + struct.unpack_from("<IH", record)[1]]
-        except struct.error:
-            raise SpdmRequesterError("secured response shorter than its header") from None
+        if header is None:
+            raise SpdmRequesterError("secured response shorter than its header")
+        exact = record[:6 + header.length]
         old = session.secured.response
         if new_response_key:
             session.secured.update_keys("response")
@@ -388,7 +390,7 @@ class SpdmRequester:
             last = pos >= len(request)
             msg = m.CHUNK_SEND(spdm_version=self.conn.version,
                                param1=m.CHUNK_LAST if last else 0, param2=self._chunk_handle,
-                               chunk_seq_no=seq, chunk_size=len(piece),
+                               chunk_seq_no=seq,
                                large_message_size=len(request), spdm_chunk=piece).pack()
             ack = self._expect(m.CHUNK_SEND_ACK, (yield from self._exchange(msg, session)))
             if last:
@@ -426,8 +428,9 @@ class SpdmRequester:
     def negotiate_algorithms_request(self, version: int) -> bytes:
         """NEGOTIATE_ALGORITHMS for ``version``.  The AlgStructs (1.1+) are DHE,
         AEAD and KeySchedule; ReqBaseAsymAlg is left out because this requester
-        has no key for mutual authentication (an AlgStruct offering nothing is
-        not allowed: DSP0274 1.1 §10.4 "AlgSupported ... at least one bit")."""
+        has no key for mutual authentication: an AlgStruct offering nothing says
+        no more than leaving it out, and libspdm's responder answers one with
+        ERROR InvalidRequest."""
         structs = b""
         count = 0
         if version >= m.V11:
@@ -437,7 +440,7 @@ class SpdmRequester:
                 (m.ALG_TYPE_KEY_SCHEDULE, KEY_SCHEDULE_SPDM)) if bits)
             count = len(structs) // 4
         return m.NEGOTIATE_ALGORITHMS(
-            spdm_version=version, param1=count, length=32 + len(structs),
+            spdm_version=version, param1=count,
             measurement_specification=MEASUREMENT_SPEC_DMTF,
             other_params_support=2 if version >= m.V12 else 0,
             base_asym_algo=mask(self.asyms, ASYMS), base_hash_algo=mask(self.hashes, HASHES),
@@ -469,10 +472,8 @@ class SpdmRequester:
         self.conn.handshake_in_the_clear = bool(
             self.capability_flags(v) & caps.flags & m.CapFlags.HANDSHAKE_IN_THE_CLEAR_CAP)
         areq = self.negotiate_algorithms_request(v)
-        raw_alg = yield from self._exchange(areq, None)
-        if len(raw_alg) >= 6 and raw_alg[1] == m.ALGORITHMS_CODE:
-            raw_alg = raw_alg[:struct.unpack_from("<H", raw_alg, 4)[0]]
-        alg = self._expect(m.ALGORITHMS, raw_alg)
+        # ALGORITHMS ends at its own Length (the codec's message_length).
+        alg = self._expect(m.ALGORITHMS, (yield from self._exchange(areq, None)))
         self.transcript.add_vca(areq, self._last_exact)
         for name, value in (("BaseHashSel", alg.base_hash_sel),
                             ("BaseAsymSel", alg.base_asym_sel)):
@@ -547,13 +548,15 @@ class SpdmRequester:
         the leaf public key.  With ``root`` the chain must start at that root."""
         chain, h = self.conn.cert_chain, self.conn.hash
         assert h is not None and self.conn.asym is not None
-        if len(chain) < 4 + h.size or struct.unpack_from("<H", chain)[0] != len(chain):
-            raise SpdmRequesterError("certificate chain Length does not match")
         try:
-            certs = split_der_certificates(chain[4 + h.size:])
+            parsed = m.CertChain.unpack(chain, m.Sizes(hash=h.size))
+        except DecodeError:
+            raise SpdmRequesterError("certificate chain Length does not match") from None
+        try:
+            certs = split_der_certificates(parsed.certificates)
         except ValueError as exc:
             raise SpdmRequesterError(f"certificate chain: {exc}") from None
-        if h.digest(certs[0].public_bytes(Encoding.DER)) != chain[4:4 + h.size]:
+        if h.digest(certs[0].public_bytes(Encoding.DER)) != parsed.root_hash:
             raise SpdmRequesterError("RootHash does not match the first certificate")
         if root is not None and certs[0] != root:
             raise SpdmRequesterError("chain does not start at the trusted root")
@@ -655,14 +658,11 @@ class SpdmRequester:
         clear = conn.handshake_in_the_clear
         dhe_key, exchange = conn.dhe.generate()
         req_sid = int.from_bytes(os.urandom(2), "little") | 1
-        versions = struct.pack("<BBB", SM_DATA_VERSION, SM_DATA_ID_SUPPORTED_VERSION_LIST,
-                               len(versions_offered)) + \
-            b"".join(struct.pack("<H", v << 8) for v in versions_offered)
+        versions = SmSupportedVersionList.of(versions_offered).pack()
         opaque = build_opaque(versions, conn.opaque_format)
         req = m.KEY_EXCHANGE(spdm_version=conn.version, param1=summary_hash_type, param2=0,
                              req_session_id=req_sid, random_data=os.urandom(32),
-                             exchange_data=exchange, opaque_length=len(opaque),
-                             opaque_data=opaque).pack(conn.sizes())
+                             exchange_data=exchange, opaque_data=opaque).pack(conn.sizes())
         summary = summary_hash_type != 0
         rsp = self._expect(m.KEY_EXCHANGE_RSP, (yield from self.send_flow(req)),
                            summary_hash=summary, responder_verify=not clear)
@@ -820,8 +820,7 @@ class SpdmRequester:
     def vendor_request_flow(self, standard_id: int, vendor_id: bytes, payload: bytes,
                             session: RequesterSession | None = None) -> SpdmFlow[bytes]:
         req = m.VENDOR_DEFINED_REQUEST(
-            spdm_version=self.conn.version, standard_id=standard_id, len=len(vendor_id),
-            vendor_id=vendor_id, req_length=len(payload),
+            spdm_version=self.conn.version, standard_id=standard_id, vendor_id=vendor_id,
             vendor_defined_req_payload=payload).pack()
         rsp = self._expect(m.VENDOR_DEFINED_RESPONSE, (yield from self.send_flow(req, session)))
         if (rsp.standard_id, rsp.vendor_id) != (standard_id, vendor_id):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
-import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -55,13 +55,12 @@ from .algorithms import (
 from .keylog import dhe_entry, key_entry
 from .session import (
     SECURED_MESSAGE_VERSIONS,
-    SM_DATA_ID_VERSION_SELECTION,
-    SM_DATA_VERSION,
     DirectionKeys,
     KeySchedule,
     SecuredMessageError,
     SecuredSession,
     SessionState,
+    SmVersionSelection,
     build_opaque,
     parse_record_header,
     parse_secured_version_list,
@@ -73,7 +72,10 @@ if TYPE_CHECKING:
 
 CT_EXPONENT = 12           # 2^12 us = 4 ms worst-case cryptographic timeout
 # HeartbeatPeriod (seconds) in KEY_EXCHANGE_RSP: non-zero so requesters send HEARTBEAT.
-DEFAULT_HEARTBEAT_PERIOD = 60
+# DSP0274 (HEARTBEAT): a session with no message for 2 x HeartbeatPeriod is terminated.
+# The largest period (255 s -> 510 s of silence) so platform flows that hold a session
+# idle between steps for minutes keep it; longer holders send HEARTBEAT.
+DEFAULT_HEARTBEAT_PERIOD = 255
 MAX_SESSIONS = 4
 
 
@@ -125,6 +127,8 @@ class ResponderConfig:
     measurements: MeasurementSource | None = None
     heartbeat_period: int = DEFAULT_HEARTBEAT_PERIOD
     handshake_in_the_clear: bool = False   # offer HANDSHAKE_IN_THE_CLEAR_CAP
+    # Seconds, monotonic: what the heartbeat timeout is measured with (tests step it).
+    clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         # Only algorithms the identity has a leaf for can be offered.
@@ -207,6 +211,15 @@ class ResponderSession:
     encap: StateMachine[EncapState] = dataclasses.field(init=False)
     encap_request_id: int = 0
     encap_tag: int = 0
+    heartbeat_period: int = 0    # as announced in KEY_EXCHANGE_RSP; 0 = no timeout
+    last_heard: float = 0.0      # clock() when the session last received a message
+
+    def timed_out(self, now: float) -> bool:
+        """DSP0274 HEARTBEAT: the established session received nothing for twice
+        the HeartbeatPeriod (the handshake phase is not timed)."""
+        return bool(self.heartbeat_period) and \
+            self.secured.state is not SessionState.HANDSHAKING and \
+            now - self.last_heard > 2 * self.heartbeat_period
 
     def __post_init__(self) -> None:
         self.encap = StateMachine("spdm.encap", ENCAP_TABLE, EncapState.IDLE,
@@ -233,15 +246,14 @@ class Where(enum.Enum):
 class Route:
     """How one request code is handled: its message class (decoded before the handler
     runs), the connection phase it needs, where it is legal, an optional readiness
-    check run before decoding (its ERROR wins over a decoding error) and an optional
-    trimming step (NEGOTIATE_ALGORITHMS' own Length)."""
+    check run before decoding (its ERROR wins over a decoding error).  A message with
+    its own Length (NEGOTIATE_ALGORITHMS) ends there: the codec's ``message_length``."""
 
     cls: type[m.SpdmMessage]
     handler: Callable[..., bytes]
     state: ConnectionState | None
     where: Where
     ready: str | None = None
-    trim: str | None = None
 
 
 ROUTES: dict[int, Route] = {}
@@ -250,10 +262,10 @@ H = TypeVar("H", bound=Callable[..., bytes])
 
 def handles(cls: type[m.SpdmMessage], *, state: ConnectionState | None =
             ConnectionState.NEGOTIATED, where: Where = Where.ANYWHERE,
-            ready: str | None = None, trim: str | None = None) -> Callable[[H], H]:
+            ready: str | None = None) -> Callable[[H], H]:
     """Register the decorated method as the handler of ``cls.CODE``."""
     def register(handler: H) -> H:
-        ROUTES[cls.CODE] = Route(cls, handler, state, where, ready, trim)
+        ROUTES[cls.CODE] = Route(cls, handler, state, where, ready)
         return handler
     return register
 
@@ -361,6 +373,12 @@ class SpdmResponder:
             emit("spdm.secured.rejected", endpoint=self.name, reason=exc.reason)
             raise DoeError(f"secured record rejected: {exc.reason}") from None
         sess = self.sessions.get(session_id)
+        now = self.config.clock()
+        if sess is not None and sess.timed_out(now):
+            # The session ended when 2 x HeartbeatPeriod passed in silence; a record
+            # for it now is one for a session that no longer exists.
+            self._end_session(sess, "heartbeat_timeout")
+            sess = None
         if sess is None:
             emit("spdm.secured.rejected", endpoint=self.name, session_id=f"{session_id:#010x}",
                  reason="unknown session")
@@ -374,6 +392,7 @@ class SpdmResponder:
                  session_id=f"{session_id:#010x}", reason=exc.reason)
             self._end_session(sess, "decrypt_error")
             return self._error(m.SpdmErrorCode.DecryptError, 0)
+        sess.last_heard = now
         response = self._respond(request, sess, padded=False)
         sealed = sess.secured.seal(response)
         state = sess.secured.state
@@ -433,9 +452,10 @@ class SpdmResponder:
                 self.chunk.park_response(handle, response)
                 emit("spdm.chunk.large_response", endpoint=self.name, size=len(response),
                      handle=handle)
-                return self._error(m.SpdmErrorCode.LargeResponse, 0, bytes([handle]))
+                return self._error(m.SpdmErrorCode.LargeResponse, 0,
+                                   m.LargeResponseData(handle).pack())
             return self._error(m.SpdmErrorCode.ResponseTooLarge, 0,
-                               struct.pack("<I", len(response)))
+                               m.ResponseTooLargeData(len(response)).pack())
         return response
 
     def _chunking(self) -> bool:
@@ -505,8 +525,6 @@ class SpdmResponder:
         try:
             if route.ready is not None:
                 getattr(self, route.ready)()
-            if route.trim is not None:
-                data, padded = getattr(self, route.trim)(data, padded)
             msg, exact = self._parse(route.cls, data, padded)
             response: bytes = route.handler(self, msg, exact, sess)
         except SpdmFailure as exc:
@@ -603,21 +621,8 @@ class SpdmResponder:
             flags |= f.CHUNK_CAP
         return flags
 
-    def _trim_to_length(self, data: bytes, padded: bool) -> tuple[bytes, bool]:
-        """NEGOTIATE_ALGORITHMS says its own Length: only DOE padding may follow."""
-        if len(data) >= 6:
-            (length,) = struct.unpack_from("<H", data, 4)
-            if length > len(data) or length < 32:
-                raise SpdmFailure(m.SpdmErrorCode.InvalidRequest,
-                                  f"Length {length} vs {len(data)} bytes received")
-            extra = data[length:]
-            if extra and not (padded and len(extra) < 4 and not any(extra)):
-                raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, "Length mismatch")
-            return data[:length], False
-        return data, padded
-
     @handles(m.NEGOTIATE_ALGORITHMS, state=ConnectionState.AFTER_CAPABILITIES,
-             where=Where.OUTSIDE_ONLY, trim="_trim_to_length")
+             where=Where.OUTSIDE_ONLY)
     def _negotiate_algorithms(self, req: m.NEGOTIATE_ALGORITHMS, exact: bytes,
                               sess: None) -> bytes:
         v = self.neg.version
@@ -640,6 +645,10 @@ class SpdmResponder:
             cfg.measurements is not None
         neg.measurement_spec = MEASUREMENT_SPEC_DMTF if dmtf else 0
         neg.measurement_hash = neg.hash if dmtf else None
+        # An AlgStruct whose AlgSupported is 0 offers nothing of its type: DSP0274's
+        # ReqAlgStruct tables define AlgSupported only as the Requester's bit mask and
+        # list no InvalidRequest case for an empty one (libspdm refuses it; this
+        # responder reads it as "none", answering that AlgStruct with 0 selected).
         offered = {s.alg_type: s.alg_supported for s in structs}
         neg.dhe = select(cfg.dhes, offered.get(m.ALG_TYPE_DHE, 0), DHES)
         neg.aead = select(cfg.aeads, offered.get(m.ALG_TYPE_AEAD, 0), AEADS)
@@ -658,7 +667,7 @@ class SpdmResponder:
         resp_structs = b"".join(m.AlgStruct(t, selections[t]).pack() for t in types)
         meas_hash_bit = neg.measurement_hash.measurement_bit if neg.measurement_hash else 0
         rsp = m.ALGORITHMS(
-            spdm_version=v, param1=len(types), length=36 + len(resp_structs),
+            spdm_version=v, param1=len(types),
             measurement_specification_sel=neg.measurement_spec,
             other_params_selection=other, measurement_hash_algo=meas_hash_bit,
             base_asym_sel=neg.asym.bit if neg.asym else 0,
@@ -739,7 +748,6 @@ class SpdmResponder:
                         self.neg.peer_dts or self.config.data_transfer_size) - 8
         portion = chain[req.offset:req.offset + min(req.length, limit)]
         rsp = m.CERTIFICATE(spdm_version=self.neg.version, param1=slot_id, param2=cert_info,
-                            portion_length=len(portion),
                             remainder_length=len(chain) - req.offset - len(portion),
                             cert_chain=portion).pack()
         if sess is None:
@@ -771,7 +779,7 @@ class SpdmResponder:
         rsp = m.CHALLENGE_AUTH(
             spdm_version=self.neg.version, param1=0, param2=0x01,
             cert_chain_hash=hash_algo.digest(chain), nonce=os.urandom(m.NONCE_SIZE),
-            measurement_summary_hash=summary, opaque_length=0, opaque_data=b"",
+            measurement_summary_hash=summary,
             requester_context=req.requester_context,
             signature=bytes(sizes.signature))
         unsigned = rsp.pack(sizes)[:-sizes.signature]
@@ -814,7 +822,7 @@ class SpdmResponder:
         sizes = self.neg.sizes(signed=signed)
         rsp = m.MEASUREMENTS(
             spdm_version=self.neg.version, param1=param1, param2=0,  # slot 0
-            number_of_blocks=len(chosen), measurement_record_length=len(record),
+            number_of_blocks=len(chosen),
             measurement_record=record, nonce=os.urandom(m.NONCE_SIZE),
             requester_context=req.requester_context,
             signature=bytes(sizes.signature) if signed else b"")
@@ -860,11 +868,14 @@ class SpdmResponder:
         session_id = req.req_session_id | (rsp_sid << 16)
         clear = self._clear_handshake()
         sizes = neg.sizes(summary_hash=bool(summary), responder_verify=not clear)
+        # DSP0274 KEY_EXCHANGE_RSP HeartbeatPeriod: 0 unless both sides set HBEAT_CAP.
+        period = self.config.heartbeat_period if \
+            neg.peer_flags & m.CapFlags.HBEAT_CAP else 0
         rsp = m.KEY_EXCHANGE_RSP(
-            spdm_version=neg.version, param1=self.config.heartbeat_period,
+            spdm_version=neg.version, param1=period,
             rsp_session_id=rsp_sid, random_data=os.urandom(m.RANDOM_DATA_SIZE),
             exchange_data=exchange, measurement_summary_hash=summary,
-            opaque_length=len(opaque), opaque_data=opaque,
+            opaque_data=opaque,
             signature=bytes(sizes.signature), responder_verify_data=bytes(sizes.hash))
         packed = rsp.pack(sizes)
         # In the clear (DSP0274 1.2 §10.16) KEY_EXCHANGE_RSP has no ResponderVerifyData.
@@ -884,7 +895,8 @@ class SpdmResponder:
         session = ResponderSession(secured, transcript,
                                    finished_req=schedule.finished_key(req_keys.secret),
                                    finished_rsp=schedule.finished_key(rsp_keys.secret),
-                                   in_the_clear=clear)
+                                   in_the_clear=clear, heartbeat_period=period,
+                                   last_heard=self.config.clock())
         self.sessions[session_id] = session
         emit("spdm.session.opened", endpoint=self.name, session_id=f"{session_id:#010x}",
              dhe=neg.dhe.name, aead=neg.aead.name, hash=hash_algo.name)
@@ -908,8 +920,7 @@ class SpdmResponder:
         if choice is None:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest,
                               "no common secured-message version")
-        element = struct.pack("<BBH", SM_DATA_VERSION, SM_DATA_ID_VERSION_SELECTION,
-                              choice << 8)
+        element = SmVersionSelection(selected_version=choice << 8).pack()
         return build_opaque(element, self.neg.opaque_format)
 
     def _finish_ready(self) -> None:
@@ -957,6 +968,9 @@ class SpdmResponder:
         req_keys, rsp_keys = sess.secured.schedule.data(th2)
         sess.secured.request = req_keys
         sess.secured.fsm.fire("finish")
+        # The heartbeat timer runs from here (the session is established), as in
+        # libspdm's responder, and restarts on every record the session receives.
+        sess.last_heard = self.config.clock()
         if sess.in_the_clear:   # FINISH_RSP goes plain: both directions switch now
             sess.secured.response = rsp_keys
             sess.secured.fsm.fire("data_keys")
@@ -1037,8 +1051,8 @@ class SpdmResponder:
         if len(answer) > 0xFFFF:
             raise SpdmFailure(m.SpdmErrorCode.Unspecified, "vendor response too large")
         return m.VENDOR_DEFINED_RESPONSE(
-            spdm_version=self.neg.version, standard_id=req.standard_id, len=req.len,
-            vendor_id=req.vendor_id, resp_length=len(answer),
+            spdm_version=self.neg.version, standard_id=req.standard_id,
+            vendor_id=req.vendor_id,
             vendor_defined_resp_payload=answer).pack()
 
     # -- encapsulated requests: responder-initiated KEY_UPDATE (DSP0274 1.2 §10.23) ----------
@@ -1144,7 +1158,7 @@ class SpdmResponder:
         chunk.fsm.fire("last_chunk_sent" if last else "chunk_sent", seq=seq)
         return m.CHUNK_RESPONSE(
             spdm_version=self.neg.version, param1=m.CHUNK_LAST if last else 0,
-            param2=req.param2, chunk_seq_no=seq, chunk_size=len(piece),
+            param2=req.param2, chunk_seq_no=seq,
             large_message_size=len(whole), response_chunk=piece).pack()
 
     @handles(m.CHUNK_SEND, state=None)

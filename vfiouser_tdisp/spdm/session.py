@@ -25,12 +25,14 @@ rejected before anything reaches the SPDM layer.
 from __future__ import annotations
 
 import enum
-import struct
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..events import emit
 from ..fsm import StateMachine
+from ..wire import DecodeError, Struct, counted, items, pad, raw, tail, u8, u16, u32
 from .algorithms import AeadAlgo, CryptoError, HashAlgo
+from .messages import VersionNumberEntry
 
 SEQUENCE_LIMIT = (1 << 64) - 1
 
@@ -44,9 +46,39 @@ class SecuredMessageError(Exception):
         self.session_id = session_id
 
 
+@dataclass(frozen=True)
+class BinConcat(Struct):
+    """DSP0274 §12 "Key schedule": BinConcat(Length, Version, Label, Context), the
+    HKDF-Expand info; Version is the text "spdm1.x " (8 bytes), Label and Context
+    follow each other with no length of their own."""
+
+    length: int = u16()
+    version: bytes = raw(8)
+    label_and_context: bytes = tail()
+
+
 def bin_concat(version: int, length: int, label: bytes, context: bytes = b"") -> bytes:
-    return struct.pack("<H", length) + b"spdm%d.%d " % (version >> 4, version & 0xF) + \
-        label + context
+    return BinConcat(length, b"spdm%d.%d " % (version >> 4, version & 0xF),
+                     label + context).pack()
+
+
+@dataclass(frozen=True)
+class SecuredRecordHeader(Struct):
+    """DSP0277 §6 secured message, PCI DOE binding (no SequenceNumber on the wire):
+    SessionID, then Length = bytes of the encrypted data and the MAC after it."""
+
+    session_id: int = u32()
+    length: int = u16()
+
+
+@dataclass(frozen=True)
+class SecuredPlaintext(Struct):
+    """DSP0277 §6 encrypted data before encryption: ApplicationDataLength,
+    ApplicationData (one SPDM message) and the optional RandomData padding."""
+
+    application_data_length: int = u16()
+    application_data: bytes = counted("application_data_length")
+    random_data: bytes = tail()
 
 
 @dataclass
@@ -59,7 +91,8 @@ class DirectionKeys:
     sequence: int = 0
 
     def nonce(self) -> bytes:
-        seq = struct.pack("<Q", self.sequence) + bytes(len(self.iv) - 8)
+        # DSP0277: the 64-bit sequence number, little-endian, XORed into the IV's start.
+        seq = self.sequence.to_bytes(8, "little") + bytes(len(self.iv) - 8)
         return bytes(a ^ b for a, b in zip(self.iv, seq, strict=True))
 
 
@@ -187,9 +220,9 @@ class SecuredSession:
         keys = self._keys(outgoing=True)
         if keys.sequence >= SEQUENCE_LIMIT:
             raise SecuredMessageError("sequence number exhausted", self.session_id)
-        plain = struct.pack("<H", len(message)) + message
+        plain = SecuredPlaintext(application_data=message).pack()
         length = len(plain) + self.schedule.aead.tag_size
-        header = struct.pack("<IH", self.session_id, length)
+        header = SecuredRecordHeader(self.session_id, length).pack()
         record = header + self.schedule.aead.encrypt(keys.key, keys.nonce(), plain, header)
         keys.sequence += 1
         return record
@@ -214,17 +247,18 @@ class SecuredSession:
             raise SecuredMessageError("MAC does not verify (forged, replayed or "
                                       "out-of-sequence record)", session_id) from None
         keys.sequence += 1
-        (app_length,) = struct.unpack_from("<H", plain)
-        if app_length > len(plain) - 2:
-            raise SecuredMessageError("ApplicationDataLength beyond the record", session_id)
-        return plain[2:2 + app_length]
+        try:
+            return SecuredPlaintext.unpack(plain).application_data
+        except DecodeError:
+            raise SecuredMessageError("ApplicationDataLength beyond the record",
+                                      session_id) from None
 
 
 def parse_record_header(record: bytes) -> tuple[int, int]:
     if len(record) < 6:
         raise SecuredMessageError(f"secured record of {len(record)} bytes")
-    session_id, length = struct.unpack_from("<IH", record)
-    return session_id, length
+    header, _ = SecuredRecordHeader.unpack_partial(record)
+    return header.session_id, header.length
 
 
 # -- DSP0277 opaque data (secured message version negotiation) -------------------------------
@@ -237,40 +271,94 @@ SM_DATA_ID_SUPPORTED_VERSION_LIST = 1
 SECURED_MESSAGE_VERSIONS = (0x10, 0x11, 0x12)
 
 
+
+
+@dataclass(frozen=True)
+class OpaqueElement(Struct):
+    """DSP0274 1.2 "General opaque data format" OpaqueElement (also the element of
+    DSP0277 1.0's format): ID (0 = DMTF), VendorLen, VendorID, OpaqueElementDataLen,
+    OpaqueElementData, AlignPadding to a multiple of 4 bytes."""
+
+    id: int = u8()
+    vendor_len: int = u8()
+    vendor_id: bytes = counted("vendor_len")
+    opaque_element_data_len: int = u16()
+    opaque_element_data: bytes = counted("opaque_element_data_len")
+    align_padding: bytes = pad(4)
+
+
+@dataclass(frozen=True)
+class GeneralOpaqueData(Struct):
+    """DSP0274 1.2 OpaqueDataFmt1 (OtherParamsSelection bit 1): TotalElements,
+    Reserved (3 bytes), OpaqueList."""
+
+    total_elements: int = u8()
+    reserved: bytes = raw(3)
+    opaque_list: list[OpaqueElement] = items(OpaqueElement, "total_elements")
+
+
+@dataclass(frozen=True)
+class SpdmOpaqueDataV1(Struct):
+    """The SPDM 1.1 / DSP0277 1.0 opaque data header (OpaqueDataFmt0 or none):
+    SpecID "DMTF", OpaqueVersion 1, TotalElements, Reserved, OpaqueList."""
+
+    spec_id: int = u32(OPAQUE_SPEC_ID_DMTF)
+    opaque_version: int = u8(1)
+    total_elements: int = u8()
+    reserved: int = u16()
+    opaque_list: list[OpaqueElement] = items(OpaqueElement, "total_elements")
+
+
+@dataclass(frozen=True)
+class SmVersionSelection(Struct):
+    """DSP0277 secured-message opaque element data "version selection"
+    (SMDataID 0): SMDataVersion 1, SelectedVersion as a VersionNumberEntry."""
+
+    sm_data_version: int = u8(SM_DATA_VERSION)
+    sm_data_id: int = u8(SM_DATA_ID_VERSION_SELECTION)
+    selected_version: int = u16()
+
+
+@dataclass(frozen=True)
+class SmSupportedVersionList(Struct):
+    """DSP0277 opaque element data "supported version list" (SMDataID 1):
+    SMDataVersion 1, VersionCount, VersionsList of VersionNumberEntry."""
+
+    CODE: ClassVar[int] = SM_DATA_ID_SUPPORTED_VERSION_LIST
+    CODE_FIELD: ClassVar[str] = "sm_data_id"
+    sm_data_version: int = u8(SM_DATA_VERSION)
+    sm_data_id: int = u8()
+    version_count: int = u8()
+    versions_list: list[VersionNumberEntry] = items(VersionNumberEntry, "version_count")
+
+    @classmethod
+    def of(cls, versions: list[int] | tuple[int, ...]) -> SmSupportedVersionList:
+        """From version bytes (0x11): entry = major.minor in bits 15:8."""
+        return cls(versions_list=[VersionNumberEntry(v << 8) for v in versions])
+
+
 def build_opaque(element_data: bytes, opaque_format: int) -> bytes:
     """One DMTF element in the general opaque data table (fmt1) or with the
     SPDM 1.1 spec_id header (fmt0)."""
-    element = struct.pack("<BBH", 0, 0, len(element_data)) + element_data
-    element += bytes(-len(element) % 4)
+    element = OpaqueElement(id=0, opaque_element_data=element_data)
     if opaque_format == 2:
-        return struct.pack("<B3x", 1) + element
-    return struct.pack("<IBB2x", OPAQUE_SPEC_ID_DMTF, 1, 1) + element
+        return GeneralOpaqueData(opaque_list=[element]).pack()
+    return SpdmOpaqueDataV1(opaque_list=[element]).pack()
 
 
 def parse_opaque_elements(opaque: bytes, opaque_format: int) -> list[bytes] | None:
     """Element data of every DMTF element, or None when malformed."""
     try:
+        table: GeneralOpaqueData | SpdmOpaqueDataV1
         if opaque_format == 2:
-            count, pos = opaque[0], 4
+            table, _ = GeneralOpaqueData.unpack_partial(opaque)
         else:
-            spec_id, _, count = struct.unpack_from("<IBB", opaque)
-            if spec_id != OPAQUE_SPEC_ID_DMTF:
+            table, _ = SpdmOpaqueDataV1.unpack_partial(opaque)
+            if table.spec_id != OPAQUE_SPEC_ID_DMTF:
                 return None
-            pos = 8
-        out = []
-        for _ in range(count):
-            ident, vlen = opaque[pos], opaque[pos + 1]
-            pos += 2 + vlen
-            (dlen,) = struct.unpack_from("<H", opaque, pos)
-            pos += 2
-            if pos + dlen > len(opaque):
-                return None
-            if ident == 0:
-                out.append(opaque[pos:pos + dlen])
-            pos += dlen + (-(2 + vlen + 2 + dlen) % 4)
-        return out
-    except (IndexError, struct.error):
+    except DecodeError:
         return None
+    return [e.opaque_element_data for e in table.opaque_list if e.id == 0]
 
 
 def parse_secured_version_list(opaque: bytes, opaque_format: int) -> list[int] | None:
@@ -283,10 +371,11 @@ def parse_secured_version_list(opaque: bytes, opaque_format: int) -> list[int] |
     for data in elements:
         if len(data) >= 3 and data[0] == SM_DATA_VERSION and \
                 data[1] == SM_DATA_ID_SUPPORTED_VERSION_LIST:
-            count = data[2]
-            if len(data) < 3 + 2 * count:
+            try:
+                element, _ = SmSupportedVersionList.unpack_partial(data)
+            except DecodeError:
                 return None
-            return [struct.unpack_from("<H", data, 3 + 2 * i)[0] >> 8 for i in range(count)]
+            return [e.version >> 8 for e in element.versions_list]
     return []
 
 
@@ -294,5 +383,6 @@ def parse_secured_version_selection(opaque: bytes, opaque_format: int) -> int | 
     for data in parse_opaque_elements(opaque, opaque_format) or []:
         if len(data) >= 4 and data[0] == SM_DATA_VERSION and \
                 data[1] == SM_DATA_ID_VERSION_SELECTION:
-            return int(struct.unpack_from("<H", data, 2)[0] >> 8)
+            element, _ = SmVersionSelection.unpack_partial(data)
+            return element.selected_version >> 8
     return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -651,8 +652,10 @@ class CcaRealm:
             data += self.mem.read(self.bounce, out[1])
         return bytes(data)
 
-    def lock(self, vdev_id: int, nonce: bytes = bytes(32)) -> Evidence:
-        """cca_device_lock + evidence: the sequence of firmware-abi.md C.8 (guest)."""
+    def lock(self, vdev_id: int, nonce: bytes | None = None) -> Evidence:
+        """cca_device_lock + evidence: the sequence of firmware-abi.md C.8 (guest).
+        ``nonce``: the 32 bytes the device signs its measurements over (random if None)."""
+        nonce = os.urandom(32) if nonce is None else nonce
         self.rhi_wait(RHI_DA_VDEV_SET_TDI_STATE, vdev_id, RhiTdiState.CONFIG_LOCKED)
         first = self.get_info(vdev_id)
         if first.state != RsiVdevState.LOCKED:

@@ -95,8 +95,6 @@ MMIO_REPORTING_OFFSET = 0
 REPORT_PAGE_SHIFT = 12
 # rsi_vdev_info.format_version for TDISP 1.0 (major [31:16], minor [15:0]).
 TDISP_FORMAT_VERSION = 1 << 16
-# The SPDM requester draws its own GET_MEASUREMENTS nonce; the 32-byte nonce of
-# rmi_vdev_measure_params is recorded in the VDEV_GET_MEASUREMENTS event, not sent.
 
 # -- nonces ---------------------------------------------------------------------------------
 # lock_nonce, meas_nonce and report_nonce are u64 values; each LOCK, GET_MEASUREMENTS,

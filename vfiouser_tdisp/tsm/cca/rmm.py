@@ -811,7 +811,8 @@ class Rmm:
             v.fsm.fire("measured", meas_nonce=v.meas_nonce, nonce=params.nonce.hex())
         self._start(vdev, "measurements",
                     ops.vdev_measurements(vdev.pdev.ctx,
-                                          bool(params.flags & RMI_VDEV_MEASURE_FLAGS_RAW)),
+                                          bool(params.flags & RMI_VDEV_MEASURE_FLAGS_RAW),
+                                          params.nonce),
                     measured)
         return (RmiStatus.RMI_SUCCESS,)
 

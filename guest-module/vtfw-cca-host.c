@@ -1200,7 +1200,7 @@ int vtfw_cca_serve_host_call(struct vtfw_port *port, struct pci_dev *pdev)
  * "BDF SCOPE FID [X2 [X3 [X4 [X5]]]]" (SCOPE: 0 INFO, 1 STATE_CHANGE, 2/3
  * DEBUG_READ/WRITE; gprs[1] is the TDI id the host bound BDF with); the
  * write fails with the errno pci_tsm_guest_req() returned; read the answer's
- * status and x1 back.
+ * status and x1 back (hex).
  */
 static ssize_t cca_guest_req_store(struct device *dev, struct device_attribute *attr,
 				   const char *buf, size_t count)
@@ -1237,7 +1237,7 @@ static ssize_t cca_guest_req_show(struct device *dev, struct device_attribute *a
 	struct vtfw_port *port = dev_get_drvdata(dev);
 	struct cca_realm *realm = port->platform;
 
-	return sysfs_emit(buf, "%#llx %#llx\n", realm->req_answer[0], realm->req_answer[1]);
+	return sysfs_emit(buf, "%llx %llx\n", realm->req_answer[0], realm->req_answer[1]);
 }
 static DEVICE_ATTR_RW(cca_guest_req);
 

@@ -380,7 +380,7 @@ def test_module_connects_binds_locks_and_accepts_through_the_rmm(
                                   append="vtdisp.bind=1 vtdisp.tvm=1")
     for name in ("tsm_module", "tsm_connect", "tvm_lock_busy", "tsm_bind", "tvm_accept_unlocked",
                  "tvm_lock", "tvm_evidence", "tvm_accept", "tvm_probe", "tvm_unlock",
-                 "tsm_unbind", "tsm_disconnect", "tsm_rmmod"):
+                 "tvm_scope", "tsm_unbind", "tsm_disconnect", "tsm_rmmod"):
         got = run.result(name)
         assert got is not None and got[0], f"{name}: {got}\n{console[-4000:]}"
     assert (run.result("tsm_bind") or ("", ""))[1].startswith("bound=tsm0 t=")
@@ -395,8 +395,20 @@ def test_module_connects_binds_locks_and_accepts_through_the_rmm(
     assert ep_path == [("NEW", "NEEDS_KEY"), ("NEEDS_KEY", "HAS_KEY"), ("HAS_KEY", "READY"),
                        ("READY", "STOPPED")]
     vdev_path = [t for t in _transitions(events, "rmm.vdev.transition") if t[0] != t[1]]
+    # bind, the TVM's lock / accept / unlock, then tvm_scope's STATE_CHANGE lock and unlock
     assert vdev_path == [("NEW", "UNLOCKED"), ("UNLOCKED", "LOCKED"), ("LOCKED", "STARTED"),
-                         ("STARTED", "UNLOCKED")]
+                         ("STARTED", "UNLOCKED"), ("UNLOCKED", "LOCKED"),
+                         ("LOCKED", "UNLOCKED")]
+    # pci_tsm_guest_req() scopes: the TSM refused the INFO-scoped state change and the
+    # INFO-scoped CONTINUE of one (the DEBUG scope never reached it: the core's -EINVAL)
+    assert "vtfw: RHI 0xc5000054 needs scope STATE_CHANGE, asked with INFO: refused" in console
+    assert "vtfw: RHI 0xc5000051 needs scope STATE_CHANGE, asked with INFO: refused" in console
+    assert "asked with DEBUG" not in console
+    # PDEV_CREATE of the endpoint was a stateful operation: both granules donated in one
+    # OP_MEM_DONATE, then OP_CONTINUE; after PDEV_DESTROY the module undelegated them
+    assert _transitions(events, "rmm.sro.transition") == [("DONATE", "CONTINUE"),
+                                                          ("CONTINUE", "DONE")]
+    assert "EP PDEV: 2 granules donated to the RMM (SRO)" in console
     assert _transitions(events, "rmm.vdev_dma.transition") == [("DISABLED", "ENABLED"),
                                                                ("ENABLED", "DISABLED")]
     assert events.of("rmm.host_call")  # RHI went through RSI_HOST_CALL and REC_ENTER

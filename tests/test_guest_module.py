@@ -376,7 +376,8 @@ def test_module_connects_binds_locks_and_accepts_through_the_rmm(
         prov: Provisioned, tmp_path: Path, events: Recorder) -> None:
     """The project's RMM emulator behind the port (what `serve --platform cca` serves):
     host side (connect, bind) and TVM side (lock, evidence, accept, probe, unlock)."""
-    run, console = boot_with_port(prov, tmp_path, platform_firmware("cca"), "device,tsm_module",
+    rmm = platform_firmware("cca")
+    run, console = boot_with_port(prov, tmp_path, rmm, "device,tsm_module",
                                   append="vtdisp.bind=1 vtdisp.tvm=1")
     for name in ("tsm_module", "tsm_connect", "tvm_lock_busy", "tsm_bind", "tvm_accept_unlocked",
                  "tvm_lock", "tvm_evidence", "tvm_accept", "tvm_probe", "tvm_unlock",
@@ -409,6 +410,7 @@ def test_module_connects_binds_locks_and_accepts_through_the_rmm(
     assert _transitions(events, "rmm.sro.transition") == [("DONATE", "CONTINUE"),
                                                           ("CONTINUE", "DONE")]
     assert "EP PDEV: 2 granules donated to the RMM (SRO)" in console
+    assert not rmm.granules   # every granule undelegated, the donated ones too
     assert _transitions(events, "rmm.vdev_dma.transition") == [("DISABLED", "ENABLED"),
                                                                ("ENABLED", "DISABLED")]
     assert events.of("rmm.host_call")  # RHI went through RSI_HOST_CALL and REC_ENTER

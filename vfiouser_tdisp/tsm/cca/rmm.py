@@ -85,6 +85,7 @@ from .abi import (
     rsi_state_of,
 )
 from .devcomm import DevFlow, Operation
+from .rhi import DEFAULT_LAYOUT, LAYOUTS
 
 Result = tuple[int, ...]
 
@@ -304,8 +305,11 @@ class Rmm:
     abi_id = model.ABI_ID
     abi_version = model.ABI_VERSION
 
-    def __init__(self, name: str = "rmm") -> None:
+    def __init__(self, name: str = "rmm", rhi_layout: str = DEFAULT_LAYOUT) -> None:
         self.name = name
+        # the layout the realm's host calls are named in (events): the RMM passes them
+        # on untouched, the host answers them (rhi.py)
+        self.rhi_layout = LAYOUTS[rhi_layout]
         self.granules: dict[int, Granule] = {}
         self.realms: dict[int, Realm] = {}
         self.recs: dict[int, Rec] = {}
@@ -1039,7 +1043,9 @@ class Rmm:
         gprs = struct.unpack(f"<{REC_NR_GPRS}Q", hc.gprs)
         rec.host_call = HostCall(a[0], hc.imm, gprs)
         emit("rmm.host_call", rec=f"{rec.addr:#x}", op="exit", imm=hc.imm,
-             fid=f"{gprs[0]:#x}")
+             fid=f"{gprs[0]:#x}", layout=self.rhi_layout.name,
+             rhi=self.rhi_layout.call_name(gprs[0]),
+             **self.rhi_layout.call_args(gprs[0], gprs))
         return (RsiStatus.RSI_INCOMPLETE,)
 
     def _rsi_vdev(self, vdev_id: int) -> tuple[Vdev | None, RsiStatus]:

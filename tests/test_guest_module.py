@@ -429,3 +429,99 @@ def test_connect_reaches_the_dsms_other_functions(prov: Provisioned, tmp_path: P
         got = run.result(name)
         assert got is not None and got[0], f"{name}: {got}\n{console[-3000:]}"
     assert (run.result("tsm_function") or ("", ""))[1] == "0000:01:00.1 dsm=0000:01:00.0"
+
+
+# -- the Kbuild's devsec detection and `run --kernel-build` against a tree (item 7) ------
+
+DEVSEC_OPS_OFFSET = 56   # struct pci_tsm_ops: 7 link ops of 8 bytes, then the devsec ops
+
+
+def _headers_copy(prov: Provisioned, name: str, op: str | None) -> Path:
+    """A copy of Debian's split headers (linux-headers-<release> + -common) inside the
+    private build tree, its pci-tsm.h given the proposed devsec ``op`` after unlock
+    (firmware-abi.md A.3: [IO2] ``accept(pdev)``, [ISTG] ``run``, renamed) -- a tree as
+    a user's kernel with those patches would have it."""
+    import shutil
+    src = Path(prov.cache) / "modbuild/usr/src"
+    rel = prov.kernel_version
+    common = f"linux-headers-{rel.rsplit('-', 1)[0]}-common"
+    dst_arch, dst_common = src / f"{name}-{rel}", src / f"{name}-common"
+    for d in (dst_arch, dst_common):
+        shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(src / f"linux-headers-{rel}", dst_arch, symlinks=True)
+    shutil.copytree(src / common, dst_common, symlinks=True)
+    mk = dst_arch / "Makefile"
+    mk.write_text(mk.read_text().replace(f"/usr/src/linux-headers-{rel}", f"/usr/src/{dst_arch.name}")
+                  .replace(f"/usr/src/{common}", f"/usr/src/{dst_common.name}"))
+    if op is not None:
+        h = dst_common / "include/linux/pci-tsm.h"
+        text = h.read_text()
+        anchor = "\t\tvoid (*unlock)(struct pci_tsm *tsm);\n"
+        assert anchor in text
+        h.write_text(text.replace(anchor, anchor + f"\t\tint (*{op})(struct pci_dev *pdev);\n"))
+    return dst_arch
+
+
+def _devsec_slots(ko: Path) -> dict[int, str]:
+    """Which functions fill the devsec slots of cca_devsec_ops, from the module's ELF
+    (readelf: the .data relocations at the symbol's offset, section + addend resolved to
+    the function symbol there): slot offset -> function name."""
+    import re
+    import subprocess
+
+    def readelf(opt: str) -> list[str]:
+        return subprocess.run(["readelf", opt, str(ko)], capture_output=True, text=True,
+                              check=True).stdout.splitlines()
+    sections = {m.group(2): int(m.group(1)) for line in readelf("-SW")
+                if (m := re.match(r"\s*\[\s*(\d+)\]\s+(\S+)", line))}
+    funcs: dict[tuple[int, int], str] = {}
+    base = None
+    for line in readelf("-sW"):
+        f = line.split()
+        if len(f) == 8 and f[0].endswith(":") and f[6].isdigit():
+            if f[3] == "FUNC":
+                funcs[(int(f[6]), int(f[1], 16))] = f[7]
+            if f[7] == "cca_devsec_ops":
+                base = int(f[1], 16)
+    assert base is not None
+    slots: dict[int, str] = {}
+    section = ""
+    for line in readelf("-rW"):
+        if line.startswith("Relocation section"):
+            section = line.split("'")[1]
+            continue
+        m = re.match(r"([0-9a-f]+)\s+[0-9a-f]+\s+\S+\s+[0-9a-f]+\s+(\S+) \+ ([0-9a-f]+)", line)
+        if section != ".rela.data" or not m:
+            continue
+        off = int(m.group(1), 16) - base
+        if DEVSEC_OPS_OFFSET <= off < DEVSEC_OPS_OFFSET + 24:
+            target = m.group(2)
+            name = funcs.get((sections.get(target, -1), int(m.group(3), 16)), target)
+            slots[off - DEVSEC_OPS_OFFSET] = name
+    return slots
+
+
+@pytest.mark.parametrize("op", [None, "accept", "run"])
+def test_devsec_operation_detected_at_build_time(prov: Provisioned, op: str | None) -> None:
+    """Built with `run --kernel-build`'s path (ensure_user_module) against a copy of the
+    Debian headers: stock 7.3.4 wires lock and unlock only; a pci-tsm.h with the proposed
+    accept ([IO2]) or run ([ISTG]) devsec operation gets cca_devsec_accept in that slot."""
+    import shutil
+
+    from vfiouser_tdisp.run.module_build import ensure_user_module
+    tree = _headers_copy(prov, f"vtfw-test-{op or 'stock'}", op)
+    try:
+        ko = ensure_user_module(prov, tree, prov.kernel_version)
+        elf = ko.read_bytes()
+        slots = _devsec_slots(ko)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+        shutil.rmtree(tree.with_name(f"vtfw-test-{op or 'stock'}-common"), ignore_errors=True)
+    assert b"vermagic=" + prov.kernel_version.encode() in elf
+    assert slots.get(0, "").startswith("cca_devsec_lock")
+    assert slots.get(8, "").startswith("cca_devsec_unlock")
+    if op is None:
+        assert 16 not in slots and b"vtfw_devsec_ops=lock,unlock\0" in elf
+    else:
+        assert slots.get(16, "").startswith("cca_devsec_accept")
+        assert f"vtfw_devsec_ops=lock,unlock,{op}\0".encode() in elf

@@ -451,7 +451,8 @@ def _headers_copy(prov: Provisioned, name: str, op: str | None) -> Path:
     shutil.copytree(src / f"linux-headers-{rel}", dst_arch, symlinks=True)
     shutil.copytree(src / common, dst_common, symlinks=True)
     mk = dst_arch / "Makefile"
-    mk.write_text(mk.read_text().replace(f"/usr/src/linux-headers-{rel}", f"/usr/src/{dst_arch.name}")
+    mk.write_text(mk.read_text()
+                  .replace(f"/usr/src/linux-headers-{rel}", f"/usr/src/{dst_arch.name}")
                   .replace(f"/usr/src/{common}", f"/usr/src/{dst_common.name}"))
     if op is not None:
         h = dst_common / "include/linux/pci-tsm.h"

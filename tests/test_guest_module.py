@@ -349,6 +349,87 @@ def test_failed_connect_unwinds(prov: Provisioned, tmp_path: Path) -> None:
     assert rmmod is not None and rmmod[0]
 
 
+RMI_OP_CONTINUE, RMI_OP_MEM_DONATE, RMI_OP_CANCEL = 0xC4000203, 0xC4000208, 0xC400020A
+RMI_INCOMPLETE, SRO_HANDLE = 13, 0x77
+
+
+class MiniRmmWithSro(MiniRmmWithStreams):
+    """PDEV_CREATE of an off-chip endpoint as a stateful RMI operation (firmware-abi.md
+    C.2: "may return RMI_INCOMPLETE + SRO donate request ... continue with OP_MEM_DONATE /
+    OP_CONTINUE"): INCOMPLETE, handle, DONATE (1), a request for two 4 KiB granules
+    (count [15:2]; ``state`` b17: 1 asks for undelegated memory, which the module does not
+    offer).  Each donated address descriptor is checked on bytes: size [1:0] 0 (4 KiB),
+    count [11:2], address [51:12] a delegated granule, state b63 0 (delegated)."""
+
+    def __init__(self, undelegated: bool = False) -> None:
+        super().__init__()
+        self.request = 2 << 2 | (1 << 17 if undelegated else 0)
+        self.pending: tuple[int, int] | None = None
+        self.aux: set[int] = set()
+
+    def call(self, call: FirmwareCall, mem: GuestMemory) -> tuple[int, ...]:
+        a = call.args
+        if call.fid == RMI_PDEV_CREATE and self.pending is None:
+            flags = struct.unpack("<Q", mem.read(a[1], 8))[0]
+            if (flags >> 1) & 3 == 1:   # EP_OFF_CHIP: memory first
+                self.pending = (a[0], a[1])
+                self.params_copy = mem.read(a[1], 0x39)
+                return (RMI_INCOMPLETE, SRO_HANDLE, 1, self.request)
+        if call.fid == RMI_OP_MEM_DONATE:
+            if a[0] != SRO_HANDLE or self.pending is None:
+                return (RMI_ERROR_INPUT, 0)
+            descs = struct.unpack(f"<{a[2]}Q", mem.read(a[1], 8 * a[2]))
+            for d in descs:
+                base = d & ((1 << 52) - 1) & ~0xFFF
+                if d & 3 or (d >> 2) & 0x3FF != 1 or d >> 63 or base not in self.delegated \
+                        or base in self.pdevs or base in self.aux:
+                    self.problems.append(f"donate descriptor {d:#x}")
+                    return (RMI_ERROR_INPUT, 0)
+                self.aux.add(base)
+            self.log.append(("donate", len(descs)))
+            return (RMI_INCOMPLETE, len(descs), 0, 0)
+        if call.fid == RMI_OP_CONTINUE:
+            if a[:2] != (SRO_HANDLE, 0) or self.pending is None or len(self.aux) != 2:
+                return (RMI_ERROR_INPUT,)
+            pdev, _ = self.pending
+            params = struct.unpack("<7QB", self.params_copy)
+            self.pdevs[pdev] = Pdev(params[0], params)
+            self.log.append(("create", params))
+            self.pending = None
+            return (RMI_SUCCESS,)
+        if call.fid == RMI_OP_CANCEL:
+            self.log.append(("cancel", a[0]))
+            self.pending = None
+            self.aux.clear()
+            return (RMI_SUCCESS,)
+        if call.fid == RMI_GRANULE_UNDELEGATE and a[0] in self.aux:
+            if any(p.flags & 1 for p in self.pdevs.values()):   # the EP PDEV still holds it
+                self.problems.append(f"granule {a[0]:#x} undelegated while the PDEV lives")
+                return (RMI_ERROR_INPUT,)
+            self.aux.discard(a[0])
+        return super().call(call, mem)
+
+
+@pytest.mark.parametrize("undelegated", [False, True])
+def test_connect_feeds_a_pdev_create_that_needs_memory(prov: Provisioned, tmp_path: Path,
+                                                       undelegated: bool) -> None:
+    fw = MiniRmmWithSro(undelegated)
+    run, console = boot_with_port(prov, tmp_path, fw, "device,tsm_module")
+    got = run.result("tsm_connect")
+    assert got is not None, console[-3000:]
+    assert not fw.problems, fw.problems
+    if not undelegated:
+        assert got[0], f"{got}\n{console[-3000:]}"
+        assert ("donate", 2) in fw.log
+        assert "EP PDEV: 2 granules donated to the RMM (SRO)" in console
+        assert "EP PDEV READY -> STOPPED" in console
+    else:
+        assert not got[0] and "Input/output error" in got[1]
+        assert ("cancel", SRO_HANDLE) in fw.log and not any(e[0] == "donate" for e in fw.log)
+        assert "EP PDEV: donate request 0x20008 not supported" in console
+    assert not fw.delegated and not fw.aux   # every granule, donated ones too, undelegated
+
+
 @pytest.mark.parametrize(("asym", "algo"), [("ecdsa-p256", ECDSA_P256),
                                             ("rsassa-3072", RSASSA_3072)])
 def test_module_takes_the_key_of_other_leaf_algorithms(

@@ -42,12 +42,18 @@ static const char * const cca_pdev_states[] = {
 	"NEW", "NEEDS_KEY", "HAS_KEY", "READY", "STOPPED", "ERROR",
 };
 
+/* granules a PDEV may ask for through RMI_INCOMPLETE + OP_MEM_DONATE */
+#define CCA_MAX_AUX		16
+
 struct cca_pdev {
 	const char *name;
 	struct pci_dev *pci;
 	void *granule;		/* the PDEV granule handed to the RMM */
 	bool delegated;
 	bool created;
+	void *aux[CCA_MAX_AUX];	/* donated to the RMM for this PDEV (SRO) */
+	bool aux_delegated[CCA_MAX_AUX];
+	unsigned int naux;
 };
 
 struct cca_obj {
@@ -77,6 +83,8 @@ struct cca_realm {
 	void *rd;
 	void *rec;
 	void *run;		/* rmi_rec_run: the host's side of a REC entry */
+	u64 sc_handle;		/* the VMM's note: the handle of a state change in flight */
+	u64 req_answer[2];	/* the last cca_guest_req trigger's answer (status, x1) */
 	bool rd_delegated;
 	bool rec_delegated;
 	bool created;
@@ -89,6 +97,7 @@ struct cca_tdi {
 	bool delegated;
 	bool created;
 	u64 handle;		/* the RHI operation in flight, 0: none */
+	bool state_op;		/* ... and whether it changes the TDI's state */
 };
 
 static const char * const cca_vdev_states[] = {
@@ -369,6 +378,80 @@ static int cca_pdev_drive(struct cca_dsm *dsm, struct cca_pdev *p, u64 target)
 	return 0;
 }
 
+/* the granules a PDEV was given, back from the RMM (delegated and free) */
+static void cca_aux_put(struct cca_dsm *dsm, struct cca_pdev *p)
+{
+	while (p->naux) {
+		p->naux--;
+		cca_granule_put(dsm->port, p->aux[p->naux], p->aux_delegated[p->naux]);
+		p->aux[p->naux] = NULL;
+	}
+}
+
+/*
+ * A stateful RMI operation (RMM 2.0 SRO, firmware-abi.md C.2/C.8): the command
+ * answered RMI_INCOMPLETE with a handle and a memory request.  Donate the
+ * granules it asks for (delegated, one address descriptor each), then
+ * RMI_OP_CONTINUE until it completes; anything else cancels it.
+ */
+static int cca_sro(struct cca_dsm *dsm, struct cca_pdev *p, u64 *res)
+{
+	struct pci_dev *pdev = dsm->pf0.base_tsm.pdev;
+	u64 handle = res[1], kind = res[2], req = res[3];
+	unsigned int n, i, round;
+	u64 args[3];
+	int rc;
+
+	for (round = 0; round < 16; round++) {
+		if (kind == RMI_OP_MEM_REQ_DONATE) {
+			n = RMI_DONATE_COUNT(req);
+			if (RMI_DONATE_SIZE(req) || req & RMI_DONATE_UNDELEGATED || !n ||
+			    n > CCA_MAX_AUX - p->naux || n > PAGE_SIZE / 8) {
+				vtfw_err(pdev, "%s PDEV: donate request %#llx not supported\n",
+					 p->name, req);
+				goto cancel;
+			}
+			memset(dsm->params, 0, PAGE_SIZE);
+			for (i = 0; i < n; i++) {
+				void *g = cca_granule_get(dsm->port, &p->aux_delegated[p->naux]);
+
+				if (!g)
+					goto cancel;
+				p->aux[p->naux++] = g;
+				put64(dsm->params, 8 * i, RMI_ADDR_DESC(vtfw_pa(g), 1));
+			}
+			args[0] = handle;
+			args[1] = vtfw_pa(dsm->params);
+			args[2] = n;
+			rc = vtfw_call(dsm->port, VTFW_CLASS_HOST, RMI_OP_MEM_DONATE, args, 3, res);
+			if (rc)
+				return rc;
+			if (res[0] == RMI_INCOMPLETE)
+				vtfw_info(pdev, "%s PDEV: %llu granules donated to the RMM (SRO)\n",
+					  p->name, res[1]);
+		} else if (kind == RMI_OP_MEM_REQ_NONE) {
+			args[0] = handle;
+			args[1] = 0;
+			rc = vtfw_call(dsm->port, VTFW_CLASS_HOST, RMI_OP_CONTINUE, args, 2, res);
+			if (rc)
+				return rc;
+		} else {
+			vtfw_err(pdev, "%s PDEV: SRO memory request %llu not supported\n",
+				 p->name, kind);
+			goto cancel;
+		}
+		if (res[0] != RMI_INCOMPLETE)
+			return cca_status(pdev, "RMI_PDEV_CREATE (SRO)", res[0]);
+		kind = res[2];
+		req = res[3];
+	}
+cancel:
+	args[0] = handle;
+	vtfw_call(dsm->port, VTFW_CLASS_HOST, RMI_OP_CANCEL, args, 1, res);
+	cca_aux_put(dsm, p);	/* delegated and free again after the cancel */
+	return -EIO;
+}
+
 static int cca_pdev_create(struct cca_dsm *dsm, struct cca_pdev *p,
 			   struct pci_dev *pci, u64 flags, u64 rid_base, u64 rid_top)
 {
@@ -392,7 +475,11 @@ static int cca_pdev_create(struct cca_dsm *dsm, struct cca_pdev *p,
 	put64(dsm->params, RMI_PDEV_PARAMS_RID_TOP, rid_top);
 	put64(dsm->params, RMI_PDEV_PARAMS_HASH_ALGO, RMI_HASH_SHA_256);
 	args[1] = vtfw_pa(dsm->params);
-	rc = cca_rmi(dsm, "RMI_PDEV_CREATE", RMI_PDEV_CREATE, args, 2, res);
+	rc = vtfw_call(dsm->port, VTFW_CLASS_HOST, RMI_PDEV_CREATE, args, 2, res);
+	if (!rc && res[0] == RMI_INCOMPLETE)
+		rc = cca_sro(dsm, p, res);	/* an off-chip endpoint may need memory */
+	else if (!rc)
+		rc = cca_status(dsm->pf0.base_tsm.pdev, "RMI_PDEV_CREATE", res[0]);
 	if (rc)
 		return rc;
 	p->created = true;
@@ -411,10 +498,15 @@ static void cca_pdev_destroy(struct cca_dsm *dsm, struct cca_pdev *p)
 		if (state != RMI_PDEV_STOPPED &&
 		    !cca_rmi(dsm, "RMI_PDEV_STOP", RMI_PDEV_STOP, args, 1, res))
 			cca_pdev_drive(dsm, p, RMI_PDEV_STOPPED);
-		if (!cca_rmi(dsm, "RMI_PDEV_DESTROY", RMI_PDEV_DESTROY, args, 1, res))
+		if (!cca_rmi(dsm, "RMI_PDEV_DESTROY", RMI_PDEV_DESTROY, args, 1, res)) {
 			vtfw_info(pdev, "%s PDEV destroyed\n", p->name);
+		} else {
+			p->naux = 0;	/* still the RMM's: never back to the allocator */
+			p->delegated = true;
+		}
 		p->created = false;
 	}
+	cca_aux_put(dsm, p);
 	cca_granule_put(dsm->port, p->granule, p->delegated);
 	p->granule = NULL;
 	p->delegated = false;
@@ -806,8 +898,61 @@ static void cca_unbind(struct pci_tdi *base)
 
 /* -- RHI host calls: what a VMM does with the TVM's requests --------------------------- */
 
+static const struct cca_rhi_layout cca_rhi_layouts[] = {
+	{	/* DEN0148 RHI 1.0-bet1 as the cca-rmm-acs tests it */
+		.name = "rhi-1.0-bet1",
+		.get_measurements = 0xc5000052,
+		.get_interface_report = 0xc5000053,
+		.obj_id = { [RMI_DEV_VCA] = 0, [RMI_DEV_CERTIFICATE] = 1,
+			    [RMI_DEV_MEASUREMENTS] = 2, [RMI_DEV_INTERFACE_REPORT] = 3 },
+		.read_buf = 3, .read_len = 4, .read_off = 5,
+		/* [MODEL] unpublished: read like rmi_vdev_measure_params */
+		.meas_nonce = 0x100, .meas_flags = 0, .meas_raw = BIT(0),
+	},
+	{	/* the Linux RFC v4 guest (arch/arm64/include/asm/rhi.h) */
+		.name = "linux-rfc-v4",
+		.get_measurements = 0xc5000053,
+		.get_interface_report = 0xc5000052,
+		.obj_id = { [RMI_DEV_VCA] = 4, [RMI_DEV_CERTIFICATE] = 1,
+			    [RMI_DEV_MEASUREMENTS] = 2, [RMI_DEV_INTERFACE_REPORT] = 3 },
+		.read_buf = 5, .read_len = 4, .read_off = 3,
+		/* rhi_vdev_measurement_params: flags (SIGNED b0, RAW b1) @0, nonce @0x200 */
+		.meas_nonce = 0x200, .meas_flags = BIT(0), .meas_raw = BIT(1),
+	},
+};
+
+static const struct cca_rhi_layout *cca_layout = &cca_rhi_layouts[0];
+
+const struct cca_rhi_layout *vtfw_cca_rhi(void)
+{
+	return READ_ONCE(cca_layout);
+}
+
+static int rhi_layout_set(const char *val, const struct kernel_param *kp)
+{
+	for (int i = 0; i < ARRAY_SIZE(cca_rhi_layouts); i++) {
+		if (sysfs_streq(val, cca_rhi_layouts[i].name)) {
+			WRITE_ONCE(cca_layout, &cca_rhi_layouts[i]);
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+static int rhi_layout_get(char *buf, const struct kernel_param *kp)
+{
+	return scnprintf(buf, PAGE_SIZE, "%s\n", vtfw_cca_rhi()->name);
+}
+
+static const struct kernel_param_ops rhi_layout_ops = {
+	.set = rhi_layout_set,
+	.get = rhi_layout_get,
+};
+module_param_cb(rhi_layout, &rhi_layout_ops, NULL, 0644);
+MODULE_PARM_DESC(rhi_layout, "RHI numbering of realm and host side: rhi-1.0-bet1 (default) or linux-rfc-v4; change it only while no TDI is locked");
+
 static u64 cca_rhi_start(struct cca_dsm *dsm, struct cca_tdi *tdi, const char *what,
-			 u64 fid, u64 extra, u64 *out)
+			 u64 fid, u64 extra, bool state_op, u64 *out)
 {
 	struct cca_realm *realm = dsm->port->platform;
 	u64 args[] = { vtfw_pa(realm->rd), vtfw_pa(dsm->ep.granule), vtfw_pa(tdi->granule),
@@ -825,6 +970,7 @@ static u64 cca_rhi_start(struct cca_dsm *dsm, struct cca_tdi *tdi, const char *w
 		return RHI_DA_DEVICE;
 	}
 	tdi->handle = ++dsm->handles;
+	tdi->state_op = state_op;
 	out[1] = tdi->handle;
 	return RHI_DA_INCOMPLETE;
 }
@@ -863,33 +1009,39 @@ static u64 cca_rhi_set_tdi_state(struct cca_dsm *dsm, struct cca_tdi *tdi, u64 t
 		return RHI_DA_DEVICE;
 	if (state == map[target].state)
 		return RHI_DA_SUCCESS;	/* e.g. locked by the host at bind time */
-	return cca_rhi_start(dsm, tdi, map[target].name, map[target].fid, 0, out);
+	return cca_rhi_start(dsm, tdi, map[target].name, map[target].fid, 0, true, out);
 }
 
-/* the TVM's measurement parameters: flags (RAW b0) @0, nonce[32] @0x100 */
+/* the TVM's measurement parameters, in the layout's block: flags and nonce[32] */
 static u64 cca_rhi_measure(struct cca_dsm *dsm, struct cca_tdi *tdi, u64 params, u64 *out)
 {
+	const struct cca_rhi_layout *lay = vtfw_cca_rhi();
 	const u8 *in;
 
 	if (!params || !pfn_valid(PHYS_PFN(params)) || offset_in_page(params))
 		return RHI_DA_ACCESS_FAILED;
 	in = phys_to_virt(params);
 	memset(dsm->params, 0, PAGE_SIZE);
-	put64(dsm->params, 0, get64(in, 0) & 1);
-	memcpy(dsm->params + RMI_VDEV_MEASURE_NONCE, in + RMI_VDEV_MEASURE_NONCE, 32);
+	put64(dsm->params, 0, get64(in, 0) & lay->meas_raw ? 1 : 0);	/* RMI: RAW b0 */
+	memcpy(dsm->params + RMI_VDEV_MEASURE_NONCE, in + lay->meas_nonce, 32);
 	return cca_rhi_start(dsm, tdi, "RMI_VDEV_GET_MEASUREMENTS", RMI_VDEV_GET_MEASUREMENTS,
-			     vtfw_pa(dsm->params), out);
+			     vtfw_pa(dsm->params), false, out);
 }
 
 /* OBJECT_SIZE / OBJECT_READ: from the host's cache of what the RMM marked */
 static u64 cca_rhi_object(struct cca_dsm *dsm, const u64 *in, u64 *out)
 {
-	u64 id = in[2], buf = in[3], max_len = in[4], offset = in[5];
-	struct cca_obj *o;
+	const struct cca_rhi_layout *lay = vtfw_cca_rhi();
+	u64 buf = in[lay->read_buf], max_len = in[lay->read_len], offset = in[lay->read_off];
+	struct cca_obj *o = NULL;
+	int i;
 
-	if (id > RHI_OBJ_INTERFACE_REPORT)
-		return RHI_DA_INVALID_OBJECT;
-	o = &dsm->obj[id];	/* the ACS object ids are the cache's */
+	for (i = 0; i < RMI_DEV_NR_OBJS; i++)
+		if (lay->obj_id[i] == in[2])
+			o = &dsm->obj[i];
+	if (!o)	/* the ACS's EXTENSION_EVIDENCE (4) exists but is not offered */
+		return lay->obj_id[RMI_DEV_VCA] == 0 && in[2] == 4 ?
+			RHI_DA_OBJECT_UNSUPPORTED : RHI_DA_INVALID_OBJECT;
 	if (!o->len)
 		return RHI_DA_DATA_NOT_AVAILABLE;
 	if (in[0] == RHI_DA_OBJECT_SIZE) {
@@ -909,6 +1061,13 @@ static u64 cca_rhi_object(struct cca_dsm *dsm, const u64 *in, u64 *out)
 
 static u64 cca_rhi(struct cca_dsm *dsm, struct cca_tdi *tdi, const u64 *in, u64 *out)
 {
+	const struct cca_rhi_layout *lay = vtfw_cca_rhi();
+
+	if (in[0] == lay->get_interface_report)
+		return cca_rhi_start(dsm, tdi, "RMI_VDEV_GET_INTERFACE_REPORT",
+				     RMI_VDEV_GET_INTERFACE_REPORT, 0, false, out);
+	if (in[0] == lay->get_measurements)
+		return cca_rhi_measure(dsm, tdi, in[2], out);
 	switch (in[0]) {
 	case RHI_DA_VERSION:
 		return RHI_DA_VERSION_1_0;
@@ -917,11 +1076,6 @@ static u64 cca_rhi(struct cca_dsm *dsm, struct cca_tdi *tdi, const u64 *in, u64 
 	case RHI_DA_OBJECT_SIZE:
 	case RHI_DA_OBJECT_READ:
 		return cca_rhi_object(dsm, in, out);
-	case RHI_DA_VDEV_GET_INTERFACE_REPORT:
-		return cca_rhi_start(dsm, tdi, "RMI_VDEV_GET_INTERFACE_REPORT",
-				     RMI_VDEV_GET_INTERFACE_REPORT, 0, out);
-	case RHI_DA_VDEV_GET_MEASUREMENTS:
-		return cca_rhi_measure(dsm, tdi, in[2], out);
 	case RHI_DA_VDEV_SET_TDI_STATE:
 		return cca_rhi_set_tdi_state(dsm, tdi, in[2], out);
 	case RHI_DA_VDEV_CONTINUE:
@@ -932,9 +1086,36 @@ static u64 cca_rhi(struct cca_dsm *dsm, struct cca_tdi *tdi, const u64 *in, u64 
 }
 
 /*
+ * The scope a TVM request needs (include/linux/pci-tsm.h, ARCHITECTURE.md):
+ * a TDISP state change (SET_TDI_STATE, and the CONTINUE or ABORT that
+ * completes one) is STATE_CHANGE; reads (object sizes and reads, report,
+ * measurements, and the CONTINUE that completes a report or measurement
+ * read) are INFO.
+ */
+static enum pci_tsm_req_scope cca_rhi_scope(struct cca_tdi *tdi, const u64 *in)
+{
+	if (in[0] == RHI_DA_VDEV_SET_TDI_STATE)
+		return PCI_TSM_REQ_STATE_CHANGE;
+	if ((in[0] == RHI_DA_VDEV_CONTINUE || in[0] == RHI_DA_VDEV_ABORT) && tdi->handle &&
+	    tdi->state_op)
+		return PCI_TSM_REQ_STATE_CHANGE;
+	return PCI_TSM_REQ_INFO;
+}
+
+static const char *scope_name(enum pci_tsm_req_scope scope)
+{
+	return scope == PCI_TSM_REQ_INFO ? "INFO" :
+		scope == PCI_TSM_REQ_STATE_CHANGE ? "STATE_CHANGE" : "DEBUG";
+}
+
+/*
  * guest_req carries one RHI call as the REC exit reported it: in = the 31
  * gprs (gprs[0] = function id), out = the 31 gprs of the answer, *tsm_code =
  * its status.  [MODEL] iommufd's TSM_REQ payload for CCA is not settled.
+ * The kernel's core refuses scopes beyond STATE_CHANGE itself; this TSM
+ * refuses a request whose scope is narrower than what it would do (the core
+ * leaves that to the TSM driver: "responsible for maintaining the kernel
+ * security model").
  */
 static ssize_t cca_guest_req(struct pci_tdi *base, enum pci_tsm_req_scope scope,
 			     sockptr_t req_in, size_t in_len, sockptr_t req_out,
@@ -943,13 +1124,18 @@ static ssize_t cca_guest_req(struct pci_tdi *base, enum pci_tsm_req_scope scope,
 	struct cca_tdi *tdi = container_of(base, struct cca_tdi, base);
 	struct cca_dsm *dsm = to_cca_dsm(base->pdev->tsm->dsm_dev);
 	u64 in[REC_NR_GPRS], out[REC_NR_GPRS] = {};
+	enum pci_tsm_req_scope needed;
 
 	if (in_len != sizeof(in) || out_len < sizeof(out))
 		return -EINVAL;
 	if (copy_from_sockptr(in, req_in, sizeof(in)))
 		return -EFAULT;
-	if (in[0] == RHI_DA_VDEV_SET_TDI_STATE && scope != PCI_TSM_REQ_STATE_CHANGE)
+	needed = cca_rhi_scope(tdi, in);
+	if (scope < needed) {
+		vtfw_warn(base->pdev, "RHI %#llx needs scope %s, asked with %s: refused\n",
+			  in[0], scope_name(needed), scope_name(scope));
 		return -EPERM;
+	}
 	if (in[0] != RHI_DA_VERSION && in[0] != RHI_DA_FEATURES && in[1] != base->tdi_id)
 		out[0] = RHI_DA_INVALID_VDEV_ID;
 	else
@@ -964,14 +1150,16 @@ static ssize_t cca_guest_req(struct pci_tdi *base, enum pci_tsm_req_scope scope,
  * The host's half of a TVM host call (model.py "REC exits" of the RMM
  * emulator): REC_ENTER reports the HOST_CALL exit, the request goes through
  * the kernel's pci_tsm_guest_req() with the scope it needs, and the next
- * REC_ENTER hands the answer back to the realm.
+ * REC_ENTER hands the answer back to the realm.  The scope is the VMM's
+ * call: SET_TDI_STATE is a state change, and so is the CONTINUE or ABORT of
+ * the handle a SET_TDI_STATE answered with; everything else is INFO.
  */
 int vtfw_cca_serve_host_call(struct vtfw_port *port, struct pci_dev *pdev)
 {
 	struct cca_realm *realm = port->platform;
 	u64 gprs[REC_NR_GPRS], answer[REC_NR_GPRS] = {};
 	u64 args[2], res[VTFW_NR_RESULTS], code = 0;
-	enum pci_tsm_req_scope scope;
+	enum pci_tsm_req_scope scope = PCI_TSM_REQ_INFO;
 	ssize_t n;
 	int rc;
 
@@ -985,8 +1173,10 @@ int vtfw_cca_serve_host_call(struct vtfw_port *port, struct pci_dev *pdev)
 	if (get64(realm->run, RMI_REC_RUN_EXIT_REASON) != RMI_EXIT_HOST_CALL)
 		return -EPROTO;
 	memcpy(gprs, realm->run + RMI_REC_RUN_EXIT_GPRS, sizeof(gprs));
-	scope = gprs[0] == RHI_DA_VDEV_SET_TDI_STATE || gprs[0] == RHI_DA_VDEV_CONTINUE ?
-		PCI_TSM_REQ_STATE_CHANGE : PCI_TSM_REQ_INFO;
+	if (gprs[0] == RHI_DA_VDEV_SET_TDI_STATE ||
+	    ((gprs[0] == RHI_DA_VDEV_CONTINUE || gprs[0] == RHI_DA_VDEV_ABORT) &&
+	     realm->sc_handle && gprs[2] == realm->sc_handle))
+		scope = PCI_TSM_REQ_STATE_CHANGE;
 	n = pci_tsm_guest_req(pdev, scope, KERNEL_SOCKPTR(gprs), sizeof(gprs),
 			      KERNEL_SOCKPTR(answer), sizeof(answer), &code);
 	if (n < 0) {
@@ -994,10 +1184,62 @@ int vtfw_cca_serve_host_call(struct vtfw_port *port, struct pci_dev *pdev)
 		vtfw_warn(pdev, "host call %#llx refused: %zd\n", gprs[0], n);
 		answer[0] = RHI_DA_DEVICE;
 	}
+	if (gprs[0] == RHI_DA_VDEV_SET_TDI_STATE && answer[0] == RHI_DA_INCOMPLETE)
+		realm->sc_handle = answer[1];
+	else if (scope == PCI_TSM_REQ_STATE_CHANGE && answer[0] != RHI_DA_INCOMPLETE)
+		realm->sc_handle = 0;
 	memset(realm->run, 0, RMI_REC_RUN_EXIT_REASON);
 	memcpy(realm->run + RMI_REC_RUN_ENTER_GPRS, answer, sizeof(answer));
 	return cca_port_rmi(port, "RMI_REC_ENTER", RMI_REC_ENTER, args, 2, res);
 }
+
+/*
+ * The port's cca_guest_req attribute: one TVM request straight into the
+ * kernel's pci_tsm_guest_req() with the scope the writer names, so the scope
+ * rules (the core's and this TSM's) can be exercised on their own.  Write
+ * "BDF SCOPE FID [X2 [X3 [X4 [X5]]]]" (SCOPE: 0 INFO, 1 STATE_CHANGE, 2/3
+ * DEBUG_READ/WRITE; gprs[1] is the TDI id the host bound BDF with); the
+ * write fails with the errno pci_tsm_guest_req() returned; read the answer's
+ * status and x1 back (hex).
+ */
+static ssize_t cca_guest_req_store(struct device *dev, struct device_attribute *attr,
+				   const char *buf, size_t count)
+{
+	struct vtfw_port *port = dev_get_drvdata(dev);
+	struct cca_realm *realm = port->platform;
+	u64 gprs[REC_NR_GPRS] = {}, answer[REC_NR_GPRS] = {}, code = 0;
+	unsigned int domain, bus, slot, fn, scope;
+	struct pci_dev *pdev;
+	ssize_t n;
+	int got;
+
+	got = sscanf(buf, "%x:%x:%x.%x %u %llx %llx %llx %llx %llx", &domain, &bus, &slot, &fn,
+		     &scope, &gprs[0], &gprs[2], &gprs[3], &gprs[4], &gprs[5]);
+	if (got < 6 || bus > 0xff || slot > 0x1f || fn > 7)
+		return -EINVAL;
+	pdev = pci_get_domain_bus_and_slot(domain, bus, PCI_DEVFN(slot, fn));
+	if (!pdev)
+		return -ENODEV;
+	gprs[1] = pci_dev_id(pdev);
+	n = pci_tsm_guest_req(pdev, scope, KERNEL_SOCKPTR(gprs), sizeof(gprs),
+			      KERNEL_SOCKPTR(answer), sizeof(answer), &code);
+	pci_dev_put(pdev);
+	if (n < 0)
+		return n;
+	realm->req_answer[0] = answer[0];
+	realm->req_answer[1] = answer[1];
+	return count;
+}
+
+static ssize_t cca_guest_req_show(struct device *dev, struct device_attribute *attr,
+				  char *buf)
+{
+	struct vtfw_port *port = dev_get_drvdata(dev);
+	struct cca_realm *realm = port->platform;
+
+	return sysfs_emit(buf, "%llx %llx\n", realm->req_answer[0], realm->req_answer[1]);
+}
+static DEVICE_ATTR_RW(cca_guest_req);
 
 static int cca_connect(struct pci_dev *pdev)
 {
@@ -1123,12 +1365,16 @@ int vtfw_cca_host_init(struct vtfw_port *port)
 	if (IS_ERR(tsm))
 		return PTR_ERR(tsm);
 	port->link_tsm = tsm;
-	pci_info(port->pdev, "Arm CCA link TSM registered as %s\n", dev_name(&tsm->dev));
+	pci_info(port->pdev, "Arm CCA link TSM registered as %s (RHI layout %s)\n",
+		 dev_name(&tsm->dev), vtfw_cca_rhi()->name);
+	if (device_create_file(&port->pdev->dev, &dev_attr_cca_guest_req))
+		pci_warn(port->pdev, "no cca_guest_req attribute\n");
 	return 0;
 }
 
 void vtfw_cca_host_exit(struct vtfw_port *port)
 {
+	device_remove_file(&port->pdev->dev, &dev_attr_cca_guest_req);
 	/* disconnects (and so unbinds) every device connected through it */
 	if (port->link_tsm)
 		tsm_unregister(port->link_tsm);

@@ -18,9 +18,15 @@
  * 7.3 has no tsm/lock or tsm/accept: the operations are offered with the
  * proposed ABI's preconditions and errnos (-EBUSY while a driver is bound,
  * -EINVAL for accept before lock) as files in a "tvm" directory of each
- * TEE-capable function.  Kernels with devsec lock/accept ops
- * (VTFW_HAVE_DEVSEC_ACCEPT, detected by the Kbuild) are to get a devsec TSM
- * calling the same functions; not written yet.
+ * TEE-capable function.  The devsec TSM registered next to them carries
+ * lock/unlock and, on kernels whose devsec ops have the proposed accept
+ * ([IO2]) or run ([ISTG]) operation (VTFW_DEVSEC_OP_ACCEPT / _RUN, detected
+ * by the Kbuild), that one too: the same functions behind tsm/lock and
+ * tsm/accept.
+ *
+ * RHI calls use the layout of the rhi_layout module parameter
+ * (vtfw-cca-host.c): function numbers, object ids, OBJECT_READ registers and
+ * the measurement parameter block.
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -91,9 +97,18 @@ static int tvm_rsi(struct cca_tvm_dev *t, u64 fid, const u64 *args, unsigned int
 }
 
 /* One RHI call through RSI_HOST_CALL; @out gets the host's answer gprs. */
+static int tvm_rhi_gprs(struct cca_tvm_dev *t, u64 *gprs, u64 *out);
+
 static int tvm_rhi(struct cca_tvm_dev *t, u64 fid, u64 a2, u64 a3, u64 a4, u64 a5, u64 *out)
 {
 	u64 gprs[REC_NR_GPRS] = { fid, tvm_vdev_id(t), a2, a3, a4, a5 };
+
+	return tvm_rhi_gprs(t, gprs, out);
+}
+
+static int tvm_rhi_gprs(struct cca_tvm_dev *t, u64 *gprs, u64 *out)
+{
+	u64 fid = gprs[0];
 	u64 args[] = { vtfw_pa(t->hc) };
 	u64 res[VTFW_NR_RESULTS];
 	int rc;
@@ -101,7 +116,7 @@ static int tvm_rhi(struct cca_tvm_dev *t, u64 fid, u64 a2, u64 a3, u64 a4, u64 a
 	if (fid == RHI_DA_VERSION || fid == RHI_DA_FEATURES)
 		gprs[1] = 0;
 	memset(t->hc, 0, 0x100);
-	memcpy(t->hc + RSI_HOST_CALL_GPRS, gprs, sizeof(gprs));
+	memcpy(t->hc + RSI_HOST_CALL_GPRS, gprs, REC_NR_GPRS * sizeof(u64));
 	rc = vtfw_call(t->port, VTFW_CLASS_GUEST, RSI_HOST_CALL, args, 1, res);
 	if (rc)
 		return rc;
@@ -112,7 +127,7 @@ static int tvm_rhi(struct cca_tvm_dev *t, u64 fid, u64 a2, u64 a3, u64 a4, u64 a
 	rc = vtfw_cca_serve_host_call(t->port, t->pdev);
 	if (rc)
 		return rc;
-	memcpy(out, t->hc + RSI_HOST_CALL_GPRS, sizeof(gprs));
+	memcpy(out, t->hc + RSI_HOST_CALL_GPRS, REC_NR_GPRS * sizeof(u64));
 	return 0;
 }
 
@@ -157,11 +172,12 @@ static void tvm_evidence_free(struct cca_tvm_dev *t)
 /* RHI OBJECT_SIZE, then OBJECT_READ a page at a time into a page of ours */
 static int tvm_read_object(struct cca_tvm_dev *t, unsigned int id)
 {
-	u64 out[REC_NR_GPRS];
+	const struct cca_rhi_layout *lay = vtfw_cca_rhi();
+	u64 out[REC_NR_GPRS], gprs[REC_NR_GPRS];
 	size_t size, done;
 	int rc;
 
-	rc = tvm_rhi(t, RHI_DA_OBJECT_SIZE, id, 0, 0, 0, out);
+	rc = tvm_rhi(t, RHI_DA_OBJECT_SIZE, lay->obj_id[id], 0, 0, 0, out);
 	if (rc)
 		return rc;
 	if (out[0] != RHI_DA_SUCCESS || !out[1] || out[1] > CCA_EV_MAX) {
@@ -174,7 +190,14 @@ static int tvm_read_object(struct cca_tvm_dev *t, unsigned int id)
 	if (!t->ev[id])
 		return -ENOMEM;
 	for (done = 0; done < size; done += out[1]) {
-		rc = tvm_rhi(t, RHI_DA_OBJECT_READ, id, vtfw_pa(t->page), PAGE_SIZE, done, out);
+		memset(gprs, 0, sizeof(gprs));
+		gprs[0] = RHI_DA_OBJECT_READ;
+		gprs[1] = tvm_vdev_id(t);
+		gprs[2] = lay->obj_id[id];
+		gprs[lay->read_buf] = vtfw_pa(t->page);
+		gprs[lay->read_len] = PAGE_SIZE;
+		gprs[lay->read_off] = done;
+		rc = tvm_rhi_gprs(t, gprs, out);
 		if (rc)
 			return rc;
 		if (out[0] != RHI_DA_SUCCESS || !out[1] || out[1] > min(size - done, PAGE_SIZE))
@@ -212,16 +235,20 @@ static bool tvm_digest_ok(struct cca_tvm_dev *t, unsigned int id, unsigned int o
  */
 static int tvm_collect(struct cca_tvm_dev *t, u64 lock_nonce)
 {
+	const struct cca_rhi_layout *lay = vtfw_cca_rhi();
 	int rc, i;
 
 	tvm_evidence_free(t);
-	/* fresh evidence: the report, and measurements for a nonce of ours */
+	/*
+	 * fresh evidence: the report, and signed measurements over a nonce of
+	 * ours (the device signs it: GET_MEASUREMENTS Nonce)
+	 */
 	memset(t->page, 0, PAGE_SIZE);
-	get_random_bytes(t->page + RMI_VDEV_MEASURE_NONCE, 32);
-	rc = tvm_rhi_wait(t, "GET_INTERFACE_REPORT", RHI_DA_VDEV_GET_INTERFACE_REPORT, 0);
+	*(u64 *)t->page = lay->meas_flags;
+	get_random_bytes(t->page + lay->meas_nonce, 32);
+	rc = tvm_rhi_wait(t, "GET_INTERFACE_REPORT", lay->get_interface_report, 0);
 	if (!rc)
-		rc = tvm_rhi_wait(t, "GET_MEASUREMENTS", RHI_DA_VDEV_GET_MEASUREMENTS,
-				  vtfw_pa(t->page));
+		rc = tvm_rhi_wait(t, "GET_MEASUREMENTS", lay->get_measurements, vtfw_pa(t->page));
 	for (i = 0; !rc && i < CCA_NR_EV; i++)
 		rc = tvm_read_object(t, i);
 	if (!rc)
@@ -597,10 +624,47 @@ static void cca_devsec_unlock(struct pci_tsm *tsm)
 		tvm_unlock(t);
 }
 
+#if defined(VTFW_DEVSEC_OP_ACCEPT) || defined(VTFW_DEVSEC_OP_RUN)
+/*
+ * The proposed tsm/accept: [IO2] calls devsec accept(pdev), [ISTG] renamed
+ * it run (firmware-abi.md A.3; [INF] same arguments).  The core checks that
+ * no driver is bound; the TVM's own preconditions are tvm/accept's.
+ */
+static int cca_devsec_accept(struct pci_dev *pdev)
+{
+	struct cca_tvm_dev *t = tvm_of(&pdev->dev);
+	int rc;
+
+	if (!t)
+		return -ENXIO;
+	guard(mutex)(&t->lock);
+	rc = tvm_check(t);
+	if (!rc && !t->locked)
+		rc = -EINVAL;
+	if (!rc && t->accepted)
+		rc = -EBUSY;
+	return rc ? rc : tvm_accept(t);
+}
+#endif
+
 static struct pci_tsm_ops cca_devsec_ops = {
 	.lock = cca_devsec_lock,
 	.unlock = cca_devsec_unlock,
+#if defined(VTFW_DEVSEC_OP_RUN)
+	.run = cca_devsec_accept,
+#elif defined(VTFW_DEVSEC_OP_ACCEPT)
+	.accept = cca_devsec_accept,
+#endif
 };
+
+/* which devsec operations this build wired (the Kbuild's detection): modinfo */
+#if defined(VTFW_DEVSEC_OP_RUN)
+MODULE_INFO(vtfw_devsec_ops, "lock,unlock,run");
+#elif defined(VTFW_DEVSEC_OP_ACCEPT)
+MODULE_INFO(vtfw_devsec_ops, "lock,unlock,accept");
+#else
+MODULE_INFO(vtfw_devsec_ops, "lock,unlock");
+#endif
 
 static void tvm_dev_free(struct cca_tvm_dev *t)
 {
@@ -646,8 +710,11 @@ int vtfw_cca_realm_init(struct vtfw_port *port)
 				 PTR_ERR(cca_devsec_tsm));
 			cca_devsec_tsm = NULL;
 		} else {
-			pci_info(port->pdev, "Arm CCA devsec TSM registered as %s\n",
-				 dev_name(&cca_devsec_tsm->dev));
+			pci_info(port->pdev, "Arm CCA devsec TSM registered as %s (ops: %s)\n",
+				 dev_name(&cca_devsec_tsm->dev),
+				 IS_ENABLED(VTFW_DEVSEC_OP_RUN) ? "lock, unlock, run" :
+				 IS_ENABLED(VTFW_DEVSEC_OP_ACCEPT) ? "lock, unlock, accept" :
+				 "lock, unlock");
 		}
 	}
 	return 0;

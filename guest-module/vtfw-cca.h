@@ -38,6 +38,24 @@
 #define RMI_PDEV_STREAM_DISCONNECT	0xc4000205
 #define RMI_PDEV_STREAM_COMPLETE	0xc4000206
 
+/*
+ * Stateful RMI operations (RMM 2.0 SRO): a command that needs memory answers
+ * RMI_INCOMPLETE with a handle and a memory request; the host donates
+ * granules (OP_MEM_DONATE, a list of address descriptors) and continues it.
+ * Request and descriptor fields as the Linux RMI v13 headers give them; the
+ * registers of the INCOMPLETE answer (x1 handle, x2 request kind, x3 donate
+ * request) are the RMM emulator's model (docs/platform-cca.md).
+ */
+#define RMI_OP_CONTINUE			0xc4000203
+#define RMI_OP_MEM_DONATE		0xc4000208
+#define RMI_OP_CANCEL			0xc400020a
+#define RMI_OP_MEM_REQ_NONE		0
+#define RMI_OP_MEM_REQ_DONATE		1
+#define RMI_DONATE_SIZE(req)		((req) & 0x3)		/* 0: 4 KiB */
+#define RMI_DONATE_COUNT(req)		(((req) >> 2) & 0x3fff)
+#define RMI_DONATE_UNDELEGATED		BIT(17)
+#define RMI_ADDR_DESC(pa, count)	((pa) | (u64)(count) << 2)	/* 4 KiB, delegated */
+
 /* RMI status (x0) */
 #define RMI_SUCCESS			0
 #define RMI_ERROR_INPUT			1
@@ -213,6 +231,7 @@ enum rhi_da_status {
 	RHI_DA_ACCESS_FAILED = 8,
 	RHI_DA_BUSY = 9,
 	RHI_DA_ABORTED_OPERATION_HAD_COMPLETED = 10,
+	RHI_DA_OBJECT_UNSUPPORTED = 11,
 };
 
 enum rhi_tdi_state {
@@ -221,11 +240,32 @@ enum rhi_tdi_state {
 	RHI_TDI_RUN = 2,
 };
 
-/* RHI objects (ACS numbering = rmi_dev_comm cache object ids) */
-#define RHI_OBJ_VCA			0
-#define RHI_OBJ_CERTIFICATE		1
-#define RHI_OBJ_MEASUREMENT		2
-#define RHI_OBJ_INTERFACE_REPORT	3
+/* the module's index of evidence objects: the rmi_dev_comm cache object ids */
+#define RHI_OBJ_VCA			RMI_DEV_VCA
+#define RHI_OBJ_CERTIFICATE		RMI_DEV_CERTIFICATE
+#define RHI_OBJ_MEASUREMENT		RMI_DEV_MEASUREMENTS
+#define RHI_OBJ_INTERFACE_REPORT	RMI_DEV_INTERFACE_REPORT
+
+/*
+ * The two published RHI layouts (firmware-abi.md C.7), module parameter
+ * rhi_layout: "rhi-1.0-bet1" (the ACS; default) or "linux-rfc-v4" (the Linux
+ * RFC v4 guest).  They differ in the GET_MEASUREMENTS / GET_INTERFACE_REPORT
+ * numbers, the object ids, the OBJECT_READ register order and the
+ * measurement parameter block.  Realm and host side of this module use the
+ * same layout, as a VMM and its guest must.
+ */
+struct cca_rhi_layout {
+	const char *name;
+	u64 get_measurements;
+	u64 get_interface_report;
+	u8 obj_id[RMI_DEV_NR_OBJS];	/* the RHI object id of each cache object */
+	u8 read_buf, read_len, read_off;	/* OBJECT_READ: gpr index of each */
+	u32 meas_nonce;			/* nonce[32] offset in the measurement params */
+	u64 meas_flags;			/* what the realm asks for: signed */
+	u64 meas_raw;			/* the RAW flag */
+};
+
+const struct cca_rhi_layout *vtfw_cca_rhi(void);
 
 /* rmi_vdev_measure_params: flags @0, nonce[32] @0x100 */
 #define RMI_VDEV_MEASURE_NONCE		0x100

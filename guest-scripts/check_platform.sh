@@ -177,6 +177,9 @@ load_module virtio_rng
 load_module vtfw
 [ -e /sys/module/vtfw/parameters/lock_at_bind ] \
     && echo 0 > /sys/module/vtfw/parameters/lock_at_bind
+# cca: the RHI layout `run --rhi-layout` chose (the RMM reads host calls in it)
+[ -n "$(cmdline_opt rhi_layout)" ] \
+    && echo "$(cmdline_opt rhi_layout)" > /sys/module/vtfw/parameters/rhi_layout
 link=$(dmesg | sed -n 's/.*link TSM registered as \(tsm[0-9]*\).*/\1/p' | tail -n 1)
 devsec=$(dmesg | sed -n 's/.*devsec TSM registered as \(tsm[0-9]*\).*/\1/p' | tail -n 1)
 port=$(basename "$(readlink -f /sys/bus/pci/drivers/vtfw/*:*)" 2>/dev/null)

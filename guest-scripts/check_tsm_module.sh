@@ -84,6 +84,55 @@ tvm_flow() {
     else
         result tvm_unlock FAIL "'$e' state=$(cat $t/state)"
     fi
+    tvm_scope
+}
+
+# The scopes of pci_tsm_guest_req() (include/linux/pci-tsm.h), through the
+# port's cca_guest_req trigger ("BDF SCOPE FID [X2..]"; reads back "status
+# x1" in hex): a TDISP state change asked with INFO scope is refused with
+# EPERM and changes nothing, and so is the CONTINUE that would complete one;
+# a report read and its CONTINUE are INFO; DEBUG scopes the kernel's core
+# refuses itself (EINVAL).  Result: tvm_scope.  Leaves the TDI unlocked.
+tvm_scope() {
+    g=/sys/bus/pci/devices/$port/cca_guest_req
+    SET=0xc5000054 CONT=0xc5000051 VERSION=0xc500004a
+    case "$(cat /sys/module/vtfw/parameters/rhi_layout 2>/dev/null)" in
+        linux-rfc-v4) REPORT=0xc5000052 ;;
+        *) REPORT=0xc5000053 ;;
+    esac
+    why=""
+    e=$(write_err $g "$BDF 0 $SET 1")
+    [ "$e" = "Operation not permitted" ] && [ "$(cat $t/state)" = unlocked ] \
+        || why="$why INFO SET_TDI_STATE: '$e' $(cat $t/state);"
+    e=$(write_err $g "$BDF 2 $VERSION")
+    [ "$e" = "Invalid argument" ] || why="$why DEBUG_READ: '$e';"
+    e=$(write_err $g "$BDF 1 $SET 1")
+    set -- $(cat $g)
+    h=$2
+    [ -z "$e" ] && [ "$1" = 1 ] || why="$why SET_TDI_STATE: '$e' $*;"
+    e=$(write_err $g "$BDF 0 $CONT $h")
+    [ "$e" = "Operation not permitted" ] && [ "$(cat $t/state)" = unlocked ] \
+        || why="$why INFO CONTINUE(state change): '$e' $(cat $t/state);"
+    e=$(write_err $g "$BDF 1 $CONT $h")
+    set -- $(cat $g)
+    [ -z "$e" ] && [ "$1" = 0 ] && [ "$(cat $t/state)" = locked ] \
+        || why="$why CONTINUE: '$e' $* $(cat $t/state);"
+    e=$(write_err $g "$BDF 0 $REPORT")
+    set -- $(cat $g)
+    h=$2
+    [ -z "$e" ] && [ "$1" = 1 ] || why="$why INFO report: '$e' $*;"
+    e=$(write_err $g "$BDF 0 $CONT $h")
+    set -- $(cat $g)
+    [ -z "$e" ] && [ "$1" = 0 ] || why="$why INFO CONTINUE(report): '$e' $*;"
+    write_err $g "$BDF 1 $SET 0" > /dev/null
+    set -- $(cat $g)
+    [ "$1" = 1 ] && write_err $g "$BDF 1 $CONT $2" > /dev/null
+    [ "$(cat $t/state)" = unlocked ] || why="$why unlock: $(cat $t/state);"
+    if [ -z "$why" ]; then
+        result tvm_scope PASS "INFO state change and its CONTINUE: EPERM, DEBUG: EINVAL, STATE_CHANGE lock, INFO report"
+    else
+        result tvm_scope FAIL "$why $(dmesg | grep vtfw | tail -n 2 | tr '\n' '|')"
+    fi
 }
 
 if [ -z "$BDF" ]; then

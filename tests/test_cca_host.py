@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.cca_support import bench, config_accessors, device_identity, program_bars
@@ -411,3 +414,112 @@ def test_cli_in_process_device_with_events(cache: Path, tmp_path: Path,
     vdev = [e["new"] for e in lines if e["event"] == "rmm.vdev.transition"]
     assert vdev == ["UNLOCKED", "LOCKED", "LOCKED", "LOCKED", "LOCKED", "STARTED", "UNLOCKED"]
     assert main(["tsm", "--platform", "cca", "--cache-dir", str(cache), "nonsense"]) == 2
+
+
+def _der_certificates(body: bytes) -> list[x509.Certificate]:
+    """DER certificates one after another (X.690 definite lengths), parsed by hand."""
+    certs = []
+    while body:
+        n = body[1]
+        head, size = (2, n) if n < 0x80 else (2 + (n & 0x7F),
+                                              int.from_bytes(body[2:2 + (n & 0x7F)], "big"))
+        certs.append(x509.load_der_x509_certificate(body[:head + size]))
+        body = body[head + size:]
+    return certs
+
+
+def _base_hash(vca: bytes) -> hashes.HashAlgorithm:
+    """BaseHashSel of the ALGORITHMS response in the VCA (DSP0274 §10.4-10.6: GET_VERSION
+    4 B, VERSION 6 + 2n B, GET_CAPABILITIES / CAPABILITIES 20 B each (1.2), then
+    NEGOTIATE_ALGORITHMS and ALGORITHMS with their Length @4; BaseHashSel @16)."""
+    off = 4 + 6 + 2 * vca[4 + 5]
+    assert vca[off + 1] == 0xE1 and vca[off + 21] == 0x61   # GET_CAPABILITIES, CAPABILITIES
+    off += 40
+    assert vca[off + 1] == 0xE3                              # NEGOTIATE_ALGORITHMS
+    off += struct.unpack_from("<H", vca, off + 4)[0]
+    assert vca[off + 1] == 0x63                              # ALGORITHMS
+    sel = struct.unpack_from("<I", vca, off + 16)[0]
+    return {1: hashes.SHA256(), 2: hashes.SHA384(), 4: hashes.SHA512()}[sel]
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_realm_nonce_reaches_the_device_and_is_signed(cache: Path, layout: str) -> None:
+    """The realm's 32-byte nonce in the RHI GET_MEASUREMENTS parameters is the Nonce of
+    the GET_MEASUREMENTS request the RMM hands out (DSP0274 §10.11: SPDMVersion, 0xE0,
+    Param1 bit0 = signature requested, Param2 = 0xFF all blocks, Nonce[32] @4), and the
+    device's signature (L1 = VCA || request || response without the signature, 1.2+
+    signing prefix "responder-measurements signing") verifies over exactly those bytes.
+    The secured record is opened here with `cryptography` alone (DSP0277: AAD = session
+    id || length, IV xor the little-endian sequence number, ApplicationDataLength u16)."""
+    b = bench(cache, layout=layout)
+    keys: list[dict[str, str]] = []
+    b.device.spdm.key_sink = keys.append
+    sent: list[tuple[int, bytes]] = []
+    relay = b.host.transport
+
+    def capture(object_type: int, payload: bytes) -> bytes:
+        sent.append((object_type, payload))
+        return relay(object_type, payload)
+    b.host.transport = capture
+    b.host.connect()
+    b.host.bind(VDEV)
+    nonce = bytes(range(0xA0, 0xC0))
+    ev = b.realm.lock(VDEV, nonce=nonce)
+
+    # the request-direction data keys of the session, the newest last
+    data = [k for k in keys if k.get("direction") == "request"][-1]
+    key, iv = bytes.fromhex(data["key"]), bytes.fromhex(data["iv"])
+    aead = AESGCM(key) if data["aead"].startswith("aes") else ChaCha20Poly1305(key)
+    requests = []
+    for object_type, record in sent:
+        if object_type != 2:
+            continue
+        sid, length = struct.unpack_from("<IH", record)
+        if f"{sid:#010x}" != data["session_id"]:
+            continue
+        for seq in range(64):
+            nonce_iv = bytes(a ^ c for a, c in zip(iv, struct.pack("<Q", seq) + bytes(4),
+                                                   strict=True))
+            try:
+                plain = aead.decrypt(nonce_iv, record[6:6 + length], record[:6])
+            except InvalidTag:
+                continue
+            requests.append(plain[2:2 + struct.unpack_from("<H", plain)[0]])
+            break
+    meas = [r for r in requests if r[1] == 0xE0]
+    assert len(meas) == 1, [r[:2].hex() for r in requests]
+    req = meas[0]
+    assert req[2] & 1 and req[3] == 0xFF
+    assert req[4:36] == nonce                     # the realm's nonce, byte for byte
+
+    # the signature over L1, checked with the leaf key of the certificate object
+    h = _base_hash(ev.vca)
+    leaf = _der_certificates(ev.certificate[4 + h.digest_size:])[-1].public_key()
+    assert isinstance(leaf, ec.EllipticCurvePublicKey)
+    sig_len = 2 * ((leaf.curve.key_size + 7) // 8)
+    rsp = ev.measurements
+    assert rsp[1] == 0x60                         # MEASUREMENTS
+    version = req[0]
+    context = b"responder-measurements signing"
+    digest = hashes.Hash(h)
+    digest.update(ev.vca + req + rsp[:-sig_len])
+    message = (b"dmtf-spdm-v%d.%d.*" % (version >> 4, version & 0xF)) * 4 + \
+        bytes(36 - len(context)) + context + digest.finalize()
+    sig = rsp[-sig_len:]
+    der = encode_dss_signature(int.from_bytes(sig[:sig_len // 2], "big"),
+                               int.from_bytes(sig[sig_len // 2:], "big"))
+    leaf.verify(der, message, ec.ECDSA(h))
+    # and not over another nonce: the same bytes with the nonce changed do not verify
+    digest = hashes.Hash(h)
+    digest.update(ev.vca + req[:4] + bytes(32) + req[36:] + rsp[:-sig_len])
+    forged = message[:-h.digest_size] + digest.finalize()
+    with pytest.raises(InvalidSignature):
+        leaf.verify(der, forged, ec.ECDSA(h))
+
+
+def test_measurement_nonce_must_be_32_bytes() -> None:
+    """DSP0274 §10.11: the GET_MEASUREMENTS Nonce field is 32 bytes."""
+    from vfiouser_tdisp.spdm.requester import SpdmRequester
+    req = SpdmRequester(lambda obj: obj, name="t")
+    with pytest.raises(ValueError, match="32 bytes"):
+        next(req.get_measurements_flow(nonce=bytes(31)))

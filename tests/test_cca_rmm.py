@@ -218,7 +218,8 @@ def test_pdev_create_inputs(cache: Path) -> None:
     assert create(routing_id=0x10000) == INP
     pdev = h._delegated()
     assert h.rmi(F.RMI_PDEV_CREATE, pdev, pdev)[0] == INP    # params in a delegated granule
-    assert create() == S_
+    assert create() == RS.RMI_INCOMPLETE                    # an off-chip EP needs memory (SRO)
+    assert create(flags=0b000, rid_top=0x100) == S_         # a root port does not
 
 
 def test_set_pubkey_must_be_the_chain_leaf(cache: Path) -> None:
@@ -769,3 +770,85 @@ def test_measurement_params_raw_flag(cache: Path) -> None:
     # bits other than RAW are reserved
     page = h._params(abi.RmiVdevMeasureParams(flags=2).pack())
     assert h.rmi(F.RMI_VDEV_GET_MEASUREMENTS, h.rd, h.pdev, v.addr, page)[0] == INP
+
+
+# -- PDEV_CREATE as a stateful RMI operation (firmware-abi.md C.2; model.py "PDEV memory") --
+
+SRO_FIDS = dict(continue_=0xC4000203, donate=0xC4000208, reclaim=0xC4000209, cancel=0xC400020A)
+
+
+def _ep_create(b: Bench) -> tuple[int, tuple[int, ...]]:
+    h = b.host
+    pdev = h._delegated()
+    page = h._params(abi.RmiPdevParams(flags=0b011, pdev_id=0, routing_id=0, id_index=0,
+                                       rid_base=0, rid_top=8, hash_algo=0).pack())
+    return pdev, h.rmi(F.RMI_PDEV_CREATE, pdev, page)
+
+
+def _donate(b: Bench, handle: int, descs: list[int]) -> tuple[int, ...]:
+    lst = b.host.mem.alloc()
+    b.host.mem.write(lst, struct.pack(f"<{len(descs)}Q", *descs))
+    return b.rmm.call(FirmwareCall(CallClass.HOST, SRO_FIDS["donate"],
+                                   (handle, lst, len(descs))), b.host.mem)
+
+
+def _call(b: Bench, fid: int, *args: int) -> tuple[int, ...]:
+    return b.rmm.call(FirmwareCall(CallClass.HOST, fid, args), b.host.mem)
+
+
+def test_pdev_create_asks_for_memory_and_completes_after_donation(cache: Path) -> None:
+    """RMI_INCOMPLETE (13) with an SRO handle and a DONATE (1) request for two 4 KiB
+    delegated granules (count [15:2] = 2 -> 0x8); each OP_MEM_DONATE takes granules named
+    by address descriptors (count [11:2], address [51:12]); OP_CONTINUE then creates the
+    PDEV in NEW; PDEV_DESTROY gives the granules back delegated."""
+    b = bench(cache)
+    pdev, out = _ep_create(b)
+    assert out[0] == 13 and out[2] == 1 and out[3] == 0x8
+    handle = out[1]
+    assert b.host.rmi(F.RMI_PDEV_GET_STATE, pdev)[0] == INP    # no PDEV yet
+    assert _call(b, SRO_FIDS["continue_"], handle, 0)[1:] == (handle, 1, 0x8)  # still wants 2
+    g1, g2 = b.host._delegated(), b.host._delegated()
+    ns = b.host.mem.alloc()
+    assert _donate(b, handle, [ns | 1 << 2])[0] == INP          # not delegated
+    assert _donate(b, handle, [g1 | 1 << 2 | 1 << 63])[0] == INP  # undelegated state asked
+    assert _donate(b, handle, [g1 | 1 << 2 | 1])[0] == INP      # not a 4 KiB granule size
+    assert _donate(b, handle + 1, [g1 | 1 << 2])[0] == INP      # no such operation
+    assert _donate(b, handle, [g1 | 1 << 2]) == (13, 1, 1, 0x4)  # one taken, one to go
+    assert _donate(b, handle, [g1 | 1 << 2])[0] == INP          # g1 is the PDEV's now
+    assert _donate(b, handle, [g2 | 1 << 2]) == (13, 1, 0, 0)   # all there: NONE, continue
+    assert _donate(b, handle, [g2 | 1 << 2])[0] == INP          # nothing more to donate
+    assert _call(b, SRO_FIDS["continue_"], handle, 1)[0] == INP  # flags must be 0
+    assert _call(b, SRO_FIDS["continue_"], handle, 0) == (0,)
+    assert b.host.pdev_state(pdev) is PS.NEW
+    assert _call(b, SRO_FIDS["continue_"], handle, 0)[0] == INP  # the handle is spent
+    assert b.host.rmi(F.RMI_GRANULE_UNDELEGATE, g1)[0] == INP   # the PDEV holds it
+    assert _call(b, SRO_FIDS["reclaim"], handle, 0, 0)[0] == RS.RMI_ERROR_NOT_SUPPORTED
+    b.host._pdev_comm(pdev)                                      # identity, as ever
+    assert b.host.pdev_state(pdev) is PS.NEEDS_KEY
+    assert b.host.rmi(F.RMI_PDEV_STOP, pdev)[0] == S_
+    b.host._pdev_comm(pdev)
+    assert b.host.rmi(F.RMI_PDEV_DESTROY, pdev)[0] == S_
+    for g in (g1, g2, pdev):
+        assert b.host.rmi(F.RMI_GRANULE_UNDELEGATE, g)[0] == S_
+
+
+def test_pdev_create_cancelled(cache: Path) -> None:
+    b = bench(cache)
+    pdev, out = _ep_create(b)
+    g = b.host._delegated()
+    assert _donate(b, out[1], [g | 1 << 2])[:2] == (13, 1)
+    assert _call(b, SRO_FIDS["cancel"], out[1])[0] == S_
+    assert _call(b, SRO_FIDS["cancel"], out[1])[0] == INP
+    assert b.host.rmi(F.RMI_PDEV_GET_STATE, pdev)[0] == INP
+    for granule in (g, pdev):
+        assert b.host.rmi(F.RMI_GRANULE_UNDELEGATE, granule)[0] == S_
+
+
+def test_host_driver_donates_and_gives_the_granules_back(cache: Path) -> None:
+    b = bench(cache)
+    b.host.connect()
+    assert len(b.host.sro_granules) == 2
+    aux = list(b.host.sro_granules)
+    b.host.disconnect()
+    assert not any(g in b.rmm.granules for g in aux)   # undelegated again
+    assert not b.rmm.granules

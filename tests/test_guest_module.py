@@ -349,6 +349,87 @@ def test_failed_connect_unwinds(prov: Provisioned, tmp_path: Path) -> None:
     assert rmmod is not None and rmmod[0]
 
 
+RMI_OP_CONTINUE, RMI_OP_MEM_DONATE, RMI_OP_CANCEL = 0xC4000203, 0xC4000208, 0xC400020A
+RMI_INCOMPLETE, SRO_HANDLE = 13, 0x77
+
+
+class MiniRmmWithSro(MiniRmmWithStreams):
+    """PDEV_CREATE of an off-chip endpoint as a stateful RMI operation (firmware-abi.md
+    C.2: "may return RMI_INCOMPLETE + SRO donate request ... continue with OP_MEM_DONATE /
+    OP_CONTINUE"): INCOMPLETE, handle, DONATE (1), a request for two 4 KiB granules
+    (count [15:2]; ``state`` b17: 1 asks for undelegated memory, which the module does not
+    offer).  Each donated address descriptor is checked on bytes: size [1:0] 0 (4 KiB),
+    count [11:2], address [51:12] a delegated granule, state b63 0 (delegated)."""
+
+    def __init__(self, undelegated: bool = False) -> None:
+        super().__init__()
+        self.request = 2 << 2 | (1 << 17 if undelegated else 0)
+        self.pending: tuple[int, int] | None = None
+        self.aux: set[int] = set()
+
+    def call(self, call: FirmwareCall, mem: GuestMemory) -> tuple[int, ...]:
+        a = call.args
+        if call.fid == RMI_PDEV_CREATE and self.pending is None:
+            flags = struct.unpack("<Q", mem.read(a[1], 8))[0]
+            if (flags >> 1) & 3 == 1:   # EP_OFF_CHIP: memory first
+                self.pending = (a[0], a[1])
+                self.params_copy = mem.read(a[1], 0x39)
+                return (RMI_INCOMPLETE, SRO_HANDLE, 1, self.request)
+        if call.fid == RMI_OP_MEM_DONATE:
+            if a[0] != SRO_HANDLE or self.pending is None:
+                return (RMI_ERROR_INPUT, 0)
+            descs = struct.unpack(f"<{a[2]}Q", mem.read(a[1], 8 * a[2]))
+            for d in descs:
+                base = d & ((1 << 52) - 1) & ~0xFFF
+                if d & 3 or (d >> 2) & 0x3FF != 1 or d >> 63 or base not in self.delegated \
+                        or base in self.pdevs or base in self.aux:
+                    self.problems.append(f"donate descriptor {d:#x}")
+                    return (RMI_ERROR_INPUT, 0)
+                self.aux.add(base)
+            self.log.append(("donate", len(descs)))
+            return (RMI_INCOMPLETE, len(descs), 0, 0)
+        if call.fid == RMI_OP_CONTINUE:
+            if a[:2] != (SRO_HANDLE, 0) or self.pending is None or len(self.aux) != 2:
+                return (RMI_ERROR_INPUT,)
+            pdev, _ = self.pending
+            params = struct.unpack("<7QB", self.params_copy)
+            self.pdevs[pdev] = Pdev(params[0], params)
+            self.log.append(("create", params))
+            self.pending = None
+            return (RMI_SUCCESS,)
+        if call.fid == RMI_OP_CANCEL:
+            self.log.append(("cancel", a[0]))
+            self.pending = None
+            self.aux.clear()
+            return (RMI_SUCCESS,)
+        if call.fid == RMI_GRANULE_UNDELEGATE and a[0] in self.aux:
+            if any(p.flags & 1 for p in self.pdevs.values()):   # the EP PDEV still holds it
+                self.problems.append(f"granule {a[0]:#x} undelegated while the PDEV lives")
+                return (RMI_ERROR_INPUT,)
+            self.aux.discard(a[0])
+        return super().call(call, mem)
+
+
+@pytest.mark.parametrize("undelegated", [False, True])
+def test_connect_feeds_a_pdev_create_that_needs_memory(prov: Provisioned, tmp_path: Path,
+                                                       undelegated: bool) -> None:
+    fw = MiniRmmWithSro(undelegated)
+    run, console = boot_with_port(prov, tmp_path, fw, "device,tsm_module")
+    got = run.result("tsm_connect")
+    assert got is not None, console[-3000:]
+    assert not fw.problems, fw.problems
+    if not undelegated:
+        assert got[0], f"{got}\n{console[-3000:]}"
+        assert ("donate", 2) in fw.log
+        assert "EP PDEV: 2 granules donated to the RMM (SRO)" in console
+        assert "EP PDEV READY -> STOPPED" in console
+    else:
+        assert not got[0] and "Input/output error" in got[1]
+        assert ("cancel", SRO_HANDLE) in fw.log and not any(e[0] == "donate" for e in fw.log)
+        assert "EP PDEV: donate request 0x20008 not supported" in console
+    assert not fw.delegated and not fw.aux   # every granule, donated ones too, undelegated
+
+
 @pytest.mark.parametrize(("asym", "algo"), [("ecdsa-p256", ECDSA_P256),
                                             ("rsassa-3072", RSASSA_3072)])
 def test_module_takes_the_key_of_other_leaf_algorithms(
@@ -376,11 +457,12 @@ def test_module_connects_binds_locks_and_accepts_through_the_rmm(
         prov: Provisioned, tmp_path: Path, events: Recorder) -> None:
     """The project's RMM emulator behind the port (what `serve --platform cca` serves):
     host side (connect, bind) and TVM side (lock, evidence, accept, probe, unlock)."""
-    run, console = boot_with_port(prov, tmp_path, platform_firmware("cca"), "device,tsm_module",
+    rmm = platform_firmware("cca")
+    run, console = boot_with_port(prov, tmp_path, rmm, "device,tsm_module",
                                   append="vtdisp.bind=1 vtdisp.tvm=1")
     for name in ("tsm_module", "tsm_connect", "tvm_lock_busy", "tsm_bind", "tvm_accept_unlocked",
                  "tvm_lock", "tvm_evidence", "tvm_accept", "tvm_probe", "tvm_unlock",
-                 "tsm_unbind", "tsm_disconnect", "tsm_rmmod"):
+                 "tvm_scope", "tsm_unbind", "tsm_disconnect", "tsm_rmmod"):
         got = run.result(name)
         assert got is not None and got[0], f"{name}: {got}\n{console[-4000:]}"
     assert (run.result("tsm_bind") or ("", ""))[1].startswith("bound=tsm0 t=")
@@ -395,8 +477,21 @@ def test_module_connects_binds_locks_and_accepts_through_the_rmm(
     assert ep_path == [("NEW", "NEEDS_KEY"), ("NEEDS_KEY", "HAS_KEY"), ("HAS_KEY", "READY"),
                        ("READY", "STOPPED")]
     vdev_path = [t for t in _transitions(events, "rmm.vdev.transition") if t[0] != t[1]]
+    # bind, the TVM's lock / accept / unlock, then tvm_scope's STATE_CHANGE lock and unlock
     assert vdev_path == [("NEW", "UNLOCKED"), ("UNLOCKED", "LOCKED"), ("LOCKED", "STARTED"),
-                         ("STARTED", "UNLOCKED")]
+                         ("STARTED", "UNLOCKED"), ("UNLOCKED", "LOCKED"),
+                         ("LOCKED", "UNLOCKED")]
+    # pci_tsm_guest_req() scopes: the TSM refused the INFO-scoped state change and the
+    # INFO-scoped CONTINUE of one (the DEBUG scope never reached it: the core's -EINVAL)
+    assert "vtfw: RHI 0xc5000054 needs scope STATE_CHANGE, asked with INFO: refused" in console
+    assert "vtfw: RHI 0xc5000051 needs scope STATE_CHANGE, asked with INFO: refused" in console
+    assert "asked with DEBUG" not in console
+    # PDEV_CREATE of the endpoint was a stateful operation: both granules donated in one
+    # OP_MEM_DONATE, then OP_CONTINUE; after PDEV_DESTROY the module undelegated them
+    assert _transitions(events, "rmm.sro.transition") == [("DONATE", "CONTINUE"),
+                                                          ("CONTINUE", "DONE")]
+    assert "EP PDEV: 2 granules donated to the RMM (SRO)" in console
+    assert not rmm.granules   # every granule undelegated, the donated ones too
     assert _transitions(events, "rmm.vdev_dma.transition") == [("DISABLED", "ENABLED"),
                                                                ("ENABLED", "DISABLED")]
     assert events.of("rmm.host_call")  # RHI went through RSI_HOST_CALL and REC_ENTER
@@ -415,3 +510,100 @@ def test_connect_reaches_the_dsms_other_functions(prov: Provisioned, tmp_path: P
         got = run.result(name)
         assert got is not None and got[0], f"{name}: {got}\n{console[-3000:]}"
     assert (run.result("tsm_function") or ("", ""))[1] == "0000:01:00.1 dsm=0000:01:00.0"
+
+
+# -- the Kbuild's devsec detection and `run --kernel-build` against a tree (item 7) ------
+
+DEVSEC_OPS_OFFSET = 56   # struct pci_tsm_ops: 7 link ops of 8 bytes, then the devsec ops
+
+
+def _headers_copy(prov: Provisioned, name: str, op: str | None) -> Path:
+    """A copy of Debian's split headers (linux-headers-<release> + -common) inside the
+    private build tree, its pci-tsm.h given the proposed devsec ``op`` after unlock
+    (firmware-abi.md A.3: [IO2] ``accept(pdev)``, [ISTG] ``run``, renamed) -- a tree as
+    a user's kernel with those patches would have it."""
+    import shutil
+    src = Path(prov.cache) / "modbuild/usr/src"
+    rel = prov.kernel_version
+    common = f"linux-headers-{rel.rsplit('-', 1)[0]}-common"
+    dst_arch, dst_common = src / f"{name}-{rel}", src / f"{name}-common"
+    for d in (dst_arch, dst_common):
+        shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(src / f"linux-headers-{rel}", dst_arch, symlinks=True)
+    shutil.copytree(src / common, dst_common, symlinks=True)
+    mk = dst_arch / "Makefile"
+    mk.write_text(mk.read_text()
+                  .replace(f"/usr/src/linux-headers-{rel}", f"/usr/src/{dst_arch.name}")
+                  .replace(f"/usr/src/{common}", f"/usr/src/{dst_common.name}"))
+    if op is not None:
+        h = dst_common / "include/linux/pci-tsm.h"
+        text = h.read_text()
+        anchor = "\t\tvoid (*unlock)(struct pci_tsm *tsm);\n"
+        assert anchor in text
+        h.write_text(text.replace(anchor, anchor + f"\t\tint (*{op})(struct pci_dev *pdev);\n"))
+    return dst_arch
+
+
+def _devsec_slots(ko: Path) -> dict[int, str]:
+    """Which functions fill the devsec slots of cca_devsec_ops, from the module's ELF
+    (readelf: the .data relocations at the symbol's offset, section + addend resolved to
+    the function symbol there): slot offset -> function name."""
+    import re
+    import subprocess
+
+    def readelf(opt: str) -> list[str]:
+        return subprocess.run(["readelf", opt, str(ko)], capture_output=True, text=True,
+                              check=True).stdout.splitlines()
+    sections = {m.group(2): int(m.group(1)) for line in readelf("-SW")
+                if (m := re.match(r"\s*\[\s*(\d+)\]\s+(\S+)", line))}
+    funcs: dict[tuple[int, int], str] = {}
+    base = None
+    for line in readelf("-sW"):
+        f = line.split()
+        if len(f) == 8 and f[0].endswith(":") and f[6].isdigit():
+            if f[3] == "FUNC":
+                funcs[(int(f[6]), int(f[1], 16))] = f[7]
+            if f[7] == "cca_devsec_ops":
+                base = int(f[1], 16)
+    assert base is not None
+    slots: dict[int, str] = {}
+    section = ""
+    for line in readelf("-rW"):
+        if line.startswith("Relocation section"):
+            section = line.split("'")[1]
+            continue
+        m = re.match(r"([0-9a-f]+)\s+[0-9a-f]+\s+\S+\s+[0-9a-f]+\s+(\S+) \+ ([0-9a-f]+)", line)
+        if section != ".rela.data" or not m:
+            continue
+        off = int(m.group(1), 16) - base
+        if DEVSEC_OPS_OFFSET <= off < DEVSEC_OPS_OFFSET + 24:
+            target = m.group(2)
+            name = funcs.get((sections.get(target, -1), int(m.group(3), 16)), target)
+            slots[off - DEVSEC_OPS_OFFSET] = name
+    return slots
+
+
+@pytest.mark.parametrize("op", [None, "accept", "run"])
+def test_devsec_operation_detected_at_build_time(prov: Provisioned, op: str | None) -> None:
+    """Built with `run --kernel-build`'s path (ensure_user_module) against a copy of the
+    Debian headers: stock 7.3.4 wires lock and unlock only; a pci-tsm.h with the proposed
+    accept ([IO2]) or run ([ISTG]) devsec operation gets cca_devsec_accept in that slot."""
+    import shutil
+
+    from vfiouser_tdisp.run.module_build import ensure_user_module
+    tree = _headers_copy(prov, f"vtfw-test-{op or 'stock'}", op)
+    try:
+        ko = ensure_user_module(prov, tree, prov.kernel_version)
+        elf = ko.read_bytes()
+        slots = _devsec_slots(ko)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+        shutil.rmtree(tree.with_name(f"vtfw-test-{op or 'stock'}-common"), ignore_errors=True)
+    assert b"vermagic=" + prov.kernel_version.encode() in elf
+    assert slots.get(0, "").startswith("cca_devsec_lock")
+    assert slots.get(8, "").startswith("cca_devsec_unlock")
+    if op is None:
+        assert 16 not in slots and b"vtfw_devsec_ops=lock,unlock\0" in elf
+    else:
+        assert slots.get(16, "").startswith("cca_devsec_accept")
+        assert f"vtfw_devsec_ops=lock,unlock,{op}\0".encode() in elf

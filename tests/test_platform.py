@@ -183,6 +183,12 @@ def _good_events() -> list[dict[str, object]]:
             "trigger": "START_INTERFACE_REQUEST"},
            {"event": "virtio.used"},
            {"event": "tdi.transition", "old": "RUN", "new": "ERROR", "trigger": "bar_change"}]
+    # the realm's host calls as the RMM read them in rhi-1.0-bet1 (rmm.host_call exits)
+    hc = {"event": "rmm.host_call", "op": "exit", "layout": "rhi-1.0-bet1"}
+    ev += [{**hc, "rhi": "VDEV_GET_INTERFACE_REPORT", "arg": "0x0"},
+           {**hc, "rhi": "VDEV_GET_MEASUREMENTS", "params": "0x7f3000"},
+           {**hc, "rhi": "OBJECT_READ", "object": "VCA", "buffer": "0x7f2000",
+            "max_len": 4096, "offset": 0}]
     return ev
 
 
@@ -201,11 +207,23 @@ def test_host_checks_pass_on_the_paths_of_the_rmm_spec() -> None:
      "tdi_states"),
     ({"event": "virtio.dma_blocked"}, "dma_gate"),
     ({"event": "ide_km.key_prog"}, "doe_objects"),
+    ({"event": "rmm.host_call", "op": "exit", "layout": "rhi-1.0-bet1",
+      "rhi": "VDEV_GET_MEASUREMENTS", "params": "0x7f3000"}, "rhi_layout"),
 ])
 def test_host_checks_fail_without_a_step(drop: dict[str, object], check: str) -> None:
     ev = [e for e in _good_events() if e != drop]
     got = {n: ok for n, ok, _d in host_checks(_boot(ev))}
     assert not got[check] and all(ok for n, ok in got.items() if n != check)
+
+
+@pytest.mark.parametrize("bad", [
+    {"rhi": "VDEV_GET_INTERFACE_REPORT", "arg": "0x7f3000"},   # a GET_MEASUREMENTS, misread
+    {"rhi": "VDEV_GET_MEASUREMENTS", "params": "0x0"},
+    {"rhi": "OBJECT_READ", "object": 4, "buffer": "0x0", "max_len": 4096, "offset": 0}])
+def test_rhi_layout_check_fails_on_calls_of_the_other_layout(bad: dict[str, object]) -> None:
+    ev = _good_events() + [{"event": "rmm.host_call", "op": "exit",
+                            "layout": "rhi-1.0-bet1", **bad}]
+    assert not {n: ok for n, ok, _d in host_checks(_boot(ev))}["rhi_layout"]
 
 
 def test_doe_objects_fail_when_the_device_saw_a_request_the_rmm_did_not_send() -> None:

@@ -83,6 +83,10 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="alter the device's own evidence for the verifier's negative path: "
                         "report another firmware's measurements, or an interface report "
                         "range outside the BAR (repeatable)")
+    p.add_argument("--rhi-layout", choices=("rhi-1.0-bet1", "linux-rfc-v4"),
+                   help="with --platform cca: the RHI layout the RMM reads the realm's host "
+                        "calls in (default rhi-1.0-bet1; the guest module's rhi_layout "
+                        "must match)")
     _add_identity_args(p)
 
 
@@ -239,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", choices=("cca",), default="cca",
                    help="platform firmware the flow runs against (default: cca, the only "
                         "one with a guest flow so far)")
+    p.add_argument("--rhi-layout", choices=("rhi-1.0-bet1", "linux-rfc-v4"),
+                   help="cca: the RHI layout of the RMM and the guest module "
+                        "(default rhi-1.0-bet1)")
+    p.add_argument("--kernel", metavar="IMAGE",
+                   help="boot this x86 bzImage instead of the provisioned Debian kernel "
+                        "(with --kernel-build)")
+    p.add_argument("--kernel-build", metavar="DIR",
+                   help="the kernel's build tree: the guest module is built there (make -C "
+                        "DIR M=... modules, its own .config; needs Module.symvers and "
+                        "CONFIG_PCI_TSM, CONFIG_PCI_DOE, CONFIG_TSM built in)")
+    p.add_argument("--kernel-modules", metavar="MODDIR",
+                   help="the kernel's installed modules (/lib/modules/RELEASE) for the "
+                        "initramfs (default: the provisioned ones, same release only)")
     p.set_defaults(handler="vfiouser_tdisp.run.platform:main_run")
 
     _add_tsm_parser(sub)

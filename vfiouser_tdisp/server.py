@@ -63,9 +63,12 @@ def firmware_port_path(path: str) -> str:
     return f"{path}.fwport"
 
 
-def platform_firmware(name: str) -> Firmware:
+def platform_firmware(name: str, **options: Any) -> Firmware:
+    """The platform's firmware emulator; ``options`` go to its factory (e.g. cca:
+    ``rhi_layout``)."""
     module, _, factory = PLATFORMS[name].partition(":")
-    return getattr(importlib.import_module(module), factory)()  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), factory)(  # type: ignore[no-any-return]
+        **options)
 
 
 @dataclass
@@ -154,7 +157,8 @@ def serve_forever(paths: list[str], profile_name: str, spdm_port: int | None = N
                   pcap_keys: str | None = None,
                   identity_options: dict[str, Any] | None = None,
                   debug_ide_keys: bool = False, platform: str | None = None,
-                  tamper: Sequence[str] = ()) -> None:
+                  tamper: Sequence[str] = (),
+                  platform_options: dict[str, Any] | None = None) -> None:
     # The stop signals are taken synchronously with sigwait() in this thread, never
     # by a handler: a Python handler runs between two bytecodes of the main
     # thread, and one that takes a lock (Event.set) while the main thread is
@@ -168,7 +172,8 @@ def serve_forever(paths: list[str], profile_name: str, spdm_port: int | None = N
         running = start_devices(paths, profile_name, spdm_port, spdm_host, pcap,
                                 pcap_keys=pcap_keys, identity_options=identity_options,
                                 debug_ide_keys=debug_ide_keys, tamper=tamper,
-                                firmware=platform_firmware(platform) if platform else None)
+                                firmware=platform_firmware(platform, **(platform_options or {}))
+                                if platform else None)
         try:
             emit("server.ready", sockets=[s.path for s in running.servers],
                  profile=profile_name, spdm_ports=[e.port for e in running.spdm_servers])
@@ -216,7 +221,9 @@ def main_serve(args: argparse.Namespace) -> int:
                           pcap_keys=args.pcap_keys, identity_options=identity,
                           debug_ide_keys=args.debug_ide_keys,
                           platform=getattr(args, "platform", None),
-                          tamper=getattr(args, "tamper", None) or ())
+                          tamper=getattr(args, "tamper", None) or (),
+                          platform_options={"rhi_layout": args.rhi_layout}
+                          if getattr(args, "rhi_layout", None) else None)
         except IdentityError as exc:
             print(f"vfiouser-tdisp serve: {exc}", file=sys.stderr)
             return 2

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .provision import (
@@ -173,4 +174,161 @@ def ensure_module(prov: Provisioned, src: Path | None = None,
         return ko
 
 
-__all__ = ["cached_module", "ensure_module", "module_source", "source_hash"]
+# -- your own kernel (run --kernel IMAGE --kernel-build DIR) ----------------------------------
+# What the module needs built into the kernel: the PCI/TSM core and DOE (pci_tsm_*,
+# pci_tsm_doe_transfer), the TSM class (tsm_register) and loadable modules.
+REQUIRED_CONFIG = ("CONFIG_MODULES", "CONFIG_PCI_DOE", "CONFIG_PCI_TSM", "CONFIG_TSM")
+
+
+@dataclass(frozen=True)
+class UserKernel:
+    """A kernel the user built: the image to boot, its build tree, its release."""
+
+    image: Path
+    build: Path
+    release: str
+
+
+def image_release(image: Path) -> str:
+    """The release of an x86 bzImage: the setup header (Linux x86 boot protocol,
+    Documentation/arch/x86/boot.rst) has "HdrS" at 0x202 and, at 0x20E, the offset - 0x200
+    of a NUL-terminated version string whose first word is the release."""
+    try:
+        with open(image, "rb") as f:
+            head = f.read(0x8000)
+    except OSError as exc:
+        raise ProvisionError(f"--kernel {image}: {exc.strerror or exc}") from None
+    if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
+        raise ProvisionError(f"--kernel {image}: not an x86 bzImage (no HdrS header)")
+    off = int.from_bytes(head[0x20E:0x210], "little") + 0x200
+    text = head[off:off + 256].split(b"\0")[0].decode("ascii", "replace")
+    if not text.strip():
+        raise ProvisionError(f"--kernel {image}: no kernel version string in its header")
+    return text.split()[0]
+
+
+def tree_config(build: Path) -> dict[str, str]:
+    cfg: dict[str, str] = {}
+    for line in (build / ".config").read_text(errors="replace").splitlines():
+        name, eq, value = line.partition("=")
+        if eq and name.startswith("CONFIG_"):
+            cfg[name] = value
+    return cfg
+
+
+def check_user_kernel(image: Path, build: Path) -> UserKernel:
+    """The one-line refusals of `run --kernel IMAGE --kernel-build DIR`."""
+    if not (build / "Makefile").is_file():
+        raise ProvisionError(f"--kernel-build {build}: not a kernel build tree (no Makefile)")
+    if not (build / ".config").is_file():
+        raise ProvisionError(f"--kernel-build {build}: no .config (configure and build the "
+                             "kernel there first)")
+    if not (build / "Module.symvers").is_file():
+        raise ProvisionError(f"--kernel-build {build}: no Module.symvers (build the kernel "
+                             "there first: the module links against its exported symbols)")
+    cfg = tree_config(build)
+    missing = [o for o in REQUIRED_CONFIG if cfg.get(o) != "y"]
+    if missing:
+        raise ProvisionError(f"--kernel-build {build}: the kernel lacks {', '.join(missing)} "
+                             "(the guest module needs them built in, =y)")
+    rel_file = build / "include/config/kernel.release"
+    if not rel_file.is_file():
+        raise ProvisionError(f"--kernel-build {build}: no include/config/kernel.release "
+                             "(build the kernel there first)")
+    tree_release = rel_file.read_text().strip()
+    release = image_release(image)
+    if release != tree_release:
+        raise ProvisionError(f"--kernel {image} is release {release} but --kernel-build "
+                             f"{build} is {tree_release}")
+    return UserKernel(image.absolute(), build.absolute(), release)
+
+
+def _srctree(build: Path, root: Path | None) -> Path | None:
+    """The source tree a build tree belongs to: itself, its ``source`` link (O= builds),
+    or the tree its Makefile includes (Debian's split headers).  ``root``: the private
+    tree absolute paths in the Makefile are relative to, if it is built in there."""
+    if (build / "include/linux/pci-tsm.h").exists():
+        return build
+    if (build / "source").is_dir():
+        return (build / "source").resolve()
+    for line in (build / "Makefile").read_text(errors="replace").splitlines():
+        if line.startswith("include ") and line.rstrip().endswith("/Makefile"):
+            inc = Path(line.split(None, 1)[1].strip()).parent
+            return (root / inc.relative_to("/")) if root and inc.is_absolute() else inc
+    return None
+
+
+def tree_hash(build: Path, root: Path | None = None) -> str:
+    """Hash over what the module's build depends on in a kernel tree: its .config, its
+    Module.symvers and the pci-tsm.h the devsec detection reads (16 hex digits)."""
+    h = hashlib.sha256()
+    src = _srctree(build, root)
+    for p in (build / ".config", build / "Module.symvers",
+              (src / "include/linux/pci-tsm.h") if src else None):
+        data = p.read_bytes() if p is not None and p.exists() else b""
+        h.update(f"{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()[:16]
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def ensure_user_module(prov: Provisioned, build: Path, release: str,
+                       src: Path | None = None, log: Progress = progress) -> Path:
+    """vtfw.ko built against the user's kernel tree ``build`` with that tree's own
+    configuration (``make -C DIR M=... modules``), cached under
+    <cache>/module/<release>/<source hash>-<tree hash>/.  A tree inside the private build
+    tree (<cache>/modbuild, e.g. another linux-headers package) is built there with that
+    tree's compiler, like the Debian build; any other tree with this machine's make and
+    compiler, as the kernel was built."""
+    src = src or module_source()
+    root = Path(prov.cache)
+    tree = root / BUILD_TREE
+    chroot = _inside(build, tree)
+    digest = f"{source_hash(src)}-{tree_hash(build, tree if chroot else None)}"
+    ko = cached_module(root, release, digest)
+    if ko.exists():
+        return ko
+    with _locked(root):
+        if ko.exists():
+            return ko
+        started = time.monotonic()
+        base = tree / "tmp" if chroot else None
+        work = Path(tempfile.mkdtemp(prefix=f"{MODULE_NAME}-", dir=base))
+        try:
+            for p in source_files(src):
+                shutil.copy(p, work / p.name)
+            if chroot:
+                kdir = "/" + str(build.resolve().relative_to(tree.resolve()))
+                wdir = "/" + str(work.relative_to(tree))
+                script = (f'mount -t proc proc "{tree}/proc" && '
+                          f'chroot "{tree}" sh -c "make -C {kdir} M={wdir} modules && '
+                          f'strip --strip-debug {wdir}/{MODULE_NAME}.ko"')
+                _run(["unshare", "--mount", "--fork", "sh", "-c", script],
+                     f"building {MODULE_NAME}.ko against {build}", log, timeout=BUILD_TIMEOUT)
+            else:
+                _run(["make", "-C", str(build), f"M={work}", "modules"],
+                     f"building {MODULE_NAME}.ko against {build}", log, timeout=BUILD_TIMEOUT)
+                if shutil.which("strip"):
+                    _run(["strip", "--strip-debug", str(work / f"{MODULE_NAME}.ko")],
+                         f"stripping {MODULE_NAME}.ko", log)
+            ko.parent.mkdir(parents=True, exist_ok=True)
+            part = ko.with_name(ko.name + ".partial")
+            shutil.copy(work / f"{MODULE_NAME}.ko", part)
+            os.replace(part, ko)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        log(f"{MODULE_NAME}.ko for {release} ({build}) built in "
+            f"{time.monotonic() - started:.1f} s: {ko}")
+        return ko
+
+
+__all__ = ["REQUIRED_CONFIG", "UserKernel", "cached_module", "check_user_kernel",
+           "ensure_module", "ensure_user_module", "image_release", "module_source",
+           "source_hash", "tree_hash"]

@@ -34,7 +34,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -49,7 +49,7 @@ from ..spdm.identity import IdentityError
 from .guest_tools import ensure_openssl
 from .initramfs import build_initramfs
 from .job import GuestRun, ServerProcess, _remove, parse_console, socket_dir
-from .module_build import ensure_module
+from .module_build import check_user_kernel, ensure_module, ensure_user_module
 from .provision import Provisioned, ProvisionError, ensure_provisioned
 from .qemu import QemuCommand, accel_decision, firmware_port_args, run_with_deadline
 
@@ -59,7 +59,8 @@ GUEST_STEPS = ("tsm_module", "connect", "bind", "lock_busy", "accept_unlocked", 
                "evidence", "verify", "accept", "probe", "hwrng", "unlock", "dma_held",
                "tdi_error", "unbind", "disconnect")
 TAMPER_STEPS = ("tamper",)
-HOST_STEPS = ("pdev_states", "vdev_states", "tdi_states", "doe_objects", "dma_gate")
+HOST_STEPS = ("rhi_layout", "pdev_states", "vdev_states", "tdi_states", "doe_objects",
+              "dma_gate")
 STEP_TIME_RE = re.compile(r"VTDISP-INFO step_time (\S+) ([\d.]+)")
 TCB_INDICES = (1, 2, 3)  # measurement indices that do not change with configuration
 PDEV_PATH = [("NEW", "NEEDS_KEY"), ("NEEDS_KEY", "HAS_KEY"), ("HAS_KEY", "READY"),
@@ -111,21 +112,26 @@ def guest_files(prov: Provisioned, profile_name: str,
 def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                   platform: str = "cca", timeout: float = 300, accel: str = "auto",
                   tamper: Sequence[str] = (), cache_dir: str | None = None,
-                  log: bool = True) -> Boot:
-    """Serve the device and the firmware port, boot the guest with check_platform.sh."""
+                  log: bool = True, rhi_layout: str | None = None,
+                  module: Path | None = None) -> Boot:
+    """Serve the device and the firmware port, boot the guest with check_platform.sh.
+    ``module``: a vtfw.ko built for ``prov``'s kernel elsewhere (run --kernel-build);
+    ``rhi_layout``: the RHI layout of RMM and guest module (default: theirs)."""
     out.mkdir(parents=True, exist_ok=True)
     console = out / "console.log"
     console.write_text("")
     events = out / "events.jsonl"
     with contextlib.suppress(FileNotFoundError):
         events.unlink()
-    ko = ensure_module(prov)
+    ko = module or ensure_module(prov)
     initrd = build_initramfs(prov.busybox, prov.modules, out / "initrd.gz",
                              extra_modules=[ko],
                              extra_files=guest_files(prov, profile, cache_dir))
     prof = get_profile(profile)
     pers = get_personality(prof.personality)
     extra = ["--platform", platform] + [a for k in tamper for a in ("--tamper", k)]
+    if rhi_layout:
+        extra += ["--rhi-layout", rhi_layout]
     if cache_dir:
         extra += ["--cache-dir", cache_dir]
     with socket_dir(out, ".fwport") as sockdir:
@@ -140,7 +146,8 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                       f" vtdisp.vendor=0x{pers.VENDOR_ID:04x}"
                       f" vtdisp.device=0x{pers.DEVICE_ID:04x}"
                       f" vtdisp.functions={prof.functions} vtdisp.checks=platform"
-                      + (" vtdisp.tamper=1" if tamper else ""))
+                      + (" vtdisp.tamper=1" if tamper else "")
+                      + (f" vtdisp.rhi_layout={rhi_layout}" if rhi_layout else ""))
             chosen, why = accel_decision(prov.qemu, prov.kernel, accel, prov.cache)
             qc = QemuCommand(kernel=prov.kernel, initrd=str(initrd), append=append,
                              sockets=[fn_socks], accel=chosen, console_log=str(console),
@@ -199,9 +206,39 @@ def _subsequence(want: Sequence[object], got: Sequence[object]) -> bool:
     return all(any(w == g for g in it) for w in want)
 
 
-def host_checks(boot: Boot) -> list[tuple[str, bool, str]]:
+def rhi_layout_check(boot: Boot, layout: str) -> tuple[str, bool, str]:
+    """The realm's host calls as the RMM read them in ``layout`` (rmm.host_call events):
+    GET_MEASUREMENTS with a parameter page, GET_INTERFACE_REPORT without one, every
+    OBJECT_READ with a page-aligned buffer and a known object.  A guest module in the
+    other layout fails this: the two swap the GET_* numbers, the VCA's object id and the
+    OBJECT_READ buffer and offset registers (firmware-abi.md C.7)."""
+    calls = [e for e in boot.of("rmm.host_call") if e.get("op") == "exit"]
+    seen = Counter(str(e.get("rhi")) for e in calls)
+    bad = []
+    for e in calls:
+        rhi = e.get("rhi")
+        if e.get("layout") != layout:
+            bad.append(f"read in {e.get('layout')}")
+        elif rhi == "VDEV_GET_MEASUREMENTS" and (int(str(e.get("params")), 16) == 0
+                                                 or int(str(e.get("params")), 16) % 4096):
+            bad.append(f"GET_MEASUREMENTS with parameters at {e.get('params')}")
+        elif rhi == "VDEV_GET_INTERFACE_REPORT" and e.get("arg") != "0x0":
+            bad.append(f"GET_INTERFACE_REPORT with argument {e.get('arg')}")
+        elif rhi == "OBJECT_READ" and (not isinstance(e.get("object"), str)
+                                       or int(str(e.get("buffer")), 16) == 0
+                                       or int(str(e.get("buffer")), 16) % 4096):
+            bad.append(f"OBJECT_READ of {e.get('object')} into {e.get('buffer')}")
+    ok = not bad and all(seen.get(n) for n in ("VDEV_GET_MEASUREMENTS",
+                                                "VDEV_GET_INTERFACE_REPORT", "OBJECT_READ"))
+    return ("rhi_layout", ok,
+            f"{len(calls)} host calls read in {layout}: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(seen.items()))
+            + (f"; wrong: {'; '.join(sorted(set(bad)))}" if bad else ""))
+
+
+def host_checks(boot: Boot, rhi_layout: str | None = None) -> list[tuple[str, bool, str]]:
     """What the server saw: the firmware's state machines and the device's traffic."""
-    out: list[tuple[str, bool, str]] = []
+    out: list[tuple[str, bool, str]] = [rhi_layout_check(boot, rhi_layout or "rhi-1.0-bet1")]
     eps = {e["pdev"] for e in boot.of("rmm.pdev.created") if e.get("category") == "EP_OFF_CHIP"}
     ep_path = [(e["old"], e["new"]) for e in boot.of("rmm.pdev.transition")
                if e.get("pdev") in eps]
@@ -292,27 +329,31 @@ def _guest_results(boot: Boot, steps: Sequence[str]) -> list[tuple[str, bool, st
 def run_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                  platform: str = "cca", timeout: float = 300, accel: str = "auto",
                  cache_dir: str | None = None, tamper: bool = True,
-                 log: bool = True) -> PlatformRun:
+                 log: bool = True, rhi_layout: str | None = None,
+                 module: Path | None = None) -> PlatformRun:
     main = boot_platform(prov, out / "flow", profile=profile, platform=platform,
-                         timeout=timeout, accel=accel, cache_dir=cache_dir, log=log)
-    results = _guest_results(main, GUEST_STEPS) + host_checks(main)
+                         timeout=timeout, accel=accel, cache_dir=cache_dir, log=log,
+                         rhi_layout=rhi_layout, module=module)
+    results = _guest_results(main, GUEST_STEPS) + host_checks(main, rhi_layout)
     tampered = None
     if tamper:
         tampered = boot_platform(prov, out / "tamper", profile=profile, platform=platform,
                                  timeout=timeout, accel=accel, cache_dir=cache_dir,
-                                 tamper=("measurements", "report"), log=log)
+                                 tamper=("measurements", "report"), log=log,
+                                 rhi_layout=rhi_layout, module=module)
         results += [r for r in _guest_results(tampered, TAMPER_STEPS) if r[0] == "tamper"
                     or not r[1]]
         results += tamper_checks(tampered)
     return PlatformRun(main, tampered, results)
 
 
-def summary(pr: PlatformRun, prov: Provisioned, platform: str, out: Path) -> list[str]:
+def summary(pr: PlatformRun, prov: Provisioned, platform: str, out: Path,
+            note: str = "") -> list[str]:
     passed = sum(ok for _n, ok, _d in pr.results)
     times = dict(pr.main.step_times)
     if pr.tampered is not None:
         times.update({k: v for k, v in pr.tampered.step_times.items() if k == "tamper"})
-    lines = [f"guest kernel {prov.kernel_version}, QEMU {prov.qemu_version} "
+    lines = [f"guest kernel {prov.kernel_version}{note}, QEMU {prov.qemu_version} "
              f"({pr.main.run.accel}), platform {platform}: flow {pr.main.run.seconds:.1f} s"
              + (f", tamper {pr.tampered.run.seconds:.1f} s" if pr.tampered else "")]
     for name, ok, detail in pr.results:
@@ -339,6 +380,30 @@ def identity_cache(provisioned: Path) -> Path:
     return Path(base).absolute() / "vfiouser-tdisp"
 
 
+def user_kernel(prov: Provisioned, args: argparse.Namespace) -> tuple[Provisioned, Path]:
+    """`run --kernel IMAGE --kernel-build DIR [--kernel-modules MODDIR]`: the provisioned
+    setup with the user's kernel in place of Debian's, and vtfw.ko built against DIR.
+    The initramfs takes the kernel's modules (virtio_rng) from MODDIR, or from the
+    provisioned tree when the release is the same."""
+    if not args.kernel or not args.kernel_build:
+        raise ProvisionError("--kernel IMAGE and --kernel-build DIR go together")
+    uk = check_user_kernel(Path(args.kernel), Path(args.kernel_build))
+    modules = getattr(args, "kernel_modules", None)
+    if modules is None:
+        if uk.release != prov.kernel_version:
+            raise ProvisionError(f"--kernel is release {uk.release}, not the provisioned "
+                                 f"{prov.kernel_version}: give --kernel-modules "
+                                 f"/lib/modules/{uk.release} (make modules_install "
+                                 "INSTALL_MOD_PATH=...)")
+        modules = prov.modules
+    elif not (Path(modules) / "modules.dep").is_file():
+        raise ProvisionError(f"--kernel-modules {modules}: no modules.dep (an installed "
+                             f"/lib/modules/{uk.release} tree)")
+    ko = ensure_user_module(prov, uk.build, uk.release)
+    return replace(prov, kernel=str(uk.image), kernel_version=uk.release,
+                   modules=str(modules)), ko
+
+
 def main_run(args: argparse.Namespace) -> int:
     """`run`: the platform flow against ``args.platform``."""
     if get_profile(args.profile).personality != "virtio-rng":
@@ -355,10 +420,19 @@ def main_run(args: argparse.Namespace) -> int:
             return 1
         out = Path(args.out)
         state = identity_cache(Path(prov.cache))
+        module, note = None, ""
+        layout = getattr(args, "rhi_layout", None)
+        try:
+            if getattr(args, "kernel", None) or getattr(args, "kernel_build", None):
+                prov, module = user_kernel(prov, args)
+                note = f" (your kernel {prov.kernel}, module built against {args.kernel_build})"
+        except ProvisionError as exc:
+            print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)
+            return 2
         try:
             pr = run_platform(prov, out, profile=args.profile, platform=args.platform,
                               timeout=args.timeout, accel=args.accel,
-                              cache_dir=str(state))
+                              cache_dir=str(state), rhi_layout=layout, module=module)
         except IdentityError as exc:
             print(f"vfiouser-tdisp run: device identity in {identity_dir(state)}: {exc}",
                   file=sys.stderr)
@@ -370,11 +444,12 @@ def main_run(args: argparse.Namespace) -> int:
             print("vfiouser-tdisp run: interrupted; the server and QEMU were stopped",
                   file=sys.stderr)
             raise
-        print("\n".join(summary(pr, prov, args.platform, out)))
+        print("\n".join(summary(pr, prov, args.platform, out, note)))
         return 0 if pr.ok else 1
     finally:
         signal.signal(signal.SIGTERM, old)
 
 
 __all__ = ["GUEST_STEPS", "PLATFORMS", "Boot", "PlatformRun", "boot_platform", "host_checks",
-           "main_run", "reference_measurements", "run_platform"]
+           "main_run", "reference_measurements", "rhi_layout_check", "run_platform",
+           "user_kernel"]

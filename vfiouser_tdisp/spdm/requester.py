@@ -609,12 +609,19 @@ class SpdmRequester:
     # -- measurements --------------------------------------------------------------------
     def get_measurements_flow(self, operation: int = m.MEAS_OPERATION_ALL, *,
                               signed: bool = True, raw: bool = False,
-                              session: RequesterSession | None = None
-                              ) -> SpdmFlow[MeasurementResult]:
+                              session: RequesterSession | None = None,
+                              nonce: bytes | None = None) -> SpdmFlow[MeasurementResult]:
+        """GET_MEASUREMENTS -> MEASUREMENTS (DSP0274 §10.11).  ``nonce``: the request's
+        32-byte Nonce field (a signed request carries it; the signature then covers it),
+        e.g. a verifier's own freshness value passed through; default: a random one."""
+        if nonce is None:
+            nonce = os.urandom(32)
+        elif len(nonce) != 32:
+            raise ValueError(f"GET_MEASUREMENTS Nonce is 32 bytes, not {len(nonce)}")
         attrs = (m.MEAS_ATTR_SIGNATURE_REQUESTED if signed else 0) | \
             (m.MEAS_ATTR_RAW_BIT_STREAM_REQUESTED if raw and self.conn.version >= m.V12 else 0)
         req = m.GET_MEASUREMENTS(spdm_version=self.conn.version, param1=attrs,
-                                 param2=operation, nonce=os.urandom(32),
+                                 param2=operation, nonce=nonce,
                                  requester_context=os.urandom(8)).pack()
         rsp = self._expect(m.MEASUREMENTS, (yield from self.send_flow(req, session)),
                            signed=signed)
@@ -634,10 +641,10 @@ class SpdmRequester:
         return MeasurementResult(blocks, rsp.param1, signed, rsp)
 
     def get_measurements(self, operation: int = m.MEAS_OPERATION_ALL, *, signed: bool = True,
-                         raw: bool = False,
-                         session: RequesterSession | None = None) -> MeasurementResult:
+                         raw: bool = False, session: RequesterSession | None = None,
+                         nonce: bytes | None = None) -> MeasurementResult:
         return self._drive(self.get_measurements_flow(operation, signed=signed, raw=raw,
-                                                      session=session))
+                                                      session=session, nonce=nonce))
 
     # -- sessions ------------------------------------------------------------------------
     def start_session_flow(self, summary_hash_type: int = m.SUMMARY_HASH_NONE,

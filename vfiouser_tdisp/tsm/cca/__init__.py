@@ -2,13 +2,14 @@
 guest-less host and realm drivers.  See docs/platform-cca.md."""
 
 from .abi import RmiFid, RmiPdevState, RmiStatus, RmiVdevState, RsiFid, RsiStatus
-from .rhi import LAYOUTS, RhiLayout
+from .rhi import DEFAULT_LAYOUT, LAYOUTS, RhiLayout
 from .rmm import Rmm
 
 
-def make_firmware() -> Rmm:
-    """What ``serve --platform cca`` puts behind the firmware port (docs/firmware-port.md)."""
-    return Rmm()
+def make_firmware(rhi_layout: str = DEFAULT_LAYOUT) -> Rmm:
+    """What ``serve --platform cca [--rhi-layout L]`` puts behind the firmware port
+    (docs/firmware-port.md)."""
+    return Rmm(rhi_layout=rhi_layout)
 
 
 __all__ = ["LAYOUTS", "RhiLayout", "RmiFid", "RmiPdevState", "RmiStatus", "RmiVdevState",

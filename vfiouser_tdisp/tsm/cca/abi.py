@@ -55,6 +55,12 @@ class RmiFid(enum.IntEnum):
     RMI_PDEV_STREAM_DISCONNECT = 0xC4000205
     RMI_PDEV_STREAM_COMPLETE = 0xC4000206
     RMI_PDEV_STREAM_KEY_PURGE = 0xC4000207
+    # Stateful RMI Operations (SRO, RMM 2.0): a command that needs memory answers
+    # RMI_INCOMPLETE; the host donates granules and continues it
+    RMI_OP_CONTINUE = 0xC4000203
+    RMI_OP_MEM_DONATE = 0xC4000208
+    RMI_OP_MEM_RECLAIM = 0xC4000209
+    RMI_OP_CANCEL = 0xC400020A
 
 
 class RmiStatus(enum.IntEnum):
@@ -107,6 +113,24 @@ class RmiPdevCategory(enum.IntEnum):
     EP_OFF_CHIP = 1
     EP_ON_CHIP = 2
 
+
+# SRO memory requests (RMM 2.0 SRO, as the Linux RMI v13 headers give them): the kind
+# (NONE 0, DONATE 1, RECLAIM 2); a donate request: granule size [1:0] (4 KiB = 0),
+# count [15:2], contiguous b16, state b17 (DELEGATED 0, UNDELEGATED 1); an address
+# descriptor of an OP_MEM_DONATE list: size [1:0], count [11:2], address [51:12],
+# state b63.
+RMI_OP_MEM_REQ_NONE = 0
+RMI_OP_MEM_REQ_DONATE = 1
+RMI_OP_MEM_REQ_RECLAIM = 2
+RMI_DONATE_COUNT_SHIFT = 2
+RMI_DONATE_COUNT_MASK = 0x3FFF << RMI_DONATE_COUNT_SHIFT
+RMI_DONATE_CONTIG = 1 << 16
+RMI_DONATE_STATE_UNDELEGATED = 1 << 17
+RMI_ADDR_DESC_SIZE_MASK = 0b11
+RMI_ADDR_DESC_COUNT_SHIFT = 2
+RMI_ADDR_DESC_COUNT_MASK = 0x3FF << RMI_ADDR_DESC_COUNT_SHIFT
+RMI_ADDR_DESC_ADDR_MASK = ((1 << 52) - 1) & ~0xFFF
+RMI_ADDR_DESC_STATE_UNDELEGATED = 1 << 63
 
 RMI_PDEV_FLAGS_SPDM = 1 << 0
 RMI_PDEV_FLAGS_CATEGORY_SHIFT = 1

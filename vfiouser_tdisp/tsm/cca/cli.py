@@ -148,8 +148,9 @@ def run_steps(args: argparse.Namespace, transport: Any, where: str, root: Any) -
     from .abi import RmiDevCommObject, RmiFid, RmiVdevState, RsiVdevState
     from .host import CcaError, CcaHost, CcaRealm, check_evidence
     from .rmm import Rmm
-    host = CcaHost(Rmm(), transport, layout=args.layout, pdev_id=args.pdev_id,
-                   tdi_id=args.tdi, hash_algo=1 if args.hash == "sha512" else 0)
+    host = CcaHost(Rmm(rhi_layout=args.layout), transport, layout=args.layout,
+                   pdev_id=args.pdev_id, tdi_id=args.tdi,
+                   hash_algo=1 if args.hash == "sha512" else 0)
     realm = CcaRealm(host)
     vid = args.vdev_id
     steps = list(DEFAULT_STEPS) if args.steps in (["all"], []) else \

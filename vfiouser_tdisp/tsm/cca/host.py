@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,7 +49,13 @@ from .abi import (
     RHI_DA_VERSION,
     RHI_DA_VERSION_1_0,
     RHI_NOT_SUPPORTED,
+    RMI_ADDR_DESC_COUNT_SHIFT,
     RMI_DEV_COMM_EXIT_OFFSET,
+    RMI_DONATE_COUNT_MASK,
+    RMI_DONATE_COUNT_SHIFT,
+    RMI_DONATE_STATE_UNDELEGATED,
+    RMI_OP_MEM_REQ_DONATE,
+    RMI_OP_MEM_REQ_NONE,
     RMI_PDEV_FLAGS_CATEGORY_SHIFT,
     RMI_PDEV_FLAGS_SPDM,
     RMI_REC_RUN_ENTER_GPRS,
@@ -215,6 +222,7 @@ class CcaHost:
         self.pdev_cache: dict[RmiDevCommObject, bytes] = {}
         self.vdevs: dict[int, HostVdev] = {}
         self.objects_sent = 0
+        self.sro_granules: list[int] = []   # donated to PDEVs: undelegated after destroy
         self._handles = itertools.count(1)
 
     # -- calls --------------------------------------------------------------------------------
@@ -315,10 +323,39 @@ class CcaHost:
         self.pdev = self._delegated()
         flags = RMI_PDEV_FLAGS_SPDM | \
             (RmiPdevCategory.EP_OFF_CHIP << RMI_PDEV_FLAGS_CATEGORY_SHIFT)
-        self.rmi_ok(RmiFid.RMI_PDEV_CREATE, self.pdev, self._params(RmiPdevParams(
+        out = self.rmi(RmiFid.RMI_PDEV_CREATE, self.pdev, self._params(RmiPdevParams(
             flags=flags, pdev_id=self.pdev_id, routing_id=self.pdev_id,
             id_index=self.id_index, rid_base=self.pdev_id, rid_top=self.pdev_id + 8,
             hash_algo=self.hash_algo).pack()))
+        if out[0] == RmiStatus.RMI_INCOMPLETE:
+            out = self.sro(out[1], out[2:4])
+        if out[0] != RmiStatus.RMI_SUCCESS:
+            raise CcaError(f"RMI_PDEV_CREATE -> {RmiStatus(out[0]).name}")
+
+    def sro(self, handle: int, request: tuple[int, ...]) -> tuple[int, ...]:
+        """A stateful RMI operation to its end (firmware-abi.md C.8: "RMI_INCOMPLETE ->
+        OP_MEM_DONATE / OP_CONTINUE until done"): delegate and donate the granules it asks
+        for, one address descriptor each, then continue it."""
+        kind, req = request
+        for _ in range(64):
+            if kind == RMI_OP_MEM_REQ_DONATE:
+                count = (req & RMI_DONATE_COUNT_MASK) >> RMI_DONATE_COUNT_SHIFT
+                if req & (RMI_DONATE_STATE_UNDELEGATED | 0b11) or not 0 < count <= 64:
+                    raise CcaError(f"SRO donate request {req:#x} not supported")
+                granules = [self._delegated() for _ in range(count)]
+                self.sro_granules += granules
+                descs = [g | 1 << RMI_ADDR_DESC_COUNT_SHIFT for g in granules]
+                self.mem.write(self.params, struct.pack(f"<{count}Q", *descs))
+                out = self.rmi(RmiFid.RMI_OP_MEM_DONATE, handle, self.params, count)
+            elif kind == RMI_OP_MEM_REQ_NONE:
+                out = self.rmi(RmiFid.RMI_OP_CONTINUE, handle, 0)
+            else:
+                self.rmi(RmiFid.RMI_OP_CANCEL, handle)
+                raise CcaError(f"SRO memory request kind {kind} not supported")
+            if out[0] != RmiStatus.RMI_INCOMPLETE:
+                return out
+            kind, req = out[2], out[3]
+        raise CcaError("the stateful RMI operation did not end")
 
     def _expect_pdev(self, pdev: int, want: RmiPdevState, step: str) -> None:
         state = self.pdev_state(pdev)
@@ -374,6 +411,9 @@ class CcaHost:
                 self._pdev_comm(pdev)
             self.rmi_ok(RmiFid.RMI_PDEV_DESTROY, pdev)
             self.rmi_ok(RmiFid.RMI_GRANULE_UNDELEGATE, pdev)
+        for g in self.sro_granules:   # back from the destroyed PDEV, delegated and free
+            self.rmi_ok(RmiFid.RMI_GRANULE_UNDELEGATE, g)
+        self.sro_granules.clear()
         self.pdev = self.rp = 0
         self.pdev_cache.clear()
 
@@ -651,8 +691,10 @@ class CcaRealm:
             data += self.mem.read(self.bounce, out[1])
         return bytes(data)
 
-    def lock(self, vdev_id: int, nonce: bytes = bytes(32)) -> Evidence:
-        """cca_device_lock + evidence: the sequence of firmware-abi.md C.8 (guest)."""
+    def lock(self, vdev_id: int, nonce: bytes | None = None) -> Evidence:
+        """cca_device_lock + evidence: the sequence of firmware-abi.md C.8 (guest).
+        ``nonce``: the 32 bytes the device signs its measurements over (random if None)."""
+        nonce = os.urandom(32) if nonce is None else nonce
         self.rhi_wait(RHI_DA_VDEV_SET_TDI_STATE, vdev_id, RhiTdiState.CONFIG_LOCKED)
         first = self.get_info(vdev_id)
         if first.state != RsiVdevState.LOCKED:

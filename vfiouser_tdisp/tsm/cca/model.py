@@ -32,6 +32,23 @@ RSI_ABI_VERSION = (1 << 16) | 1
 # realm created last that still exists (one VM plays host and TVM here).
 # There is no stage-2 model: any guest address is "protected" for RSI purposes.
 
+# -- PDEV memory (SRO) ------------------------------------------------------------------
+# TF-RMM lets RMI_PDEV_CREATE answer RMI_INCOMPLETE with an SRO donate request when an
+# off-chip endpoint needs memory (firmware-abi.md C.2); how much, and the registers of
+# that answer, are not published.  Here: an EP_OFF_CHIP PDEV needs PDEV_AUX_GRANULES
+# delegated 4 KiB granules (its SPDM session and object state); root ports need none.
+#   PDEV_CREATE          -> x0 INCOMPLETE, x1 SRO handle, x2 request kind (DONATE 1),
+#                           x3 donate request (count [15:2], 4 KiB, delegated, not contig.)
+#   OP_MEM_DONATE(handle, list, count) -> x0 INCOMPLETE, x1 granules taken, x2/x3 the
+#                           next request (DONATE with the remainder, or NONE: continue)
+#   OP_CONTINUE(handle, flags 0) -> SUCCESS once all is donated: the PDEV exists (NEW),
+#                           else INCOMPLETE with the same outstanding request
+#   OP_CANCEL(handle)    -> SUCCESS: no PDEV; donated granules are delegated and free again
+# PDEV_DESTROY gives the donated granules back as delegated and free (the host
+# undelegates them); OP_MEM_RECLAIM is therefore never requested (ERROR_NOT_SUPPORTED).
+PDEV_AUX_GRANULES = 2
+SRO_HANDLE_BASE = 0x5_0000
+
 # -- device communication --------------------------------------------------------------
 # Size of the request and response buffers the host names in rmi_dev_comm_enter (each
 # must be granule aligned).  The RMM never writes more than this into either.
@@ -95,8 +112,6 @@ MMIO_REPORTING_OFFSET = 0
 REPORT_PAGE_SHIFT = 12
 # rsi_vdev_info.format_version for TDISP 1.0 (major [31:16], minor [15:0]).
 TDISP_FORMAT_VERSION = 1 << 16
-# The SPDM requester draws its own GET_MEASUREMENTS nonce; the 32-byte nonce of
-# rmi_vdev_measure_params is recorded in the VDEV_GET_MEASUREMENTS event, not sent.
 
 # -- nonces ---------------------------------------------------------------------------------
 # lock_nonce, meas_nonce and report_nonce are u64 values; each LOCK, GET_MEASUREMENTS,

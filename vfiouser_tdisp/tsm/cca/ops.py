@@ -173,13 +173,17 @@ def vdev_report(ctx: SpdmContext, function_id: int) -> DevFlow[bytes]:
     return report
 
 
-def vdev_measurements(ctx: SpdmContext, raw: bool) -> DevFlow[bytes]:
-    """Signed GET_MEASUREMENTS (all blocks) in the session, cached as MEASUREMENTS."""
+def vdev_measurements(ctx: SpdmContext, raw: bool, nonce: bytes) -> DevFlow[bytes]:
+    """Signed GET_MEASUREMENTS (all blocks) in the session, cached as MEASUREMENTS.
+    ``nonce``: the 32 bytes of rmi_vdev_measure_params.nonce, sent as the request's
+    Nonce field (DSP0274 §10.11), so the realm's freshness value is what the device
+    signs over."""
     sess = ctx.session
     if sess is None:
         raise SpdmRequesterError("no secured session")
 
-    yield from spdm(ctx.spdm.get_measurements_flow(signed=True, raw=raw, session=sess))
+    yield from spdm(ctx.spdm.get_measurements_flow(signed=True, raw=raw, session=sess,
+                                                       nonce=nonce))
     # The exact response bytes the signature covered (DOE padding excluded).
     response = bytes(ctx.spdm._last_exact)
     yield Cache(Obj.MEASUREMENTS, response)

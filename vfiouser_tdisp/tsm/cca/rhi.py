@@ -19,7 +19,17 @@ import enum
 from dataclasses import dataclass
 
 from ...wire import Struct, raw, u64
-from .abi import RhiDaFeature, RmiDevCommObject
+from .abi import (
+    RHI_DA_FEATURES,
+    RHI_DA_OBJECT_READ,
+    RHI_DA_OBJECT_SIZE,
+    RHI_DA_VDEV_ABORT,
+    RHI_DA_VDEV_CONTINUE,
+    RHI_DA_VDEV_SET_TDI_STATE,
+    RHI_DA_VERSION,
+    RhiDaFeature,
+    RmiDevCommObject,
+)
 
 
 class RhiObject(enum.Enum):
@@ -80,6 +90,33 @@ class RhiLayout:
 
     def object_id(self, obj: RhiObject) -> int:
         return next(k for k, v in self.objects.items() if v is obj)
+
+    def call_name(self, fid: int) -> str:
+        """The RHI call ``fid`` is in this layout (unknown: its number)."""
+        names = {RHI_DA_VERSION: "VERSION", RHI_DA_FEATURES: "FEATURES",
+                 RHI_DA_OBJECT_SIZE: "OBJECT_SIZE", RHI_DA_OBJECT_READ: "OBJECT_READ",
+                 RHI_DA_VDEV_CONTINUE: "VDEV_CONTINUE",
+                 RHI_DA_VDEV_SET_TDI_STATE: "VDEV_SET_TDI_STATE",
+                 RHI_DA_VDEV_ABORT: "VDEV_ABORT",
+                 self.get_measurements: "VDEV_GET_MEASUREMENTS",
+                 self.get_interface_report: "VDEV_GET_INTERFACE_REPORT"}
+        return names.get(fid, f"{fid:#x}")
+
+    def call_args(self, fid: int, gprs: tuple[int, ...]) -> dict[str, object]:
+        """The arguments of the call as this layout reads them (for events)."""
+        if fid == RHI_DA_OBJECT_READ:
+            obj = self.objects.get(gprs[2])
+            return {"object": obj.name if obj else gprs[2],
+                    "buffer": f"{gprs[self.read_buffer]:#x}",
+                    "max_len": gprs[self.read_max_len], "offset": gprs[self.read_offset]}
+        if fid == RHI_DA_OBJECT_SIZE:
+            obj = self.objects.get(gprs[2])
+            return {"object": obj.name if obj else gprs[2]}
+        if fid == self.get_measurements:
+            return {"params": f"{gprs[2]:#x}"}
+        if fid in (self.get_interface_report, RHI_DA_VDEV_CONTINUE, RHI_DA_VDEV_SET_TDI_STATE):
+            return {"arg": f"{gprs[2]:#x}"}
+        return {}
 
 
 RHI_1_0_BET1 = RhiLayout(

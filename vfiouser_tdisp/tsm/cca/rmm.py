@@ -28,11 +28,19 @@ from .abi import (
     DIGEST_FIELD,
     GRANULE_SIZE,
     REC_NR_GPRS,
+    RMI_ADDR_DESC_ADDR_MASK,
+    RMI_ADDR_DESC_COUNT_MASK,
+    RMI_ADDR_DESC_COUNT_SHIFT,
+    RMI_ADDR_DESC_SIZE_MASK,
+    RMI_ADDR_DESC_STATE_UNDELEGATED,
     RMI_DEV_COMM_ENTER_OFFSET,
     RMI_DEV_COMM_EXIT_OFFSET,
+    RMI_DONATE_COUNT_SHIFT,
     RMI_FEATURE_REGISTER_1_HASH_SHA_256,
     RMI_FEATURE_REGISTER_1_HASH_SHA_512,
     RMI_FEATURE_REGISTER_2_DA,
+    RMI_OP_MEM_REQ_DONATE,
+    RMI_OP_MEM_REQ_NONE,
     RMI_PDEV_FLAGS_CATEGORY_MASK,
     RMI_PDEV_FLAGS_CATEGORY_SHIFT,
     RMI_PDEV_FLAGS_SPDM,
@@ -77,6 +85,7 @@ from .abi import (
     rsi_state_of,
 )
 from .devcomm import DevFlow, Operation
+from .rhi import DEFAULT_LAYOUT, LAYOUTS
 
 Result = tuple[int, ...]
 
@@ -138,6 +147,24 @@ STREAM_TRANSITIONS: dict[tuple[StreamState, str], StreamState] = {
 }
 
 
+class SroState(enum.Enum):
+    """A stateful RMI operation waiting for the host (RMM 2.0 SRO; model.py)."""
+
+    DONATE = "DONATE"           # waiting for RMI_OP_MEM_DONATE
+    CONTINUE = "CONTINUE"       # all memory there: waiting for RMI_OP_CONTINUE
+    DONE = "DONE"
+    CANCELLED = "CANCELLED"
+
+
+SRO_TRANSITIONS: dict[tuple[SroState, str], SroState] = {
+    (SroState.DONATE, "donated_part"): SroState.DONATE,
+    (SroState.DONATE, "donated_all"): SroState.CONTINUE,
+    (SroState.CONTINUE, "continued"): SroState.DONE,
+    (SroState.DONATE, "cancel"): SroState.CANCELLED,
+    (SroState.CONTINUE, "cancel"): SroState.CANCELLED,
+}
+
+
 class VdevDma(enum.IntEnum):
     """RmmVdevDmaState."""
 
@@ -159,7 +186,31 @@ class Granule(enum.Enum):
     RD = "RD"
     REC = "REC"
     PDEV = "PDEV"
+    PDEV_AUX = "PDEV_AUX"       # donated to a PDEV through the SRO (model.py)
     VDEV = "VDEV"
+
+
+@dataclass
+class Sro:
+    """A PDEV_CREATE that waits for memory (model.py "PDEV memory")."""
+
+    handle: int
+    pdev: int
+    finish: Callable[[list[int]], None]
+    wanted: int
+    fsm: StateMachine[SroState]
+    donated: list[int] = field(default_factory=list)
+
+    @property
+    def outstanding(self) -> int:
+        return self.wanted - len(self.donated)
+
+    def request(self) -> tuple[int, int]:
+        """(request kind, donate request) as the INCOMPLETE answer carries them."""
+        if self.outstanding == 0:
+            return (RMI_OP_MEM_REQ_NONE, 0)
+        # 4 KiB granules (size 0), delegated (state 0), not necessarily contiguous
+        return (RMI_OP_MEM_REQ_DONATE, self.outstanding << RMI_DONATE_COUNT_SHIFT)
 
 
 @dataclass
@@ -204,6 +255,7 @@ class Pdev:
     op: Operation | None = None
     op_done: Callable[[Operation], object] | None = None
     pubkey: RmiPublicKeyParams | None = None
+    aux: list[int] = field(default_factory=list)    # granules donated through the SRO
     stream: Stream | None = None
     vdevs: list[Vdev] = field(default_factory=list)
     # what the digests are over: the VCA and certificate chain the RMM itself exchanged
@@ -253,8 +305,11 @@ class Rmm:
     abi_id = model.ABI_ID
     abi_version = model.ABI_VERSION
 
-    def __init__(self, name: str = "rmm") -> None:
+    def __init__(self, name: str = "rmm", rhi_layout: str = DEFAULT_LAYOUT) -> None:
         self.name = name
+        # the layout the realm's host calls are named in (events): the RMM passes them
+        # on untouched, the host answers them (rhi.py)
+        self.rhi_layout = LAYOUTS[rhi_layout]
         self.granules: dict[int, Granule] = {}
         self.realms: dict[int, Realm] = {}
         self.recs: dict[int, Rec] = {}
@@ -262,6 +317,8 @@ class Rmm:
         self.vdevs: dict[int, Vdev] = {}
         self.streams: dict[int, Stream] = {}
         self._stream_handles = itertools.count(1)
+        self.sros: dict[int, Sro] = {}
+        self._sro_handles = itertools.count(model.SRO_HANDLE_BASE)
         self.nonce = model.NonceSource()
         self._lock = threading.RLock()
         self.rmi: dict[int, Callable[[GuestMemory, tuple[int, ...]], Result]] = {
@@ -286,6 +343,10 @@ class Rmm:
             RmiFid.RMI_PDEV_STREAM_DISCONNECT: self.rmi_pdev_stream_disconnect,
             RmiFid.RMI_PDEV_STREAM_KEY_REFRESH: self.rmi_not_supported,
             RmiFid.RMI_PDEV_STREAM_KEY_PURGE: self.rmi_not_supported,
+            RmiFid.RMI_OP_MEM_DONATE: self.rmi_op_mem_donate,
+            RmiFid.RMI_OP_CONTINUE: self.rmi_op_continue,
+            RmiFid.RMI_OP_CANCEL: self.rmi_op_cancel,
+            RmiFid.RMI_OP_MEM_RECLAIM: self.rmi_not_supported,
             RmiFid.RMI_VDEV_CREATE: self.rmi_vdev_create,
             RmiFid.RMI_VDEV_COMMUNICATE: self.rmi_vdev_communicate,
             RmiFid.RMI_VDEV_LOCK: self.rmi_vdev_lock,
@@ -458,12 +519,31 @@ class Rmm:
         # An endpoint is reached through SPDM; a root port is programmed directly.
         if spdm != (category is not RmiPdevCategory.RP):
             return (RmiStatus.RMI_ERROR_INPUT,)
+        if category is RmiPdevCategory.EP_OFF_CHIP and model.PDEV_AUX_GRANULES:
+            # the PDEV needs memory first: an SRO the host feeds (model.py)
+            self.granules[addr] = Granule.PDEV
+            sro = Sro(next(self._sro_handles), addr,
+                      lambda aux: self._pdev_created(addr, params, category, aux),
+                      model.PDEV_AUX_GRANULES,
+                      StateMachine("rmm.sro", SRO_TRANSITIONS, SroState.DONATE,
+                                   command="PDEV_CREATE", pdev=f"pdev@{addr:#x}"))
+            self.sros[sro.handle] = sro
+            return (RmiStatus.RMI_INCOMPLETE, sro.handle, *sro.request())
+        self._pdev_created(addr, params, category, [])
+        return (RmiStatus.RMI_SUCCESS,)
+
+    def _pdev_created(self, addr: int, params: RmiPdevParams, category: RmiPdevCategory,
+                      aux: list[int]) -> None:
+        spdm = bool(params.flags & RMI_PDEV_FLAGS_SPDM)
         name = f"pdev@{addr:#x}"
         pdev = Pdev(addr, params, category,
                     StateMachine("rmm.pdev", PDEV_TRANSITIONS, RmiPdevState.NEW, pdev=name),
                     ops.SpdmContext(name) if spdm else None)
         self.granules[addr] = Granule.PDEV
         self.pdevs[addr] = pdev
+        pdev.aux = aux
+        for g in aux:
+            self.granules[g] = Granule.PDEV_AUX
         emit("rmm.pdev.created", pdev=name, category=category.name,
              pdev_id=f"{params.pdev_id:#x}", id_index=params.id_index)
         if pdev.ctx is not None:
@@ -476,6 +556,61 @@ class Rmm:
             self._start(pdev, "identity", ops.identity(ctx, params.id_index), identity_done)
         else:
             self._start(pdev, "rp_ready", _nothing(), lambda op: pdev.fsm.fire("rp_ready"))
+
+    # -- stateful RMI operations (SRO) --------------------------------------------------------
+    def _sro(self, handle: int) -> Sro | None:
+        sro = self.sros.get(handle)
+        return sro if sro is not None and sro.fsm.state in (SroState.DONATE,
+                                                           SroState.CONTINUE) else None
+
+    def rmi_op_mem_donate(self, mem: GuestMemory, a: tuple[int, ...]) -> Result:
+        """OP_MEM_DONATE(handle, list, count): granules named by address descriptors."""
+        sro, lst, count = self._sro(a[0]), a[1], a[2]
+        if sro is None or sro.fsm.state is not SroState.DONATE or lst % 8 or \
+                not 0 < count <= GRANULE_SIZE // 8 or \
+                not self._ns_page(lst & ~(GRANULE_SIZE - 1)):
+            return (RmiStatus.RMI_ERROR_INPUT, 0)
+        try:
+            descs = struct.unpack(f"<{count}Q", mem.read(lst, 8 * count))
+        except GuestMemoryError:
+            return (RmiStatus.RMI_ERROR_INPUT, 0)
+        granules: list[int] = []
+        for d in descs:
+            n = (d & RMI_ADDR_DESC_COUNT_MASK) >> RMI_ADDR_DESC_COUNT_SHIFT
+            base = d & RMI_ADDR_DESC_ADDR_MASK
+            if d & RMI_ADDR_DESC_SIZE_MASK or d & RMI_ADDR_DESC_STATE_UNDELEGATED or n == 0:
+                return (RmiStatus.RMI_ERROR_INPUT, 0)   # 4 KiB, delegated, not empty
+            granules += [base + i * GRANULE_SIZE for i in range(n)]
+        taken = granules[:sro.outstanding]
+        if len(set(taken)) != len(taken) or \
+                not all(self._granule(g, Granule.DELEGATED) for g in taken):
+            return (RmiStatus.RMI_ERROR_INPUT, 0)
+        for g in taken:
+            self.granules[g] = Granule.PDEV_AUX
+        sro.donated += taken
+        sro.fsm.fire("donated_all" if sro.outstanding == 0 else "donated_part",
+                     donated=len(taken), outstanding=sro.outstanding)
+        return (RmiStatus.RMI_INCOMPLETE, len(taken), *sro.request())
+
+    def rmi_op_continue(self, mem: GuestMemory, a: tuple[int, ...]) -> Result:
+        sro = self._sro(a[0])
+        if sro is None or a[1] != 0:
+            return (RmiStatus.RMI_ERROR_INPUT,)
+        if sro.fsm.state is SroState.DONATE:   # memory still missing: ask again
+            return (RmiStatus.RMI_INCOMPLETE, sro.handle, *sro.request())
+        sro.fsm.fire("continued")
+        del self.sros[sro.handle]
+        sro.finish(sro.donated)
+        return (RmiStatus.RMI_SUCCESS,)
+
+    def rmi_op_cancel(self, mem: GuestMemory, a: tuple[int, ...]) -> Result:
+        sro = self._sro(a[0])
+        if sro is None:
+            return (RmiStatus.RMI_ERROR_INPUT,)
+        sro.fsm.fire("cancel")
+        del self.sros[sro.handle]
+        for g in [*sro.donated, sro.pdev]:
+            self.granules[g] = Granule.DELEGATED
         return (RmiStatus.RMI_SUCCESS,)
 
     def _start(self, obj: Pdev | Vdev, name: str, flow: DevFlow[object],
@@ -601,7 +736,8 @@ class Rmm:
         if pdev.state is not RmiPdevState.STOPPED or pdev.busy():
             return (RmiStatus.RMI_ERROR_DEVICE,)
         del self.pdevs[pdev.addr]
-        self.granules[pdev.addr] = Granule.DELEGATED
+        for g in [pdev.addr, *pdev.aux]:   # the donated granules too (model.py)
+            self.granules[g] = Granule.DELEGATED
         emit("rmm.pdev.destroyed", pdev=f"{pdev.addr:#x}")
         return (RmiStatus.RMI_SUCCESS,)
 
@@ -811,7 +947,8 @@ class Rmm:
             v.fsm.fire("measured", meas_nonce=v.meas_nonce, nonce=params.nonce.hex())
         self._start(vdev, "measurements",
                     ops.vdev_measurements(vdev.pdev.ctx,
-                                          bool(params.flags & RMI_VDEV_MEASURE_FLAGS_RAW)),
+                                          bool(params.flags & RMI_VDEV_MEASURE_FLAGS_RAW),
+                                          params.nonce),
                     measured)
         return (RmiStatus.RMI_SUCCESS,)
 
@@ -906,7 +1043,9 @@ class Rmm:
         gprs = struct.unpack(f"<{REC_NR_GPRS}Q", hc.gprs)
         rec.host_call = HostCall(a[0], hc.imm, gprs)
         emit("rmm.host_call", rec=f"{rec.addr:#x}", op="exit", imm=hc.imm,
-             fid=f"{gprs[0]:#x}")
+             fid=f"{gprs[0]:#x}", layout=self.rhi_layout.name,
+             rhi=self.rhi_layout.call_name(gprs[0]),
+             **self.rhi_layout.call_args(gprs[0], gprs))
         return (RsiStatus.RSI_INCOMPLETE,)
 
     def _rsi_vdev(self, vdev_id: int) -> tuple[Vdev | None, RsiStatus]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from .device.device import PROFILES
 
 DEFAULT_PROFILE = "virtio-rng"
-PLATFORMS = ("cca",)  # server.PLATFORMS names their firmware emulators
+PLATFORMS = ("cca", "tdx")  # server.PLATFORMS names their firmware emulators
 
 
 def _tcp_port(text: str) -> int:
@@ -194,20 +194,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="vfiouser_tdisp.run.platform:main_run")
 
     _add_tsm_parser(sub)
+    _add_tdx_blob_parser(sub)
     return parser
 
 
 def _add_tsm_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`tsm`: a platform's firmware emulator driven by its guest-less host driver."""
     from .tsm.cca.cli import add_arguments
+    from .tsm.tdx.cli import add_platform_arguments as add_tdx_arguments
 
     p = sub.add_parser("tsm", help="run a platform's connect / bind / lock / accept sequence "
                                    "against a device without a guest (firmware emulator + "
                                    "host driver in this process)")
-    p.add_argument("--platform", required=True, choices=("cca",),
-                   help="platform firmware to emulate (cca: Arm CCA RMM)")
+    p.add_argument("--platform", required=True, choices=("cca", "tdx"),
+                   help="platform firmware to emulate (cca: Arm CCA RMM; tdx: Intel TDX "
+                        "module with TDX Connect + P-SEAMLDR)")
     add_arguments(p)
-    p.set_defaults(handler="vfiouser_tdisp.tsm.cca.cli:main_tsm")
+    add_tdx_arguments(p.add_argument_group("--platform tdx"))
+    p.set_defaults(handler="vfiouser_tdisp.tsm.cli:main_tsm")
+
+
+def _add_tdx_blob_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`tdx-blob`: TDX module update images (valid and deliberately broken)."""
+    from .tsm.tdx.cli import add_tdx_blob_arguments
+
+    p = sub.add_parser("tdx-blob", help="write a TDX module update image (\"TDX-BLOB\", "
+                                        "valid or deliberately broken) for update tooling")
+    add_tdx_blob_arguments(p)
+    p.set_defaults(handler="vfiouser_tdisp.tsm.tdx.cli:main_tdx_blob")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,229 @@
+"""[MODEL] The TDX Connect host TDI calls: bind, start, stop, unbind, MMIO and DMAR mapping.
+
+No public code names these SEAMCALLs or their registers (firmware-abi.md B.5, F.1).  They
+live here, and only here, with their leaves in :class:`.model.HostTdiLeaf` and their
+register layout documented in :mod:`.model`, so a published ABI replaces this module and
+that enum and nothing else.  Each handler is ``f(module, mem, args) -> registers``, called
+from :class:`.module.TdxModule`'s host table.  The TDI context (:class:`.module.Tdi`, its
+state table, the TD's view of it) is shared with the public TD-side calls.
+"""
+
+from __future__ import annotations
+
+from ...events import emit
+from ...firmware import GuestMemory
+from ...fsm import StateMachine
+from ...spdm.requester import SpdmFlow
+from ...tdisp import messages as t
+from ..core import PciSigChannel, TdispRequester, parse_report
+from . import model
+from .abi import FUNC_ID_RESERVED_MASK, PAGE_SIZE, OperandId, TdxStatus
+from .model import DeviceErrorKind, HostTdiLeaf
+from .module import (
+    TDI_TRANSITIONS,
+    D,
+    DeviceFailure,
+    I,
+    Operation,
+    Result,
+    S,
+    SpdmContext,
+    Tdi,
+    TdiState,
+    TdxModule,
+    busy,
+    invalid,
+    regs,
+    wrong_state,
+)
+
+
+def tdh_tdi_bind(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
+    spdm_id, func_id, td, rsp, req, stream_id = a[0], a[1], a[2], a[3], a[4], a[5]
+    ctx = m._ctx(spdm_id)
+    if ctx is None:
+        return regs(invalid(OperandId.RCX), args=a)
+
+    def start() -> Operation | int:
+        if func_id & FUNC_ID_RESERVED_MASK:
+            return invalid(OperandId.RDX)
+        if td == 0:
+            return invalid(OperandId.R8)
+        if func_id in m.tdis:
+            return busy(OperandId.RDX)
+        stream = m._stream(spdm_id, stream_id)
+        if stream is None:
+            return invalid(OperandId.R11)
+        if ctx.fsm.state is not S.CONNECTED or ctx.session is None or \
+                stream.fsm.state is not I.ACTIVE:
+            return wrong_state(OperandId.RCX)
+        tdi = Tdi(func_id, spdm_id, stream_id, td,
+                  StateMachine("tdx.tdi", TDI_TRANSITIONS, TdiState.BINDING,
+                               func_id=f"{func_id:#x}"))
+        m.tdis[func_id] = tdi
+        return Operation(HostTdiLeaf.TDH_TDI_BIND, func_id, "tdi_bind",
+                         _bind_flow(m, ctx, tdi), lambda _: finish(tdi),
+                         lambda f: failed(tdi, f), ctx, protocol=DeviceErrorKind.TDISP)
+
+    def finish(tdi: Tdi) -> Result:
+        tdi.bind_session_id = next(m._bind_sessions)
+        tdi.fsm.fire("locked", bind_session_id=tdi.bind_session_id)
+        return regs(TdxStatus.TDX_SUCCESS, tdi.bind_session_id, args=a)
+
+    def failed(tdi: Tdi, f: DeviceFailure) -> None:
+        tdi.fsm.fire("failed", error=str(f))
+
+    return m._extension(mem, a, HostTdiLeaf.TDH_TDI_BIND, func_id, rsp, req, start, ctx)
+
+def _bind_flow(m: TdxModule, ctx: SpdmContext, tdi: Tdi) -> SpdmFlow[None]:
+    tdisp = TdispRequester(PciSigChannel(ctx.spdm, ctx.session))
+    version = yield from tdisp.version_flow(tdi.func_id)
+    tdi.tdisp_version = max(version.version_num_entry, default=0)
+    yield from tdisp.capabilities_flow(tdi.func_id)
+    state = yield from tdisp.state_flow(tdi.func_id)
+    if state is not t.TdiState.CONFIG_UNLOCKED:
+        yield from tdisp.stop_flow(tdi.func_id)
+    tdi.nonce = yield from tdisp.lock_flow(
+        tdi.func_id, flags=model.LOCK_FLAGS, default_stream_id=tdi.stream_id,
+        mmio_reporting_offset=model.MMIO_REPORTING_OFFSET)
+    report = yield from tdisp.report_flow(tdi.func_id)
+    parsed = parse_report(report)
+    tdi.report = report
+    tdi.ranges = [(r.first_page << model.REPORT_PAGE_SHIFT, r.number_of_pages)
+                  for r in parsed.mmio_range]
+    if (yield from tdisp.state_flow(tdi.func_id)) is not t.TdiState.CONFIG_LOCKED:
+        raise DeviceFailure(DeviceErrorKind.TDISP, "TDI not CONFIG_LOCKED after LOCK")
+
+def tdh_tdi_start(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
+    spdm_id, func_id, rsp, req = a[0], a[1], a[2], a[3]
+    ctx = m._ctx(spdm_id)
+    if ctx is None:
+        return regs(invalid(OperandId.RCX), args=a)
+    tdi = m._tdi(func_id)
+    if tdi is None or tdi.spdm_id != spdm_id:
+        return regs(invalid(OperandId.RDX), args=a)
+
+    def start() -> Operation | int:
+        if tdi.fsm.state is not D.LOCKED or not tdi.td_start:
+            return wrong_state(OperandId.RDX)
+        tdi.fsm.fire("start")
+        tdisp = TdispRequester(PciSigChannel(ctx.spdm, ctx.session))
+        return Operation(HostTdiLeaf.TDH_TDI_START, func_id, "tdi_start",
+                         _start_flow(tdisp, tdi), lambda _: finish(),
+                         lambda f: tdi.fsm.fire("failed", error=str(f)), ctx,
+                         protocol=DeviceErrorKind.TDISP)
+
+    def finish() -> Result:
+        tdi.fsm.fire("started")
+        return regs(TdxStatus.TDX_SUCCESS, 0, args=a)
+
+    return m._extension(mem, a, HostTdiLeaf.TDH_TDI_START, func_id, rsp, req, start, ctx)
+
+def _start_flow(tdisp: TdispRequester, tdi: Tdi) -> SpdmFlow[None]:
+    yield from tdisp.start_flow(tdi.func_id, tdi.nonce)
+    if (yield from tdisp.state_flow(tdi.func_id)) is not t.TdiState.RUN:
+        raise DeviceFailure(DeviceErrorKind.TDISP, "TDI not RUN after START_INTERFACE")
+
+def tdh_tdi_stop(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
+    spdm_id, func_id, rsp, req = a[0], a[1], a[2], a[3]
+    ctx = m._ctx(spdm_id)
+    if ctx is None:
+        return regs(invalid(OperandId.RCX), args=a)
+    tdi = m._tdi(func_id)
+    if tdi is None or tdi.spdm_id != spdm_id:
+        return regs(invalid(OperandId.RDX), args=a)
+
+    def start() -> Operation | int:
+        if not tdi.fsm.can("stop"):
+            return wrong_state(OperandId.RDX)
+        tdi.fsm.fire("stop")
+        _withdraw(tdi)
+        return Operation(HostTdiLeaf.TDH_TDI_STOP, func_id, "tdi_stop",
+                         _stop_flow(ctx, tdi), lambda ok: finish(bool(ok)),
+                         lambda f: tdi.fsm.fire("stopped", device_confirmed=False), ctx,
+                         protocol=DeviceErrorKind.TDISP)
+
+    def finish(confirmed: bool) -> Result:
+        tdi.fsm.fire("stopped", device_confirmed=confirmed)
+        return regs(TdxStatus.TDX_SUCCESS, 0, args=a)
+
+    result = m._extension(mem, a, HostTdiLeaf.TDH_TDI_STOP, func_id, rsp, req, start, ctx,
+                             refresh_exempt=True)
+    if result[0] >> 32 == model.TDX_DEVICE_ERROR >> 32:
+        return regs(TdxStatus.TDX_SUCCESS, 0, args=a)   # withdrawn all the same
+    return result
+
+def _withdraw(tdi: Tdi) -> None:
+    tdi.mapped.clear()
+    tdi.accepted.clear()
+    tdi.dmar_accepted = tdi.td_start = False
+    tdi.dmar_added = False
+
+def _stop_flow(ctx: SpdmContext, tdi: Tdi) -> SpdmFlow[bool]:
+    if ctx.session is None:
+        return False
+    tdisp = TdispRequester(PciSigChannel(ctx.spdm, ctx.session))
+    try:
+        yield from tdisp.stop_flow(tdi.func_id)
+    except Exception:
+        return False
+    return True
+
+def tdh_tdi_unbind(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
+    spdm_id, func_id = a[0], a[1]
+    if m._ctx(spdm_id) is None:
+        return regs(invalid(OperandId.RCX), args=a)
+    tdi = m.tdis.get(func_id)
+    if tdi is None or tdi.spdm_id != spdm_id:
+        return regs(invalid(OperandId.RDX), args=a)
+    if tdi.fsm.state not in (D.UNLOCKED, D.ERROR) or \
+            (m.pending is not None and m.pending.key == func_id):
+        return regs(wrong_state(OperandId.RDX), args=a)
+    del m.tdis[func_id]
+    emit("tdx.tdi.unbound", func_id=f"{func_id:#x}")
+    return regs(TdxStatus.TDX_SUCCESS, args=a)
+
+def tdh_mmio_map(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
+    func_id, gpa, hpa, count = a[0], a[1], a[2], a[3]
+    tdi = m._tdi(func_id)
+    if tdi is None:
+        return regs(invalid(OperandId.RCX), args=a)
+    if tdi.fsm.state is not D.LOCKED:
+        return regs(wrong_state(OperandId.RCX), args=a)
+    if gpa & (PAGE_SIZE - 1):
+        return regs(invalid(OperandId.RDX), args=a)
+    if hpa & (PAGE_SIZE - 1) or count == 0 or not any(
+            base <= hpa and hpa + count * PAGE_SIZE <= base + pages * PAGE_SIZE
+            for base, pages in tdi.ranges):
+        return regs(invalid(OperandId.R8 if count else OperandId.R9), args=a)
+    for i in range(count):
+        tdi.mapped[gpa + i * PAGE_SIZE] = hpa + i * PAGE_SIZE
+    return regs(TdxStatus.TDX_SUCCESS, args=a)
+
+def tdh_mmio_unmap(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
+    func_id, gpa, count = a[0], a[1], a[2]
+    tdi = m._tdi(func_id)
+    if tdi is None:
+        return regs(invalid(OperandId.RCX), args=a)
+    pages = [gpa + i * PAGE_SIZE for i in range(count)]
+    if not pages or any(p not in tdi.mapped for p in pages):
+        return regs(invalid(OperandId.RDX), args=a)
+    for p in pages:
+        tdi.accepted.discard(tdi.mapped.pop(p))
+    return regs(TdxStatus.TDX_SUCCESS, args=a)
+
+def tdh_dmar_add(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
+    tdi = m._tdi(a[0])
+    if tdi is None:
+        return regs(invalid(OperandId.RCX), args=a)
+    if tdi.fsm.state is not D.LOCKED or not m.iommus:
+        return regs(wrong_state(OperandId.RCX), args=a)
+    tdi.dmar_added = True
+    return regs(TdxStatus.TDX_SUCCESS, args=a)
+
+def tdh_dmar_remove(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
+    tdi = m._tdi(a[0])
+    if tdi is None:
+        return regs(invalid(OperandId.RCX), args=a)
+    tdi.dmar_added = tdi.dmar_accepted = False
+    return regs(TdxStatus.TDX_SUCCESS, args=a)

@@ -12,8 +12,10 @@
 #ifndef _VTFW_H
 #define _VTFW_H
 
+#include <linux/list.h>
 #include <linux/mutex.h>
 #include <linux/pci.h>
+#include <linux/pci-tsm.h>
 #include <linux/types.h>
 
 #define VTFW_VENDOR_ID		0x1af4	/* QEMU experimental range 1af4:10f0..10ff */
@@ -74,6 +76,7 @@ struct vtfw_port {
 	struct mutex lock[VTFW_NR_CLASSES];
 	struct tsm_dev *link_tsm;
 	void *platform;		/* the platform driver's state */
+	const struct vtfw_platform *plat;	/* what ABI_ID picked */
 };
 
 /* messages about a device the module does not drive: say who speaks */
@@ -90,6 +93,68 @@ static inline u64 vtfw_pa(void *va)
 {
 	return virt_to_phys(va);
 }
+
+/*
+ * A platform behind the port, picked by its ABI_ID (vtfw-port.c keeps the
+ * table): init registers its TSMs and TVM files, exit undoes it.
+ */
+struct vtfw_platform {
+	u32 abi_id;
+	const char *name;
+	int (*init)(struct vtfw_port *port);
+	void (*exit)(struct vtfw_port *port);
+};
+
+extern const struct vtfw_platform vtfw_tdx_platform;	/* vtfw-tdx-host.c */
+
+/* The TVM-facing files, the same for every platform (vtfw-tvm.c) */
+enum vtfw_ev {
+	VTFW_EV_CERTIFICATE,	/* SPDM certificate chain (DSP0274 format) */
+	VTFW_EV_VCA,
+	VTFW_EV_MEASUREMENTS,	/* the signed MEASUREMENTS response */
+	VTFW_EV_REPORT,		/* TDISP interface report */
+	VTFW_EV_FW_INFO,	/* the firmware's digests of the above, platform format */
+	VTFW_EV_NR,
+};
+
+enum vtfw_tdi_state { VTFW_TDI_UNLOCKED, VTFW_TDI_LOCKED, VTFW_TDI_RUN, VTFW_TDI_ERROR };
+
+struct vtfw_tvm_dev {
+	struct list_head list;
+	struct pci_dev *pdev;
+	struct vtfw_port *port;
+	struct mutex lock;	/* one operation at a time */
+	bool locked;
+	bool accepted;
+	u8 *ev[VTFW_EV_NR];
+	size_t ev_len[VTFW_EV_NR];
+	struct pci_tsm devsec;	/* what the devsec lock op returns */
+	void *priv;		/* the platform's per-function state */
+};
+
+/*
+ * lock: lock the TDI and fill every evidence slot (checked against the
+ * firmware's digests); accept: validate MMIO, enable DMA, TDI to RUN;
+ * unlock; refresh: fresh evidence under the same lock; state: enum
+ * vtfw_tdi_state or -errno.  The core checks the preconditions first.
+ */
+struct vtfw_tvm_ops {
+	const char *name;		/* for the log */
+	const char *fw_info_name;	/* the name of tvm/<VTFW_EV_FW_INFO> */
+	int (*alloc)(struct vtfw_tvm_dev *t);
+	void (*free)(struct vtfw_tvm_dev *t);
+	int (*lock)(struct vtfw_tvm_dev *t);
+	int (*accept)(struct vtfw_tvm_dev *t);
+	int (*unlock)(struct vtfw_tvm_dev *t);
+	int (*refresh)(struct vtfw_tvm_dev *t);
+	int (*state)(struct vtfw_tvm_dev *t);
+};
+
+int vtfw_tvm_init(struct vtfw_port *port, const struct vtfw_tvm_ops *ops);
+void vtfw_tvm_exit(struct vtfw_port *port);
+int vtfw_tvm_evidence_set(struct vtfw_tvm_dev *t, enum vtfw_ev id, const void *data,
+			  size_t len);
+void vtfw_tvm_evidence_free(struct vtfw_tvm_dev *t);
 
 /* Arm CCA host side (link TSM), vtfw-cca-host.c */
 int vtfw_cca_host_init(struct vtfw_port *port);

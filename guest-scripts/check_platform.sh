@@ -14,11 +14,23 @@
 # flow stops after verify and reports: tsm_module connect bind lock evidence
 # tamper disconnect.
 # Each step also prints "VTDISP-INFO step_time <name> <seconds>".
+#
+# vtdisp.platform=NAME (cca, the default, or tdx) picks what differs: the
+# firmware's digest file next to the evidence (pf_fw_info), its check in
+# verify, and the platform's own steps (platform_tdx.sh: the TDX module
+# runtime update while the TDI runs; no tdi_error step, see there).
 
 d=/sys/bus/pci/devices/$BDF
 t=$d/tvm
 ETC=/etc/vtdisp
 EV=/tmp/evidence
+platform=$(cmdline_opt platform)
+platform=${platform:-cca}
+# the firmware's own digests of the evidence: tvm/<file> and its size
+case $platform in
+    tdx) FWINFO=tdi_info; FWINFO_SIZE=128; . /guest-scripts/platform_tdx.sh ;;
+    *) FWINFO=vdev_info; FWINFO_SIZE=512 ;;
+esac
 export OPENSSL_CONF=/dev/null
 mkdir -p $EV
 
@@ -43,6 +55,23 @@ pf_unbind_driver() { [ -e $d/driver ] && echo "$BDF" > $d/driver/unbind; }
 
 # hex of $3 bytes at offset $2 of file $1
 pf_hex() { od -An -tx1 -v -j "$2" -N "$3" "$1" | tr -d ' \n'; }
+
+# the digests of rsi_vdev_info (firmware-abi.md C.6): VERIFY_OK/VERIFY_WHY
+pf_verify_cca_digests() {
+    info=$EV/vdev_info
+    case $(pf_hex $info 16 1) in
+        00) alg=sha256; dl=32 ;;
+        01) alg=sha512; dl=64 ;;
+        *) pf_bad "vdev_info: hash_algo $(pf_hex $info 16 1)"; return ;;
+    esac
+    bad=""
+    for spec in vca:128 certificate:192 measurements:320 report:384; do
+        f=${spec%%:*}; o=${spec#*:}
+        got=$(openssl dgst -$alg -binary $EV/$f | od -An -tx1 -v | tr -d ' \n')
+        [ "$got" = "$(pf_hex $info $o $dl)" ] || bad="$bad $f"
+    done
+    if [ -z "$bad" ]; then pf_ok "4 digests ($alg) as attested"; else pf_bad "digest of$bad"; fi
+}
 
 # -- the relying party's checks (verify) ------------------------------------
 # Sets VERIFY_OK (1/0) and VERIFY_WHY (what passed or failed, one item each).
@@ -91,22 +120,13 @@ pf_verify() {
         fi
     fi
 
-    # 2. the digests the firmware attests (rsi_vdev_info, firmware-abi.md C.6)
-    # against the objects the untrusted host handed over
-    info=$EV/vdev_info
-    case $(pf_hex $info 16 1) in
-        00) alg=sha256; dl=32 ;;
-        01) alg=sha512; dl=64 ;;
-        *) pf_bad "vdev_info: hash_algo $(pf_hex $info 16 1)"; return ;;
-    esac
-    bad=""
-    for spec in vca:128 certificate:192 measurements:320 report:384; do
-        f=${spec%%:*}; o=${spec#*:}
-        got=$(openssl dgst -$alg -binary $EV/$f | od -An -tx1 -v | tr -d ' \n')
-        [ "$got" = "$(pf_hex $info $o $dl)" ] || bad="$bad $f"
-    done
-    if [ -z "$bad" ]; then pf_ok "4 digests ($alg) as attested"; else pf_bad "digest of$bad"; fi
-
+    # 2. the digests the firmware attests against the objects the untrusted
+    # host handed over
+    if [ "$platform" = tdx ]; then
+        tdx_verify_digests
+    else
+        pf_verify_cca_digests
+    fi
     # 3. measurements against the reference values (DSP0274 MEASUREMENTS:
     # NumberOfBlocks @4, MeasurementRecordLength u24 @5, blocks @8: Index,
     # MeasurementSpecification, MeasurementSize u16, DMTF type, size u16, value)
@@ -234,12 +254,12 @@ else
 fi
 
 sizes=""
-for f in certificate vca measurements report vdev_info; do
+for f in certificate vca measurements report $FWINFO; do
     cat $t/$f > $EV/$f 2>/dev/null
     sizes="$sizes $f=$(wc -c < $EV/$f)"
 done
 if [ -s $EV/certificate ] && [ -s $EV/vca ] && [ -s $EV/measurements ] && [ -s $EV/report ] \
-        && [ "$(wc -c < $EV/vdev_info)" -eq 512 ]; then
+        && [ "$(wc -c < $EV/$FWINFO)" -eq $FWINFO_SIZE ]; then
     pf_step evidence PASS "$sizes"
 else
     pf_step evidence FAIL "$sizes"
@@ -292,6 +312,9 @@ else
         pf_step hwrng FAIL "read '$bytes'"
     fi
 
+    # the platform's own steps while the TDI runs and the driver uses it
+    [ "$platform" = tdx ] && tdx_update_steps
+
     # teardown: the driver goes first (unlock refuses while one is bound)
     pf_unbind_driver
     e=$(pf_write_err $t/unlock "$devsec")
@@ -316,7 +339,10 @@ else
 
     # a BAR moved while RUN: the device puts the TDI in ERROR, the firmware
     # finds out at its next exchange (refresh), RSI_VDEV_GET_INFO says so, and
-    # unlock (TDISP STOP_INTERFACE) recovers it
+    # unlock (TDISP STOP_INTERFACE) recovers it.  CCA only: the TDX module as
+    # modeled has no call that asks the device for the TDI's state after
+    # START, so it cannot find out (platform_tdx.sh)
+    [ "$platform" = tdx ] || {
     e1=$(pf_write_err $t/lock "$devsec")
     e2=$(pf_write_err $t/accept 1)
     s1=$(pf_state)
@@ -333,6 +359,7 @@ else
     else
         pf_step tdi_error FAIL "lock '$e1' accept '$e2' state $s1; refresh '$e3' state $s2; unlock '$e4' state $s3: $(pf_log)"
     fi
+    }
 fi
 
 echo "$BDF" > /sys/bus/pci/devices/$port/tdi_unbind

@@ -1,4 +1,4 @@
-"""`vfiouser-tdisp run --platform cca`: the whole TEE I/O flow in a real guest.
+"""`vfiouser-tdisp run --platform cca|tdx`: the whole TEE I/O flow in a real guest.
 
 One `serve --platform cca` process serves the device and the firmware port with the
 platform firmware (the Arm CCA RMM emulator) behind it; QEMU boots the stock guest
@@ -20,6 +20,11 @@ UNLOCKED -> LOCKED -> STARTED -> UNLOCKED, each SPDM / secured SPDM / IDE_KM / T
 object the device answered (all of them came through the guest kernel's DOE driver:
 the RMM never touches the device), DMA refused while the TDI was only locked and the
 virtio-rng queue used once it ran.
+
+What differs per platform is one :class:`Flow` in :data:`FLOWS`: the guest's steps, the
+host's checks, extra files for the guest.  ``tdx`` (run/platform_tdx.py): the Intel TDX
+module emulator behind the port, the guest module's TDX host and TD sides, and the TDX
+module's runtime update through Linux v7.2's ABI while the TDI runs.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +51,7 @@ from ..paths import identity_dir
 from ..server import firmware_port_path, function_socket_path
 from ..spdm.algorithms import HASHES
 from ..spdm.identity import IdentityError
+from . import platform_tdx
 from .guest_tools import ensure_openssl
 from .initramfs import build_initramfs
 from .job import GuestRun, ServerProcess, _remove, parse_console, socket_dir
@@ -53,7 +59,6 @@ from .module_build import ensure_module
 from .provision import Provisioned, ProvisionError, ensure_provisioned
 from .qemu import QemuCommand, accel_decision, firmware_port_args, run_with_deadline
 
-PLATFORMS = ("cca",)
 # the guest's steps, in the order it runs them (check_platform.sh)
 GUEST_STEPS = ("tsm_module", "connect", "bind", "lock_busy", "accept_unlocked", "lock",
                "evidence", "verify", "accept", "probe", "hwrng", "unlock", "dma_held",
@@ -91,8 +96,8 @@ def reference_measurements(profile_name: str) -> str:
     return "\n".join(dict.fromkeys(lines)) + "\n"
 
 
-def guest_files(prov: Provisioned, profile_name: str,
-                cache_dir: str | None) -> dict[str, tuple[int, bytes]]:
+def guest_files(prov: Provisioned, profile_name: str, cache_dir: str | None,
+                platform: str = "cca") -> dict[str, tuple[int, bytes]]:
     """What the host hands the guest besides the scripts: trust anchor, reference
     values, openssl with its libraries."""
     device = Device(get_profile(profile_name))
@@ -105,6 +110,7 @@ def guest_files(prov: Provisioned, profile_name: str,
     files["etc/vtdisp/root.pem"] = (0o644, root.public_bytes(Encoding.PEM))
     files["etc/vtdisp/measurements.ref"] = (0o644,
                                             reference_measurements(profile_name).encode())
+    files.update(FLOWS[platform].files())
     return files
 
 
@@ -122,7 +128,7 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
     ko = ensure_module(prov)
     initrd = build_initramfs(prov.busybox, prov.modules, out / "initrd.gz",
                              extra_modules=[ko],
-                             extra_files=guest_files(prov, profile, cache_dir))
+                             extra_files=guest_files(prov, profile, cache_dir, platform))
     prof = get_profile(profile)
     pers = get_personality(prof.personality)
     extra = ["--platform", platform] + [a for k in tamper for a in ("--tamper", k)]
@@ -140,6 +146,7 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                       f" vtdisp.vendor=0x{pers.VENDOR_ID:04x}"
                       f" vtdisp.device=0x{pers.DEVICE_ID:04x}"
                       f" vtdisp.functions={prof.functions} vtdisp.checks=platform"
+                      f" vtdisp.platform={platform}"
                       + (" vtdisp.tamper=1" if tamper else ""))
             chosen, why = accel_decision(prov.qemu, prov.kernel, accel, prov.cache)
             qc = QemuCommand(kernel=prov.kernel, initrd=str(initrd), append=append,
@@ -175,6 +182,21 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
     return boot
 
 
+GuestFiles = dict[str, tuple[int, bytes]]
+
+
+@dataclass(frozen=True)
+class Flow:
+    """What differs between platforms: the guest's steps (check_platform.sh reports them in
+    this order), the host's checks of the server's events, extra files in the guest image,
+    and whether the tampered-device boot applies."""
+
+    steps: tuple[str, ...]
+    host_checks: Callable[[Boot], list[tuple[str, bool, str]]]
+    files: Callable[[], GuestFiles] = dict
+    tamper: bool = True
+
+
 def doe_objects(boot: Boot) -> list[str]:
     """Each object the firmware handed the guest kernel, in order, with what the device
     made of it: the record behind the `doe_objects` check (DIR/*/doe-objects.txt)."""
@@ -184,6 +206,8 @@ def doe_objects(boot: Boot) -> list[str]:
         if kind == "rmm.communicate" and e.get("req_len"):
             lines.append(f"{e.get('operation')}: {e.get('protocol')} object, "
                          f"{e.get('req_len')} bytes -> guest kernel DOE")
+        elif kind == "tdx.call" and e.get("status") == platform_tdx.SPDM_REQUEST:
+            lines.append(f"{e.get('leaf')}: TDX_SPDM_REQUEST -> guest kernel DOE")
         elif kind == "spdm.request":
             lines.append(f"  device SPDM {e.get('request')}"
                          + (f" (session {e['session_id']})" if e.get("session_id") else ""))
@@ -267,6 +291,13 @@ def tamper_checks(boot: Boot) -> list[tuple[str, bool, str]]:
              f"{len(started)}")]
 
 
+FLOWS: dict[str, Flow] = {
+    "cca": Flow(GUEST_STEPS, host_checks),
+    "tdx": Flow(platform_tdx.STEPS, platform_tdx.host_checks, platform_tdx.guest_files),
+}
+PLATFORMS = tuple(FLOWS)
+
+
 @dataclass
 class PlatformRun:
     main: Boot
@@ -295,9 +326,10 @@ def run_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                  log: bool = True) -> PlatformRun:
     main = boot_platform(prov, out / "flow", profile=profile, platform=platform,
                          timeout=timeout, accel=accel, cache_dir=cache_dir, log=log)
-    results = _guest_results(main, GUEST_STEPS) + host_checks(main)
+    flow = FLOWS[platform]
+    results = _guest_results(main, flow.steps) + flow.host_checks(main)
     tampered = None
-    if tamper:
+    if tamper and flow.tamper:
         tampered = boot_platform(prov, out / "tamper", profile=profile, platform=platform,
                                  timeout=timeout, accel=accel, cache_dir=cache_dir,
                                  tamper=("measurements", "report"), log=log)

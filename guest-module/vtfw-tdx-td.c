@@ -130,7 +130,7 @@ static int td_state(struct vtfw_tvm_dev *t)
 		return rc;
 	/* bound by the host, not yet in the module: nothing locked */
 	if (TDX_STATUS_CLASS(out[0]) == TDX_TDI_NOT_PRESENT)
-		return VTFW_TDI_UNLOCKED;
+		return VTFW_TVM_UNLOCKED;
 	if (out[0] != TDX_SUCCESS)
 		return -EIO;
 	return out[1 + TDX_RCX] <= TDX_TDI_ERROR ? (int)out[1 + TDX_RCX] : -EPROTO;
@@ -198,17 +198,17 @@ static int td_collect(struct vtfw_tvm_dev *t)
 		goto out;
 	}
 	memcpy(td->info + 2 * TDX_HASH_SIZE, info, DEV_INFO_HEADER_SIZE);
-	rc = vtfw_tvm_evidence_set(t, VTFW_EV_CERTIFICATE, info + DEV_INFO_HEADER_SIZE, chain);
+	rc = vtfw_tvm_set_evidence(t, VTFW_EV_CERTIFICATE, info + DEV_INFO_HEADER_SIZE, chain);
 	if (!rc)
-		rc = vtfw_tvm_evidence_set(t, VTFW_EV_VCA, info + DEV_INFO_HEADER_SIZE + chain,
+		rc = vtfw_tvm_set_evidence(t, VTFW_EV_VCA, info + DEV_INFO_HEADER_SIZE + chain,
 					   vca);
 	if (!rc)
-		rc = vtfw_tvm_evidence_set(t, VTFW_EV_MEASUREMENTS,
+		rc = vtfw_tvm_set_evidence(t, VTFW_EV_MEASUREMENTS,
 					   info + DEV_INFO_HEADER_SIZE + chain + vca, meas);
 	if (!rc)
-		rc = vtfw_tvm_evidence_set(t, VTFW_EV_REPORT, report, report_len);
+		rc = vtfw_tvm_set_evidence(t, VTFW_EV_REPORT, report, report_len);
 	if (!rc)
-		rc = vtfw_tvm_evidence_set(t, VTFW_EV_FW_INFO, td->info, TDI_INFO_SIZE);
+		rc = vtfw_tvm_set_evidence(t, VTFW_EV_INFO, td->info, TDI_INFO_SIZE);
 	/* bound again while we read: the evidence may describe another binding */
 	if (!rc)
 		rc = td_rd(t, TDI_RD_BIND_SESSION_ID, &session);
@@ -216,6 +216,9 @@ static int td_collect(struct vtfw_tvm_dev *t)
 		vtfw_err(t->pdev, "the TDI was bound again while its evidence was read\n");
 		rc = -EAGAIN;
 	}
+	if (!rc)
+		vtfw_info(t->pdev, "TVM: evidence: certificate %u, vca %u, measurements %u, report %zu bytes, digests match\n",
+			  chain, vca, meas, report_len);
 out:
 	if (rc)
 		vtfw_tvm_evidence_free(t);
@@ -243,7 +246,7 @@ static int td_lock(struct vtfw_tvm_dev *t)
 	if (rc)
 		return rc;
 	state = td_state(t);
-	if (state != VTFW_TDI_LOCKED) {
+	if (state != VTFW_TVM_LOCKED) {
 		vtfw_err(t->pdev, "TDI state %d after TDCM BIND, not LOCKED\n", state);
 		return state < 0 ? state : -EIO;
 	}
@@ -289,7 +292,7 @@ static int td_accept(struct vtfw_tvm_dev *t)
 		rc = td_tdcm(t, TDCM_START_TDI, NULL, NULL);
 	if (rc)
 		return rc;
-	if (td_state(t) != VTFW_TDI_RUN)
+	if (td_state(t) != VTFW_TVM_RUN)
 		return -EIO;
 	vtfw_info(t->pdev, "TVM: accepted (%u MMIO ranges accepted, DMA accepted, TDI RUN)\n",
 		  count);
@@ -301,6 +304,8 @@ static int td_unlock(struct vtfw_tvm_dev *t)
 	td_of(t)->session = 0;
 	return td_tdcm(t, TDCM_UNBIND, NULL, NULL);
 }
+
+static void td_free(struct vtfw_tvm_dev *t);
 
 static int td_alloc(struct vtfw_tvm_dev *t)
 {
@@ -314,7 +319,10 @@ static int td_alloc(struct vtfw_tvm_dev *t)
 		 ((u64)pci_domain_nr(t->pdev->bus) << 16 | BIT(24)) : 0);
 	td->buf = alloc_pages_exact(TDCM_BUF_PAGES * PAGE_SIZE, GFP_KERNEL | __GFP_ZERO);
 	td->page = (void *)get_zeroed_page(GFP_KERNEL);
-	return td->buf && td->page ? 0 : -ENOMEM;
+	if (td->buf && td->page)
+		return 0;
+	td_free(t);	/* the core does not call teardown when setup fails */
+	return -ENOMEM;
 }
 
 static void td_free(struct vtfw_tvm_dev *t)
@@ -332,9 +340,11 @@ static void td_free(struct vtfw_tvm_dev *t)
 
 static const struct vtfw_tvm_ops tdx_td_ops = {
 	.name = "Intel TDX",
-	.fw_info_name = "tdi_info",
-	.alloc = td_alloc,
-	.free = td_free,
+	.info_name = "tdi_info",
+	.evidence = BIT(VTFW_EV_CERTIFICATE) | BIT(VTFW_EV_VCA) | BIT(VTFW_EV_MEASUREMENTS) |
+		    BIT(VTFW_EV_REPORT) | BIT(VTFW_EV_INFO),
+	.setup = td_alloc,
+	.teardown = td_free,
 	.lock = td_lock,
 	.accept = td_accept,
 	.unlock = td_unlock,

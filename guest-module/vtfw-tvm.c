@@ -1,19 +1,25 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * vtfw: the TVM-facing files every platform offers, in one place.
+ * vtfw: the TVM core, the same tvm/ files for every platform.
  *
- * 7.3 has no tsm/lock or tsm/accept (reference/firmware-abi.md A.3, A.5):
- * each TEE-capable function gets /sys/bus/pci/devices/$BDF/tvm/ with lock,
- * accept (write 1), unlock, refresh (write 1), state ("unbound", "unlocked",
- * "locked", "run", "error") and the evidence read at lock time
- * (certificate, vca, measurements, report, and one platform file with the
- * firmware's own digests of them), with the proposed ABI's preconditions
- * and errnos: -EBUSY while a driver is bound (and for a second lock or
- * accept), -EINVAL for accept, unlock or refresh before lock, -ENXIO when
- * the host has not bound the TDI.  The platform's struct vtfw_tvm_ops does
- * the firmware calls; this file owns the files, the locking and the
- * preconditions, and registers a devsec TSM whose lock/unlock ops (which
- * 7.3 declares and never calls) do what tvm/lock and tvm/unlock do.
+ * 7.3 has no tsm/lock or tsm/accept (reference/firmware-abi.md A.1): the
+ * operations of the proposed guest ABI are offered, with its preconditions
+ * and errnos, as files in a "tvm" directory of each TEE-capable function:
+ *
+ *   lock      (WO)  -EBUSY while a driver is bound or already locked,
+ *                   -ENXIO when the host has not bound the TDI
+ *   accept    (WO, write 1)  -EINVAL before lock, -EBUSY when accepted
+ *   unlock    (WO)  -EINVAL before lock
+ *   refresh   (WO, write 1)  the evidence again under the same lock
+ *   state     (RO)  unbound / unlocked / locked / run / error, as the
+ *                   firmware tells the TVM
+ *   certificate, vca, measurements, report, and the platform's attestation
+ *   record (vdev_info, tdi_info)  (RO, binary) the evidence read at lock time
+ *
+ * A devsec TSM is registered next to the platform's link TSM: 7.3 counts it
+ * and never calls its lock/unlock operations; a kernel with tsm/lock would,
+ * and they do what tvm/lock and tvm/unlock do.  What each operation does
+ * with the firmware is the platform's (struct vtfw_tvm_ops).
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -27,18 +33,20 @@
 
 #include "vtfw.h"
 
-static LIST_HEAD(tvm_devs);
-static DEFINE_MUTEX(tvm_list_lock);
-static const struct vtfw_tvm_ops *tvm_ops;
-static struct tsm_dev *tvm_devsec_tsm;
+static LIST_HEAD(vtfw_tvms);
+static DEFINE_MUTEX(vtfw_tvms_lock);
+static struct tsm_dev *vtfw_devsec_tsm;
 
-static const char * const tvm_ev_names[] = {
-	[VTFW_EV_CERTIFICATE] = "certificate",
-	[VTFW_EV_VCA] = "vca",
-	[VTFW_EV_MEASUREMENTS] = "measurements",
-	[VTFW_EV_REPORT] = "report",
-	[VTFW_EV_FW_INFO] = "fw_info",
-};
+struct vtfw_tvm_dev *vtfw_tvm_of(struct device *dev)
+{
+	struct vtfw_tvm_dev *t;
+
+	guard(mutex)(&vtfw_tvms_lock);
+	list_for_each_entry(t, &vtfw_tvms, list)
+		if (&t->pdev->dev == dev)
+			return t;
+	return NULL;
+}
 
 void vtfw_tvm_evidence_free(struct vtfw_tvm_dev *t)
 {
@@ -49,24 +57,17 @@ void vtfw_tvm_evidence_free(struct vtfw_tvm_dev *t)
 	}
 }
 
-int vtfw_tvm_evidence_set(struct vtfw_tvm_dev *t, enum vtfw_ev id, const void *data,
-			  size_t len)
+int vtfw_tvm_set_evidence(struct vtfw_tvm_dev *t, enum vtfw_ev id, const void *data, size_t len)
 {
+	u8 *copy = kvmalloc(len ? len : 1, GFP_KERNEL);
+
+	if (!copy)
+		return -ENOMEM;
+	memcpy(copy, data, len);
 	kvfree(t->ev[id]);
-	t->ev[id] = kvmemdup(data, len, GFP_KERNEL);
-	t->ev_len[id] = t->ev[id] ? len : 0;
-	return t->ev[id] ? 0 : -ENOMEM;
-}
-
-static struct vtfw_tvm_dev *tvm_of(struct device *dev)
-{
-	struct vtfw_tvm_dev *t;
-
-	guard(mutex)(&tvm_list_lock);
-	list_for_each_entry(t, &tvm_devs, list)
-		if (&t->pdev->dev == dev)
-			return t;
-	return NULL;
+	t->ev[id] = copy;
+	t->ev_len[id] = len;
+	return 0;
 }
 
 /* the proposed ABI's preconditions: no driver bound, and a TDI the host bound */
@@ -85,24 +86,23 @@ static int tvm_lock(struct vtfw_tvm_dev *t)
 
 	if (!rc && t->locked)
 		rc = -EBUSY;
-	if (!rc)
-		rc = tvm_ops->lock(t);
+	if (rc)
+		return rc;
+	rc = t->ops->lock(t);
 	if (rc) {
 		vtfw_tvm_evidence_free(t);
 		return rc;
 	}
 	t->locked = true;
-	vtfw_info(t->pdev, "TVM: evidence: certificate %zu, vca %zu, measurements %zu, report %zu bytes, digests match\n",
-		  t->ev_len[VTFW_EV_CERTIFICATE], t->ev_len[VTFW_EV_VCA],
-		  t->ev_len[VTFW_EV_MEASUREMENTS], t->ev_len[VTFW_EV_REPORT]);
 	vtfw_info(t->pdev, "TVM: locked\n");
 	return 0;
 }
 
 static int tvm_unlock(struct vtfw_tvm_dev *t)
 {
-	int rc = tvm_ops->unlock(t);
+	int rc = t->ops->unlock(t);
 
+	/* whatever the firmware said, this TVM no longer trusts the TDI */
 	t->locked = false;
 	t->accepted = false;
 	vtfw_tvm_evidence_free(t);
@@ -114,7 +114,7 @@ static int tvm_unlock(struct vtfw_tvm_dev *t)
 static ssize_t lock_store(struct device *dev, struct device_attribute *attr,
 			  const char *buf, size_t count)
 {
-	struct vtfw_tvm_dev *t = tvm_of(dev);
+	struct vtfw_tvm_dev *t = vtfw_tvm_of(dev);
 	int rc;
 
 	if (!t)
@@ -128,7 +128,7 @@ static DEVICE_ATTR_WO(lock);
 static ssize_t accept_store(struct device *dev, struct device_attribute *attr,
 			    const char *buf, size_t count)
 {
-	struct vtfw_tvm_dev *t = tvm_of(dev);
+	struct vtfw_tvm_dev *t = vtfw_tvm_of(dev);
 	bool yes;
 	int rc;
 
@@ -143,7 +143,7 @@ static ssize_t accept_store(struct device *dev, struct device_attribute *attr,
 	if (!rc && t->accepted)
 		rc = -EBUSY;
 	if (!rc)
-		rc = tvm_ops->accept(t);
+		rc = t->ops->accept(t);
 	if (rc)
 		return rc;
 	t->accepted = true;
@@ -154,7 +154,7 @@ static DEVICE_ATTR_WO(accept);
 static ssize_t unlock_store(struct device *dev, struct device_attribute *attr,
 			    const char *buf, size_t count)
 {
-	struct vtfw_tvm_dev *t = tvm_of(dev);
+	struct vtfw_tvm_dev *t = vtfw_tvm_of(dev);
 	int rc;
 
 	if (!t)
@@ -169,11 +169,10 @@ static ssize_t unlock_store(struct device *dev, struct device_attribute *attr,
 }
 static DEVICE_ATTR_WO(unlock);
 
-/* fresh evidence under the same lock (the proposed ABI's refresh_evidence) */
 static ssize_t refresh_store(struct device *dev, struct device_attribute *attr,
 			     const char *buf, size_t count)
 {
-	struct vtfw_tvm_dev *t = tvm_of(dev);
+	struct vtfw_tvm_dev *t = vtfw_tvm_of(dev);
 	bool yes;
 	int rc;
 
@@ -184,21 +183,20 @@ static ssize_t refresh_store(struct device *dev, struct device_attribute *attr,
 	guard(mutex)(&t->lock);
 	if (!t->locked)
 		return -EINVAL;
-	rc = tvm_ops->refresh(t);
+	rc = t->ops->refresh(t);
 	return rc ? rc : count;
 }
 static DEVICE_ATTR_WO(refresh);
 
-/* the TDI's state as the firmware tells the TVM */
 static ssize_t state_show(struct device *dev, struct device_attribute *attr, char *buf)
 {
 	static const char * const names[] = {
-		[VTFW_TDI_UNLOCKED] = "unlocked",
-		[VTFW_TDI_LOCKED] = "locked",
-		[VTFW_TDI_RUN] = "run",
-		[VTFW_TDI_ERROR] = "error",
+		[VTFW_TVM_UNLOCKED] = "unlocked",
+		[VTFW_TVM_LOCKED] = "locked",
+		[VTFW_TVM_RUN] = "run",
+		[VTFW_TVM_ERROR] = "error",
 	};
-	struct vtfw_tvm_dev *t = tvm_of(dev);
+	struct vtfw_tvm_dev *t = vtfw_tvm_of(dev);
 	int state;
 
 	if (!t)
@@ -206,7 +204,7 @@ static ssize_t state_show(struct device *dev, struct device_attribute *attr, cha
 	guard(mutex)(&t->lock);
 	if (!t->pdev->tsm || !t->pdev->tsm->tdi)
 		return sysfs_emit(buf, "unbound\n");
-	state = tvm_ops->state(t);
+	state = t->ops->state(t);
 	if (state < 0)
 		return state;
 	return sysfs_emit(buf, "%s\n", state < ARRAY_SIZE(names) ? names[state] : "?");
@@ -216,7 +214,7 @@ static DEVICE_ATTR_RO(state);
 static ssize_t tvm_ev_read(struct file *file, struct kobject *kobj,
 			   const struct bin_attribute *attr, char *buf, loff_t off, size_t count)
 {
-	struct vtfw_tvm_dev *t = tvm_of(kobj_to_dev(kobj));
+	struct vtfw_tvm_dev *t = vtfw_tvm_of(kobj_to_dev(kobj));
 	unsigned long id = (unsigned long)attr->private;
 
 	if (!t)
@@ -228,7 +226,7 @@ static ssize_t tvm_ev_read(struct file *file, struct kobject *kobj,
 }
 
 #define TVM_EV_ATTR(_name, _id)						\
-	static struct bin_attribute tvm_ev_##_name = {			\
+	static const struct bin_attribute tvm_ev_##_name = {		\
 		.attr = { .name = #_name, .mode = 0444 },		\
 		.read = tvm_ev_read,					\
 		.private = (void *)(_id),				\
@@ -238,8 +236,9 @@ TVM_EV_ATTR(certificate, VTFW_EV_CERTIFICATE);
 TVM_EV_ATTR(vca, VTFW_EV_VCA);
 TVM_EV_ATTR(measurements, VTFW_EV_MEASUREMENTS);
 TVM_EV_ATTR(report, VTFW_EV_REPORT);
-/* named by the platform (tvm_ops->fw_info_name) before the group is created */
-TVM_EV_ATTR(fw_info, VTFW_EV_FW_INFO);
+/* the platforms' attestation records: one is visible */
+TVM_EV_ATTR(vdev_info, VTFW_EV_INFO);
+TVM_EV_ATTR(tdi_info, VTFW_EV_INFO);
 
 static struct attribute *tvm_attrs[] = {
 	&dev_attr_lock.attr,
@@ -255,19 +254,33 @@ static const struct bin_attribute *const tvm_bin_attrs[] = {
 	&tvm_ev_vca,
 	&tvm_ev_measurements,
 	&tvm_ev_report,
-	&tvm_ev_fw_info,
+	&tvm_ev_vdev_info,
+	&tvm_ev_tdi_info,
 	NULL,
 };
+
+static umode_t tvm_bin_visible(struct kobject *kobj, const struct bin_attribute *attr, int n)
+{
+	struct vtfw_tvm_dev *t = vtfw_tvm_of(kobj_to_dev(kobj));
+	unsigned long id = (unsigned long)attr->private;
+
+	if (!t || !(t->ops->evidence & BIT(id)))
+		return 0;
+	if (id == VTFW_EV_INFO && strcmp(attr->attr.name, t->ops->info_name))
+		return 0;
+	return attr->attr.mode;
+}
 
 static const struct attribute_group tvm_group = {
 	.name = "tvm",
 	.attrs = tvm_attrs,
 	.bin_attrs = tvm_bin_attrs,
+	.is_bin_visible = tvm_bin_visible,
 };
 
-static struct pci_tsm *tvm_devsec_lock(struct tsm_dev *tsm_dev, struct pci_dev *pdev)
+static struct pci_tsm *vtfw_devsec_lock(struct tsm_dev *tsm_dev, struct pci_dev *pdev)
 {
-	struct vtfw_tvm_dev *t = tvm_of(&pdev->dev);
+	struct vtfw_tvm_dev *t = vtfw_tvm_of(&pdev->dev);
 	int rc;
 
 	if (!t)
@@ -282,7 +295,7 @@ static struct pci_tsm *tvm_devsec_lock(struct tsm_dev *tsm_dev, struct pci_dev *
 	return &t->devsec;
 }
 
-static void tvm_devsec_unlock(struct pci_tsm *tsm)
+static void vtfw_devsec_unlock(struct pci_tsm *tsm)
 {
 	struct vtfw_tvm_dev *t = container_of(tsm, struct vtfw_tvm_dev, devsec);
 
@@ -291,29 +304,25 @@ static void tvm_devsec_unlock(struct pci_tsm *tsm)
 		tvm_unlock(t);
 }
 
-static struct pci_tsm_ops tvm_devsec_ops = {
-	.lock = tvm_devsec_lock,
-	.unlock = tvm_devsec_unlock,
+static struct pci_tsm_ops vtfw_devsec_ops = {
+	.lock = vtfw_devsec_lock,
+	.unlock = vtfw_devsec_unlock,
 };
 
-static void tvm_dev_free(struct vtfw_tvm_dev *t)
+static void tvm_free(struct vtfw_tvm_dev *t)
 {
-	if (tvm_ops->free)
-		tvm_ops->free(t);
+	if (t->ops->teardown)
+		t->ops->teardown(t);
 	vtfw_tvm_evidence_free(t);
 	pci_dev_put(t->pdev);
 	kfree(t);
 }
 
+/* every TEE-capable function (PCIe DEVCAP TEE-IO) gets a tvm/ directory */
 int vtfw_tvm_init(struct vtfw_port *port, const struct vtfw_tvm_ops *ops)
 {
 	struct pci_dev *pdev = NULL;
 	struct vtfw_tvm_dev *t;
-
-	if (tvm_ops && tvm_ops != ops)
-		return -EBUSY;	/* one platform per module instance */
-	tvm_ops = ops;
-	tvm_ev_fw_info.attr.name = ops->fw_info_name;
 
 	for_each_pci_dev(pdev) {
 		if (!pci_is_pcie(pdev) || !(pdev->devcap & PCI_EXP_DEVCAP_TEE))
@@ -323,25 +332,35 @@ int vtfw_tvm_init(struct vtfw_port *port, const struct vtfw_tvm_ops *ops)
 			break;
 		t->pdev = pci_dev_get(pdev);
 		t->port = port;
+		t->ops = ops;
 		mutex_init(&t->lock);
-		if ((ops->alloc && ops->alloc(t)) ||
-		    sysfs_create_group(&pdev->dev.kobj, &tvm_group)) {
-			tvm_dev_free(t);
+		if (ops->setup && ops->setup(t)) {
+			pci_dev_put(t->pdev);
+			kfree(t);
 			continue;
 		}
-		scoped_guard(mutex, &tvm_list_lock)
-			list_add_tail(&t->list, &tvm_devs);
+		/* listed first: the visibility callback looks the function up */
+		scoped_guard(mutex, &vtfw_tvms_lock)
+			list_add_tail(&t->list, &vtfw_tvms);
+		if (sysfs_create_group(&pdev->dev.kobj, &tvm_group) ||
+		    (ops->extra && sysfs_merge_group(&pdev->dev.kobj, ops->extra))) {
+			sysfs_remove_group(&pdev->dev.kobj, &tvm_group);
+			scoped_guard(mutex, &vtfw_tvms_lock)
+				list_del(&t->list);
+			tvm_free(t);
+			continue;
+		}
 		vtfw_info(pdev, "TVM: lock/accept/unlock in %s/tvm/\n", pci_name(pdev));
 	}
-	if (!tvm_devsec_tsm) {
-		tvm_devsec_tsm = tsm_register(&port->pdev->dev, &tvm_devsec_ops);
-		if (IS_ERR(tvm_devsec_tsm)) {
+	if (!vtfw_devsec_tsm) {
+		vtfw_devsec_tsm = tsm_register(&port->pdev->dev, &vtfw_devsec_ops);
+		if (IS_ERR(vtfw_devsec_tsm)) {
 			pci_warn(port->pdev, "devsec TSM not registered: %ld\n",
-				 PTR_ERR(tvm_devsec_tsm));
-			tvm_devsec_tsm = NULL;
+				 PTR_ERR(vtfw_devsec_tsm));
+			vtfw_devsec_tsm = NULL;
 		} else {
 			pci_info(port->pdev, "%s devsec TSM registered as %s\n", ops->name,
-				 dev_name(&tvm_devsec_tsm->dev));
+				 dev_name(&vtfw_devsec_tsm->dev));
 		}
 	}
 	return 0;
@@ -352,18 +371,19 @@ void vtfw_tvm_exit(struct vtfw_port *port)
 	struct vtfw_tvm_dev *t, *next;
 	LIST_HEAD(gone);
 
-	if (tvm_devsec_tsm && tvm_devsec_tsm->dev.parent == &port->pdev->dev) {
-		tsm_unregister(tvm_devsec_tsm);
-		tvm_devsec_tsm = NULL;
+	if (vtfw_devsec_tsm && vtfw_devsec_tsm->dev.parent == &port->pdev->dev) {
+		tsm_unregister(vtfw_devsec_tsm);
+		vtfw_devsec_tsm = NULL;
 	}
-	scoped_guard(mutex, &tvm_list_lock)
-		list_for_each_entry_safe(t, next, &tvm_devs, list)
+	scoped_guard(mutex, &vtfw_tvms_lock)
+		list_for_each_entry_safe(t, next, &vtfw_tvms, list)
 			if (t->port == port)
 				list_move(&t->list, &gone);
 	list_for_each_entry_safe(t, next, &gone, list) {
+		if (t->ops->extra)
+			sysfs_unmerge_group(&t->pdev->dev.kobj, t->ops->extra);
 		sysfs_remove_group(&t->pdev->dev.kobj, &tvm_group);
 		list_del(&t->list);
-		tvm_dev_free(t);
+		tvm_free(t);
 	}
-	tvm_ops = NULL;
 }

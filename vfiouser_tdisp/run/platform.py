@@ -1,7 +1,7 @@
-"""`vfiouser-tdisp run --platform cca|tdx`: the whole TEE I/O flow in a real guest.
+"""`vfiouser-tdisp run --platform cca|sev-tio`: the whole TEE I/O flow in a real guest.
 
-One `serve --platform cca` process serves the device and the firmware port with the
-platform firmware (the Arm CCA RMM emulator) behind it; QEMU boots the stock guest
+One `serve --platform P` process serves the device and the firmware port with the
+platform firmware (the Arm CCA RMM or the AMD PSP emulator) behind it; QEMU boots the stock guest
 kernel with both; the guest loads the guest module (vtfw.ko) and runs
 guest-scripts/check_platform.sh: connect through the kernel's PCI/TSM core and DOE
 driver, bind, lock, evidence, the relying party's verification (openssl), accept,
@@ -14,17 +14,13 @@ and reference values (the device's TCB measurements) in the initramfs, under
 /etc/vtdisp; the guest gets openssl and its libraries from the private module build
 tree (run/guest_tools.py).
 
-Beyond the guest's own results, the host checks the server's events: the endpoint
-PDEV's path NEW -> NEEDS_KEY -> HAS_KEY -> READY -> STOPPED, the VDEV's NEW ->
-UNLOCKED -> LOCKED -> STARTED -> UNLOCKED, each SPDM / secured SPDM / IDE_KM / TDISP
-object the device answered (all of them came through the guest kernel's DOE driver:
-the RMM never touches the device), DMA refused while the TDI was only locked and the
-virtio-rng queue used once it ran.
-
-What differs per platform is one :class:`Flow` in :data:`FLOWS`: the guest's steps, the
-host's checks, extra files for the guest.  ``tdx`` (run/platform_tdx.py): the Intel TDX
-module emulator behind the port, the guest module's TDX host and TD sides, and the TDX
-module's runtime update through Linux v7.2's ABI while the TDI runs.
+Beyond the guest's own results, the host checks the server's events: the firmware's
+own objects (CCA: the endpoint PDEV's path NEW -> NEEDS_KEY -> HAS_KEY -> READY ->
+STOPPED, the VDEV's NEW -> UNLOCKED -> LOCKED -> STARTED -> UNLOCKED; SEV-TIO: the PSP's
+device and TDI contexts), each SPDM / secured SPDM / IDE_KM / TDISP object the device
+answered (all of them came through the guest kernel's DOE driver: the firmware never
+touches the device), DMA refused while the TDI was only locked and the virtio-rng queue
+used once it ran.
 """
 
 from __future__ import annotations
@@ -48,6 +44,7 @@ from ..device.device import Device, get_profile
 from ..device.identity import identity_for_device
 from ..device.personality import get_personality
 from ..paths import identity_dir
+from ..server import PLATFORMS as SERVER_PLATFORMS
 from ..server import firmware_port_path, function_socket_path
 from ..spdm.algorithms import HASHES
 from ..spdm.identity import IdentityError
@@ -63,8 +60,21 @@ from .qemu import QemuCommand, accel_decision, firmware_port_args, run_with_dead
 GUEST_STEPS = ("tsm_module", "connect", "bind", "lock_busy", "accept_unlocked", "lock",
                "evidence", "verify", "accept", "probe", "hwrng", "unlock", "dma_held",
                "tdi_error", "unbind", "disconnect")
+# per platform: the same steps, and what a platform adds (after accept)
+_AFTER_ACCEPT = GUEST_STEPS.index("accept") + 1
+PLATFORM_STEPS = {
+    "cca": GUEST_STEPS,
+    "sev-tio": GUEST_STEPS[:_AFTER_ACCEPT] + ("mmio_validate_rejects", "guest_msg_replay")
+    + GUEST_STEPS[_AFTER_ACCEPT:],
+}
 TAMPER_STEPS = ("tamper",)
 HOST_STEPS = ("pdev_states", "vdev_states", "tdi_states", "doe_objects", "dma_gate")
+# SEV-TIO: the PSP's device context (CREATED -> CONNECTING -> CONNECTED -> DISCONNECTING ->
+# CREATED) and TDI context (bound, started, stopped) instead of PDEV and VDEV
+SEV_HOST_STEPS = ("dev_ctx_states", "tdi_ctx_states", "tdi_states", "doe_objects",
+                  "dma_gate", "guest_msgs")
+DEV_CTX_PATH = ["CREATED", "CONNECTING", "CONNECTED", "DISCONNECTING", "CREATED"]
+TDI_CTX_PATH = ["UNBOUND", "BINDING", "LOCKED", "STARTING", "RUN", "UNBINDING", "UNBOUND"]
 STEP_TIME_RE = re.compile(r"VTDISP-INFO step_time (\S+) ([\d.]+)")
 TCB_INDICES = (1, 2, 3)  # measurement indices that do not change with configuration
 PDEV_PATH = [("NEW", "NEEDS_KEY"), ("NEEDS_KEY", "HAS_KEY"), ("HAS_KEY", "READY"),
@@ -99,7 +109,7 @@ def reference_measurements(profile_name: str) -> str:
 def guest_files(prov: Provisioned, profile_name: str, cache_dir: str | None,
                 platform: str = "cca") -> dict[str, tuple[int, bytes]]:
     """What the host hands the guest besides the scripts: trust anchor, reference
-    values, openssl with its libraries."""
+    values, openssl with its libraries, and what the platform adds (PLATFORM_FILES)."""
     device = Device(get_profile(profile_name))
     old_umask = os.umask(0o077)  # the identity cache is private (keys), whatever the umask
     try:
@@ -110,7 +120,7 @@ def guest_files(prov: Provisioned, profile_name: str, cache_dir: str | None,
     files["etc/vtdisp/root.pem"] = (0o644, root.public_bytes(Encoding.PEM))
     files["etc/vtdisp/measurements.ref"] = (0o644,
                                             reference_measurements(profile_name).encode())
-    files.update(FLOWS[platform].files())
+    files.update(PLATFORM_FILES.get(platform, dict)())
     return files
 
 
@@ -182,21 +192,6 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
     return boot
 
 
-GuestFiles = dict[str, tuple[int, bytes]]
-
-
-@dataclass(frozen=True)
-class Flow:
-    """What differs between platforms: the guest's steps (check_platform.sh reports them in
-    this order), the host's checks of the server's events, extra files in the guest image,
-    and whether the tampered-device boot applies."""
-
-    steps: tuple[str, ...]
-    host_checks: Callable[[Boot], list[tuple[str, bool, str]]]
-    files: Callable[[], GuestFiles] = dict
-    tamper: bool = True
-
-
 def doe_objects(boot: Boot) -> list[str]:
     """Each object the firmware handed the guest kernel, in order, with what the device
     made of it: the record behind the `doe_objects` check (DIR/*/doe-objects.txt)."""
@@ -206,8 +201,8 @@ def doe_objects(boot: Boot) -> list[str]:
         if kind == "rmm.communicate" and e.get("req_len"):
             lines.append(f"{e.get('operation')}: {e.get('protocol')} object, "
                          f"{e.get('req_len')} bytes -> guest kernel DOE")
-        elif kind == "tdx.call" and e.get("status") == platform_tdx.SPDM_REQUEST:
-            lines.append(f"{e.get('leaf')}: TDX_SPDM_REQUEST -> guest kernel DOE")
+        elif kind == "psp.command" and e.get("status") == "SPDM_REQUEST":
+            lines.append(f"{e.get('cmd')}: SPDM_REQUEST, object -> guest kernel DOE")
         elif kind == "spdm.request":
             lines.append(f"  device SPDM {e.get('request')}"
                          + (f" (session {e['session_id']})" if e.get("session_id") else ""))
@@ -215,6 +210,8 @@ def doe_objects(boot: Boot) -> list[str]:
             lines.append(f"    IDE_KM {kind.removeprefix('ide_km.')}")
         elif kind == "tdisp.request":
             lines.append(f"    TDISP {e.get('message')} -> {e.get('result')}")
+        elif kind == "tdx.call" and e.get("status") == platform_tdx.SPDM_REQUEST:
+            lines.append(f"{e.get('leaf')}: TDX_SPDM_REQUEST, object -> guest kernel DOE")
     return lines
 
 
@@ -223,8 +220,8 @@ def _subsequence(want: Sequence[object], got: Sequence[object]) -> bool:
     return all(any(w == g for g in it) for w in want)
 
 
-def host_checks(boot: Boot) -> list[tuple[str, bool, str]]:
-    """What the server saw: the firmware's state machines and the device's traffic."""
+def _cca_checks(boot: Boot) -> tuple[list[tuple[str, bool, str]], int]:
+    """The RMM's PDEV and VDEV paths; the objects it handed to the guest kernel."""
     out: list[tuple[str, bool, str]] = []
     eps = {e["pdev"] for e in boot.of("rmm.pdev.created") if e.get("category") == "EP_OFF_CHIP"}
     ep_path = [(e["old"], e["new"]) for e in boot.of("rmm.pdev.transition")
@@ -236,12 +233,47 @@ def host_checks(boot: Boot) -> list[tuple[str, bool, str]]:
     vstates = [str(vdev[0][0])] + [str(n) for o, n in vdev if o != n] if vdev else []
     out.append(("vdev_states", _subsequence(VDEV_PATH, vstates),
                 "VDEV " + " -> ".join(vstates) if vstates else "no VDEV transitions"))
+    return out, sum(1 for e in boot.of("rmm.communicate") if e.get("req_len"))
+
+
+def _path(events: list[dict[str, object]]) -> list[str]:
+    return [str(events[0]["old"])] + [str(e["new"]) for e in events] if events else []
+
+
+def _sev_checks(boot: Boot) -> tuple[list[tuple[str, bool, str]], int]:
+    """The PSP's device and TDI contexts; each SPDM_REQUEST is one object it handed to
+    the guest kernel; the guest's sealed messages and the replay it refused."""
+    out: list[tuple[str, bool, str]] = []
+    dev = _path(boot.of("psp.dev.transition"))
+    out.append(("dev_ctx_states", dev == DEV_CTX_PATH,
+                "device context " + " -> ".join(dev) if dev else "no device transitions"))
+    tdi = _path(boot.of("psp.tdi.transition"))
+    out.append(("tdi_ctx_states", _subsequence(TDI_CTX_PATH, tdi),
+                "TDI context " + " -> ".join(tdi) if tdi else "no TDI transitions"))
+    msgs = Counter(str(e.get("type")) for e in boot.of("psp.guest_message"))
+    refused = [e for e in boot.of("psp.refused") if e.get("cmd") == "TIO_GUEST_REQUEST"]
+    replays = [e for e in refused if "replayed" in str(e.get("why"))]
+    need = ("TIO_MSG_TDI_INFO_REQ", "TIO_MSG_SDTE_WRITE_REQ", "TIO_MSG_MMIO_VALIDATE_REQ")
+    out.append(("guest_msgs", all(msgs.get(n) for n in need) and len(replays) == 1
+                and len(refused) == 1,
+                "sealed guest messages the PSP opened: "
+                + ", ".join(f"{k} {v}" for k, v in sorted(msgs.items()))
+                + f"; refused: {len(refused)} ({'; '.join(str(e.get('why')) for e in refused)})"))
+    relayed = sum(1 for e in boot.of("psp.command") if e.get("status") == "SPDM_REQUEST")
+    return out, relayed
+
+
+FIRMWARE_CHECKS = {"cca": _cca_checks, "sev-tio": _sev_checks}
+
+
+def host_checks(boot: Boot, platform: str = "cca") -> list[tuple[str, bool, str]]:
+    """What the server saw: the firmware's state machines and the device's traffic."""
+    out, relayed = FIRMWARE_CHECKS[platform](boot)
     spdm = Counter(str(e["request"]) + ("(secured)" if e.get("session_id") else "")
                    for e in boot.of("spdm.request"))
     tdisp = Counter(str(e["message"]) for e in boot.of("tdisp.request"))
     ide = Counter(str(e["event"]).removeprefix("ide_km.") for e in boot.events
                   if str(e.get("event", "")).startswith("ide_km."))
-    relayed = sum(1 for e in boot.of("rmm.communicate") if e.get("req_len"))
     # every data object the device's mailbox took (the kernel's discovery included)
     mailbox = sum(1 for e in boot.of("doe.transition") if e.get("trigger") == "go_ok")
     need = ("GET_VERSION", "KEY_EXCHANGE", "FINISH(secured)")
@@ -249,7 +281,7 @@ def host_checks(boot: Boot) -> list[tuple[str, bool, str]]:
         and tdisp.get("START_INTERFACE_REQUEST", 0) > 0 and ide.get("key_prog", 0) > 0 \
         and relayed == sum(spdm.values()) and mailbox >= relayed
     out.append(("doe_objects", ok,
-                f"{relayed} objects the RMM handed to the guest kernel's DOE path, "
+                f"{relayed} objects the firmware handed to the guest kernel's DOE path, "
                 f"{mailbox} through the device's DOE mailbox, "
                 f"{sum(spdm.values())} SPDM requests at the device (in order: "
                 "doe-objects.txt): "
@@ -262,7 +294,8 @@ def host_checks(boot: Boot) -> list[tuple[str, bool, str]]:
     path = [str(tdi[0]["old"])] + [str(e["new"]) + (f" ({e['trigger']})" if e["new"] == "ERROR"
                                                    else "") for e in tdi] if tdi else []
     ok = any(e["old"] == "CONFIG_LOCKED" and e["new"] == "RUN" for e in tdi) and \
-        any(e["old"] == "RUN" and e["trigger"] == "bar_change" for e in tdi)
+        ("tdi_error" not in PLATFORM_STEPS[platform]
+         or any(e["old"] == "RUN" and e["trigger"] == "bar_change" for e in tdi))
     out.append(("tdi_states", ok, "TDI " + " -> ".join(path) if path else "no TDI transitions"))
     # the device's DMA: held while the TDI was locked (or in ERROR), flowing while RUN
     held = used = 0
@@ -291,11 +324,14 @@ def tamper_checks(boot: Boot) -> list[tuple[str, bool, str]]:
              f"{len(started)}")]
 
 
-FLOWS: dict[str, Flow] = {
-    "cca": Flow(GUEST_STEPS, host_checks),
-    "tdx": Flow(platform_tdx.STEPS, platform_tdx.host_checks, platform_tdx.guest_files),
+# Intel TDX (run/platform_tdx.py): its steps, its firmware's checks, its guest files
+PLATFORM_STEPS["tdx"] = platform_tdx.STEPS
+FIRMWARE_CHECKS["tdx"] = platform_tdx.firmware_checks
+PLATFORM_FILES: dict[str, Callable[[], dict[str, tuple[int, bytes]]]] = {
+    "tdx": platform_tdx.guest_files,
 }
-PLATFORMS = tuple(FLOWS)
+# the flows whose firmware `serve --platform` has in this tree
+PLATFORMS = tuple(p for p in PLATFORM_STEPS if p in SERVER_PLATFORMS)
 
 
 @dataclass
@@ -326,10 +362,9 @@ def run_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                  log: bool = True) -> PlatformRun:
     main = boot_platform(prov, out / "flow", profile=profile, platform=platform,
                          timeout=timeout, accel=accel, cache_dir=cache_dir, log=log)
-    flow = FLOWS[platform]
-    results = _guest_results(main, flow.steps) + flow.host_checks(main)
+    results = _guest_results(main, PLATFORM_STEPS[platform]) + host_checks(main, platform)
     tampered = None
-    if tamper and flow.tamper:
+    if tamper:
         tampered = boot_platform(prov, out / "tamper", profile=profile, platform=platform,
                                  timeout=timeout, accel=accel, cache_dir=cache_dir,
                                  tamper=("measurements", "report"), log=log)

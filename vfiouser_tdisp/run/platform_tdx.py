@@ -9,8 +9,9 @@ update of the TDX module through Linux v7.2's ABI while the TDI runs: ``seamldr_
 The update images come from the host (``tsm/tdx/blob.py``, the same code as ``tdx-blob``)
 in /etc/vtdisp/tdx of the guest image.  The host checks read the TDX module's events:
 the SPDM context, the module's TDI context and the module itself (a TD-preserving update
-between two READY states while the TDI stays RUN) and every object the module handed the
-guest kernel (TDX_SPDM_REQUEST) against what the device answered.
+between two READY states while the TDI stays RUN); run/platform.py adds the common ones
+(every object the module handed the guest kernel, TDX_SPDM_REQUEST, against what the
+device answered; the device's TDI states; DMA held and flowing).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ STEPS = ("tsm_module", "connect", "bind", "lock_busy", "accept_unlocked", "lock"
 # images for module_update and update_exhausted: one per update the P-SEAMLDR allows, and
 # one more that it must refuse
 BAD_IMAGES = ("bad-signature", "module-hash", "magic")
+# the host's checks (firmware_checks, then run/platform.py's common ones)
+HOST_STEPS = ("spdm_states", "tdi_fw_states", "module_updates", "doe_objects", "tdi_states",
+              "dma_gate")
 SPDM_PATH = ["CREATED", "CONNECTING", "CONNECTED", "DISCONNECTING", "DISCONNECTED"]
 TDI_PATH = ["BINDING", "LOCKED", "STARTING", "RUN", "STOPPING", "UNLOCKED"]
 SPDM_REQUEST = f"{int(TdxStatus.TDX_SPDM_REQUEST):#018x}"
@@ -63,8 +67,10 @@ def _subsequence(want: list[str], got: list[str]) -> bool:
     return all(any(w == g for g in it) for w in want)
 
 
-def host_checks(boot: Boot) -> list[tuple[str, bool, str]]:
-    """What the server saw: the module's state machines and the device's traffic."""
+def firmware_checks(boot: Boot) -> tuple[list[tuple[str, bool, str]], int]:
+    """The TDX module's SPDM context, TDI context and updates; each TDX_SPDM_REQUEST is
+    one object it handed to the guest kernel (run/platform.py adds doe_objects, tdi_states
+    and dma_gate, the same for every platform)."""
     out: list[tuple[str, bool, str]] = []
     spdm = _path(boot, "tdx.spdm")
     out.append(("spdm_states", _subsequence(SPDM_PATH, spdm),
@@ -74,11 +80,13 @@ def host_checks(boot: Boot) -> list[tuple[str, bool, str]]:
                 "module TDI " + " -> ".join(tdi) if tdi else "no module TDI transitions"))
     updates = [e for e in boot.of("tdx.module.transition") if e.get("trigger") == "update"]
     installs = Counter(str(e.get("status")) for e in boot.of("tdx.seamldr.install"))
-    tdi_run = [e for e in boot.of("tdx.tdi.transition") if e.get("new") == "RUN"]
-    stopped = [e for e in boot.of("tdx.tdi.transition") if e.get("trigger") == "stop"]
-    first_stop = min((boot.events.index(e) for e in stopped), default=len(boot.events))
-    while_run = [e for e in updates if tdi_run and boot.events.index(tdi_run[0])
-                 < boot.events.index(e) < first_stop]
+    tdi_run = [boot.events.index(e) for e in boot.of("tdx.tdi.transition")
+               if e.get("new") == "RUN"]
+    stops = [boot.events.index(e) for e in boot.of("tdx.tdi.transition")
+             if e.get("trigger") == "stop"]
+    first_stop = min(stops, default=len(boot.events))
+    while_run = [e for e in updates
+                 if tdi_run and tdi_run[0] < boot.events.index(e) < first_stop]
     versions = [f"{e.get('from_version')}->{e.get('to_version')}" for e in updates
                 if e.get("from_version") != e.get("to_version")]
     ok = len(versions) == model.NUM_UPDATES and len(while_run) == len(updates) \
@@ -87,29 +95,8 @@ def host_checks(boot: Boot) -> list[tuple[str, bool, str]]:
                 f"{len(versions)} TD-preserving updates ({', '.join(versions)}), "
                 f"{len(while_run)} of {len(updates)} resumes while the TDI was RUN; "
                 "SEAMLDR.INSTALL " + ", ".join(f"{k} {v}" for k, v in sorted(installs.items()))))
-    requests = Counter(str(e["request"]) + ("(secured)" if e.get("session_id") else "")
-                       for e in boot.of("spdm.request"))
-    tdisp = Counter(str(e["message"]) for e in boot.of("tdisp.request"))
-    ide = Counter(str(e["event"]).removeprefix("ide_km.") for e in boot.events
-                  if str(e.get("event", "")).startswith("ide_km."))
     relayed = sum(1 for e in boot.of("tdx.call") if e.get("status") == SPDM_REQUEST)
-    mailbox = sum(1 for e in boot.of("doe.transition") if e.get("trigger") == "go_ok")
-    need = ("GET_VERSION", "KEY_EXCHANGE", "FINISH(secured)")
-    ok = all(requests.get(n) for n in need) and tdisp.get("LOCK_INTERFACE_REQUEST", 0) > 0 \
-        and tdisp.get("START_INTERFACE_REQUEST", 0) > 0 and ide.get("key_prog", 0) > 0 \
-        and relayed == sum(requests.values()) and mailbox >= relayed
-    out.append(("doe_objects", ok,
-                f"{relayed} objects the TDX module handed to the guest kernel's DOE path "
-                f"(TDX_SPDM_REQUEST), {mailbox} through the device's DOE mailbox, "
-                f"{sum(requests.values())} SPDM requests at the device: "
-                + ", ".join(f"{k} {v}" for k, v in sorted(requests.items()))
-                + "; IDE_KM " + ", ".join(f"{k} {v}" for k, v in sorted(ide.items()))
-                + "; TDISP " + ", ".join(f"{k} {v}" for k, v in sorted(tdisp.items()))))
-    dev = boot.of("tdi.transition")
-    path = [str(dev[0]["old"])] + [str(e["new"]) for e in dev] if dev else []
-    ok = any(e["old"] == "CONFIG_LOCKED" and e["new"] == "RUN" for e in dev)
-    out.append(("tdi_states", ok, "TDI " + " -> ".join(path) if path else "no TDI transitions"))
-    return out
+    return out, relayed
 
 
-__all__ = ["STEPS", "guest_files", "host_checks", "update_versions"]
+__all__ = ["HOST_STEPS", "STEPS", "firmware_checks", "guest_files", "update_versions"]

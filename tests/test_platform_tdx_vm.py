@@ -14,9 +14,12 @@ when it failed, e.g. "transferring", and "firmware-invalid").
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+
 import pytest
 
-from vfiouser_tdisp.run.platform import PlatformRun, run_platform
+from vfiouser_tdisp.run.platform import PlatformRun, doe_objects, run_platform
 from vfiouser_tdisp.run.platform_tdx import HOST_STEPS, STEPS
 from vfiouser_tdisp.run.provision import ProvisionError, ensure_provisioned
 
@@ -55,7 +58,14 @@ def test_connect_goes_through_the_tdx_module_and_the_kernel_doe_path(flow: Platf
     assert "connected through the TDX module" in _detail(flow, "connect")
     assert _detail(flow, "bind") == "bound=tsm0 tvm/state=unlocked"
     doe = _detail(flow, "doe_objects")
-    assert "(TDX_SPDM_REQUEST)" in doe
+    m = re.match(r"(\d+) objects the firmware handed .* (\d+) SPDM requests at the device", doe)
+    assert m and m.group(1) == m.group(2)
+    # each of them a TDX_SPDM_REQUEST of the leaf that was running (doe-objects.txt)
+    leaves = Counter(line.split(":")[0] for line in doe_objects(flow.main)
+                     if "TDX_SPDM_REQUEST" in line)
+    for leaf in ("TDH.SPDM.CONNECT", "TDH.IDE.STREAM.KM", "TDH.SPDM.DISCONNECT"):
+        assert leaves[leaf] > 0, leaves
+    assert sum(leaves.values()) == int(m.group(1))
     for what in ("GET_VERSION 1", "KEY_EXCHANGE 1", "FINISH(secured) 1", "key_prog 6",
                  "k_set_go 6", "LOCK_INTERFACE_REQUEST", "START_INTERFACE_REQUEST",
                  "END_SESSION(secured) 1"):

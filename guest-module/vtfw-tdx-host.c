@@ -537,7 +537,7 @@ static ssize_t tdx_guest_req(struct pci_tdi *base, enum pci_tsm_req_scope scope,
 {
 	struct tdx_tdi *tdi = container_of(base, struct tdx_tdi, base);
 	struct tdx_dsm *dsm = to_tdx_dsm(base->pdev->tsm->dsm_dev);
-	u8 head[TDCM_DATA];
+	u8 head[TDCM_HDR_DATA];
 	const void *payload = NULL;
 	enum tdcm_error err = TDCM_ERR_NONE;
 	size_t len = 0;
@@ -545,11 +545,11 @@ static ssize_t tdx_guest_req(struct pci_tdi *base, enum pci_tsm_req_scope scope,
 	u16 op;
 	int rc = 0;
 
-	if (in_len < TDCM_DATA || out_len < TDCM_DATA)
+	if (in_len < TDCM_HDR_DATA || out_len < TDCM_HDR_DATA)
 		return -EINVAL;
-	if (copy_from_sockptr(head, req_in, TDCM_DATA))
+	if (copy_from_sockptr(head, req_in, TDCM_HDR_DATA))
 		return -EFAULT;
-	op = get_unaligned_le16(head + TDCM_OPERATION);
+	op = get_unaligned_le16(head + TDCM_HDR_OPERATION);
 	if ((op == TDCM_BIND || op == TDCM_START_TDI || op == TDCM_UNBIND) &&
 	    scope != PCI_TSM_REQ_STATE_CHANGE)
 		return -EPERM;
@@ -608,18 +608,18 @@ static ssize_t tdx_guest_req(struct pci_tdi *base, enum pci_tsm_req_scope scope,
 		err = tdx_tdcm_error(rc);
 		vtfw_warn(base->pdev, "TDCM operation %u failed: %d\n", op, rc);
 	}
-	if (err || TDCM_DATA + len > out_len) {
+	if (err || TDCM_HDR_DATA + len > out_len) {
 		len = 0;
 		err = err ?: TDCM_ERR_INVALID_STATE;
 	}
-	head[TDCM_STATUS] = err ? TDCM_ERROR : TDCM_COMPLETED;
-	head[TDCM_ERROR] = err;
-	put_unaligned_le32(len, head + TDCM_DATA_LENGTH);
-	if (copy_to_sockptr(req_out, head, TDCM_DATA) ||
-	    (len && copy_to_sockptr_offset(req_out, TDCM_DATA, payload, len)))
+	head[TDCM_HDR_STATUS] = err ? TDCM_ERROR : TDCM_COMPLETED;
+	head[TDCM_HDR_ERROR] = err;
+	put_unaligned_le32(len, head + TDCM_HDR_DATA_LENGTH);
+	if (copy_to_sockptr(req_out, head, TDCM_HDR_DATA) ||
+	    (len && copy_to_sockptr_offset(req_out, TDCM_HDR_DATA, payload, len)))
 		return -EFAULT;
-	*tsm_code = head[TDCM_STATUS] | (u64)err << 8;
-	return TDCM_DATA + len;
+	*tsm_code = head[TDCM_HDR_STATUS] | (u64)err << 8;
+	return TDCM_HDR_DATA + len;
 }
 
 /*
@@ -647,14 +647,14 @@ int vtfw_tdx_serve_tdcm(struct vtfw_port *port)
 	func_id = out[1 + TDX_R12];
 	gpa = out[1 + TDX_R13];
 	size = out[1 + TDX_R14];
-	if (size < TDCM_DATA || size > TDCM_BUF_PAGES * PAGE_SIZE)
+	if (size < TDCM_HDR_DATA || size > TDCM_BUF_PAGES * PAGE_SIZE)
 		return -EPROTO;
 	buf = phys_to_virt(gpa);
 	pdev = pci_get_domain_bus_and_slot((func_id >> 16) & 0xff, (func_id >> 8) & 0xff,
 					   func_id & 0xff);
 	if (!pdev)
 		return -ENODEV;
-	op = get_unaligned_le16(buf + TDCM_OPERATION);
+	op = get_unaligned_le16(buf + TDCM_HDR_OPERATION);
 	scope = op == TDCM_BIND || op == TDCM_START_TDI || op == TDCM_UNBIND ?
 		PCI_TSM_REQ_STATE_CHANGE : PCI_TSM_REQ_INFO;
 	n = pci_tsm_guest_req(pdev, scope, KERNEL_SOCKPTR(buf), size, KERNEL_SOCKPTR(buf),
@@ -662,9 +662,9 @@ int vtfw_tdx_serve_tdcm(struct vtfw_port *port)
 	if (n < 0) {
 		/* the host refused (no TDI bound to this TD, ...): the TD sees an error */
 		vtfw_warn(pdev, "TDCM operation %u refused: %zd\n", op, n);
-		*(u8 *)(buf + TDCM_STATUS) = TDCM_ERROR;
-		*(u8 *)(buf + TDCM_ERROR) = TDCM_ERR_INVALID_STATE;
-		put_unaligned_le32(0, buf + TDCM_DATA_LENGTH);
+		*(u8 *)(buf + TDCM_HDR_STATUS) = TDCM_ERROR;
+		*(u8 *)(buf + TDCM_HDR_ERROR) = TDCM_ERR_INVALID_STATE;
+		put_unaligned_le32(0, buf + TDCM_HDR_DATA_LENGTH);
 	}
 	pci_dev_put(pdev);
 	return 0;
@@ -1018,7 +1018,13 @@ static int tdx_update_init(struct tdx_host *host)
 		return rc;
 	if (!host->td_preserving)
 		return 0;
-	host->fwl = firmware_upload_register(THIS_MODULE, &host->faux->dev, "tdx_module",
+	/*
+	 * No module reference (NULL, not THIS_MODULE): the firmware-upload
+	 * class holds it until firmware_upload_unregister(), which only our
+	 * own removal calls, so rmmod would be refused for good.  Unregister
+	 * flushes a running upload first, so no op runs after it.
+	 */
+	host->fwl = firmware_upload_register(NULL, &host->faux->dev, "tdx_module",
 					     &tdx_fw_ops, host);
 	if (IS_ERR(host->fwl)) {
 		rc = PTR_ERR(host->fwl);

@@ -81,9 +81,9 @@ static int td_tdcm(struct vtfw_tvm_dev *t, enum tdcm_op op, u8 **reply, size_t *
 	u32 n;
 	int rc;
 
-	memset(td->buf, 0, TDCM_DATA);
-	put_unaligned_le16(op, td->buf + TDCM_OPERATION);
-	*(u8 *)(td->buf + TDCM_STATUS) = TDCM_WAIT;
+	memset(td->buf, 0, TDCM_HDR_DATA);
+	put_unaligned_le16(op, td->buf + TDCM_HDR_OPERATION);
+	*(u8 *)(td->buf + TDCM_HDR_STATUS) = TDCM_WAIT;
 	regs[TDX_RCX] = 0xfc00;		/* registers R10..R15 passed to the VMM */
 	regs[TDX_R11] = TDVMCALL_TDCM;
 	regs[TDX_R12] = td->func_id;
@@ -100,18 +100,18 @@ static int td_tdcm(struct vtfw_tvm_dev *t, enum tdcm_op op, u8 **reply, size_t *
 	rc = vtfw_tdx_serve_tdcm(t->port);
 	if (rc)
 		return rc;
-	if (*(u8 *)(td->buf + TDCM_STATUS) != TDCM_COMPLETED) {
-		u8 err = *(u8 *)(td->buf + TDCM_ERROR);
+	if (*(u8 *)(td->buf + TDCM_HDR_STATUS) != TDCM_COMPLETED) {
+		u8 err = *(u8 *)(td->buf + TDCM_HDR_ERROR);
 
 		vtfw_err(t->pdev, "TDCM %u: status %u, error %u\n", op,
-			 *(u8 *)(td->buf + TDCM_STATUS), err);
+			 *(u8 *)(td->buf + TDCM_HDR_STATUS), err);
 		return err == TDCM_ERR_INVALID_STATE ? -EINVAL : -EIO;
 	}
-	n = get_unaligned_le32(td->buf + TDCM_DATA_LENGTH);
-	if (n > size - TDCM_DATA || n > TDX_EV_MAX)
+	n = get_unaligned_le32(td->buf + TDCM_HDR_DATA_LENGTH);
+	if (n > size - TDCM_HDR_DATA || n > TDX_EV_MAX)
 		return -EPROTO;
 	if (reply) {
-		*reply = kvmemdup(td->buf + TDCM_DATA, n, GFP_KERNEL);
+		*reply = kvmemdup(td->buf + TDCM_HDR_DATA, n, GFP_KERNEL);
 		if (!*reply)
 			return -ENOMEM;
 		*len = n;

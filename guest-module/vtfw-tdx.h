@@ -144,12 +144,12 @@ enum tdcm_error {
 };
 
 /* struct tdvmcall_tdcm ([ISTG] tdx_connect.c): the shared buffer */
-#define TDCM_OPERATION		0x00	/* u16 */
-#define TDCM_VERSION		0x02	/* u8 */
-#define TDCM_STATUS		0x08	/* u8 */
-#define TDCM_ERROR		0x09	/* u8 */
-#define TDCM_DATA_LENGTH	0x10	/* u32 */
-#define TDCM_DATA		0x14
+#define TDCM_HDR_OPERATION		0x00	/* u16 */
+#define TDCM_HDR_VERSION		0x02	/* u8 */
+#define TDCM_HDR_STATUS		0x08	/* u8 */
+#define TDCM_HDR_ERROR		0x09	/* u8 */
+#define TDCM_HDR_DATA_LENGTH	0x10	/* u32 */
+#define TDCM_HDR_DATA		0x14
 #define TDCM_BUF_PAGES		20	/* room for a report of MAX_TDI_REPORT_SIZE (16 pages) */
 
 /* [MODEL] statuses no public code gives (model.py) */

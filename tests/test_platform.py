@@ -248,7 +248,7 @@ def test_run_command_runs_the_platform_flow() -> None:
     args = build_parser().parse_args(["run"])
     assert (args.platform, args.handler) == ("cca", "vfiouser_tdisp.run.platform:main_run")
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["run", "--platform", "tdx"])  # not an emulator yet
+        build_parser().parse_args(["run", "--platform", "nope"])
     serve = build_parser().parse_args(["serve", "--socket", "s", "--tamper", "report",
                                        "--tamper", "measurements"])
     assert serve.tamper == ["report", "measurements"]

@@ -240,9 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hard deadline for the guest in seconds (default: 180)")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                    help="accelerator: auto probes KVM with a deadline and falls back to TCG")
-    p.add_argument("--platform", choices=("cca",), default="cca",
-                   help="platform firmware the flow runs against (default: cca, the only "
-                        "one with a guest flow so far)")
+    p.add_argument("--platform", choices=PLATFORMS, default="cca",
+                   help="platform firmware the flow runs against (default: cca; tdx adds "
+                        "the TDX module runtime update steps)")
     p.add_argument("--rhi-layout", choices=("rhi-1.0-bet1", "linux-rfc-v4"),
                    help="cca: the RHI layout of the RMM and the guest module "
                         "(default rhi-1.0-bet1)")

@@ -36,7 +36,9 @@ ABI_VERSION = 0x0001_0000
 # numbering leaves unused.  Registers (all device-talking calls loop on TDX_SPDM_REQUEST like
 # TDH.SPDM.CONNECT: RCX out = request length, DOE objects with their header in the pages):
 #   TDH.TDI.BIND    RCX spdm_id, RDX func_id (the TDI), R8 TD handle (non-zero), R9 rsp page,
-#                   R10 req page, R11 stream_id  -> RCX bind session id on SUCCESS.
+#                   R10 req page, R11 stream_id, R12 report out (hpa_array_t; 0 or -1:
+#                   none)  -> RCX bind session id, RDX report length on SUCCESS; the
+#                   interface report is written to R12's pages when it fits.
 #                   Device: GET_VERSION, GET_CAPABILITIES, LOCK_INTERFACE, GET_DEVICE_INTERFACE_
 #                   REPORT (kept: TDCM GET_TDI_REPORT and the report hash), state CONFIG_LOCKED.
 #   TDH.TDI.START   RCX spdm_id, RDX func_id, R8 rsp page, R9 req page.  Needs the TD's

@@ -17,7 +17,7 @@ from ...spdm.requester import SpdmFlow
 from ...tdisp import messages as t
 from ..core import PciSigChannel, TdispRequester, parse_report
 from . import model
-from .abi import FUNC_ID_RESERVED_MASK, PAGE_SIZE, OperandId, TdxStatus
+from .abi import FUNC_ID_RESERVED_MASK, NO_PAGE, PAGE_SIZE, OperandId, TdxStatus
 from .model import DeviceErrorKind, HostTdiLeaf
 from .module import (
     TDI_TRANSITIONS,
@@ -68,7 +68,15 @@ def tdh_tdi_bind(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
     def finish(tdi: Tdi) -> Result:
         tdi.bind_session_id = next(m._bind_sessions)
         tdi.fsm.fire("locked", bind_session_id=tdi.bind_session_id)
-        return regs(TdxStatus.TDX_SUCCESS, tdi.bind_session_id, args=a)
+        # [MODEL] R12: optional hpa_array_t for the interface report (0 or -1: none), so a
+        # host can map the report's MMIO ranges and serve TDCM GET_TDI_REPORT without
+        # reading the module's memory; RDX returns the report's length.
+        out = a[6] if len(a) > 6 else 0
+        if out not in (0, NO_PAGE):
+            pages = m._pages(mem, out)
+            if len(tdi.report) <= len(pages) * PAGE_SIZE:
+                m._write_pages(mem, pages, tdi.report)
+        return regs(TdxStatus.TDX_SUCCESS, tdi.bind_session_id, len(tdi.report), args=a)
 
     def failed(tdi: Tdi, f: DeviceFailure) -> None:
         tdi.fsm.fire("failed", error=str(f))

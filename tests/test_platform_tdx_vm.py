@@ -1,0 +1,125 @@
+"""`run --platform tdx` end to end: a stock 7.3.4 guest, the guest module's TDX host and TD
+sides, the kernel's PCI/TSM core, DOE driver and firmware-upload class, the TDX module +
+P-SEAMLDR emulator behind the firmware port, the device.
+
+One run (the flow, then the tampered device) for the whole module; each test reads its
+part.  Expected values are the sources': the proposed TEE I/O errnos (firmware-abi.md
+A.3/A.5), the TDX module's call sequence (B.4-B.6), Linux v7.2's runtime-update ABI (B.2:
+/sys/devices/faux/tdx_host/{version 0444, seamldr_version 0400, num_remaining_updates
+0400}, "%u.%u.%02u", fw_upload "tdx_module" whose write maps every install error to
+FW_UPLOAD_ERR_FW_INVALID), and the firmware-upload class's own error format
+(Documentation/ABI/testing/sysfs-class-firmware: "error" is "<status>:<error>", the status
+when it failed, e.g. "transferring", and "firmware-invalid").
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+
+from vfiouser_tdisp.run.platform import PlatformRun, doe_objects, run_platform
+from vfiouser_tdisp.run.platform_tdx import HOST_STEPS, STEPS
+from vfiouser_tdisp.run.provision import ProvisionError, ensure_provisioned
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory: pytest.TempPathFactory) -> PlatformRun:
+    try:
+        prov = ensure_provisioned()
+    except ProvisionError as exc:
+        pytest.fail(f"not provisioned: {exc}")
+    return run_platform(prov, tmp_path_factory.mktemp("platform-tdx"), platform="tdx",
+                        timeout=240, log=False)
+
+
+def _detail(pr: PlatformRun, name: str) -> str:
+    got = {n: (ok, d) for n, ok, d in pr.results}
+    assert name in got, f"{name} not reported"
+    ok, detail = got[name]
+    assert ok, f"{name}: {detail}\n{pr.main.run.console[-4000:]}"
+    return detail
+
+
+def test_every_step_passes(flow: PlatformRun) -> None:
+    names = [n for n, _ok, _d in flow.results]
+    for step in STEPS + HOST_STEPS + ("tamper", "tamper_host"):
+        assert step in names
+    assert "tdi_error" not in names
+    failed = [(n, d) for n, ok, d in flow.results if not ok]
+    assert not failed and flow.ok, failed
+    assert flow.main.run.done and flow.main.run.exit_code == 0
+
+
+def test_connect_goes_through_the_tdx_module_and_the_kernel_doe_path(flow: PlatformRun) -> None:
+    assert "connected through the TDX module" in _detail(flow, "connect")
+    assert _detail(flow, "bind") == "bound=tsm0 tvm/state=unlocked"
+    doe = _detail(flow, "doe_objects")
+    m = re.match(r"(\d+) objects the firmware handed .* (\d+) SPDM requests at the device", doe)
+    assert m and m.group(1) == m.group(2)
+    # each of them a TDX_SPDM_REQUEST of the leaf that was running (doe-objects.txt)
+    leaves = Counter(line.split(":")[0] for line in doe_objects(flow.main)
+                     if "TDX_SPDM_REQUEST" in line)
+    for leaf in ("TDH.SPDM.CONNECT", "TDH.IDE.STREAM.KM", "TDH.SPDM.DISCONNECT"):
+        assert leaves[leaf] > 0, leaves
+    assert sum(leaves.values()) == int(m.group(1))
+    for what in ("GET_VERSION 1", "KEY_EXCHANGE 1", "FINISH(secured) 1", "key_prog 6",
+                 "k_set_go 6", "LOCK_INTERFACE_REQUEST", "START_INTERFACE_REQUEST",
+                 "END_SESSION(secured) 1"):
+        assert what in doe
+    assert _detail(flow, "spdm_states") == \
+        "SPDM context CREATED -> CONNECTING -> CONNECTED -> DISCONNECTING -> DISCONNECTED"
+    assert _detail(flow, "disconnect") == "connect, authenticated and dsm empty"
+
+
+def test_td_lock_and_accept(flow: PlatformRun) -> None:
+    assert "Device or resource busy; state=unlocked" in _detail(flow, "lock_busy")
+    assert _detail(flow, "accept_unlocked") == \
+        "accept before lock: Invalid argument; state=unlocked"
+    assert _detail(flow, "lock").startswith("state=locked")
+    assert "tdi_info=128" in _detail(flow, "evidence")
+    verify = _detail(flow, "verify")
+    assert "report and dev_info digests (sha384) as TDG.TDI.RD attests" in verify or \
+        "2 digests (sha384) as attested" in verify
+    assert "measurements 1 2 3 = reference" in verify and "FAIL" not in verify
+    assert "MMIO ranges accepted, DMA accepted, TDI RUN" in _detail(flow, "accept")
+    assert _detail(flow, "tdi_fw_states").startswith(
+        "module TDI BINDING -> LOCKED -> STARTING -> RUN -> STOPPING -> UNLOCKED")
+    assert "gave 0 bytes in 5 s" in _detail(flow, "dma_held")
+
+
+def test_update_abi_files(flow: PlatformRun) -> None:
+    info = _detail(flow, "seamldr_info")
+    # boot module 1.5.20 and P-SEAMLDR 2.0.00 in TDX_VERSION_FMT, 4 updates left
+    assert info.startswith("version=1.5.20 seamldr_version=2.0.00 num_remaining_updates=4")
+    assert "(modes 444 400 400)" in info
+    assert info.endswith("loading data status error remaining_size cancel")
+
+
+def test_td_preserving_update_while_the_tdi_runs(flow: PlatformRun) -> None:
+    upd = _detail(flow, "module_update")
+    assert upd.startswith("1.5.20 -> 1.5.21, num_remaining_updates 4 -> 3, TDI run, hwrng ")
+    rng = upd.rsplit(" ", 1)[1]
+    assert len(rng) == 64 and rng != "0" * 64
+    assert "4 TD-preserving updates" in _detail(flow, "module_updates")
+
+
+def test_bad_images_and_exhaustion_are_refused_as_the_kernel_reports(flow: PlatformRun) -> None:
+    bad = _detail(flow, "update_bad_image")
+    for kind, why in (("bad-signature", "EBADSIG"), ("module-hash", "EBADHASH"),
+                      ("magic", "TDX-BLOB")):
+        assert f"{kind}: transferring:firmware-invalid ({why})" in bad
+    assert bad.endswith("version 1.5.21, remaining 3, TDI run")
+    ex = _detail(flow, "update_exhausted")
+    assert ex == ("1.5.21 -> 1.5.22 1.5.23 1.5.24, num_remaining_updates 3 -> 0; next: "
+                  "transferring:firmware-invalid (EBADCALL), version 1.5.24")
+
+
+def test_tampered_evidence_is_refused(flow: PlatformRun) -> None:
+    tamper = _detail(flow, "tamper")
+    assert "FAIL measurement(s) 1 != reference" in tamper
+    assert tamper.endswith("not accepted (state=locked)")
+    assert _detail(flow, "tamper_host").endswith("START_INTERFACE requests: 0")

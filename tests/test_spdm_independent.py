@@ -271,14 +271,21 @@ def test_handshake_recomputed_by_hand(name: str, version: int) -> None:
     ack = hand.open(sid, rsp_data, 2, r.handle_secured(hand.seal(sid, new_req, 0, verify)))
     assert ack == struct.pack("<BBBB", version, 0x69, 3, 0x5B)
 
-    # UpdateAllKeys: the ACK still under the old response key, then both new
+    # UpdateAllKeys (DSP0274 1.1.1/1.2 §10.21 "KEY_UPDATE", KeyOperation 2): the request
+    # goes under the current request key; the responder updates both directions
+    # before answering, so KEY_UPDATE_ACK already comes under the new response key,
+    # with a sequence number starting again at 0 (DSP0277 §"sequence number": a new
+    # key starts its own count).  VerifyNewKey then comes under the new request key.
     ku = struct.pack("<BBBB", version, 0xE9, 2, 0x01)
-    ack = hand.open(sid, rsp_data, 3, r.handle_secured(hand.seal(sid, new_req, 1, ku)))
-    assert ack[1:3] == b"\x69\x02"
     req2 = hand.expand(new_req, h, b"traffic upd")
     rsp2 = hand.expand(rsp_data, h, b"traffic upd")
-    ack = hand.open(sid, rsp2, 0, r.handle_secured(hand.seal(sid, req2, 0, hb)))
-    assert ack[1] == 0x68
+    ack = hand.open(sid, rsp2, 0, r.handle_secured(hand.seal(sid, new_req, 1, ku)))
+    assert ack == struct.pack("<BBBB", version, 0x69, 2, 0x01)
+    verify = struct.pack("<BBBB", version, 0xE9, 3, 0x02)
+    ack = hand.open(sid, rsp2, 1, r.handle_secured(hand.seal(sid, req2, 0, verify)))
+    assert ack == struct.pack("<BBBB", version, 0x69, 3, 0x02)
+    ack = hand.open(sid, rsp2, 2, r.handle_secured(hand.seal(sid, req2, 1, hb)))
+    assert ack == struct.pack("<BBBB", version, 0x68, 0, 0)
 
 
 def test_spdm_1_0_challenge_signs_the_transcript_itself() -> None:

@@ -175,8 +175,8 @@ def test_version_mismatch_for_every_request(r: SpdmResponder, name: str) -> None
     works(r)
 
 
-@pytest.mark.parametrize("code", [0x00, 0x01, 0x7F, 0x80, 0x87, 0xE2, 0xE6, 0xE7, 0xEA, 0xEB,
-                                  0xED, 0xEE, 0xEF, 0xFD])
+@pytest.mark.parametrize("code", [0x00, 0x01, 0x7F, 0x80, 0x87, 0xE2, 0xE6, 0xE7, 0xED, 0xEE,
+                                  0xEF, 0xFD])
 def test_unsupported_codes_name_themselves(r: SpdmResponder, code: int) -> None:
     vca(r)
     rsp = m.ERROR.unpack(r.handle_cma(bytes([0x12, code, 0, 0]) + bytes(8)))
@@ -252,7 +252,7 @@ class Interloper(SpdmRequester):
         self.r = r
         self.seen: list[tuple[str, int | None]] = []
 
-    def send(self, request: bytes, session=None) -> bytes:  # type: ignore[no-untyped-def]
+    def send_flow(self, request: bytes, session=None, **kw):  # type: ignore[no-untyped-def]
         if session is not None and request[1] == m.FINISH_CODE:
             v = request[0]
             self.seen.append(("plain FINISH", err(self.r.handle_cma(request))))
@@ -264,8 +264,8 @@ class Interloper(SpdmRequester):
                         m.VENDOR_DEFINED_REQUEST(spdm_version=v, standard_id=3, len=2,
                                                  vendor_id=b"\x01\x00", req_length=1,
                                                  vendor_defined_req_payload=b"x").pack()):
-                self.seen.append((m.request_name(req[1]), err(self._raw(req, session))))
-        return super().send(request, session)
+                self.seen.append((m.request_name(req[1]), err(self.send(req, session))))
+        return super().send_flow(request, session, **kw)
 
 
 def test_only_finish_in_the_handshake_phase_and_the_handshake_survives(
@@ -273,7 +273,8 @@ def test_only_finish_in_the_handshake_phase_and_the_handshake_survives(
     req = Interloper(r)
     req.authenticate()
     s = req.start_session()
-    assert req.seen == [("plain FINISH", E.UnexpectedRequest)] + [
+    # A plain FINISH without HANDSHAKE_IN_THE_CLEAR: SessionRequired (DSP0274 1.2+).
+    assert req.seen == [("plain FINISH", E.SessionRequired)] + [
         (name, E.UnexpectedRequest) for name in
         ("HEARTBEAT", "KEY_UPDATE", "END_SESSION", "GET_DIGESTS", "GET_MEASUREMENTS",
          "VENDOR_DEFINED_REQUEST")]
@@ -288,7 +289,7 @@ def test_finish_after_the_handshake_is_unexpected(r: SpdmResponder) -> None:
     finish = m.FINISH(spdm_version=0x13, requester_verify_data=bytes(48)).pack(
         m.Sizes(version=0x13, hash=48))
     assert err(req.send(finish, s)) == E.UnexpectedRequest
-    assert err(r.handle_cma(finish)) == E.UnexpectedRequest
+    assert err(r.handle_cma(finish)) == E.SessionRequired   # plain: DSP0274 1.2+
     req.heartbeat(s)
 
 

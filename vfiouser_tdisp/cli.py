@@ -177,7 +177,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accelerator: auto probes KVM with a deadline and falls back to TCG")
     p.set_defaults(handler="vfiouser_tdisp.run.job:main_run")
 
+    _add_tsm_parser(sub)
     return parser
+
+
+def _add_tsm_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`tsm`: a platform's firmware emulator driven by its guest-less host driver."""
+    from .tsm.cca.cli import add_arguments
+
+    p = sub.add_parser("tsm", help="run a platform's connect / bind / lock / accept sequence "
+                                   "against a device without a guest (firmware emulator + "
+                                   "host driver in this process)")
+    p.add_argument("--platform", required=True, choices=("cca",),
+                   help="platform firmware to emulate (cca: Arm CCA RMM)")
+    add_arguments(p)
+    p.set_defaults(handler="vfiouser_tdisp.tsm.cca.cli:main_tsm")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

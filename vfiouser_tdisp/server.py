@@ -13,18 +13,30 @@ import argparse
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .device.device import Device, get_profile
 from .doe.capture import PcapWriter
-from .doe.emu_socket import SpdmEmuServer
+from .doe.emu_socket import SOCKET_SPDM_COMMAND_OOB_ENCAP_KEY_UPDATE, SpdmEmuServer
 from .events import LOG, HumanSink, JsonLinesSink, emit, open_event_log
 from .paths import identity_dir
 from .sockets import private_umask
 from .spdm.identity import IdentityError
 from .spdm.keylog import KeyLogWriter
+from .spdm.responder import SpdmResponder
 from .vfio_user.server import FunctionServer
+
+
+def encap_key_update(spdm: SpdmResponder) -> Callable[[bytes], bytes]:
+    """spdm-emu OOB_ENCAP_KEY_UPDATE: payload = session ID (u32 LE); echoed empty."""
+    def handler(payload: bytes) -> bytes:
+        session_id = int.from_bytes(payload[:4], "little")
+        armed = len(payload) >= 4 and spdm.request_key_update(session_id)
+        emit("spdm_emu.encap_key_update", session_id=f"{session_id:#010x}", armed=armed)
+        return b""
+    return handler
 
 
 def function_socket_path(path: str, fn: int) -> str:
@@ -84,7 +96,9 @@ def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = N
                 spdm.key_sink = keylog
             if spdm_port is not None:
                 emu = SpdmEmuServer(dev.doe, dev.lock, spdm_host,  # type: ignore[arg-type]
-                                    spdm_port + i if spdm_port else 0)
+                                    spdm_port + i if spdm_port else 0,
+                                    oob={SOCKET_SPDM_COMMAND_OOB_ENCAP_KEY_UPDATE:
+                                         encap_key_update(spdm)})
                 emu.start()
                 running.spdm_servers.append(emu)
             for fn_no in range(len(dev.functions)):

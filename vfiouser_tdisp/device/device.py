@@ -60,6 +60,11 @@ class DeviceProfile:
     # responses go through CHUNK_SEND / CHUNK_GET.
     spdm_data_transfer_size: int = 4096
     spdm_max_message_size: int = 65536
+    # HeartbeatPeriod (seconds) announced in KEY_EXCHANGE_RSP; 0 = no HEARTBEAT.
+    spdm_heartbeat_period: int = 60
+    # Offer HANDSHAKE_IN_THE_CLEAR_CAP (FINISH/FINISH_RSP outside the secured record);
+    # used only when the requester sets it too (DMTF's requester does by default).
+    spdm_handshake_in_the_clear: bool = True
     firmware_version: str = "1.0.0"
     # TDISP device interface report: how mmio_range.first_page is encoded
     # ("page-number" as the Linux kernel parses it, or "byte-address" as in libspdm).
@@ -174,7 +179,9 @@ class Device:
                 versions=tuple(version_byte(v) for v in p.spdm_versions),
                 hashes=p.spdm_hash, asyms=p.spdm_asym, dhes=p.spdm_dhe, aeads=p.spdm_aead,
                 data_transfer_size=p.spdm_data_transfer_size,
-                max_spdm_msg_size=p.spdm_max_message_size, measurements=self.measurements)
+                max_spdm_msg_size=p.spdm_max_message_size, measurements=self.measurements,
+                heartbeat_period=p.spdm_heartbeat_period,
+                handshake_in_the_clear=p.spdm_handshake_in_the_clear)
             spdm = SpdmResponder(config, name=f"{p.name}.{self.instance}.spdm")
             spdm.register_vendor_protocol(
                 REGISTRY_ID_PCISIG, PCI_SIG_VENDOR_ID.to_bytes(2, "little"),

@@ -7,10 +7,15 @@ requester, QEMU's ``spdm-socket`` backend): TCP, each frame is::
     payload
 
 Commands: NORMAL 0x0001, CONTINUE 0xFFFD, SHUTDOWN 0xFFFE, TEST 0xDEAD
-("Client Hello!" / "Server Hello!").  With transport 2 (PCI DOE) a NORMAL
-payload is a whole DOE data object, header included; it goes through the same
-:class:`DoeDispatcher` as the config-space mailbox (discovery included), so
-both transports reach one responder and one capture.
+("Client Hello!" / "Server Hello!"), and out-of-band commands the owner of the
+server registers (``oob``): OOB_ENCAP_KEY_UPDATE 0x8001 (payload: session ID,
+u32 little-endian) asks the device to start a KEY_UPDATE of its own key in that
+session, fetched by the requester with GET_ENCAPSULATED_REQUEST.
+
+With transport 2 (PCI DOE) a NORMAL payload is a whole DOE data object, header
+included; it goes through the same :class:`DoeDispatcher` as the config-space
+mailbox (discovery included), so both transports reach one responder and one
+capture.
 
 DMTF's tools write each frame in several small ``send()`` calls; with Nagle on
 their side and delayed ACKs on ours every message would stall ~40 ms, so
@@ -32,6 +37,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable, Mapping
 
 from ..events import emit
 from ..sockets import wake_blocked
@@ -42,6 +48,7 @@ SOCKET_SPDM_COMMAND_CONTINUE = 0xFFFD
 SOCKET_SPDM_COMMAND_SHUTDOWN = 0xFFFE
 SOCKET_SPDM_COMMAND_UNKNOWN = 0xFFFF
 SOCKET_SPDM_COMMAND_TEST = 0xDEAD
+SOCKET_SPDM_COMMAND_OOB_ENCAP_KEY_UPDATE = 0x8001
 SOCKET_TRANSPORT_TYPE_NONE = 0
 SOCKET_TRANSPORT_TYPE_MCTP = 1
 SOCKET_TRANSPORT_TYPE_PCI_DOE = 2
@@ -74,8 +81,11 @@ class SpdmEmuServer:
 
     def __init__(self, dispatcher: DoeDispatcher, lock: threading.RLock,
                  host: str = "127.0.0.1", port: int = DEFAULT_SPDM_PORT, *,
-                 idle_timeout: float = IDLE_TIMEOUT, max_clients: int = MAX_CLIENTS) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, max_clients: int = MAX_CLIENTS,
+                 oob: Mapping[int, Callable[[bytes], bytes]] | None = None) -> None:
         self.dispatcher = dispatcher
+        # command -> handler(payload) -> reply payload, run under the device lock
+        self.oob = dict(oob or {})
         self.lock = lock
         self.host = host
         self.port = port
@@ -202,6 +212,10 @@ class SpdmEmuServer:
             return build_frame(command, transport), True
         if command == SOCKET_SPDM_COMMAND_CONTINUE:
             return build_frame(command, transport), False
+        if command in self.oob:
+            with self.lock:
+                reply = self.oob[command](payload)
+            return build_frame(command, transport, reply), False
         if command != SOCKET_SPDM_COMMAND_NORMAL:
             emit("spdm_emu.error", port=self.port, reason=f"unknown command {command:#x}")
             return build_frame(SOCKET_SPDM_COMMAND_UNKNOWN, transport), False

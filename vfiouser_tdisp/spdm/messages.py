@@ -57,6 +57,8 @@ KEY_EXCHANGE_RSP_CODE = 0x64
 FINISH_RSP_CODE = 0x65
 HEARTBEAT_ACK_CODE = 0x68
 KEY_UPDATE_ACK_CODE = 0x69
+ENCAPSULATED_REQUEST_CODE = 0x6A
+ENCAPSULATED_RESPONSE_ACK_CODE = 0x6B
 END_SESSION_ACK_CODE = 0x6C
 VENDOR_DEFINED_RESPONSE_CODE = 0x7E
 ERROR_CODE = 0x7F
@@ -117,6 +119,16 @@ class CapFlags:
     PUB_KEY_ID_CAP = 1 << 16
     CHUNK_CAP = 1 << 17
     ALIAS_CERT_CAP = 1 << 18
+    # SPDM 1.3 additions
+    SET_CERT_CAP = 1 << 19
+    CSR_CAP = 1 << 20
+    CERT_INSTALL_RESET_CAP = 1 << 21
+    EP_INFO_CAP_MASK = 3 << 22
+    MEL_CAP = 1 << 24
+    EVENT_CAP = 1 << 25
+    MULTI_KEY_CAP_MASK = 3 << 26
+    GET_KEY_PAIR_INFO_CAP = 1 << 28
+    SET_KEY_PAIR_INFO_CAP = 1 << 29
 
 
 # Algorithm structure types in NEGOTIATE_ALGORITHMS / ALGORITHMS (Table 16)
@@ -594,6 +606,37 @@ class END_SESSION_ACK(SpdmMessage):
     CODE: ClassVar[int] = END_SESSION_ACK_CODE
 
 
+# -- encapsulated requests (DSP0274 1.2 §10.23): the Responder asks the Requester ------------
+ENCAP_PAYLOAD_ABSENT = 0
+ENCAP_PAYLOAD_PRESENT = 1
+ENCAP_PAYLOAD_REQ_SLOT_NUMBER = 2
+
+
+@dataclass(frozen=True)
+class GET_ENCAPSULATED_REQUEST(SpdmMessage):
+    CODE: ClassVar[int] = GET_ENCAPSULATED_REQUEST_CODE
+
+
+@dataclass(frozen=True)
+class ENCAPSULATED_REQUEST(SpdmMessage):
+    CODE: ClassVar[int] = ENCAPSULATED_REQUEST_CODE   # Param1 = RequestID
+    encapsulated_request: bytes = tail()
+
+
+@dataclass(frozen=True)
+class DELIVER_ENCAPSULATED_RESPONSE(SpdmMessage):
+    CODE: ClassVar[int] = DELIVER_ENCAPSULATED_RESPONSE_CODE   # Param1 = RequestID
+    encapsulated_response: bytes = tail()
+
+
+@dataclass(frozen=True)
+class ENCAPSULATED_RESPONSE_ACK(SpdmMessage):
+    CODE: ClassVar[int] = ENCAPSULATED_RESPONSE_ACK_CODE  # Param1 = RequestID, Param2 = PayloadType
+    ack_request_id: int = u8(since=V12)
+    reserved: bytes = raw(3, since=V12)
+    encapsulated_request: bytes = tail()
+
+
 # -- vendor-defined, errors, chunking -------------------------------------------------------
 @dataclass(frozen=True)
 class VENDOR_DEFINED_REQUEST(SpdmMessage):
@@ -663,13 +706,15 @@ REQUESTS: dict[int, type[SpdmMessage]] = {
     cls.CODE: cls for cls in (
         GET_VERSION, GET_CAPABILITIES, NEGOTIATE_ALGORITHMS, GET_DIGESTS, GET_CERTIFICATE,
         CHALLENGE, GET_MEASUREMENTS, KEY_EXCHANGE, FINISH, HEARTBEAT, KEY_UPDATE, END_SESSION,
-        VENDOR_DEFINED_REQUEST, RESPOND_IF_READY, CHUNK_SEND, CHUNK_GET)
+        VENDOR_DEFINED_REQUEST, RESPOND_IF_READY, CHUNK_SEND, CHUNK_GET,
+        GET_ENCAPSULATED_REQUEST, DELIVER_ENCAPSULATED_RESPONSE)
 }
 RESPONSES: dict[int, type[SpdmMessage]] = {
     cls.CODE: cls for cls in (
         VERSION, CAPABILITIES, ALGORITHMS, DIGESTS, CERTIFICATE, CHALLENGE_AUTH, MEASUREMENTS,
         KEY_EXCHANGE_RSP, FINISH_RSP, HEARTBEAT_ACK, KEY_UPDATE_ACK, END_SESSION_ACK,
-        VENDOR_DEFINED_RESPONSE, ERROR, CHUNK_SEND_ACK, CHUNK_RESPONSE)
+        VENDOR_DEFINED_RESPONSE, ERROR, CHUNK_SEND_ACK, CHUNK_RESPONSE,
+        ENCAPSULATED_REQUEST, ENCAPSULATED_RESPONSE_ACK)
 }
 
 

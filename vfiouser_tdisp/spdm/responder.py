@@ -6,27 +6,26 @@ records (:meth:`SpdmResponder.handle_secured`).  Every request is decoded with
 its declared message class; anything malformed, out of order or unsupported
 gets the specification's ERROR response and leaves the connection as it was.
 
-Transcripts (DSP0274 §10.x, "message_a/b/c/k/f/l"):
+Each request code has one typed handler, registered with :func:`handles`
+(its message class, the connection phase it needs, whether it belongs inside
+or outside a session); the dispatcher checks those, decodes the request and
+calls the handler with the decoded message.  Sessions follow
+:class:`~.session.SessionState` (key update included), large messages the
+:class:`ChunkState` machine; both are one enum and one transition table.
 
-* A = GET_VERSION..ALGORITHMS (VCA); B = GET_DIGESTS..CERTIFICATE exchanges;
-  C = CHALLENGE + CHALLENGE_AUTH before its signature.  M1 = A||B||C.
-* L1 = [A (1.2+)] || GET_MEASUREMENTS/MEASUREMENTS since the last signed one.
-* K = A || Hash(cert chain) || KEY_EXCHANGE || KEY_EXCHANGE_RSP; F adds FINISH
-  and FINISH_RSP.  TH1/TH2 are hashes of these (see :mod:`.session`).
-
-From 1.2 on a signature covers ``combined_spdm_prefix || Hash(transcript)``
-where the prefix is "dmtf-spdm-v1.x.*" four times, zero padding and the
-context string; before 1.2 it covers the transcript itself.
+Transcripts (VCA, M1, L1/L2, K/F, TH1/TH2) follow :mod:`.transcript`, the
+same object the requester uses.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..doe.protocols import DoeError
 from ..events import emit
@@ -55,40 +54,36 @@ from .algorithms import (
 )
 from .keylog import dhe_entry, key_entry
 from .session import (
+    SECURED_MESSAGE_VERSIONS,
+    SM_DATA_ID_VERSION_SELECTION,
+    SM_DATA_VERSION,
     DirectionKeys,
     KeySchedule,
     SecuredMessageError,
     SecuredSession,
     SessionState,
+    build_opaque,
     parse_record_header,
+    parse_secured_version_list,
 )
+from .transcript import SessionTranscript, Transcript, signing_message
 
 if TYPE_CHECKING:
     from .identity import DeviceIdentity, SlotIdentity
 
 CT_EXPONENT = 12           # 2^12 us = 4 ms worst-case cryptographic timeout
-CERT_MODEL_DEVICE_CERT = 1  # SPDM 1.3 CertInfo.CertModel
+# HeartbeatPeriod (seconds) in KEY_EXCHANGE_RSP: non-zero so requesters send HEARTBEAT.
+DEFAULT_HEARTBEAT_PERIOD = 60
 MAX_SESSIONS = 4
-SECURED_MESSAGE_VERSIONS = (0x10, 0x11)  # DSP0277 versions we select from
-OPAQUE_SPEC_ID_DMTF = 0x444D5446
-SM_DATA_VERSION = 1
-SM_DATA_ID_VERSION_SELECTION = 0
-SM_DATA_ID_SUPPORTED_VERSION_LIST = 1
-
-SIGNING_CONTEXT = {
-    "challenge_auth": b"responder-challenge_auth signing",
-    "measurements": b"responder-measurements signing",
-    "key_exchange_rsp": b"responder-key_exchange_rsp signing",
-    "finish": b"requester-finish signing",
-}
 
 
 class SpdmFailure(Exception):
     """Answer the current request with ERROR ``code`` (DSP0274 §10.9)."""
 
     def __init__(self, code: int, detail: str = "", data: int = 0,
-                 extended: bytes = b"") -> None:
+                 extended: bytes = b"", version: int | None = None) -> None:
         super().__init__(f"{m.SpdmErrorCode.name(code)}: {detail}")
+        self.version = version   # the ERROR's SPDMVersion when not the negotiated one
         self.code = code
         self.detail = detail
         self.data = data
@@ -97,13 +92,6 @@ class SpdmFailure(Exception):
 
 # The exception vendor-defined protocol handlers raise to get an ERROR.
 VendorError = SpdmFailure
-
-
-def signing_message(version: int, context: str, transcript_hash: bytes) -> bytes:
-    """What a 1.2+ signature covers: combined_spdm_prefix || Hash(transcript)."""
-    prefix = (b"dmtf-spdm-v%d.%d.*" % (version >> 4, version & 0xF)) * 4
-    ctx = SIGNING_CONTEXT[context]
-    return prefix + bytes(36 - len(ctx)) + ctx + transcript_hash
 
 
 @dataclass(frozen=True)
@@ -135,13 +123,16 @@ class ResponderConfig:
     data_transfer_size: int = 4096
     max_spdm_msg_size: int = 65536
     measurements: MeasurementSource | None = None
-    heartbeat_period: int = 0
+    heartbeat_period: int = DEFAULT_HEARTBEAT_PERIOD
+    handshake_in_the_clear: bool = False   # offer HANDSHAKE_IN_THE_CLEAR_CAP
 
     def __post_init__(self) -> None:
         # Only algorithms the identity has a leaf for can be offered.
         self.asyms = tuple(a for a in self.asyms if self.identity.for_asym(a) is not None)
         if not self.asyms:
             raise ValueError("the identity has no certificate chain for any offered algorithm")
+        if not 0 <= self.heartbeat_period <= 0xFF:
+            raise ValueError("HeartbeatPeriod is one byte (seconds)")
         if self.data_transfer_size < m.MIN_DATA_TRANSFER_SIZE_V12:
             raise ValueError("DataTransferSize below the SPDM 1.2 minimum of 42")
 
@@ -182,20 +173,156 @@ class Negotiated:
                        dhe=self.dhe.exchange_size if self.dhe else 0, **kw)
 
 
+class EncapState(enum.Enum):
+    """A responder-initiated KEY_UPDATE carried in encapsulated requests (DSP0274 1.2
+    §10.23): the device is the KEY_UPDATE requester and updates its own (response
+    direction) key."""
+
+    IDLE = "idle"
+    ARMED = "armed"                      # waiting for GET_ENCAPSULATED_REQUEST
+    AWAIT_UPDATE_ACK = "await_update_ack"  # KEY_UPDATE UpdateKey sent encapsulated
+    AWAIT_VERIFY_ACK = "await_verify_ack"  # VerifyNewKey sent in ENCAPSULATED_RESPONSE_ACK
+
+
+ENCAP_TABLE: dict[tuple[EncapState, str], EncapState] = {
+    (EncapState.IDLE, "arm"): EncapState.ARMED,
+    (EncapState.ARMED, "arm"): EncapState.ARMED,
+    (EncapState.ARMED, "update_sent"): EncapState.AWAIT_UPDATE_ACK,
+    (EncapState.AWAIT_UPDATE_ACK, "updated"): EncapState.AWAIT_VERIFY_ACK,
+    (EncapState.AWAIT_VERIFY_ACK, "verified"): EncapState.IDLE,
+    (EncapState.AWAIT_UPDATE_ACK, "abort"): EncapState.IDLE,
+    (EncapState.AWAIT_VERIFY_ACK, "abort"): EncapState.IDLE,
+}
+
+
 @dataclass
 class ResponderSession:
     secured: SecuredSession
-    transcript: bytearray
+    transcript: SessionTranscript
     finished_req: bytes = b""
-    message_l: bytearray = field(default_factory=bytearray)
-    pending_update: bool = False   # UpdateKey done, VerifyNewKey not yet seen
-    end_after_send: bool = False
-    rotate_response_after_send: bool = False
-    next_response_keys: DirectionKeys | None = None  # data keys, after FINISH_RSP
+    finished_rsp: bytes = b""
+    in_the_clear: bool = False   # HANDSHAKE_IN_THE_CLEAR: FINISH/FINISH_RSP travel plain
+    # Response-direction data keys, taken into use once FINISH_RSP is out (FINISHING).
+    next_response_keys: DirectionKeys | None = None
+    encap: StateMachine[EncapState] = dataclasses.field(init=False)
+    encap_request_id: int = 0
+    encap_tag: int = 0
+
+    def __post_init__(self) -> None:
+        self.encap = StateMachine("spdm.encap", ENCAP_TABLE, EncapState.IDLE,
+                                  session_id=f"{self.session_id:#010x}")
 
     @property
     def session_id(self) -> int:
         return self.secured.session_id
+
+    @property
+    def message_l(self) -> bytearray:   # L2
+        return self.transcript.message_l
+
+
+class Where(enum.Enum):
+    """Where a request is legal (DSP0274 1.2 Table "SPDM request codes" session column)."""
+
+    ANYWHERE = "anywhere"
+    SESSION_ONLY = "session_only"
+    OUTSIDE_ONLY = "outside_only"
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one request code is handled: its message class (decoded before the handler
+    runs), the connection phase it needs, where it is legal, an optional readiness
+    check run before decoding (its ERROR wins over a decoding error) and an optional
+    trimming step (NEGOTIATE_ALGORITHMS' own Length)."""
+
+    cls: type[m.SpdmMessage]
+    handler: Callable[..., bytes]
+    state: ConnectionState | None
+    where: Where
+    ready: str | None = None
+    trim: str | None = None
+
+
+ROUTES: dict[int, Route] = {}
+H = TypeVar("H", bound=Callable[..., bytes])
+
+
+def handles(cls: type[m.SpdmMessage], *, state: ConnectionState | None =
+            ConnectionState.NEGOTIATED, where: Where = Where.ANYWHERE,
+            ready: str | None = None, trim: str | None = None) -> Callable[[H], H]:
+    """Register the decorated method as the handler of ``cls.CODE``."""
+    def register(handler: H) -> H:
+        ROUTES[cls.CODE] = Route(cls, handler, state, where, ready, trim)
+        return handler
+    return register
+
+
+class ChunkState(enum.Enum):
+    """DSP0274 1.2 §10.20 large-message transfer, one per connection."""
+
+    IDLE = "idle"
+    RECEIVING = "receiving"   # CHUNK_SEND pieces of a large request arriving
+    SENDING = "sending"       # a large response parked for CHUNK_GET
+
+
+CHUNK_TABLE: dict[tuple[ChunkState, str], ChunkState] = {
+    **{(s, "receive"): ChunkState.RECEIVING for s in ChunkState},  # CHUNK_SEND seq 0
+    (ChunkState.RECEIVING, "chunk_received"): ChunkState.RECEIVING,
+    (ChunkState.RECEIVING, "last_chunk_received"): ChunkState.IDLE,
+    (ChunkState.RECEIVING, "abort"): ChunkState.IDLE,
+    (ChunkState.IDLE, "large_response"): ChunkState.SENDING,
+    (ChunkState.SENDING, "large_response"): ChunkState.SENDING,
+    (ChunkState.SENDING, "chunk_sent"): ChunkState.SENDING,
+    (ChunkState.SENDING, "last_chunk_sent"): ChunkState.IDLE,
+    (ChunkState.SENDING, "other_request"): ChunkState.IDLE,   # the parked response is dropped
+    (ChunkState.SENDING, "abort"): ChunkState.IDLE,
+    **{(s, "reset"): ChunkState.IDLE for s in ChunkState},    # GET_VERSION
+}
+
+
+class ChunkTransfer:
+    """The large message in transit (either direction) and its state machine."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.fsm: StateMachine[ChunkState] = StateMachine(
+            "spdm.chunk", CHUNK_TABLE, ChunkState.IDLE, endpoint=endpoint)
+        self.handle = 0
+        self.seq = 0
+        self.size = 0
+        self.buffer = bytearray()
+
+    @property
+    def state(self) -> ChunkState:
+        return self.fsm.state
+
+    def _load(self, handle: int, data: bytes, size: int) -> None:
+        self.handle, self.seq, self.size, self.buffer = handle, 0, size, bytearray(data)
+
+    def start_receiving(self, handle: int, size: int) -> None:
+        self._load(handle, b"", size)
+        self.fsm.fire("receive", handle=handle, size=size)
+
+    def finish_receiving(self) -> None:
+        self.fsm.fire("last_chunk_received", size=len(self.buffer))
+
+    def park_response(self, handle: int, response: bytes) -> None:
+        self._load(handle, response, len(response))
+        self.fsm.fire("large_response", handle=handle, size=len(response))
+
+    def abort(self, why: str) -> None:
+        if self.fsm.can("abort"):
+            self.fsm.fire("abort", reason=why)
+        self._load(0, b"", 0)
+
+    def other_request(self) -> None:
+        if self.fsm.can("other_request"):
+            self.fsm.fire("other_request")
+            self._load(0, b"", 0)
+
+    def reset(self) -> None:
+        self.fsm.fire("reset")
+        self._load(0, b"", 0)
 
 
 class SpdmResponder:
@@ -207,13 +334,10 @@ class SpdmResponder:
         self.fsm: StateMachine[ConnectionState] = StateMachine(
             "spdm.connection", CONNECTION_TABLE, ConnectionState.NOT_STARTED, endpoint=name)
         self.neg = Negotiated(m.V10)
-        self.message_a = bytearray()
-        self.message_b = bytearray()
-        self.message_l = bytearray()
+        self.transcript = Transcript()
         self.sessions: dict[int, ResponderSession] = {}
         self.vendor_protocols: dict[tuple[int, bytes], VendorProtocolHandler] = {}
-        self._large_response: tuple[int, bytes] | None = None
-        self._chunk_in: dict[str, Any] | None = None
+        self.chunk = ChunkTransfer(name)
         self._next_handle = 1
         # Receives session keys as they change (serve --pcap-keys); None = never.
         self.key_sink: Callable[[dict[str, Any]], None] | None = None
@@ -252,21 +376,21 @@ class SpdmResponder:
             return self._error(m.SpdmErrorCode.DecryptError, 0)
         response = self._respond(request, sess, padded=False)
         sealed = sess.secured.seal(response)
-        if sess.next_response_keys is not None:
+        state = sess.secured.state
+        if state is SessionState.FINISHING and sess.next_response_keys is not None:
             sess.secured.response, sess.next_response_keys = sess.next_response_keys, None
+            sess.secured.fsm.fire("data_keys")
             self._log_keys(sess, "response")
-        if sess.rotate_response_after_send:
-            sess.rotate_response_after_send = False
-            sess.secured.update_keys("response")
-            self._log_keys(sess, "response")
-        if sess.end_after_send:
+        elif state is SessionState.ENDING:
             self._end_session(sess, "end_session")
         return sealed
 
     # -- core ----------------------------------------------------------------------------
-    def _error(self, code: int, data: int = 0, extended: bytes = b"") -> bytes:
-        version = self.neg.version if self.fsm.state is not ConnectionState.NOT_STARTED \
-            else m.V10
+    def _error(self, code: int, data: int = 0, extended: bytes = b"",
+                version: int | None = None) -> bytes:
+        if version is None:
+            version = self.neg.version if self.fsm.state is not ConnectionState.NOT_STARTED \
+                else m.V10
         emit("spdm.error_response", endpoint=self.name, code=m.SpdmErrorCode.name(code),
              data=data)
         return m.ERROR(spdm_version=version, param1=code, param2=data,
@@ -285,7 +409,7 @@ class SpdmResponder:
         except SpdmFailure as exc:
             emit("spdm.request_failed", endpoint=self.name, request=name,
                  error=m.SpdmErrorCode.name(exc.code), detail=exc.detail)
-            return self._error(exc.code, exc.data, exc.extended)
+            return self._error(exc.code, exc.data, exc.extended, exc.version)
         return self._deliver(response)
 
     def _deliver(self, response: bytes) -> bytes:
@@ -294,7 +418,7 @@ class SpdmResponder:
         if neg.version >= m.V12 and neg.peer_dts and len(response) > neg.peer_dts:
             if neg.peer_flags & m.CapFlags.CHUNK_CAP:
                 handle = self._new_handle()
-                self._large_response = (handle, response)
+                self.chunk.park_response(handle, response)
                 emit("spdm.chunk.large_response", endpoint=self.name, size=len(response),
                      handle=handle)
                 return self._error(m.SpdmErrorCode.LargeResponse, 0, bytes([handle]))
@@ -302,15 +426,28 @@ class SpdmResponder:
                                struct.pack("<I", len(response)))
         return response
 
+    def _chunking(self) -> bool:
+        """CHUNK_CAP on both sides (1.2+)."""
+        return self.neg.version >= m.V12 and \
+            bool(self.neg.peer_flags & self._flags(self.neg.version) & m.CapFlags.CHUNK_CAP)
+
+    def _clear_handshake(self) -> bool:
+        """HANDSHAKE_IN_THE_CLEAR_CAP on both sides."""
+        return self.neg.version >= m.V11 and bool(
+            self.neg.peer_flags & self._flags(self.neg.version) &
+            m.CapFlags.HANDSHAKE_IN_THE_CLEAR_CAP)
+
     def _new_handle(self) -> int:
         handle = self._next_handle
         self._next_handle = (self._next_handle % 255) + 1
         return handle
 
-    def _parse(self, cls: type[m.M], data: bytes, padded: bool, **sizes: Any) -> tuple[m.M, bytes]:
-        """Decode ``data`` as ``cls``; returns the message and its exact bytes."""
+    def _parse(self, cls: type[m.M], data: bytes, padded: bool) -> tuple[m.M, bytes]:
+        """Decode ``data`` as ``cls`` in the request's own version (the negotiated one,
+        or the one GET_CAPABILITIES picks); returns the message and its exact bytes."""
+        sizes = dataclasses.replace(self.neg.sizes(), version=data[0])
         try:
-            msg, used = cls.unpack_partial(data, self.neg.sizes(**sizes))
+            msg, used = cls.unpack_partial(data, sizes)
         except DecodeError as exc:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, str(exc)) from None
         extra = data[used:]
@@ -320,75 +457,90 @@ class SpdmResponder:
         return msg, data[:used]
 
     def _dispatch(self, data: bytes, sess: ResponderSession | None, padded: bool) -> bytes:
+        """Order of checks: known code, connection phase, version, where (session or
+        not), the route's phase and readiness, then decoding, then the typed handler."""
         version, code = data[0], data[1]
+        route = ROUTES.get(code)
+        if route is None:
+            raise SpdmFailure(m.SpdmErrorCode.UnsupportedRequest,
+                              f"request code {code:#04x}", data=code)
+        name = route.cls.__name__
+        choosing = False   # GET_CAPABILITIES picks the version: errors answer in it
         if code == m.GET_VERSION_CODE:
             if sess is not None:
                 raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "GET_VERSION in a session")
             if version != m.V10:
                 raise SpdmFailure(m.SpdmErrorCode.VersionMismatch,
                                   "GET_VERSION must be version 1.0")
-            return self._get_version(data, padded)
-        handler = self._HANDLERS.get(code)
-        if handler is None:
-            raise SpdmFailure(m.SpdmErrorCode.UnsupportedRequest,
-                              f"request code {code:#04x}", data=code)
-        if self.fsm.state is ConnectionState.NOT_STARTED:
-            raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "no GET_VERSION yet")
-        if self.fsm.state is ConnectionState.AFTER_VERSION and code != m.GET_CAPABILITIES_CODE:
-            raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "GET_CAPABILITIES comes next")
-        choosing = code == m.GET_CAPABILITIES_CODE and \
-            self.fsm.state is ConnectionState.AFTER_VERSION  # this request picks the version
-        if version != self.neg.version and not choosing:
-            raise SpdmFailure(m.SpdmErrorCode.VersionMismatch,
-                              f"request version {version:#x}, negotiated {self.neg.version:#x}")
+        else:
+            state = self.fsm.state
+            if state is ConnectionState.NOT_STARTED:
+                raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "no GET_VERSION yet")
+            if state is ConnectionState.AFTER_VERSION and code != m.GET_CAPABILITIES_CODE:
+                raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
+                                  "GET_CAPABILITIES comes next")
+            choosing = code == m.GET_CAPABILITIES_CODE and state is ConnectionState.AFTER_VERSION
+            if version != self.neg.version and not choosing:
+                raise SpdmFailure(m.SpdmErrorCode.VersionMismatch,
+                                  f"request version {version:#x}, negotiated "
+                                  f"{self.neg.version:#x}")
+            if choosing and version not in self.config.versions:
+                raise SpdmFailure(m.SpdmErrorCode.VersionMismatch,
+                                  f"version {version:#x} not offered in VERSION")
+            self._check_where(route, code, sess)
+            if route.state is not None and state is not route.state:
+                raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, f"{name} out of order")
+        try:
+            if route.ready is not None:
+                getattr(self, route.ready)()
+            if route.trim is not None:
+                data, padded = getattr(self, route.trim)(data, padded)
+            msg, exact = self._parse(route.cls, data, padded)
+            response: bytes = route.handler(self, msg, exact, sess)
+        except SpdmFailure as exc:
+            if choosing:
+                exc.version = version
+            if exc.code == m.SpdmErrorCode.UnsupportedRequest and not exc.data:
+                exc.data = code   # ErrorData of UnsupportedRequest: the request code
+            raise
+        # Only a request that succeeded moves the transcripts on: bad input loses nothing.
+        self.transcript.request_succeeded(code, sess.transcript if sess else None)
+        if code not in (m.CHUNK_GET_CODE, m.CHUNK_SEND_CODE):
+            self.chunk.other_request()
+        return response
+
+    def _check_where(self, route: Route, code: int, sess: ResponderSession | None) -> None:
+        name = route.cls.__name__
         if sess is not None:
             if sess.secured.state is SessionState.HANDSHAKING and code != m.FINISH_CODE:
                 raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
                                   "only FINISH in the handshake phase")
-            if code in _OUTSIDE_SESSION_ONLY:
-                raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
-                                  f"{m.request_name(code)} inside a session")
-        elif code in _SESSION_ONLY:
-            raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
-                              f"{m.request_name(code)} outside a session")
-        response: bytes = handler(self, data, sess, padded)
-        # Only a request that succeeded moves the transcripts on: bad input loses nothing.
-        if code not in (m.GET_MEASUREMENTS_CODE, m.CHUNK_GET_CODE, m.CHUNK_SEND_CODE):
-            (sess.message_l if sess else self.message_l).clear()
-        if code in m.RESETS_M1:
-            self.message_b.clear()
-        if code not in (m.CHUNK_GET_CODE, m.CHUNK_SEND_CODE):
-            self._large_response = None
-        return response
+            if route.where is Where.OUTSIDE_ONLY:
+                raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, f"{name} inside a session")
+        elif route.where is Where.SESSION_ONLY and \
+                not (code == m.FINISH_CODE and self._clear_handshake()):
+            # DSP0274 1.2 Table "error codes": SessionRequired (0x0B) "the request
+            # ... is only allowed within a session"; 1.0/1.1 have no such code.
+            error = m.SpdmErrorCode.SessionRequired if self.neg.version >= m.V12 else \
+                m.SpdmErrorCode.UnexpectedRequest
+            raise SpdmFailure(error, f"{name} outside a session")
 
     # -- VCA -----------------------------------------------------------------------------
-    def _get_version(self, data: bytes, padded: bool) -> bytes:
-        _, exact = self._parse(m.GET_VERSION, data, padded)
+    @handles(m.GET_VERSION, state=None, where=Where.OUTSIDE_ONLY)
+    def _get_version(self, req: m.GET_VERSION, exact: bytes, sess: None) -> bytes:
         # GET_VERSION resets the connection and ends every session (§10.3).
-        for sess in list(self.sessions.values()):
-            self._end_session(sess, "get_version")
+        for old in list(self.sessions.values()):
+            self._end_session(old, "get_version")
         self.neg = Negotiated(m.V10)
-        self.message_b.clear()
-        self.message_l.clear()
-        self._large_response = None
-        self._chunk_in = None
+        self.chunk.reset()
         rsp = m.VERSION.build(sorted(self.config.versions)).pack()
-        self.message_a = bytearray(exact + rsp)
+        self.transcript.reset(exact, rsp)
         self.fsm.fire("version")
         return rsp
 
-    def _get_capabilities(self, data: bytes, sess: Any, padded: bool) -> bytes:
-        if self.fsm.state is not ConnectionState.AFTER_VERSION:
-            raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "GET_CAPABILITIES out of order")
-        if data[0] not in self.config.versions:
-            raise SpdmFailure(m.SpdmErrorCode.VersionMismatch,
-                              f"version {data[0]:#x} not offered in VERSION")
-        self.neg.version = data[0]
-        try:
-            req, exact = self._parse(m.GET_CAPABILITIES, data, padded)
-        except SpdmFailure:
-            self.neg.version = m.V10
-            raise
+    @handles(m.GET_CAPABILITIES, state=ConnectionState.AFTER_VERSION,
+             where=Where.OUTSIDE_ONLY)
+    def _get_capabilities(self, req: m.GET_CAPABILITIES, exact: bytes, sess: None) -> bytes:
         v = req.spdm_version
         flags = req.flags
         if v >= m.V11:
@@ -413,15 +565,15 @@ class SpdmResponder:
                         req.max_spdm_msg_size != req.data_transfer_size:
                     bad = "without CHUNK_CAP MaxSPDMmsgSize must equal DataTransferSize"
             if bad:
-                self.neg.version = m.V10
                 raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, bad)
+        self.neg.version = v
         self.neg.peer_flags = flags
         self.neg.peer_dts = req.data_transfer_size if v >= m.V12 else 0
         self.neg.peer_max = req.max_spdm_msg_size if v >= m.V12 else 0
         rsp = m.CAPABILITIES(spdm_version=v, ct_exponent=CT_EXPONENT, flags=self._flags(v),
                              data_transfer_size=self.config.data_transfer_size,
                              max_spdm_msg_size=self.config.max_spdm_msg_size).pack()
-        self.message_a += exact + rsp
+        self.transcript.add_vca(exact, rsp)
         self.fsm.fire("capabilities", version=f"{v:#x}")
         return rsp
 
@@ -431,15 +583,16 @@ class SpdmResponder:
         if self.config.measurements is not None:
             flags |= f.MEAS_CAP_SIG
         if version >= m.V11:
-            flags |= f.ENCRYPT_CAP | f.MAC_CAP | f.KEY_EX_CAP | f.HBEAT_CAP | f.KEY_UPD_CAP
+            flags |= f.ENCRYPT_CAP | f.MAC_CAP | f.KEY_EX_CAP | f.HBEAT_CAP | f.KEY_UPD_CAP | \
+                f.ENCAP_CAP
+        if version >= m.V11 and self.config.handshake_in_the_clear:
+            flags |= f.HANDSHAKE_IN_THE_CLEAR_CAP
         if version >= m.V12:
             flags |= f.CHUNK_CAP
         return flags
 
-    def _negotiate_algorithms(self, data: bytes, sess: Any, padded: bool) -> bytes:
-        if self.fsm.state is not ConnectionState.AFTER_CAPABILITIES:
-            raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
-                              "NEGOTIATE_ALGORITHMS out of order")
+    def _trim_to_length(self, data: bytes, padded: bool) -> tuple[bytes, bool]:
+        """NEGOTIATE_ALGORITHMS says its own Length: only DOE padding may follow."""
         if len(data) >= 6:
             (length,) = struct.unpack_from("<H", data, 4)
             if length > len(data) or length < 32:
@@ -448,8 +601,13 @@ class SpdmResponder:
             extra = data[length:]
             if extra and not (padded and len(extra) < 4 and not any(extra)):
                 raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, "Length mismatch")
-            data = data[:length]
-        req, exact = self._parse(m.NEGOTIATE_ALGORITHMS, data, False)
+            return data[:length], False
+        return data, padded
+
+    @handles(m.NEGOTIATE_ALGORITHMS, state=ConnectionState.AFTER_CAPABILITIES,
+             where=Where.OUTSIDE_ONLY, trim="_trim_to_length")
+    def _negotiate_algorithms(self, req: m.NEGOTIATE_ALGORITHMS, exact: bytes,
+                              sess: None) -> bytes:
         v = self.neg.version
         if v < m.V11 and req.param1:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, "AlgStructs before SPDM 1.1")
@@ -496,7 +654,7 @@ class SpdmResponder:
             resp_alg_struct=resp_structs).pack()
         if v >= m.V11 and not (neg.dhe and neg.aead and key_schedule):
             neg.dhe = neg.aead = None   # no sessions without all three
-        self.message_a += exact + rsp
+        self.transcript.add_vca(exact, rsp)
         self.fsm.fire("algorithms", hash=neg.hash.name if neg.hash else None,
                       asym=neg.asym.name if neg.asym else None,
                       dhe=neg.dhe.name if neg.dhe else None,
@@ -526,46 +684,54 @@ class SpdmResponder:
         return asym.sign(slot.key, message, hash_algo)
 
     # -- identity ------------------------------------------------------------------------
-    def _get_digests(self, data: bytes, sess: ResponderSession | None, padded: bool) -> bytes:
+    @handles(m.GET_DIGESTS)
+    def _get_digests(self, req: m.GET_DIGESTS, exact: bytes, sess: ResponderSession | None
+                     ) -> bytes:
         hash_algo, _, slot = self._require_negotiated()
-        _, exact = self._parse(m.GET_DIGESTS, data, padded)
         digest = hash_algo.digest(self._chain(slot, hash_algo))
         rsp = m.DIGESTS(spdm_version=self.neg.version,
                         param1=0x01 if self.neg.version >= m.V13 else 0,
                         param2=0x01, digest=digest).pack()
         if sess is None:
-            self.message_b += exact + rsp
+            self.transcript.add_b(exact, rsp)
         return rsp
 
-    def _get_certificate(self, data: bytes, sess: ResponderSession | None,
-                         padded: bool) -> bytes:
+    @handles(m.GET_CERTIFICATE)
+    def _get_certificate(self, req: m.GET_CERTIFICATE, exact: bytes,
+                         sess: ResponderSession | None) -> bytes:
         hash_algo, _, slot = self._require_negotiated()
-        req, exact = self._parse(m.GET_CERTIFICATE, data, padded)
         slot_id = req.param1 & 0xF
         if slot_id != 0:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, f"slot {slot_id} is empty")
         chain = self._chain(slot, hash_algo)
-        # 1.3: CertInfo.CertModel = DeviceCert (1); SlotSizeRequested (param2 bit 0)
+        # 1.3: Param2 is CertInfo only with MULTI_KEY_CAP, which this device does not
+        # advertise, so it is reserved (0).  SlotSizeRequested (request Param2 bit 0)
         # asks only for the chain's size, in RemainderLength.
-        cert_info = CERT_MODEL_DEVICE_CERT if self.neg.version >= m.V13 else 0
+        cert_info = 0
         if self.neg.version >= m.V13 and req.param2 & 1:
             rsp = m.CERTIFICATE(spdm_version=self.neg.version, param1=slot_id, param2=cert_info,
                                 portion_length=0, remainder_length=len(chain)).pack()
             if sess is None:
-                self.message_b += exact + rsp
+                self.transcript.add_b(exact, rsp)
             return rsp
         if req.offset >= len(chain):
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest,
                               f"offset {req.offset} beyond the {len(chain)}-byte chain")
-        limit = min(self.config.data_transfer_size,
-                    self.neg.peer_dts or self.config.data_transfer_size) - 8
+        if self._chunking():
+            # Both sides have CHUNK_CAP: the whole requested portion, however large,
+            # goes out as a large response through CHUNK_GET (DSP0274 1.2 §10.6:
+            # the responder may return more than DataTransferSize when chunking).
+            limit = min(self.config.max_spdm_msg_size, self.neg.peer_max) - 8
+        else:
+            limit = min(self.config.data_transfer_size,
+                        self.neg.peer_dts or self.config.data_transfer_size) - 8
         portion = chain[req.offset:req.offset + min(req.length, limit)]
         rsp = m.CERTIFICATE(spdm_version=self.neg.version, param1=slot_id, param2=cert_info,
                             portion_length=len(portion),
                             remainder_length=len(chain) - req.offset - len(portion),
                             cert_chain=portion).pack()
         if sess is None:
-            self.message_b += exact + rsp
+            self.transcript.add_b(exact, rsp)
         return rsp
 
     def _summary_hash(self, kind: int) -> bytes:
@@ -581,9 +747,9 @@ class SpdmResponder:
         chosen = [b for b in blocks if kind == m.SUMMARY_HASH_ALL or b.tcb]
         return self.neg.hash.digest(b"".join(b.pack() for b in chosen))
 
-    def _challenge(self, data: bytes, sess: Any, padded: bool) -> bytes:
+    @handles(m.CHALLENGE, where=Where.OUTSIDE_ONLY)
+    def _challenge(self, req: m.CHALLENGE, exact: bytes, sess: None) -> bytes:
         hash_algo, _, slot = self._require_negotiated()
-        req, exact = self._parse(m.CHALLENGE, data, padded)
         slot_id = req.param1 & 0xF if req.param1 != 0xFF else 0xFF
         if slot_id != 0:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, f"slot {req.param1:#x}")
@@ -597,21 +763,24 @@ class SpdmResponder:
             requester_context=req.requester_context,
             signature=bytes(sizes.signature))
         unsigned = rsp.pack(sizes)[:-sizes.signature]
-        transcript = bytes(self.message_a + self.message_b) + exact + unsigned
-        signature = self._sign("challenge_auth", transcript)
-        self.message_b.clear()
+        signature = self._sign("challenge_auth",
+                               self.transcript.challenge_message(exact, unsigned))
+        self.transcript.challenge_done()
         emit("spdm.challenge", endpoint=self.name, summary_hash_type=req.param2)
         return unsigned + signature
 
     # -- measurements --------------------------------------------------------------------
-    def _get_measurements(self, data: bytes, sess: ResponderSession | None,
-                          padded: bool) -> bytes:
-        hash_algo, _, _ = self._require_negotiated()
-        source = self.config.measurements
-        if source is None or not self.neg.measurement_spec:
+    def _measurements_ready(self) -> None:
+        self._require_negotiated()
+        if self.config.measurements is None or not self.neg.measurement_spec:
             raise SpdmFailure(m.SpdmErrorCode.UnsupportedRequest, "no measurements negotiated",
                               data=m.GET_MEASUREMENTS_CODE)
-        req, exact = self._parse(m.GET_MEASUREMENTS, data, padded)
+
+    @handles(m.GET_MEASUREMENTS, ready="_measurements_ready")
+    def _get_measurements(self, req: m.GET_MEASUREMENTS, exact: bytes,
+                          sess: ResponderSession | None) -> bytes:
+        source = self.config.measurements
+        assert source is not None
         signed = bool(req.param1 & m.MEAS_ATTR_SIGNATURE_REQUESTED)
         if signed and req.slot_id_param != 0:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, f"slot {req.slot_id_param}")
@@ -638,26 +807,31 @@ class SpdmResponder:
             requester_context=req.requester_context,
             signature=bytes(sizes.signature) if signed else b"")
         packed = rsp.pack(sizes)
-        transcript = sess.message_l if sess else self.message_l
+        st = sess.transcript if sess else None
         if not signed:
-            transcript += exact + packed
+            self.transcript.add_unsigned_measurements(st, exact, packed)
             return packed
         unsigned = packed[:-sizes.signature]
-        prefix = bytes(self.message_a) if self.neg.version >= m.V12 else b""
-        signature = self._sign("measurements", prefix + bytes(transcript) + exact + unsigned)
-        transcript.clear()
+        signature = self._sign("measurements", self.transcript.measurements_message(
+            self.neg.version, st, exact, unsigned))
+        self.transcript.measurement_log(st).clear()
         emit("spdm.measurements", endpoint=self.name, operation=op, blocks=len(chosen))
         return unsigned + signature
 
     # -- sessions ------------------------------------------------------------------------
-    def _key_exchange(self, data: bytes, sess: Any, padded: bool) -> bytes:
-        hash_algo, asym, slot = self._require_negotiated()
+    def _key_exchange_ready(self) -> None:
+        self._require_negotiated()
         neg = self.neg
         if neg.version < m.V11 or neg.dhe is None or neg.aead is None or \
                 not neg.peer_flags & m.CapFlags.KEY_EX_CAP:
             raise SpdmFailure(m.SpdmErrorCode.UnsupportedRequest, "no key exchange negotiated",
                               data=m.KEY_EXCHANGE_CODE)
-        req, exact = self._parse(m.KEY_EXCHANGE, data, padded)
+
+    @handles(m.KEY_EXCHANGE, where=Where.OUTSIDE_ONLY, ready="_key_exchange_ready")
+    def _key_exchange(self, req: m.KEY_EXCHANGE, exact: bytes, sess: None) -> bytes:
+        hash_algo, asym, slot = self._require_negotiated()
+        neg = self.neg
+        assert neg.dhe is not None and neg.aead is not None
         if req.param2 != 0:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, f"slot {req.param2:#x}")
         summary = self._summary_hash(req.param1)
@@ -672,7 +846,8 @@ class SpdmResponder:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, str(exc)) from None
         rsp_sid = self._new_session_id(req.req_session_id)
         session_id = req.req_session_id | (rsp_sid << 16)
-        sizes = neg.sizes(summary_hash=bool(summary))
+        clear = self._clear_handshake()
+        sizes = neg.sizes(summary_hash=bool(summary), responder_verify=not clear)
         rsp = m.KEY_EXCHANGE_RSP(
             spdm_version=neg.version, param1=self.config.heartbeat_period,
             rsp_session_id=rsp_sid, random_data=os.urandom(m.RANDOM_DATA_SIZE),
@@ -680,19 +855,24 @@ class SpdmResponder:
             opaque_length=len(opaque), opaque_data=opaque,
             signature=bytes(sizes.signature), responder_verify_data=bytes(sizes.hash))
         packed = rsp.pack(sizes)
-        unsigned = packed[:-(sizes.signature + sizes.hash)]
+        # In the clear (DSP0274 1.2 §10.16) KEY_EXCHANGE_RSP has no ResponderVerifyData.
+        unsigned = packed[:-(sizes.signature + (0 if clear else sizes.hash))]
         cert_hash = hash_algo.digest(self._chain(slot, hash_algo))
-        transcript = bytearray(self.message_a) + cert_hash + exact + unsigned
-        signature = self._sign("key_exchange_rsp", bytes(transcript))
-        transcript += signature
-        th1 = hash_algo.digest(bytes(transcript))
+        transcript = self.transcript.key_exchange(cert_hash, exact, unsigned)
+        signature = self._sign("key_exchange_rsp", bytes(transcript.data))
+        transcript.add(signature)
+        th1 = transcript.hash(hash_algo)
         schedule = KeySchedule(hash_algo, neg.aead, neg.version)
         req_keys, rsp_keys = schedule.handshake(shared, th1)
-        verify = hash_algo.hmac(schedule.finished_key(rsp_keys.secret), th1)
-        transcript += verify
+        verify = b""
+        if not clear:
+            verify = hash_algo.hmac(schedule.finished_key(rsp_keys.secret), th1)
+            transcript.add(verify)
         secured = SecuredSession(session_id, schedule, "responder", req_keys, rsp_keys)
         session = ResponderSession(secured, transcript,
-                                   finished_req=schedule.finished_key(req_keys.secret))
+                                   finished_req=schedule.finished_key(req_keys.secret),
+                                   finished_rsp=schedule.finished_key(rsp_keys.secret),
+                                   in_the_clear=clear)
         self.sessions[session_id] = session
         emit("spdm.session.opened", endpoint=self.name, session_id=f"{session_id:#010x}",
              dhe=neg.dhe.name, aead=neg.aead.name, hash=hash_algo.name)
@@ -720,79 +900,115 @@ class SpdmResponder:
                               choice << 8)
         return build_opaque(element, self.neg.opaque_format)
 
-    def _finish(self, data: bytes, sess: ResponderSession | None, padded: bool) -> bytes:
+    def _finish_ready(self) -> None:
+        self._require_negotiated()
+
+    # Outside a session only with HANDSHAKE_IN_THE_CLEAR (the dispatcher checks).
+    @handles(m.FINISH, where=Where.SESSION_ONLY, ready="_finish_ready")
+    def _finish(self, req: m.FINISH, exact: bytes, sess: ResponderSession | None) -> bytes:
         hash_algo, _, _ = self._require_negotiated()
         if sess is None:
-            raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "FINISH outside a session")
+            # HANDSHAKE_IN_THE_CLEAR: a plain FINISH completes the newest handshake.
+            sess = self._clear_handshake_session()
+            if sess is None:
+                raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
+                                  "FINISH without a session in its handshake phase")
+        elif sess.in_the_clear:
+            raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
+                              "FINISH must travel in the clear in this session")
         if sess.secured.state is not SessionState.HANDSHAKING:
             raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "session already finished")
-        req, exact = self._parse(m.FINISH, data, padded)
         if req.param1 & 1:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest,
                               "FINISH signature without mutual authentication")
         body = exact[:-hash_algo.size]
-        expected = hash_algo.hmac(sess.finished_req,
-                                  hash_algo.digest(bytes(sess.transcript) + body))
+        expected = hash_algo.hmac(sess.finished_req, sess.transcript.hash(hash_algo, body))
         if expected != req.requester_verify_data:
             emit("spdm.session.finish_failed", endpoint=self.name,
                  session_id=f"{sess.session_id:#010x}")
-            sess.end_after_send = True
+            if sess.in_the_clear:
+                self._end_session(sess, "finish_failed")
+            else:
+                sess.secured.fsm.fire("end", cause="finish_failed")  # after this ERROR
             raise SpdmFailure(m.SpdmErrorCode.DecryptError, "RequesterVerifyData mismatch")
-        sess.transcript += exact
-        rsp = m.FINISH_RSP(spdm_version=self.neg.version).pack(self.neg.sizes())
-        sess.transcript += rsp
-        th2 = hash_algo.digest(bytes(sess.transcript))
-        # The FINISH_RSP still travels under the handshake keys: switch after it.
+        sess.transcript.add(exact)
+        if sess.in_the_clear:
+            # ResponderVerifyData moves here: HMAC(finished_key, Hash(K || FINISH || header)).
+            header = m.FINISH_RSP(spdm_version=self.neg.version).pack(
+                self.neg.sizes(responder_verify=True))
+            verify = hash_algo.hmac(sess.finished_rsp, sess.transcript.hash(hash_algo, header))
+            rsp = header + verify
+        else:
+            rsp = m.FINISH_RSP(spdm_version=self.neg.version).pack(self.neg.sizes())
+        sess.transcript.add(rsp)
+        th2 = sess.transcript.hash(hash_algo)
         req_keys, rsp_keys = sess.secured.schedule.data(th2)
         sess.secured.request = req_keys
-        sess.next_response_keys = rsp_keys
-        self._log_keys(sess, "request")
         sess.secured.fsm.fire("finish")
+        if sess.in_the_clear:   # FINISH_RSP goes plain: both directions switch now
+            sess.secured.response = rsp_keys
+            sess.secured.fsm.fire("data_keys")
+            self._log_keys(sess, "request", "response")
+        else:   # FINISH_RSP still travels under the handshake key: switch after it
+            sess.next_response_keys = rsp_keys
+            self._log_keys(sess, "request")
         return rsp
 
-    def _heartbeat(self, data: bytes, sess: Any, padded: bool) -> bytes:
-        self._parse(m.HEARTBEAT, data, padded)
+    def _clear_handshake_session(self) -> ResponderSession | None:
+        for sess in reversed(list(self.sessions.values())):
+            if sess.in_the_clear and sess.secured.state is SessionState.HANDSHAKING:
+                return sess
+        return None
+
+    @handles(m.HEARTBEAT, where=Where.SESSION_ONLY)
+    def _heartbeat(self, req: m.HEARTBEAT, exact: bytes, sess: ResponderSession) -> bytes:
         return m.HEARTBEAT_ACK(spdm_version=self.neg.version).pack()
 
-    def _key_update(self, data: bytes, sess: ResponderSession, padded: bool) -> bytes:
-        req, _ = self._parse(m.KEY_UPDATE, data, padded)
+    @handles(m.KEY_UPDATE, where=Where.SESSION_ONLY)
+    def _key_update(self, req: m.KEY_UPDATE, exact: bytes, sess: ResponderSession) -> bytes:
         op = req.param1
-        if op == m.KEY_UPDATE_UPDATE_KEY:
+        fsm = sess.secured.fsm
+        if op in (m.KEY_UPDATE_UPDATE_KEY, m.KEY_UPDATE_UPDATE_ALL_KEYS):
+            # DSP0274 1.2 §10.21: the next request comes under the new request key;
+            # with UpdateAllKeys the responder also moves to its new response key
+            # before answering, so this KEY_UPDATE_ACK is already under it.
             sess.secured.update_keys("request")
             self._log_keys(sess, "request")
-            sess.pending_update = True
-        elif op == m.KEY_UPDATE_UPDATE_ALL_KEYS:
-            sess.secured.update_keys("request")
-            self._log_keys(sess, "request")
-            sess.rotate_response_after_send = True  # the ACK goes under the old key
-            sess.pending_update = True
+            if op == m.KEY_UPDATE_UPDATE_ALL_KEYS:
+                sess.secured.update_keys("response")
+                self._log_keys(sess, "response")
+            fsm.fire("key_update", operation=op)
         elif op == m.KEY_UPDATE_VERIFY_NEW_KEY:
-            if not sess.pending_update:
+            if not fsm.can("verify_new_key"):
                 raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, "no key update to verify")
-            sess.pending_update = False
+            fsm.fire("verify_new_key")
         else:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, f"KeyOperation {op}")
         return m.KEY_UPDATE_ACK(spdm_version=self.neg.version, param1=op,
                                 param2=req.param2).pack()
 
-    def _end_session_request(self, data: bytes, sess: ResponderSession, padded: bool) -> bytes:
-        self._parse(m.END_SESSION, data, padded)
-        sess.end_after_send = True
+    @handles(m.END_SESSION, where=Where.SESSION_ONLY)
+    def _end_session_request(self, req: m.END_SESSION, exact: bytes,
+                             sess: ResponderSession) -> bytes:
+        sess.secured.fsm.fire("end", cause="end_session")  # closed once the ACK is out
         return m.END_SESSION_ACK(spdm_version=self.neg.version).pack()
 
     def _end_session(self, sess: ResponderSession, cause: str) -> None:
         if self.sessions.pop(sess.session_id, None) is None:
             return
-        trigger = "end" if cause in ("end_session", "get_version") else "error"
-        if sess.secured.fsm.can(trigger):
-            sess.secured.fsm.fire(trigger, cause=cause)
+        fsm = sess.secured.fsm
+        if fsm.state is SessionState.ENDING:
+            fsm.fire("closed", cause=cause)
+        elif fsm.can("error"):
+            fsm.fire("error", cause=cause)
         emit("spdm.session.closed", endpoint=self.name, session_id=f"{sess.session_id:#010x}",
              cause=cause)
 
     # -- vendor-defined ------------------------------------------------------------------
-    def _vendor_defined(self, data: bytes, sess: ResponderSession | None, padded: bool) -> bytes:
+    @handles(m.VENDOR_DEFINED_REQUEST)
+    def _vendor_defined(self, req: m.VENDOR_DEFINED_REQUEST, exact: bytes,
+                        sess: ResponderSession | None) -> bytes:
         self._require_negotiated()
-        req, _ = self._parse(m.VENDOR_DEFINED_REQUEST, data, padded)
         handler = self.vendor_protocols.get((req.standard_id, req.vendor_id))
         if handler is None:
             raise SpdmFailure(m.SpdmErrorCode.UnsupportedRequest,
@@ -813,60 +1029,144 @@ class SpdmResponder:
             vendor_id=req.vendor_id, resp_length=len(answer),
             vendor_defined_resp_payload=answer).pack()
 
+    # -- encapsulated requests: responder-initiated KEY_UPDATE (DSP0274 1.2 §10.23) ----------
+    def request_key_update(self, session_id: int) -> bool:
+        """Queue a KEY_UPDATE (UpdateKey) of the device's own key for ``session_id``; the
+        requester fetches it with GET_ENCAPSULATED_REQUEST.  False: no such session."""
+        sess = self.sessions.get(session_id)
+        if sess is None or sess.secured.state not in (SessionState.ESTABLISHED,
+                                                       SessionState.KEY_UPDATING):
+            return False
+        sess.encap.fire("arm")
+        return True
+
+    def _encap_ready(self) -> None:
+        self._require_negotiated()
+        if self.neg.version < m.V11 or not self.neg.peer_flags & m.CapFlags.ENCAP_CAP:
+            raise SpdmFailure(m.SpdmErrorCode.UnsupportedRequest, "no ENCAP_CAP negotiated")
+
+    def _nothing_pending(self) -> SpdmFailure:
+        # 1.3 has NoPendingRequests for this; before, the request is unexpected.
+        if self.neg.version >= m.V13:
+            return SpdmFailure(m.SpdmErrorCode.NoPendingRequests, "no encapsulated request")
+        return SpdmFailure(m.SpdmErrorCode.UnexpectedRequest, "no encapsulated request")
+
+    def _encap_key_update(self, sess: ResponderSession, operation: int) -> bytes:
+        sess.encap_request_id = sess.encap_request_id % 255 + 1
+        sess.encap_tag = os.urandom(1)[0]
+        return m.KEY_UPDATE(spdm_version=self.neg.version, param1=operation,
+                            param2=sess.encap_tag).pack()
+
+    @handles(m.GET_ENCAPSULATED_REQUEST, ready="_encap_ready")
+    def _get_encapsulated_request(self, req: m.GET_ENCAPSULATED_REQUEST, exact: bytes,
+                                  sess: ResponderSession | None) -> bytes:
+        if sess is None or sess.encap.state is not EncapState.ARMED:
+            raise self._nothing_pending()
+        inner = self._encap_key_update(sess, m.KEY_UPDATE_UPDATE_KEY)
+        sess.encap.fire("update_sent", request_id=sess.encap_request_id)
+        return m.ENCAPSULATED_REQUEST(spdm_version=self.neg.version,
+                                      param1=sess.encap_request_id,
+                                      encapsulated_request=inner).pack()
+
+    @handles(m.DELIVER_ENCAPSULATED_RESPONSE, ready="_encap_ready")
+    def _deliver_encapsulated_response(self, req: m.DELIVER_ENCAPSULATED_RESPONSE,
+                                       exact: bytes, sess: ResponderSession | None) -> bytes:
+        if sess is None or sess.encap.state not in (EncapState.AWAIT_UPDATE_ACK,
+                                                    EncapState.AWAIT_VERIFY_ACK):
+            raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
+                              "no encapsulated request outstanding")
+        if req.param1 != sess.encap_request_id:
+            raise SpdmFailure(m.SpdmErrorCode.InvalidRequest,
+                              f"RequestID {req.param1}, expected {sess.encap_request_id}")
+        answer = req.encapsulated_response
+        ack_id = sess.encap_request_id
+        done = m.ENCAPSULATED_RESPONSE_ACK(
+            spdm_version=self.neg.version, param1=0, param2=m.ENCAP_PAYLOAD_ABSENT,
+            ack_request_id=ack_id)
+        if len(answer) >= 4 and answer[1] == m.ERROR_CODE:
+            sess.encap.fire("abort", error=answer[2])   # the requester declined: flow over
+            return done.pack()
+        waiting_update = sess.encap.state is EncapState.AWAIT_UPDATE_ACK
+        op = m.KEY_UPDATE_UPDATE_KEY if waiting_update else m.KEY_UPDATE_VERIFY_NEW_KEY
+        expected = m.KEY_UPDATE_ACK(spdm_version=self.neg.version, param1=op,
+                                    param2=sess.encap_tag).pack()
+        if answer != expected:
+            sess.encap.fire("abort", error="bad ack")
+            raise SpdmFailure(m.SpdmErrorCode.InvalidRequest,
+                              f"encapsulated answer {answer[:4].hex()} is not the "
+                              f"KEY_UPDATE_ACK {expected.hex()}")
+        if waiting_update:
+            # The requester acknowledged: from this ENCAPSULATED_RESPONSE_ACK on the
+            # device sends under its new key, and asks for VerifyNewKey under it.
+            sess.secured.update_keys("response")
+            self._log_keys(sess, "response")
+            sess.encap.fire("updated")
+            verify = self._encap_key_update(sess, m.KEY_UPDATE_VERIFY_NEW_KEY)
+            return m.ENCAPSULATED_RESPONSE_ACK(
+                spdm_version=self.neg.version, param1=sess.encap_request_id,
+                param2=m.ENCAP_PAYLOAD_PRESENT, ack_request_id=ack_id,
+                encapsulated_request=verify).pack()
+        sess.encap.fire("verified")
+        return done.pack()
+
     # -- chunking (DSP0274 §10.20) ----------------------------------------------------------
-    def _chunk_get(self, data: bytes, sess: Any, padded: bool) -> bytes:
-        req, _ = self._parse(m.CHUNK_GET, data, padded)
+    @handles(m.CHUNK_GET, state=None)   # large ALGORITHMS etc. travel chunked too
+    def _chunk_get(self, req: m.CHUNK_GET, exact: bytes, sess: ResponderSession | None
+                   ) -> bytes:
         if self.neg.version < m.V12:
             raise SpdmFailure(m.SpdmErrorCode.UnsupportedRequest, "CHUNK_GET before 1.2",
                               data=m.CHUNK_GET_CODE)
-        if self._large_response is None or self._large_response[0] != req.param2:
+        chunk = self.chunk
+        if chunk.state is not ChunkState.SENDING or chunk.handle != req.param2:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, "no large response with handle "
                               f"{req.param2}")
-        handle, whole = self._large_response
+        whole = bytes(chunk.buffer)
         first_room = self.neg.peer_dts - 16
         room = self.neg.peer_dts - 12
         seq = req.chunk_seq_no
         start = 0 if seq == 0 else first_room + (seq - 1) * room
         if start >= len(whole):
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, f"chunk {seq} beyond the end")
-        chunk = whole[start:start + (first_room if seq == 0 else room)]
-        last = start + len(chunk) >= len(whole)
-        if last:
-            self._large_response = None
+        piece = whole[start:start + (first_room if seq == 0 else room)]
+        last = start + len(piece) >= len(whole)
+        chunk.fsm.fire("last_chunk_sent" if last else "chunk_sent", seq=seq)
         return m.CHUNK_RESPONSE(
-            spdm_version=self.neg.version, param1=m.CHUNK_LAST if last else 0, param2=handle,
-            chunk_seq_no=seq, chunk_size=len(chunk), large_message_size=len(whole),
-            response_chunk=chunk).pack()
+            spdm_version=self.neg.version, param1=m.CHUNK_LAST if last else 0,
+            param2=req.param2, chunk_seq_no=seq, chunk_size=len(piece),
+            large_message_size=len(whole), response_chunk=piece).pack()
 
-    def _chunk_send(self, data: bytes, sess: ResponderSession | None, padded: bool) -> bytes:
-        req, _ = self._parse(m.CHUNK_SEND, data, padded)
+    @handles(m.CHUNK_SEND, state=None)
+    def _chunk_send(self, req: m.CHUNK_SEND, exact: bytes, sess: ResponderSession | None
+                    ) -> bytes:
         if self.neg.version < m.V12:
             raise SpdmFailure(m.SpdmErrorCode.UnsupportedRequest, "CHUNK_SEND before 1.2",
                               data=m.CHUNK_SEND_CODE)
-        state = self._chunk_in
+        chunk = self.chunk
         if req.chunk_seq_no == 0:
             if req.large_message_size > self.config.max_spdm_msg_size:
-                self._chunk_in = None
+                chunk.abort("request too large")
                 raise SpdmFailure(m.SpdmErrorCode.RequestTooLarge,
                                   f"{req.large_message_size} bytes")
-            state = self._chunk_in = {"handle": req.param2, "seq": 0, "data": bytearray(),
-                                      "size": req.large_message_size}
-        elif state is None or state["handle"] != req.param2 or \
-                req.chunk_seq_no != state["seq"] + 1:
-            self._chunk_in = None
+            chunk.start_receiving(req.param2, req.large_message_size)
+        elif chunk.state is not ChunkState.RECEIVING or chunk.handle != req.param2 or \
+                req.chunk_seq_no != chunk.seq + 1:
+            chunk.abort("out of sequence")
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, "CHUNK_SEND out of sequence")
-        state["seq"] = req.chunk_seq_no
-        state["data"] += req.spdm_chunk
-        if len(state["data"]) > state["size"]:
-            self._chunk_in = None
+        else:
+            chunk.fsm.fire("chunk_received", seq=req.chunk_seq_no)
+        chunk.seq = req.chunk_seq_no
+        chunk.buffer += req.spdm_chunk
+        if len(chunk.buffer) > chunk.size:
+            chunk.abort("too long")
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, "chunks exceed LargeMessageSize")
         response = b""
         if req.param1 & m.CHUNK_LAST:
-            self._chunk_in = None
-            if len(state["data"]) != state["size"]:
+            inner = bytes(chunk.buffer)
+            if len(inner) != chunk.size:
+                chunk.abort("too short")
                 raise SpdmFailure(m.SpdmErrorCode.InvalidRequest,
                                   "chunks shorter than LargeMessageSize")
-            inner = bytes(state["data"])
+            chunk.finish_receiving()
             if len(inner) >= 2 and inner[1] in (m.CHUNK_SEND_CODE, m.CHUNK_GET_CODE):
                 raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, "chunked chunk request")
             emit("spdm.chunk.large_request", endpoint=self.name, size=len(inner))
@@ -875,7 +1175,8 @@ class SpdmResponder:
                                 chunk_seq_no=req.chunk_seq_no,
                                 response_to_large_request=response).pack()
 
-    def _respond_if_ready(self, data: bytes, sess: Any, padded: bool) -> bytes:
+    @handles(m.RESPOND_IF_READY, state=None)
+    def _respond_if_ready(self, req: m.RESPOND_IF_READY, exact: bytes, sess: Any) -> bytes:
         raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
                           "no ResponseNotReady was sent")
 
@@ -892,91 +1193,7 @@ class SpdmResponder:
             if keys is not None:
                 self.key_sink(key_entry(s.session_id, direction, s.schedule.aead.name, keys))
 
-    _HANDLERS: dict[int, Callable[..., bytes]] = {}
 
-
-SpdmResponder._HANDLERS = {
-    m.GET_CAPABILITIES_CODE: SpdmResponder._get_capabilities,
-    m.NEGOTIATE_ALGORITHMS_CODE: SpdmResponder._negotiate_algorithms,
-    m.GET_DIGESTS_CODE: SpdmResponder._get_digests,
-    m.GET_CERTIFICATE_CODE: SpdmResponder._get_certificate,
-    m.CHALLENGE_CODE: SpdmResponder._challenge,
-    m.GET_MEASUREMENTS_CODE: SpdmResponder._get_measurements,
-    m.KEY_EXCHANGE_CODE: SpdmResponder._key_exchange,
-    m.FINISH_CODE: SpdmResponder._finish,
-    m.HEARTBEAT_CODE: SpdmResponder._heartbeat,
-    m.KEY_UPDATE_CODE: SpdmResponder._key_update,
-    m.END_SESSION_CODE: SpdmResponder._end_session_request,
-    m.VENDOR_DEFINED_REQUEST_CODE: SpdmResponder._vendor_defined,
-    m.CHUNK_GET_CODE: SpdmResponder._chunk_get,
-    m.CHUNK_SEND_CODE: SpdmResponder._chunk_send,
-    m.RESPOND_IF_READY_CODE: SpdmResponder._respond_if_ready,
-}
-_SESSION_ONLY = {m.FINISH_CODE, m.HEARTBEAT_CODE, m.KEY_UPDATE_CODE, m.END_SESSION_CODE}
-_OUTSIDE_SESSION_ONLY = {m.GET_CAPABILITIES_CODE, m.NEGOTIATE_ALGORITHMS_CODE, m.CHALLENGE_CODE,
-                         m.KEY_EXCHANGE_CODE}
-
-
-# -- DSP0277 opaque data (secured message version negotiation) -------------------------------
-def build_opaque(element_data: bytes, opaque_format: int) -> bytes:
-    """One DMTF element in the general opaque data table (fmt1) or with the
-    SPDM 1.1 spec_id header (fmt0)."""
-    element = struct.pack("<BBH", 0, 0, len(element_data)) + element_data
-    element += bytes(-len(element) % 4)
-    if opaque_format == 2:
-        return struct.pack("<B3x", 1) + element
-    return struct.pack("<IBB2x", OPAQUE_SPEC_ID_DMTF, 1, 1) + element
-
-
-def parse_opaque_elements(opaque: bytes, opaque_format: int) -> list[bytes] | None:
-    """Element data of every DMTF element, or None when malformed."""
-    try:
-        if opaque_format == 2:
-            count, pos = opaque[0], 4
-        else:
-            spec_id, _, count = struct.unpack_from("<IBB", opaque)
-            if spec_id != OPAQUE_SPEC_ID_DMTF:
-                return None
-            pos = 8
-        out = []
-        for _ in range(count):
-            ident, vlen = opaque[pos], opaque[pos + 1]
-            pos += 2 + vlen
-            (dlen,) = struct.unpack_from("<H", opaque, pos)
-            pos += 2
-            if pos + dlen > len(opaque):
-                return None
-            if ident == 0:
-                out.append(opaque[pos:pos + dlen])
-            pos += dlen + (-(2 + vlen + 2 + dlen) % 4)
-        return out
-    except (IndexError, struct.error):
-        return None
-
-
-def parse_secured_version_list(opaque: bytes, opaque_format: int) -> list[int] | None:
-    """Versions in a SUPPORTED_VERSION_LIST element (as 0x11), [] if none, None if bad."""
-    if not opaque:
-        return []
-    elements = parse_opaque_elements(opaque, opaque_format)
-    if elements is None:
-        return None
-    for data in elements:
-        if len(data) >= 3 and data[0] == SM_DATA_VERSION and \
-                data[1] == SM_DATA_ID_SUPPORTED_VERSION_LIST:
-            count = data[2]
-            if len(data) < 3 + 2 * count:
-                return None
-            return [struct.unpack_from("<H", data, 3 + 2 * i)[0] >> 8 for i in range(count)]
-    return []
-
-
-def parse_secured_version_selection(opaque: bytes, opaque_format: int) -> int | None:
-    for data in parse_opaque_elements(opaque, opaque_format) or []:
-        if len(data) >= 4 and data[0] == SM_DATA_VERSION and \
-                data[1] == SM_DATA_ID_VERSION_SELECTION:
-            return int(struct.unpack_from("<H", data, 2)[0] >> 8)
-    return None
 
 
 __all__ = ["SpdmResponder", "ResponderConfig", "SpdmFailure", "VendorError", "VendorContext",

@@ -108,17 +108,33 @@ class KeySchedule:
 
 
 class SessionState(enum.Enum):
+    """DSP0274 session phases, as either role sees them.
+
+    FINISHING: FINISH checked, FINISH_RSP still to travel under the handshake
+    keys; KEY_UPDATING: a KEY_UPDATE (UpdateKey/UpdateAllKeys) is done and its
+    VerifyNewKey not yet seen (§10.21); ENDING: the last response (END_SESSION_ACK
+    or a failed FINISH's ERROR) still to go out.
+    """
+
     HANDSHAKING = "handshaking"
+    FINISHING = "finishing"
     ESTABLISHED = "established"
+    KEY_UPDATING = "key_updating"
+    ENDING = "ending"
     ENDED = "ended"
 
 
+_LIVE = (SessionState.HANDSHAKING, SessionState.FINISHING, SessionState.ESTABLISHED,
+         SessionState.KEY_UPDATING)
 SESSION_TABLE = {
-    (SessionState.HANDSHAKING, "finish"): SessionState.ESTABLISHED,
-    (SessionState.HANDSHAKING, "end"): SessionState.ENDED,
-    (SessionState.HANDSHAKING, "error"): SessionState.ENDED,
-    (SessionState.ESTABLISHED, "end"): SessionState.ENDED,
-    (SessionState.ESTABLISHED, "error"): SessionState.ENDED,
+    (SessionState.HANDSHAKING, "finish"): SessionState.FINISHING,
+    (SessionState.FINISHING, "data_keys"): SessionState.ESTABLISHED,
+    (SessionState.ESTABLISHED, "key_update"): SessionState.KEY_UPDATING,
+    (SessionState.KEY_UPDATING, "key_update"): SessionState.KEY_UPDATING,
+    (SessionState.KEY_UPDATING, "verify_new_key"): SessionState.ESTABLISHED,
+    **{(s, "end"): SessionState.ENDING for s in _LIVE},
+    (SessionState.ENDING, "closed"): SessionState.ENDED,
+    **{(s, "error"): SessionState.ENDED for s in (*_LIVE, SessionState.ENDING)},
 }
 
 
@@ -209,3 +225,74 @@ def parse_record_header(record: bytes) -> tuple[int, int]:
         raise SecuredMessageError(f"secured record of {len(record)} bytes")
     session_id, length = struct.unpack_from("<IH", record)
     return session_id, length
+
+
+# -- DSP0277 opaque data (secured message version negotiation) -------------------------------
+OPAQUE_SPEC_ID_DMTF = 0x444D5446
+SM_DATA_VERSION = 1
+SM_DATA_ID_VERSION_SELECTION = 0
+SM_DATA_ID_SUPPORTED_VERSION_LIST = 1
+# DSP0277 versions supported.  1.2 keeps the 1.0/1.1 record layout and the
+# little-endian sequence number in the AEAD nonce, so all three share one codec.
+SECURED_MESSAGE_VERSIONS = (0x10, 0x11, 0x12)
+
+
+def build_opaque(element_data: bytes, opaque_format: int) -> bytes:
+    """One DMTF element in the general opaque data table (fmt1) or with the
+    SPDM 1.1 spec_id header (fmt0)."""
+    element = struct.pack("<BBH", 0, 0, len(element_data)) + element_data
+    element += bytes(-len(element) % 4)
+    if opaque_format == 2:
+        return struct.pack("<B3x", 1) + element
+    return struct.pack("<IBB2x", OPAQUE_SPEC_ID_DMTF, 1, 1) + element
+
+
+def parse_opaque_elements(opaque: bytes, opaque_format: int) -> list[bytes] | None:
+    """Element data of every DMTF element, or None when malformed."""
+    try:
+        if opaque_format == 2:
+            count, pos = opaque[0], 4
+        else:
+            spec_id, _, count = struct.unpack_from("<IBB", opaque)
+            if spec_id != OPAQUE_SPEC_ID_DMTF:
+                return None
+            pos = 8
+        out = []
+        for _ in range(count):
+            ident, vlen = opaque[pos], opaque[pos + 1]
+            pos += 2 + vlen
+            (dlen,) = struct.unpack_from("<H", opaque, pos)
+            pos += 2
+            if pos + dlen > len(opaque):
+                return None
+            if ident == 0:
+                out.append(opaque[pos:pos + dlen])
+            pos += dlen + (-(2 + vlen + 2 + dlen) % 4)
+        return out
+    except (IndexError, struct.error):
+        return None
+
+
+def parse_secured_version_list(opaque: bytes, opaque_format: int) -> list[int] | None:
+    """Versions in a SUPPORTED_VERSION_LIST element (as 0x11), [] if none, None if bad."""
+    if not opaque:
+        return []
+    elements = parse_opaque_elements(opaque, opaque_format)
+    if elements is None:
+        return None
+    for data in elements:
+        if len(data) >= 3 and data[0] == SM_DATA_VERSION and \
+                data[1] == SM_DATA_ID_SUPPORTED_VERSION_LIST:
+            count = data[2]
+            if len(data) < 3 + 2 * count:
+                return None
+            return [struct.unpack_from("<H", data, 3 + 2 * i)[0] >> 8 for i in range(count)]
+    return []
+
+
+def parse_secured_version_selection(opaque: bytes, opaque_format: int) -> int | None:
+    for data in parse_opaque_elements(opaque, opaque_format) or []:
+        if len(data) >= 4 and data[0] == SM_DATA_VERSION and \
+                data[1] == SM_DATA_ID_VERSION_SELECTION:
+            return int(struct.unpack_from("<H", data, 2)[0] >> 8)
+    return None

@@ -1,0 +1,389 @@
+"""The guest-less CCA host and realm drivers against the RMM and a real device: the
+whole sequence of firmware-abi.md C.8 in process (through the DOE mailbox registers)
+and over the DMTF spdm-emu socket (``serve --spdm-port``), both RHI layouts, the RHI
+statuses of the ACS scenarios (cca-rmm-acs docs/rhi_scenarios.md as summarised in
+firmware-abi.md C.7), tampered evidence and a TDI that falls into ERROR while running.
+"""
+
+from __future__ import annotations
+
+import datetime
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from tests.cca_support import bench, config_accessors, device_identity, program_bars
+from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
+from vfiouser_tdisp.events import LOG, Recorder
+from vfiouser_tdisp.server import start_devices
+from vfiouser_tdisp.tdisp.messages import TdiState
+from vfiouser_tdisp.tsm.cca import abi
+from vfiouser_tdisp.tsm.cca.abi import RhiDaStatus as R
+from vfiouser_tdisp.tsm.cca.abi import RmiDevCommObject, RmiVdevState, RsiVdevState
+from vfiouser_tdisp.tsm.cca.host import CcaError, CcaHost, CcaRealm, socket_transport
+from vfiouser_tdisp.tsm.cca.rhi import LAYOUTS, RhiObject
+from vfiouser_tdisp.tsm.cca.rmm import Rmm
+from vfiouser_tdisp.vfio_user.client import VfioUserClient
+
+VDEV = 0x10
+RHI_OF = {RmiDevCommObject.VCA: RhiObject.VCA, RmiDevCommObject.CERTIFICATE:
+          RhiObject.CERTIFICATE, RmiDevCommObject.MEASUREMENTS: RhiObject.MEASUREMENT,
+          RmiDevCommObject.INTERFACE_REPORT: RhiObject.INTERFACE_REPORT}
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cca-identity")
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    rec = Recorder()
+    unsubscribe = LOG.subscribe(rec)
+    yield rec
+    unsubscribe()
+
+
+def transitions(rec: Recorder, machine: str) -> list[str]:
+    events = rec.of(f"{machine}.transition")
+    key = "pdev" if machine == "rmm.pdev" else "vdev"
+    events = [e for e in events if events and e[key] == events[0][key]]
+    if not events:
+        return []
+    return [events[0]["old"]] + [e["new"] for e in events]
+
+
+def whole_flow(host: CcaHost, realm: CcaRealm) -> None:
+    host.connect()
+    host.bind(VDEV)
+    ev = realm.lock(VDEV)
+    assert ev.ranges
+    realm.accept(VDEV)
+    assert realm.get_info(VDEV).state == RsiVdevState.STARTED
+    realm.unlock(VDEV)
+    host.unbind(VDEV)
+    host.disconnect()
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_whole_flow_in_process(cache: Path, recorder: Recorder, layout: str) -> None:
+    b = bench(cache, layout=layout)
+    b.host.connect()
+    b.host.bind(VDEV)
+    ev = b.realm.lock(VDEV)
+    # the report the device gave is the BARs as assigned (4 KiB page numbers)
+    assert ev.ranges == [(base, base + size) for base, size in sorted(b.bars.values())]
+    b.realm.accept(VDEV)
+    assert b.device.tdisp.tdis[0].state is TdiState.RUN
+    assert b.rmm.vdevs[b.host.vdevs[VDEV].addr].dma.state.name == "ENABLED"
+    b.realm.unlock(VDEV)
+    assert b.device.tdisp.tdis[0].state is TdiState.CONFIG_UNLOCKED
+    b.host.unbind(VDEV)
+    b.host.disconnect()
+    assert transitions(recorder, "rmm.pdev")[:5] == \
+        ["NEW", "NEEDS_KEY", "HAS_KEY", "READY", "STOPPED"]
+    assert transitions(recorder, "rmm.vdev") == \
+        ["NEW", "UNLOCKED", "LOCKED", "LOCKED", "LOCKED", "STARTED", "UNLOCKED"]
+    # every object crossed the device's DOE mailbox: SPDM, secured SPDM with IDE_KM and
+    # TDISP inside (the device's own events)
+    kinds = {e["event"] for e in recorder.events}
+    assert {"tdisp.locked", "spdm.requester.session"} <= kinds
+    assert b.host.objects_sent > 20
+    assert not b.rmm.pdevs and not b.rmm.vdevs
+
+
+def test_whole_flow_over_spdm_emu_socket(cache: Path, sock_dir: Path,
+                                         recorder: Recorder) -> None:
+    """``serve --spdm-port``: the RMM's objects reach the device over DMTF's socket
+    protocol; the BARs are assigned over vfio-user first, as a guest's firmware would."""
+    path = str(sock_dir / "cca.sock")
+    running = start_devices([path], "virtio-rng", spdm_port=0,
+                            identity_options={"identity_dir": cache})
+    try:
+        fn0 = VfioUserClient(path)
+        try:
+            fn0.version()
+            program_bars(fn0.config_read32, fn0.config_write32)
+            client = SpdmEmuClient("127.0.0.1", running.spdm_servers[0].port)
+            try:
+                host = CcaHost(Rmm(), socket_transport(client))
+                whole_flow(host, CcaRealm(host))
+            finally:
+                client.close()
+        finally:
+            fn0.close()
+    finally:
+        running.close()
+    assert transitions(recorder, "rmm.pdev")[:5] == \
+        ["NEW", "NEEDS_KEY", "HAS_KEY", "READY", "STOPPED"]
+    locked = recorder.of("tdisp.locked")
+    assert locked and locked[0]["default_stream_id"] == 1
+
+
+def test_rhi_statuses_acs(cache: Path) -> None:
+    b = bench(cache)
+    h, realm = b.host, b.realm
+    h.connect()
+    h.bind(VDEV)
+    lay = h.layout
+    assert realm.rhi(abi.RHI_DA_VERSION)[0] == 0x10000
+    assert realm.rhi(abi.RHI_DA_FEATURES)[0] & 0b111011 == 0b111011
+    assert realm.rhi(0xC50000FF)[0] == abi.RHI_NOT_SUPPORTED
+    assert realm.rhi(abi.RHI_DA_VDEV_P2P_UNBIND, VDEV, VDEV)[0] == abi.RHI_NOT_SUPPORTED
+    assert realm.rhi(abi.RHI_DA_OBJECT_SIZE, VDEV + 1, 1)[0] == R.INVALID_VDEV_ID
+    assert realm.rhi(abi.RHI_DA_OBJECT_SIZE, VDEV, 9)[0] == R.INVALID_OBJECT
+    assert realm.rhi(abi.RHI_DA_OBJECT_SIZE, VDEV, 4)[0] == R.OBJECT_UNSUPPORTED  # ext. evidence
+    assert realm.rhi(abi.RHI_DA_OBJECT_SIZE, VDEV, 3)[0] == R.DATA_NOT_AVAILABLE  # no report yet
+    size = realm.rhi(abi.RHI_DA_OBJECT_SIZE, VDEV, 1)          # CERTIFICATE, cached at connect
+    assert size[0] == R.SUCCESS and size[1] == len(h.pdev_cache[RmiDevCommObject.CERTIFICATE])
+    # OBJECT_READ: [3] buffer, [4] max_len, [5] offset
+    assert realm.rhi(abi.RHI_DA_OBJECT_READ, VDEV, 1, 0, 0x10, 0)[0] == R.ACCESS_FAILED
+    assert realm.rhi(abi.RHI_DA_OBJECT_READ, VDEV, 1, realm.bounce, 0x10, size[1])[0] == \
+        R.INVALID_OFFSET
+    out = realm.rhi(abi.RHI_DA_OBJECT_READ, VDEV, 0, realm.bounce, 0x10, 0)     # VCA
+    assert out[:2] == (R.SUCCESS, 0x10)
+    assert b.host.mem.read(realm.bounce, 4) == bytes([0x10, 0x84, 0, 0])         # GET_VERSION
+    out = realm.rhi(abi.RHI_DA_OBJECT_READ, VDEV, 1, realm.bounce, 0x10, 2)
+    chain = h.pdev_cache[RmiDevCommObject.CERTIFICATE]
+    assert out[:2] == (R.SUCCESS, 0x10) and h.mem.read(realm.bounce, 0x10) == chain[2:0x12]
+    # SET_TDI_STATE: a state that does not exist is INVALID_OBJECT
+    assert realm.rhi(abi.RHI_DA_VDEV_SET_TDI_STATE, VDEV, 3)[0] == R.INVALID_OBJECT
+    assert realm.rhi(abi.RHI_DA_VDEV_SET_TDI_STATE, VDEV, 1)[0] == R.SUCCESS  # already locked
+    assert realm.rhi(abi.RHI_DA_VDEV_CONTINUE, VDEV, 77)[0] == R.DEVICE       # no such handle
+    assert realm.rhi(abi.RHI_DA_VDEV_ABORT, VDEV)[0] == R.ABORTED_OPERATION_HAD_COMPLETED
+    out = realm.rhi(lay.get_interface_report, VDEV)
+    assert out[0] == R.INCOMPLETE
+    assert realm.rhi(lay.get_interface_report, VDEV)[0] == R.BUSY
+    assert realm.rhi(abi.RHI_DA_VDEV_CONTINUE, VDEV, out[1] + 1)[0] == R.DEVICE
+    assert realm.rhi(abi.RHI_DA_VDEV_ABORT, VDEV)[0] == R.SUCCESS
+    assert h.vdev_state(h.vdevs[VDEV].addr) is RmiVdevState.ERROR
+
+
+def test_rhi_linux_layout_numbers_and_register_order(cache: Path) -> None:
+    b = bench(cache, layout="linux-rfc-v4")
+    h, realm = b.host, b.realm
+    h.connect()
+    h.bind(VDEV)
+    assert realm.rhi(abi.RHI_DA_OBJECT_SIZE, VDEV, 0)[0] == R.INVALID_OBJECT   # no object 0
+    vca = h.pdev_cache[RmiDevCommObject.VCA]
+    assert realm.rhi(abi.RHI_DA_OBJECT_SIZE, VDEV, 4)[:2] == (R.SUCCESS, len(vca))  # VCA = 4
+    # OBJECT_READ: [3] offset, [4] max_len, [5] buffer
+    out = realm.rhi(abi.RHI_DA_OBJECT_READ, VDEV, 4, 4, 8, realm.bounce)
+    assert out[:2] == (R.SUCCESS, 8) and h.mem.read(realm.bounce, 8) == vca[4:12]
+    # 0xC5000052 is GET_INTERFACE_REPORT here (GET_MEASUREMENTS in the ACS layout)
+    realm.rhi_wait(0xC5000052, VDEV)
+    report = realm.read_object(VDEV, RhiObject.INTERFACE_REPORT)
+    assert report == h.vdevs[VDEV].cache[RmiDevCommObject.INTERFACE_REPORT]
+    assert realm.rhi(abi.RHI_DA_OBJECT_SIZE, VDEV, 2)[0] == R.DATA_NOT_AVAILABLE
+    realm.mem.write(realm.meas_params, bytes(768))
+    realm.rhi_wait(0xC5000053, VDEV, realm.meas_params)                    # GET_MEASUREMENTS
+    assert realm.read_object(VDEV, RhiObject.MEASUREMENT)[1] == 0x60     # MEASUREMENTS
+
+
+@pytest.mark.parametrize("obj", [RmiDevCommObject.INTERFACE_REPORT,
+                                 RmiDevCommObject.MEASUREMENTS, RmiDevCommObject.VCA,
+                                 RmiDevCommObject.CERTIFICATE])
+def test_tampered_evidence_is_refused(cache: Path, obj: RmiDevCommObject) -> None:
+    """The host (untrusted) alters an object it serves: the digest the RMM attests in
+    rsi_vdev_info no longer matches, so the realm refuses it before accepting."""
+    b = bench(cache)
+    h, realm = b.host, b.realm
+    h.connect()
+    v = h.bind(VDEV)
+    original = CcaHost.rhi_object_read
+
+    def tampering(self: CcaHost, a: tuple[int, ...]) -> tuple[int, ...]:
+        store = self.pdev_cache if obj in (RmiDevCommObject.VCA,
+                                           RmiDevCommObject.CERTIFICATE) else v.cache
+        if obj in store and a[1] == self.layout.object_id(RHI_OF[obj]):
+            data = bytearray(store[obj])
+            data[-1] ^= 0x01
+            store[obj] = bytes(data)
+        return original(self, a)
+    h.rhi_object_read = tampering.__get__(h)  # type: ignore[method-assign]
+    with pytest.raises(CcaError, match="does not match the digest"):
+        realm.lock(VDEV)
+    with pytest.raises(CcaError, match="accept before lock"):
+        realm.accept(VDEV)
+    assert b.device.tdisp.tdis[0].state is TdiState.CONFIG_LOCKED   # never RUN
+
+
+def test_bar_moved_while_run_then_unlock_recovers(cache: Path) -> None:
+    """A BAR write while RUN puts the TDI in ERROR (TDISP 1.0 §11.2.4); the realm sees
+    it through RSI_VDEV_GET_INFO once the RMM next talks to the TDI; unlock recovers."""
+    b = bench(cache)
+    h, realm = b.host, b.realm
+    h.connect()
+    h.bind(VDEV)
+    realm.lock(VDEV)
+    realm.accept(VDEV)
+    read32, write32 = config_accessors(b.device.dsm)
+    base = b.bars[0][0]
+    write32(0x10, (base + 0x0100_0000) & 0xFFFF_FFF0 | (read32(0x10) & 0xF))
+    assert b.device.tdisp.tdis[0].state is TdiState.ERROR
+    with pytest.raises(CcaError, match="DEVICE"):
+        realm.rhi_wait(h.layout.get_interface_report, VDEV)
+    assert realm.get_info(VDEV).state == RsiVdevState.ERROR
+    nonces = realm.get_info(VDEV)
+    out = realm.rsi(abi.RsiFid.RSI_VDEV_DMA_ENABLE, VDEV, 0, 0, nonces.lock_nonce,
+                    nonces.meas_nonce, nonces.report_nonce)
+    assert out[0] == abi.RsiStatus.RSI_ERROR_DEVICE
+    write32(0x10, base & 0xFFFF_FFF0 | (read32(0x10) & 0xF))
+    realm.unlock(VDEV)
+    assert realm.get_info(VDEV).state == RsiVdevState.UNLOCKED
+    assert b.device.tdisp.tdis[0].state is TdiState.CONFIG_UNLOCKED
+    realm.lock(VDEV)
+    realm.accept(VDEV)
+    assert b.device.tdisp.tdis[0].state is TdiState.RUN
+
+
+def test_dma_enable_with_stale_nonce_fails_in_accept(cache: Path) -> None:
+    """Evidence read, then the measurements refreshed behind the realm's back: the nonces
+    the realm holds are stale and RSI_VDEV_DMA_ENABLE refuses them."""
+    b = bench(cache)
+    h, realm = b.host, b.realm
+    h.connect()
+    v = h.bind(VDEV)
+    realm.lock(VDEV)
+    held = realm.get_info(VDEV)
+    h.measure(v)
+    h.vdev_op(v, abi.RmiFid.RMI_VDEV_START, RmiVdevState.STARTED)
+    out = realm.rsi(abi.RsiFid.RSI_VDEV_DMA_ENABLE, VDEV, 0, 0, held.lock_nonce,
+                    held.meas_nonce, held.report_nonce)
+    assert out[0] == abi.RsiStatus.RSI_ERROR_DEVICE
+    now = realm.get_info(VDEV)
+    assert realm.rsi(abi.RsiFid.RSI_VDEV_DMA_ENABLE, VDEV, 0, 0, now.lock_nonce,
+                     now.meas_nonce, now.report_nonce)[0] == abi.RsiStatus.RSI_SUCCESS
+
+
+def test_host_reports_transport_failure(cache: Path) -> None:
+    """The DOE exchange fails on the host: enter.status = ERROR and the PDEV moves to
+    ERROR; the host can still stop and destroy it."""
+    b = bench(cache)
+    h = b.host
+    calls = {"n": 0}
+    real = h.transport
+
+    def flaky(kind: int, payload: bytes) -> bytes:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("mailbox timeout")
+        return real(kind, payload)
+    h.transport = flaky
+    h.pdev_create()
+    with pytest.raises(CcaError, match="identity: PDEV ERROR"):
+        h.pdev_identity()
+    h.disconnect()
+    assert not b.rmm.pdevs
+
+
+def test_chain_anchor_check(cache: Path) -> None:
+    from vfiouser_tdisp.tsm.cca.host import check_evidence
+    b = bench(cache)
+    b.host.connect()
+    b.host.bind(VDEV)
+    ev = b.realm.lock(VDEV)
+    check_evidence(ev, lock_nonce=ev.info.lock_nonce, root=device_identity(cache).root)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "other root")])
+    other = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+             .public_key(key.public_key()).serial_number(1)
+             .not_valid_before(datetime.datetime(2020, 1, 1))
+             .not_valid_after(datetime.datetime(2040, 1, 1)).sign(key, hashes.SHA256()))
+    with pytest.raises(CcaError, match="trusted root"):
+        check_evidence(ev, lock_nonce=ev.info.lock_nonce, root=other)
+    with pytest.raises(CcaError, match="lock_nonce"):
+        check_evidence(ev, lock_nonce=ev.info.lock_nonce + 1)
+
+
+def test_struct_sizes_fit_one_granule() -> None:
+    assert struct.calcsize("<31Q") + 8 == abi.RSI_HOST_CALL_SIZE
+
+
+def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`vfiouser-tdisp tsm --platform cca --spdm HOST:PORT` against `serve --spdm-port`:
+    without assigned BARs the device refuses LOCK (INVALID_DEVICE_CONFIGURATION), the
+    command says so and exits 1; once the BARs are assigned every step passes."""
+    from vfiouser_tdisp.cli import main
+    path = str(sock_dir / "cli.sock")
+    running = start_devices([path], "virtio-rng", spdm_port=0,
+                            identity_options={"identity_dir": cache})
+    try:
+        spdm = f"127.0.0.1:{running.spdm_servers[0].port}"
+        assert main(["tsm", "--platform", "cca", "--spdm", spdm]) == 1
+        out = capsys.readouterr().out.splitlines()
+        assert [ln.split()[:2] for ln in out] == [
+            ["connect", "PASS"], ["bind", "PASS"], ["lock", "FAIL"]]
+        assert "INVALID_DEVICE_CONFIGURATION" in out[-1]
+        fn0 = VfioUserClient(path)    # the "guest": assigns the BARs, stays attached
+        try:
+            fn0.version()
+            program_bars(fn0.config_read32, fn0.config_write32)
+            root = sock_dir / "root.der"
+            root.write_bytes(running.devices[0].identity.root.public_bytes(Encoding.DER))
+            assert main(["tsm", "--platform", "cca", "--spdm", spdm, "--root", str(root),
+                         "--layout", "linux-rfc-v4"]) == 0
+        finally:
+            fn0.close()
+        out = capsys.readouterr().out.splitlines()
+        assert [ln.split()[:2] for ln in out] == [
+            [step, "PASS"] for step in ("connect", "bind", "lock", "accept", "unlock",
+                                        "unbind", "disconnect")]
+        assert "chain anchored" in out[2]
+    finally:
+        running.close()
+
+
+def test_cli_against_dmtf_spdm_responder_emu(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Interop with an independent responder: DMTF spdm-emu's ``spdm_responder_emu``
+    (libspdm, its own IDE_KM and TDISP samples).  Built outside the repository; set
+    SPDM_RESPONDER_EMU to the binary (its sample keys are looked up next to it in
+    ../../libspdm/unit_test/sample_key, or SPDM_EMU_KEYS)."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    from vfiouser_tdisp.cli import main
+    binary = os.environ.get("SPDM_RESPONDER_EMU")
+    if not binary or not os.access(binary, os.X_OK):
+        pytest.skip("SPDM_RESPONDER_EMU does not name DMTF's spdm_responder_emu")
+    keys = Path(os.environ.get("SPDM_EMU_KEYS") or
+                Path(binary).resolve().parents[2] / "libspdm/unit_test/sample_key")
+    work = tmp_path / "keys"
+    shutil.copytree(keys, work)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([binary, "--trans", "PCI_DOE", "--ip", "127.0.0.1", "--port",
+                             str(port)], cwd=work, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        # DMTF's server takes one client and stops after it: watch for LISTEN in
+        # /proc/net/tcp instead of probing with a connection.
+        deadline = time.monotonic() + 10
+        listening = f":{port:04X} 00000000:0000 0A"
+        while time.monotonic() < deadline and \
+                listening not in Path("/proc/net/tcp").read_text():
+            time.sleep(0.05)
+        assert main(["tsm", "--platform", "cca", "--spdm", f"127.0.0.1:{port}"]) == 0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    out = capsys.readouterr().out.splitlines()
+    assert [ln.split()[:2] for ln in out] == [
+        [step, "PASS"] for step in ("connect", "bind", "lock", "accept", "unlock", "unbind",
+                                    "disconnect")]

@@ -1,0 +1,235 @@
+"""``vfiouser-tdisp tsm --platform cca STEP...``: the CCA sequences without a guest.
+
+The RMM emulator, the host driver and the realm driver run in this process; the
+device is either reached over the DMTF spdm-emu socket (``--spdm HOST:PORT``: ours
+from ``serve --spdm-port``, or DMTF's ``spdm_responder_emu``) or built in process
+with its BARs assigned (no ``--spdm``).  One line per step, then exit 0 only if
+every step passed.  The RMM lives as long as the process, so one invocation runs a
+whole sequence; after a failure the remaining steps are skipped and the device is
+released (unbind, disconnect).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ...events import LOG, HumanSink, JsonLinesSink, Recorder
+from .abi import RmiDevCommObject, RmiFid, RmiVdevState, RsiVdevState
+from .host import CcaError, CcaHost, CcaRealm, check_evidence, object_transport, socket_transport
+from .rhi import DEFAULT_LAYOUT, LAYOUTS
+from .rmm import Rmm
+
+STEPS = ("connect", "bind", "lock", "report", "measurements", "info", "accept", "unlock",
+         "unbind", "disconnect")
+DEFAULT_STEPS = ("connect", "bind", "lock", "accept", "unlock", "unbind", "disconnect")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("steps", nargs="*", metavar="STEP", default=[],
+                   help=f"steps to run in order (default: all = {' '.join(DEFAULT_STEPS)}); "
+                        f"one of: {', '.join(STEPS)}")
+    p.add_argument("--spdm", metavar="HOST:PORT",
+                   help="reach the device over the DMTF spdm-emu socket (PCI DOE transport); "
+                        "default: a device in this process, BARs assigned")
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default=DEFAULT_LAYOUT,
+                   help=f"RHI numbering the realm and host use (default: {DEFAULT_LAYOUT})")
+    p.add_argument("--pdev-id", type=lambda s: int(s, 0), default=0, metavar="RID",
+                   help="the device's RID (bus << 8 | devfn) for PDEV_CREATE (default: 0)")
+    p.add_argument("--tdi", type=lambda s: int(s, 0), default=None, metavar="RID",
+                   help="the TDI's RID, the TDISP function id (default: --pdev-id)")
+    p.add_argument("--vdev-id", type=lambda s: int(s, 0), default=0x10, metavar="ID",
+                   help="the VDEV id the realm uses (default: 0x10)")
+    p.add_argument("--hash", choices=("sha256", "sha512"), default="sha256",
+                   help="PDEV hash_algo for the digests the RMM attests (default: sha256)")
+    p.add_argument("--root", metavar="FILE",
+                   help="PEM/DER root certificate the realm requires the device chain to "
+                        "start at (e.g. root.pem from `vfiouser-tdisp certs`)")
+    p.add_argument("--profile", default="virtio-rng",
+                   help="device profile for the in-process device (default: virtio-rng)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="identity cache of the in-process device")
+    p.add_argument("--events", metavar="FILE", help="append structured events to FILE")
+    p.add_argument("--verbose", action="store_true", help="print RMM events as they happen")
+
+
+def _in_process_transport(profile: str, cache_dir: str | None) -> Any:
+    from ...device.device import Device, get_profile
+    from ...doe.driver import DoeDriver
+
+    dev = Device(get_profile(profile), identity_options={"identity_dir": cache_dir})
+    fn = dev.dsm
+
+    def read32(off: int) -> int:
+        return int.from_bytes(fn.config.read(off, 4), "little")
+
+    def write32(off: int, value: int) -> None:
+        fn.config.write(off, value.to_bytes(4, "little"))
+    # Assign the BARs as firmware would (a TDI is locked only while decoding).
+    base, index = 0xE000_0000, 0
+    while index < 6:
+        reg = 0x10 + 4 * index
+        write32(reg, 0xFFFF_FFFF)
+        low = read32(reg)
+        if low == 0:
+            index += 1
+            continue
+        is64 = (low >> 1) & 3 == 2
+        mask = low & ~0xF
+        if is64:
+            write32(reg + 4, 0xFFFF_FFFF)
+            mask |= read32(reg + 4) << 32
+        size = (~mask + 1) & ((1 << 64) - 1 if is64 else 0xFFFF_FFFF)
+        base = (base + size - 1) & ~(size - 1)
+        write32(reg, base & 0xFFFF_FFFF)
+        if is64:
+            write32(reg + 4, base >> 32)
+        base += size
+        index += 2 if is64 else 1
+    write32(0x04, read32(0x04) | 0x6)
+    _ = dev.identity  # generate before the first exchange
+    return object_transport(DoeDriver(read32, write32, 0x100).exchange), dev
+
+
+def main_tsm(args: argparse.Namespace) -> int:
+    if args.platform != "cca":
+        print(f"vfiouser-tdisp tsm: platform {args.platform!r} has no emulator yet",
+              file=sys.stderr)
+        return 2
+    unknown = [s for s in args.steps if s not in STEPS + ("all",)]
+    if unknown:
+        print(f"vfiouser-tdisp tsm: unknown step {unknown[0]!r}; steps: {', '.join(STEPS)}",
+              file=sys.stderr)
+        return 2
+    unsubscribe = []
+    if args.events:
+        events = open(args.events, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
+        unsubscribe.append(LOG.subscribe(JsonLinesSink(events)))
+    if args.verbose:
+        unsubscribe.append(LOG.subscribe(HumanSink(kinds=("rmm.", "cca_host."))))
+    client = None
+    try:
+        if args.spdm:
+            from ...doe.emu_socket import SpdmEmuClient
+            host_name, _, port = args.spdm.rpartition(":")
+            client = SpdmEmuClient(host_name or "127.0.0.1", int(port))
+            transport = socket_transport(client)
+            where = f"spdm-emu {args.spdm}"
+        else:
+            transport, _dev = _in_process_transport(args.profile, args.cache_dir)
+            where = f"in-process {args.profile}"
+        root = None
+        if args.root:
+            from cryptography import x509
+            data = Path(args.root).read_bytes()
+            root = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data \
+                else x509.load_der_x509_certificate(data)
+        return run_steps(args, transport, where, root)
+    except (OSError, ValueError) as exc:
+        print(f"vfiouser-tdisp tsm: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if client is not None:
+            client.close()
+        for u in unsubscribe:
+            u()
+
+
+def run_steps(args: argparse.Namespace, transport: Any, where: str, root: Any) -> int:
+    host = CcaHost(Rmm(), transport, layout=args.layout, pdev_id=args.pdev_id,
+                   tdi_id=args.tdi, hash_algo=1 if args.hash == "sha512" else 0)
+    realm = CcaRealm(host)
+    vid = args.vdev_id
+    steps = list(DEFAULT_STEPS) if args.steps in (["all"], []) else \
+        [s for s in args.steps if s != "all"]
+
+    def vdev() -> Any:
+        if vid not in host.vdevs:
+            raise CcaError("no VDEV: run bind first")
+        return host.vdevs[vid]
+
+    def connect() -> str:
+        host.connect()
+        return f"PDEV READY, IDE stream {host.ide_sid} keyed ({host.objects_sent} objects, " \
+            f"{where})"
+
+    def bind() -> str:
+        host.bind(vid, lock=False)
+        return f"VDEV {vid:#x} UNLOCKED (TDI {host.tdi_id:#06x})"
+
+    def lock() -> str:
+        ev = realm.lock(vid)
+        check_evidence(ev, lock_nonce=ev.info.lock_nonce, root=root)
+        return (f"LOCKED; evidence: certificate {len(ev.certificate)} B, VCA {len(ev.vca)} B, "
+                f"report {len(ev.report)} B ({len(ev.ranges)} ranges), measurements "
+                f"{len(ev.measurements)} B; digests match"
+                + ("; chain anchored" if root is not None else ""))
+
+    def report() -> str:
+        host.report(vdev())
+        return f"report {len(vdev().cache[RmiDevCommObject.INTERFACE_REPORT])} B"
+
+    def measurements() -> str:
+        host.measure(vdev())
+        return f"measurements {len(vdev().cache[RmiDevCommObject.MEASUREMENTS])} B"
+
+    def info() -> str:
+        i = realm.get_info(vid)
+        return (f"state {RsiVdevState(i.state).name} lock_nonce {i.lock_nonce} meas_nonce "
+                f"{i.meas_nonce} report_nonce {i.report_nonce} hash_algo {i.hash_algo}")
+
+    def accept() -> str:
+        realm.accept(vid)
+        return "STARTED, mappings validated, DMA enabled"
+
+    def unlock() -> str:
+        realm.unlock(vid)
+        return "UNLOCKED"
+
+    def unbind() -> str:
+        host.unbind(vid)
+        return "VDEV destroyed"
+
+    def disconnect() -> str:
+        host.disconnect()
+        return "PDEVs stopped and destroyed"
+
+    table: dict[str, Callable[[], str]] = {
+        "connect": connect, "bind": bind, "lock": lock, "report": report,
+        "measurements": measurements, "info": info, "accept": accept, "unlock": unlock,
+        "unbind": unbind, "disconnect": disconnect}
+    failed = False
+    device_errors = Recorder()
+    unsubscribe = LOG.subscribe(device_errors)
+    try:
+        for step in steps:
+            start = time.monotonic()
+            device_errors.events.clear()
+            try:
+                detail = table[step]()
+            except Exception as exc:  # one line per step, whatever went wrong
+                why = [e["error"] for e in device_errors.of("rmm.comm_failed")]
+                print(f"{step:<13} FAIL {time.monotonic() - start:6.3f}s {exc}"
+                      + (f" (RMM: {why[-1]})" if why else ""))
+                failed = True
+                break
+            print(f"{step:<13} PASS {time.monotonic() - start:6.3f}s {detail}")
+    finally:
+        unsubscribe()
+    if failed:   # release what the steps took
+        for vdev_id in list(host.vdevs):
+            try:
+                if host.vdev_state(host.vdevs[vdev_id].addr) is not RmiVdevState.UNLOCKED:
+                    host.vdev_op(host.vdevs[vdev_id], RmiFid.RMI_VDEV_UNLOCK,
+                                 RmiVdevState.UNLOCKED)
+            except CcaError:
+                pass
+        try:
+            host.disconnect()
+        except CcaError:
+            pass
+    return 1 if failed else 0

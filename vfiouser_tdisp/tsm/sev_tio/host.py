@@ -106,6 +106,7 @@ def _align32(n: int) -> int:
 class Buffer:
     sla: int
     pages: list[int]
+    capacity: int = 0        # what the host allocated (sla_expand's "len")
 
     @property
     def size(self) -> int:
@@ -155,8 +156,8 @@ class SevTioHost:
             entries = b"".join(make_sla(p).to_bytes(8, "little") for p in pages)
             self.mem.write(table, entries + SLA_EOL.to_bytes(8, "little"))
             sla = make_sla(table, scatter=True)
-        buf = Buffer(sla, pages)
-        self.write_buf(buf, 0, SlaBufferHdr(capacity_sz=npages * PAGE_SIZE).pack())
+        buf = Buffer(sla, pages, npages * PAGE_SIZE)
+        self.write_buf(buf, 0, SlaBufferHdr(capacity_sz=buf.capacity).pack())
         return buf
 
     def read_buf(self, buf: Buffer, off: int, size: int) -> bytes:
@@ -175,7 +176,7 @@ class SevTioHost:
     def expand(self, buf: Buffer) -> Buffer:
         """sla_expand: a new buffer of the capacity the PSP wrote, the old contents copied."""
         want = self.header(buf).capacity_sz
-        if want <= buf.size:
+        if want == buf.capacity:
             return buf
         new = self.alloc_sla(want)
         self.write_buf(new, 0, self.read_buf(buf, 0, buf.size))
@@ -213,22 +214,26 @@ class SevTioHost:
                 continue
             if status != SevRet.SPDM_REQUEST:
                 return status
-            hdr = SpdmDobjHdrReq.unpack(self.read_buf(self.req, SLA_BUFFER_HDR_SIZE,
-                                                      SPDM_DOBJ_HDR_REQ_SIZE))
-            if hdr.id != SpdmDobjId.REQ or hdr.data_type not in (1, 2):
-                raise SevTioError(f"{cmd.name}: bad request object {hdr}")
-            payload = self.read_buf(self.req, SLA_BUFFER_HDR_SIZE + SPDM_DOBJ_HDR_REQ_SIZE,
-                                    hdr.length - SPDM_DOBJ_HDR_REQ_SIZE)
-            answer = self.transport(hdr.data_type, payload)
-            self.objects_sent += 1
-            length = _align32(SPDM_DOBJ_HDR_REQ_SIZE + len(answer))
-            rsp = SpdmDobjHdrReq(id=SpdmDobjId.RESP, length=length, data_type=hdr.data_type,
-                                 reserved2=bytes(5)).pack()
-            self.write_buf(self.resp, SLA_BUFFER_HDR_SIZE,
-                           (rsp + answer).ljust(length, b"\0"))
-            self.write_buf(self.resp, 0, self.header(self.resp).replace(
-                payload_sz=length).pack())
+            self.carry()
         raise SevTioError(f"{cmd.name}: too many SPDM requests")
+
+    def carry(self) -> None:
+        """Take the REQ object out of the request buffer, exchange it with the device
+        (DOE type = its data_type) and put the answer as the RESP object."""
+        assert self.req and self.resp
+        hdr = SpdmDobjHdrReq.unpack(self.read_buf(self.req, SLA_BUFFER_HDR_SIZE,
+                                                  SPDM_DOBJ_HDR_REQ_SIZE))
+        if hdr.id != SpdmDobjId.REQ or hdr.data_type not in (1, 2):
+            raise SevTioError(f"bad request object {hdr}")
+        payload = self.read_buf(self.req, SLA_BUFFER_HDR_SIZE + SPDM_DOBJ_HDR_REQ_SIZE,
+                                hdr.length - SPDM_DOBJ_HDR_REQ_SIZE)
+        answer = self.transport(hdr.data_type, payload)
+        self.objects_sent += 1
+        length = _align32(SPDM_DOBJ_HDR_REQ_SIZE + len(answer))
+        rsp = SpdmDobjHdrReq(id=SpdmDobjId.RESP, length=length, data_type=hdr.data_type,
+                             reserved2=bytes(5)).pack()
+        self.write_buf(self.resp, SLA_BUFFER_HDR_SIZE, (rsp + answer).ljust(length, b"\0"))
+        self.write_buf(self.resp, 0, self.header(self.resp).replace(payload_sz=length).pack())
 
     def spdm_ok(self, cmd: SevCmd, build: Any) -> None:
         status = self.spdm_command(cmd, build)

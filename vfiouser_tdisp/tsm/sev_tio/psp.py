@@ -339,6 +339,7 @@ def bind_flow(tdi: TdiCtx, run: bool) -> DevFlow:
 
 def start_flow(tdi: TdiCtx) -> DevFlow:
     yield from TdispRequester(tdi.dev.channel()).start_flow(tdi.function_id, tdi.nonce)
+    return None
 
 
 def unbind_flow(tdi: TdiCtx) -> DevFlow:
@@ -450,7 +451,9 @@ class Psp:
             finish: Callable[[Any], list[tuple[SpdmDobjId, bytes]]],
             fail: Callable[[BaseException], None]) -> SevRet:
         """Start or resume ``cmd`` on ``dev``: run its flow to the next object to send
-        (SPDM_REQUEST) or to its end (output written, SUCCESS)."""
+        (SPDM_REQUEST) or to its end (output written, SUCCESS).  ``start`` moves the
+        contexts' state machines and returns the flow; it runs only once the buffers
+        passed their checks, so an EXPAND_BUFFER_LENGTH_REQUEST leaves every state alone."""
         scratch = SlaBuffer(mem, ctrl.scratch)
         if scratch.capacity < model.SPDM_SCRATCH_SIZE_MIN:
             scratch.set_header(capacity_sz=model.SPDM_SCRATCH_SIZE_MIN)
@@ -638,9 +641,8 @@ def dev_connect(psp: Psp, cmd: TioDevConnectCmd, mem: GuestMemory) -> SevRet:
             raise PspError(SevRet.INVALID_PARAM, "tc_mask bit 0 (TC0) is required")
         dev.cert_slot, dev.stream_id = cmd.cert_slot, cmd.ide_stream_id[0]
         dev.spdm = SpdmRequester(name=f"psp.{dev.device_id:04x}")
-        dev.fsm.fire("connect", cert_slot=cmd.cert_slot, stream_id=dev.stream_id)
-
         def start() -> DevFlow:
+            dev.fsm.fire("connect", cert_slot=cmd.cert_slot, stream_id=dev.stream_id)
             return connect_flow(dev)
 
     def finish(result: Any) -> list[tuple[SpdmDobjId, bytes]]:
@@ -681,9 +683,8 @@ def dev_disconnect(psp: Psp, cmd: TioDevDisconnectCmd, mem: GuestMemory) -> SevR
             raise PspError(SevRet.IN_USE, "a TDI of the device is bound")
         if dev.fsm.state is not DevState.CONNECTED:
             raise PspError(SevRet.INVALID_DEV_STATE, f"device is {dev.fsm.state.name}")
-        dev.fsm.fire("disconnect")
-
         def start() -> DevFlow:
+            dev.fsm.fire("disconnect")
             return disconnect_flow(dev)
 
     def finish(_: Any) -> list[tuple[SpdmDobjId, bytes]]:
@@ -841,21 +842,19 @@ def tdi_bind(psp: Psp, cmd: TioTdiBindCmd, mem: GuestMemory) -> SevRet:
             # SEV_TIO_OP RUN: the hypervisor re-issues the bind with RUN_FORCE
             if (cmd.gctx_paddr, cmd.guest_device_id) != (tdi.gctx, tdi.guest_device_id):
                 raise PspError(SevRet.INVALID_TDI, "bound to another guest or RID")
-            tdi.fsm.fire("start")
-
             def start() -> DevFlow:
-                yield from start_flow(tdi)
-                return None
+                tdi.fsm.fire("start")
+                return start_flow(tdi)
         elif tdi.fsm.state is TdiState.UNBOUND:
             if any(o.guest_device_id == cmd.guest_device_id and o.gctx == cmd.gctx_paddr
                    and o.bound for o in psp.tdis.values()):
                 raise PspError(SevRet.IN_USE, "guest_device_id used by another TDI")
-            tdi.gctx, tdi.guest_device_id = cmd.gctx_paddr, cmd.guest_device_id
-            tdi.lock_flags, tdi.validated, tdi.sdte = cmd.tdisp_lock_if_flags, set(), bytes(64)
-            tdi.fsm.fire("bind", gctx=f"{cmd.gctx_paddr:#x}",
-                         guest_device_id=f"{cmd.guest_device_id:#06x}", run=run)
-
             def start() -> DevFlow:
+                tdi.gctx, tdi.guest_device_id = cmd.gctx_paddr, cmd.guest_device_id
+                tdi.lock_flags, tdi.validated = cmd.tdisp_lock_if_flags, set()
+                tdi.sdte = bytes(64)
+                tdi.fsm.fire("bind", gctx=f"{cmd.gctx_paddr:#x}",
+                             guest_device_id=f"{cmd.guest_device_id:#06x}", run=run)
                 return bind_flow(tdi, run)
         else:
             raise PspError(SevRet.INVALID_TDI_STATE, f"TDI is {tdi.fsm.state.name}")
@@ -902,14 +901,13 @@ def tdi_unbind(psp: Psp, cmd: TioTdiUnbindCmd, mem: GuestMemory) -> SevRet:
         return SevRet.SUCCESS
     start = None
     if dev.pending is None:
-        if cmd.gctx_paddr != tdi.gctx:
-            raise PspError(SevRet.INVALID_GUEST, "TDI is bound to another guest")
         if not tdi.fsm.can("unbind"):
             raise PspError(SevRet.INVALID_TDI_STATE, f"TDI is {tdi.fsm.state.name}")
+        if cmd.gctx_paddr != tdi.gctx:
+            raise PspError(SevRet.INVALID_GUEST, "TDI is bound to another guest")
         _connected(dev)
-        tdi.fsm.fire("unbind")
-
         def start() -> DevFlow:
+            tdi.fsm.fire("unbind")
             return unbind_flow(tdi)
 
     def finish(_: Any) -> list[tuple[SpdmDobjId, bytes]]:

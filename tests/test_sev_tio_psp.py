@@ -534,3 +534,45 @@ def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
             and "NOT_4K (10)" in out[4]
     finally:
         running.close()
+
+
+def test_random_command_buffers_get_a_status_and_leave_the_psp_serving(cache: Path) -> None:
+    """Bad input: every command with random contents (right length, random SLAs and
+    addresses, some pointing at the host's real buffers) answers a sev_ret_code, never
+    raises, and the connected device and bound TDI still complete the whole sequence."""
+    import random
+    b = Bench(cache)
+    h = b.host
+    h.connect()
+    ev = b.guest.lock(RID)
+    rng = random.Random(12)
+    # the contexts' SLAs and the guest context (not the host's I/O buffers: a status
+    # written over the host's own scatter table is the host's doing, there is no RMP here)
+    real = [h.dev_ctx.sla, h.tdis[RID].ctx.sla, h.gctx,  # type: ignore[union-attr]
+            abi.SLA_EOL, 0, 1, 2**64 - 1]
+    from vfiouser_tdisp.tsm.sev_tio.psp import COMMANDS
+    for cmd, (struct_cls, _) in sorted(COMMANDS.items()):
+        size = struct_cls.fixed_size()  # type: ignore[attr-defined]
+        for _ in range(40):
+            buf = bytearray(rng.randbytes(size))
+            for off in range(8, size - 7, 8):
+                if rng.random() < 0.5:
+                    struct.pack_into("<Q", buf, off, rng.choice(real))
+            if cmd not in (SevCmd.SNP_GCTX_CREATE, SevCmd.SNP_LAUNCH_UPDATE,
+                           SevCmd.TIO_DEV_DISCONNECT, SevCmd.TIO_TDI_UNBIND) \
+                    and rng.random() < 0.8:
+                struct.pack_into("<I", buf, 0, size)
+            if cmd in (SevCmd.TIO_DEV_DISCONNECT, SevCmd.TIO_TDI_UNBIND,
+                       SevCmd.TIO_DEV_RECLAIM, SevCmd.TIO_TDI_RECLAIM):
+                struct.pack_into("<I", buf, 0, size + 1)   # keep the device: bad length
+            status = b.raw(cmd, bytes(buf))
+            assert status in set(R), (cmd, status)
+            if status == R.SPDM_REQUEST:   # a loop it started: let the host finish it
+                h.carry()
+    # random guest message pages through the hypervisor
+    for _ in range(50):
+        regs = b.guest.relay(rng.randbytes(rng.choice((0x60, 0x100, 0x1000))), RID)
+        assert regs[0] == R.INVALID_PARAM
+    assert b.guest.accept(RID, ev) == 2
+    b.guest.unlock(RID, ev)
+    h.disconnect()

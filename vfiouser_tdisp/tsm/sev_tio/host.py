@@ -419,6 +419,7 @@ class SevTioHost:
             emit("sev_host.exit_failed", exit=f"{exit_code:#x}", error=str(exc))
             return (exc.status if exc.status is not None else int(SevRet.INVALID_PARAM),)
         except (ValueError, KeyError) as exc:
+            emit("sev_host.exit_failed", exit=f"{exit_code:#x}", error=repr(exc))
             return (int(SevRet.INVALID_PARAM), 0, 0) if not isinstance(exc, KeyError) \
                 else (int(SevRet.INVALID_TDI), 0, 0)
 
@@ -446,7 +447,8 @@ class SevTioHost:
             return (int(status), 0, 0)
         state = 0
         if param & TIO_GUEST_REQUEST_PARAM_STATE:
-            state = {0: 0, 2: 1, 4: 2, 6: 3}.get(self.tdi_status(rid).state, 0)
+            tdi_state = list(model.TdiState)[self.tdi_status(rid).state]
+            state = model.TDISP_STATE_OF[tdi_state]
         if param & TIO_GUEST_REQUEST_PARAM_REPORT:
             table = guid_table([(GUID_CERTIFICATES, tdi.evidence[SpdmDobjId.CERTIFICATE]),
                                 (GUID_MEASUREMENTS, tdi.evidence[SpdmDobjId.MEASUREMENT]),

@@ -57,6 +57,16 @@ TIO_CRYPTO_ALG = 0x1
 # header capacity is below DEVCTX_SIZE / TDICTX_SIZE: INCORRECT_BUFFER_LENGTH.
 
 
+class PlatformState(enum.Enum):
+    UNINIT = "uninit"              # TIO enabled, TIO_INIT not yet run
+    INIT = "init"                  # after TIO_INIT
+
+
+PLATFORM_TABLE: dict[tuple[PlatformState, str], PlatformState] = {
+    (PlatformState.UNINIT, "tio_init"): PlatformState.INIT,
+}
+
+
 class DevState(enum.Enum):
     """Device context states (firmware-abi.md D.3 [INF]; the names are ours)."""
 
@@ -118,6 +128,14 @@ TDI_TABLE: dict[tuple[TdiState, str], TdiState] = {
 }
 GUEST_TABLE: dict[tuple[GuestState, str], GuestState] = {
     (GuestState.CREATED, "secrets"): GuestState.LAUNCHED,
+}
+
+# The TDI state the hypervisor returns in RDX of SEV_TIO_GUEST_REQUEST (param STATE):
+# TDISP CONFIG_UNLOCKED 0, CONFIG_LOCKED 1, RUN 2, ERROR 3 (firmware-abi.md D.6 [INF]);
+# the transient states answer the state they leave.
+TDISP_STATE_OF: dict[TdiState, int] = {
+    TdiState.UNBOUND: 0, TdiState.BINDING: 0, TdiState.LOCKED: 1, TdiState.STARTING: 1,
+    TdiState.RUN: 2, TdiState.UNBINDING: 2, TdiState.ERROR: 3,
 }
 
 # State rules beyond the tables (status codes as sev_ret_code names):

@@ -37,7 +37,11 @@ from ...wire import DecodeError, Struct
 from ..core import ALL_SUBSTREAMS, IdeKmRequester, PciSigChannel, TdispRequester, parse_report
 from . import model
 from .abi import (
+    MEAS_DIGEST_INFO_FRESH,
+    MEAS_DIGEST_INFO_VALID,
+    MMIO_VALIDATE_FLAG_VALIDATED,
     PAGE_SIZE,
+    SDTE_V,
     SLA_BUFFER_HDR_SIZE,
     SLA_EOL,
     SLA_NULL,
@@ -373,8 +377,9 @@ class Psp:
     abi_version = model.ABI_VERSION
 
     def __init__(self) -> None:
-        self.tio_en = True
-        self.tio_init_done = False
+        self.tio_en = True      # [MODEL] SNP_INIT_EX(tio_en) happened before us
+        self.platform = StateMachine("psp.platform", model.PLATFORM_TABLE,
+                                     model.PlatformState.UNINIT)
         self.devs: dict[int, DevCtx] = {}
         self.tdis: dict[int, TdiCtx] = {}
         self.guests: dict[int, GuestCtx] = {}
@@ -411,7 +416,8 @@ class Psp:
                     raise PspError(SevRet.INVALID_LEN, f"length {length:#x}, expected {size:#x}")
             buf = struct.unpack(mem.read(paddr, size))
             if cmd not in (SevCmd.TIO_STATUS, SevCmd.TIO_INIT, SevCmd.SNP_GCTX_CREATE,
-                           SevCmd.SNP_LAUNCH_UPDATE) and not self.tio_init_done:
+                           SevCmd.SNP_LAUNCH_UPDATE) and \
+                    self.platform.state is not model.PlatformState.INIT:
                 raise PspError(SevRet.INVALID_PLATFORM_STATE, "TIO_INIT first")
             status = handler(self, buf, mem)
         except PspError as exc:
@@ -495,7 +501,7 @@ class Psp:
             dev.pending = None
             fail(exc)
             raise
-        except (SpdmRequesterError, Exception) as exc:  # the device or the host failed
+        except Exception as exc:  # the device, the requester or the host failed
             dev.pending = None
             emit("psp.device_failed", cmd=cmd.name, error=repr(exc))
             fail(exc)
@@ -552,7 +558,8 @@ class Psp:
 @command(SevCmd.TIO_STATUS, TioStatusCmd)
 def tio_status(psp: Psp, cmd: TioStatusCmd, mem: GuestMemory) -> SevRet:
     flags = (TIO_STATUS_FLAG_TIO_EN if psp.tio_en else 0) | \
-        (TIO_STATUS_FLAG_TIO_INIT_DONE if psp.tio_init_done else 0)
+        (TIO_STATUS_FLAG_TIO_INIT_DONE
+         if psp.platform.state is model.PlatformState.INIT else 0)
     out = TioStatus(length=TioStatus.fixed_size(), flags=flags,
                     spdm_req_size_min=model.SPDM_REQ_SIZE_MIN,
                     spdm_req_size_max=model.SPDM_REQ_SIZE_MAX,
@@ -570,10 +577,9 @@ def tio_status(psp: Psp, cmd: TioStatusCmd, mem: GuestMemory) -> SevRet:
 
 @command(SevCmd.TIO_INIT, TioInitCmd)
 def tio_init(psp: Psp, cmd: TioInitCmd, mem: GuestMemory) -> SevRet:
-    if not psp.tio_en or psp.tio_init_done:
+    if not psp.tio_en or not psp.platform.can("tio_init"):
         raise PspError(SevRet.INVALID_PLATFORM_STATE, "TIO already initialised")
-    psp.tio_init_done = True
-    emit("psp.tio_init")
+    psp.platform.fire("tio_init")
     return SevRet.SUCCESS
 
 
@@ -1004,7 +1010,7 @@ def tdi_info_rsp(tdi: TdiCtx | None, gdid: int) -> TioMsgTdiInfoRsp:
     dev = tdi.dev
     conn = dev.spdm.conn
     algos = (conn.asym.bit if conn.asym else 0) | ((conn.hash.bit if conn.hash else 0) << 32)
-    info = model_meas_info(tdi)
+    info = meas_digest_info(tdi)
     return TioMsgTdiInfoRsp(
         guest_device_id=gdid, tdi_status=guest_status(tdi), reserved1=bytes(12),
         meas_digest_info=info, lock_flags=tdi.lock_flags, spdm_algos=algos,
@@ -1014,8 +1020,7 @@ def tdi_info_rsp(tdi: TdiCtx | None, gdid: int) -> TioMsgTdiInfoRsp:
         tdi_report_count=tdi.report_count, reserved2=bytes(8))
 
 
-def model_meas_info(tdi: TdiCtx) -> int:
-    from .abi import MEAS_DIGEST_INFO_FRESH, MEAS_DIGEST_INFO_VALID
+def meas_digest_info(tdi: TdiCtx) -> int:
     if not tdi.dev.measurements:
         return 0
     fresh = tdi.dev.meas_count > tdi.meas_count_at_bind
@@ -1034,7 +1039,6 @@ def mmio_validate(tdi: TdiCtx | None, req: TioMsgMmioValidateReq) -> TioMsgMmioV
             range_offset=req.range_offset, flags=1 if changed else 0,
             range_id=req.range_id, reserved2=bytes(12))
 
-    from .abi import MMIO_VALIDATE_FLAG_VALIDATED
     validate = bool(req.flags & MMIO_VALIDATE_FLAG_VALIDATED)
     if tdi is None or tdi.fsm.state is TdiState.ERROR:
         return answer(MmioValidateStatus.INVALID_TDI)
@@ -1087,7 +1091,6 @@ def sdte_write(tdi: TdiCtx | None, req: TioMsgSdteWriteReq) -> TioMsgSdteWriteRs
     def answer(status: SdteWriteStatus) -> TioMsgSdteWriteRsp:
         return TioMsgSdteWriteRsp(guest_device_id=req.guest_device_id, status=status,
                                   reserved=bytes(12))
-    from .abi import SDTE_V
     if tdi is None or tdi.fsm.state is TdiState.ERROR:
         return answer(SdteWriteStatus.INVALID_TDI)
     valid = int.from_bytes(req.sdte[:8], "little") & SDTE_V

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
 from vfiouser_tdisp.events import LOG, Recorder
@@ -525,11 +526,15 @@ def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
             steps = ["connect", "lock", "status", "accept", "mmio_validate_rejects",
                      "guest_msg_replay", "report", "measurements", "certificates",
                      "roll_key", "unlock", "disconnect"]
-            assert main(["tsm", "--platform", "sev-tio", "--spdm", spdm, *steps]) == 0
+            root = sock_dir / "root.der"
+            root.write_bytes(running.devices[0].identity.root.public_bytes(Encoding.DER))
+            assert main(["tsm", "--platform", "sev-tio", "--spdm", spdm, "--root", str(root),
+                         *steps]) == 0
         finally:
             fn0.close()
         out = capsys.readouterr().out.splitlines()
         assert [ln.split()[:2] for ln in out] == [[s, "PASS"] for s in steps]
+        assert "chain anchored" in out[1]
         assert "OUT_OF_RANGE (9)" in out[4] and "NOT_REPORTED (8)" in out[4] \
             and "NOT_4K (10)" in out[4]
     finally:
@@ -576,3 +581,11 @@ def test_random_command_buffers_get_a_status_and_leave_the_psp_serving(cache: Pa
     assert b.guest.accept(RID, ev) == 2
     b.guest.unlock(RID, ev)
     h.disconnect()
+
+
+def test_guest_refuses_a_chain_from_another_root(cache: Path, tmp_path: Path) -> None:
+    b = Bench(cache)
+    b.host.connect()
+    _, other = in_process_device(identity_dir=str(tmp_path / "other"))
+    with pytest.raises(SevTioError, match="trusted root"):
+        b.guest.lock(RID, root=other.identity.root)

@@ -33,7 +33,9 @@ DEFAULT_STEPS = ("connect", "lock", "accept", "unlock", "disconnect")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options only sev-tio has (steps, --spdm, --profile ... come from the shared parser)."""
-    g = p.add_argument_group("sev-tio")
+    g = p.add_argument_group(
+        "sev-tio", f"steps: {', '.join(STEPS)} (default: {' '.join(DEFAULT_STEPS)}); "
+        "--spdm, --root, --profile, --cache-dir, --events and --verbose apply as well")
     g.add_argument("--device-id", type=lambda s: int(s, 0), default=0x0100, metavar="RID",
                    help="sev-tio: the device's routing id for TIO_DEV_CREATE (default: 0x100)")
     g.add_argument("--function-id", type=lambda s: int(s, 0), default=0, metavar="RID",
@@ -69,7 +71,15 @@ def main_tsm(args: argparse.Namespace) -> int:
         else:
             transport, _dev = in_process_device(args.profile, args.cache_dir)
             where = f"in-process {args.profile}"
-        return run_steps(args, steps, transport, where)
+        root = None
+        if args.root:
+            from pathlib import Path
+
+            from cryptography import x509
+            data = Path(args.root).read_bytes()
+            root = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data \
+                else x509.load_der_x509_certificate(data)
+        return run_steps(args, steps, transport, where, root)
     except (OSError, ValueError) as exc:
         print(f"vfiouser-tdisp tsm: {exc}", file=sys.stderr)
         return 2
@@ -130,7 +140,8 @@ class Session:
                 f"{SevRet.INVALID_PARAM.name}; next message accepted")
 
 
-def run_steps(args: argparse.Namespace, steps: list[str], transport: Any, where: str) -> int:
+def run_steps(args: argparse.Namespace, steps: list[str], transport: Any, where: str,
+              root: Any = None) -> int:
     s = Session(transport, args.device_id, args.function_id, args.guest_rid, args.stream_id)
     host, guest, rid = s.host, s.guest, s.rid
 
@@ -142,10 +153,11 @@ def run_steps(args: argparse.Namespace, steps: list[str], transport: Any, where:
                 f"{len(ev[SpdmDobjId.MEASUREMENT])} B ({host.objects_sent} objects, {where})")
 
     def lock() -> str:
-        s.evidence = ev = guest.lock(rid)
+        s.evidence = ev = guest.lock(rid, root)
         return (f"TDI bound (LOCKED); evidence: certificates {len(ev.certificates)} B, "
                 f"measurements {len(ev.measurements)} B, report {len(ev.report)} B "
-                f"({len(ev.ranges)} ranges); SHA-384 digests match TDI_INFO")
+                f"({len(ev.ranges)} ranges); SHA-384 digests match TDI_INFO"
+                + ("; chain anchored" if root is not None else ""))
 
     def certificates() -> str:
         return f"certificate chain {len(host.certificates())} B (unchanged)"

@@ -572,7 +572,7 @@ class SnpGuest:
         return rsp  # type: ignore[no-any-return]
 
     # -- lock / accept / unlock -----------------------------------------------------------
-    def lock(self, rid: int) -> Evidence:
+    def lock(self, rid: int, root: Any = None) -> Evidence:
         self.tio_op(SevTioOp.BIND, rid)
         info, regs = self.tdi_info(rid, TIO_GUEST_REQUEST_PARAM_REPORT
                                    | TIO_GUEST_REQUEST_PARAM_STATE)
@@ -587,6 +587,8 @@ class SnpGuest:
             if hashlib.sha384(blob).digest() != digest:
                 raise SevTioError(f"evidence: the {name} the host handed over do not match "
                                   "the PSP's digest")
+        if root is not None:
+            check_chain(ev.certificates, root)
         emit("snp_guest.locked", rid=f"{rid:#06x}", tdi_state=regs[2])
         return ev
 
@@ -611,6 +613,32 @@ class SnpGuest:
             self.mmio_validate(rid, r.first_page * PAGE_SIZE, r.number_of_pages, r.range_id,
                                validated=False)
         self.tio_op(SevTioOp.UNBIND, rid)
+
+
+def check_chain(chain: bytes, root: Any) -> None:
+    """The relying party's check: the SPDM certificate chain (DSP0274: Length, reserved,
+    RootHash, DER certificates) starts at ``root`` and every link verifies."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from ...spdm.der import split_der_certificates
+    for size, algo in ((48, "sha384"), (32, "sha256"), (64, "sha512")):
+        try:
+            certs = split_der_certificates(chain[4 + size:])
+        except ValueError:
+            continue
+        if certs and hashlib.new(algo, certs[0].public_bytes(Encoding.DER)).digest() == \
+                chain[4:4 + size]:
+            break
+    else:
+        raise SevTioError("evidence: not an SPDM certificate chain")
+    if certs[0] != root:
+        raise SevTioError("evidence: the device chain does not start at the trusted root")
+    for parent, child in zip(certs, certs[1:], strict=False):
+        try:
+            child.verify_directly_issued_by(parent)
+        except Exception as exc:
+            raise SevTioError(f"evidence: chain link broken at {child.subject}: {exc}") \
+                from None
 
 
 def tee_ranges(ev: Evidence) -> list[t.MMIO_RANGE]:

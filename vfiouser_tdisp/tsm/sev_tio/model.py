@@ -100,6 +100,7 @@ DEV_TABLE: dict[tuple[DevState, str], DevState] = {
     (DevState.CONNECTING, "connected"): DevState.CONNECTED,
     (DevState.CONNECTING, "failed"): DevState.ERROR,
     (DevState.CONNECTED, "disconnect"): DevState.DISCONNECTING,
+    (DevState.CONNECTED, "failed"): DevState.ERROR,      # the chain changed underneath
     (DevState.DISCONNECTING, "disconnected"): DevState.CREATED,
     (DevState.DISCONNECTING, "failed"): DevState.ERROR,
     (DevState.CONNECTED, "force_disconnect"): DevState.CREATED,

@@ -933,6 +933,7 @@ def tdi_report(psp: Psp, cmd: TioTdiUnbindCmd, mem: GuestMemory) -> SevRet:
     tdi = psp.tdi(dev, cmd.tdi_ctx_sla)
     start = None
     if dev.pending is None:
+        _connected(dev)
         if not tdi.bound:
             raise PspError(SevRet.INVALID_TDI_STATE, f"TDI is {tdi.fsm.state.name}")
         if cmd.gctx_paddr != tdi.gctx:

@@ -589,3 +589,25 @@ def test_guest_refuses_a_chain_from_another_root(cache: Path, tmp_path: Path) ->
     _, other = in_process_device(identity_dir=str(tmp_path / "other"))
     with pytest.raises(SevTioError, match="trusted root"):
         b.guest.lock(RID, root=other.identity.root)
+
+
+def test_unreachable_spdm_buffers_change_nothing(cache: Path, recorder: Recorder) -> None:
+    """A request buffer outside guest memory: INVALID_ADDRESS before the device context
+    moves, and the same command with good buffers then connects."""
+    from vfiouser_tdisp.firmware import Firmware
+    b = Bench(cache)
+    fw: Firmware = b.psp          # the PSP is what the firmware port calls
+    assert fw.abi_id == 0x54564553      # "SEVT"
+    h = b.host
+    h.dev_ctx = h.alloc_sla(0x1000)
+    b.raw(SevCmd.TIO_DEV_CREATE, abi.TioDevCreateCmd(length=0x20, dev_ctx_sla=h.dev_ctx.sla,
+                                                     device_id=RID).pack())
+    bad = abi.SpdmCtrl(0x7000_0000, 0x7000_1000, 0x7000_2000, 0x7000_3000).pack()
+    assert b.raw(SevCmd.TIO_DEV_CONNECT, abi.TioDevConnectCmd(
+        length=0x50, spdm_ctrl=bad, dev_ctx_sla=h.dev_ctx.sla, tc_mask=1).pack()) == \
+        R.INVALID_ADDRESS
+    assert transitions(recorder, "psp.dev") == []
+    h.req, h.resp = h.alloc_sla(0x4000), h.alloc_sla(0x4000)
+    h.scratch, h.output = h.alloc_sla(0x4000), h.alloc_sla(0x1000)
+    h.reconnect()
+    assert transitions(recorder, "psp.dev") == ["CONNECTING", "CONNECTED"]

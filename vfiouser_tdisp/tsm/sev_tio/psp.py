@@ -269,9 +269,8 @@ class Pending:
     cmd: SevCmd
     key: tuple[int, ...]            # the contexts the command names
     flow: DevFlow | None
-    request: SpdmRequest | None = None
-    finish: Callable[[Any], list[tuple[SpdmDobjId, bytes]]] | None = None
-    output: list[tuple[SpdmDobjId, bytes]] | None = None
+    request: SpdmRequest | None = None                     # sent, answer awaited
+    output: list[tuple[SpdmDobjId, bytes]] | None = None   # done, waiting for room
 
 
 # --------------------------------------------------------------------------------------
@@ -460,6 +459,8 @@ class Psp:
         (SPDM_REQUEST) or to its end (output written, SUCCESS).  ``start`` moves the
         contexts' state machines and returns the flow; it runs only once the buffers
         passed their checks, so an EXPAND_BUFFER_LENGTH_REQUEST leaves every state alone."""
+        for sla in (ctrl.req, ctrl.resp, ctrl.output):
+            SlaBuffer(mem, sla)       # reachable and well-formed before anything moves
         scratch = SlaBuffer(mem, ctrl.scratch)
         if scratch.capacity < model.SPDM_SCRATCH_SIZE_MIN:
             scratch.set_header(capacity_sz=model.SPDM_SCRATCH_SIZE_MIN)
@@ -472,7 +473,7 @@ class Psp:
         if pending is None:
             if start is None:
                 raise PspError(SevRet.INVALID_DEV_STATE, "nothing to resume")
-            pending = dev.pending = Pending(cmd, key, start(), finish=finish)
+            pending = dev.pending = Pending(cmd, key, start())
         elif pending.request is not None:
             value = self._response(mem, ctrl, pending.request)
         try:

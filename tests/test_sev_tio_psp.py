@@ -162,8 +162,9 @@ def test_dev_connect_spdm_request_loop_on_bytes(cache: Path, recorder: Recorder)
     hdr = h.read_buf(h.output, 0x40, 0x20)
     assert struct.unpack_from("<IIH6xHBB", hdr) == (4, 0x20 + len(chain), 0x0100, RID, 0, 1)
     assert transitions(recorder, "psp.dev") == ["CONNECTING", "CONNECTED"]
-    kinds = {e["event"] for e in recorder.events}
-    assert {"spdm.requester.session", "ide_km.key_prog"} & kinds
+    # the device's IDE_KM responder saw the PSP key stream 1: 6 KEY_PROG, 6 K_SET_GO
+    assert [e["stream_id"] for e in recorder.of("ide_km.key_prog")] == [1] * 6
+    assert len(recorder.of("ide_km.k_set_go")) == 6
 
 
 def test_expand_buffer_length_request(cache: Path) -> None:

@@ -328,7 +328,8 @@ PLAIN = [
     ("request", "SPDM", "GET_CAPABILITIES"), ("response", "SPDM", "CAPABILITIES"),
     ("request", "SPDM", "NEGOTIATE_ALGORITHMS"), ("response", "SPDM", "ALGORITHMS"),
     ("request", "SPDM", "GET_DIGESTS"), ("response", "SPDM", "DIGESTS"),
-    ("request", "SPDM", "GET_CERTIFICATE"), ("response", "SPDM", "CERTIFICATE"),
+    # the requester asks for the whole chain at once (Offset 0, Length 0xFFFF): it fits
+    # in one CERTIFICATE within the negotiated transfer size (DSP0274 GET_CERTIFICATE)
     ("request", "SPDM", "GET_CERTIFICATE"), ("response", "SPDM", "CERTIFICATE"),
     ("request", "SPDM", "CHALLENGE"), ("response", "SPDM", "CHALLENGE_AUTH"),
     ("request", "SPDM", "GET_MEASUREMENTS"), ("response", "SPDM", "MEASUREMENTS"),

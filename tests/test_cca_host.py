@@ -387,3 +387,27 @@ def test_cli_against_dmtf_spdm_responder_emu(tmp_path: Path,
     assert [ln.split()[:2] for ln in out] == [
         [step, "PASS"] for step in ("connect", "bind", "lock", "accept", "unlock", "unbind",
                                     "disconnect")]
+
+
+def test_cli_in_process_device_with_events(cache: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --spdm the CLI builds the device in process (BARs assigned) and drives it
+    through its DOE mailbox registers; --events records every RMM transition."""
+    import json
+
+    from vfiouser_tdisp.cli import main
+    events = tmp_path / "events.jsonl"
+    assert main(["tsm", "--platform", "cca", "--cache-dir", str(cache), "--events",
+                 str(events), "--hash", "sha512", "connect", "bind", "lock", "measurements",
+                 "info", "accept", "unlock", "unbind", "disconnect"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert all(line.split()[1] == "PASS" for line in out) and len(out) == 9
+    assert "hash_algo 1" in out[4]
+    lines = [json.loads(ln) for ln in events.read_text().splitlines()]
+    pdev = [e for e in lines if e["event"] == "rmm.pdev.transition"]
+    ep = pdev[0]["pdev"]
+    assert [pdev[0]["old"]] + [e["new"] for e in pdev if e["pdev"] == ep] == \
+        ["NEW", "NEEDS_KEY", "HAS_KEY", "READY", "STOPPED"]
+    vdev = [e["new"] for e in lines if e["event"] == "rmm.vdev.transition"]
+    assert vdev == ["UNLOCKED", "LOCKED", "LOCKED", "LOCKED", "LOCKED", "STARTED", "UNLOCKED"]
+    assert main(["tsm", "--platform", "cca", "--cache-dir", str(cache), "nonsense"]) == 2

@@ -735,3 +735,37 @@ def test_random_calls_get_a_status_and_leave_the_rmm_serving(cache: Path, seed: 
             fid = F.RMI_VDEV_ABORT if obj in b.rmm.vdevs.values() else F.RMI_PDEV_ABORT
             assert h.rmi(fid, obj.addr)[0] == S_
     assert h.rmi(F.RMI_PDEV_GET_STATE, h.pdev)[0] == S_
+
+
+def _dmtf_value_types(measurements: bytes) -> list[int]:
+    """DMTFSpecMeasurementValueType of every block of a MEASUREMENTS response, parsed by
+    hand from DSP0274 §10.11: header 4 B, NumberOfBlocks u8, MeasurementRecordLength
+    u24, then blocks {Index u8, MeasurementSpecification u8 (DMTF 0x01), MeasurementSize
+    u16, {DMTFSpecMeasurementValueType u8 (bit 7 = raw bit stream), ValueSize u16, Value}}."""
+    count = measurements[4]
+    length = int.from_bytes(measurements[5:8], "little")
+    record, pos, types = measurements[8:8 + length], 0, []
+    for _ in range(count):
+        assert record[pos + 1] == 0x01
+        size = int.from_bytes(record[pos + 2:pos + 4], "little")
+        types.append(record[pos + 4])
+        pos += 4 + size
+    assert pos == length
+    return types
+
+
+def test_measurement_params_raw_flag(cache: Path) -> None:
+    """rmi_vdev_measure_params.flags RAW (bit 0) asks the device for raw bit streams."""
+    b = bench(cache)
+    h = b.host
+    h.connect()
+    v = h.bind(VDEV_ID)
+    h.measure(v, raw=False)
+    digests = _dmtf_value_types(v.cache[abi.RmiDevCommObject.MEASUREMENTS])
+    h.measure(v, raw=True)
+    raw = _dmtf_value_types(v.cache[abi.RmiDevCommObject.MEASUREMENTS])
+    assert len(raw) == len(digests) and all(t & 0x80 for t in raw)
+    assert not all(t & 0x80 for t in digests)
+    # bits other than RAW are reserved
+    page = h._params(abi.RmiVdevMeasureParams(flags=2).pack())
+    assert h.rmi(F.RMI_VDEV_GET_MEASUREMENTS, h.rd, h.pdev, v.addr, page)[0] == INP

@@ -519,3 +519,40 @@ def test_encapsulated_requests_need_encap_cap(code: int) -> None:
     hand = Hand(r, SETS["p384-sha384-aes256"], 0x12)
     vca(hand, BASE_FLAGS)
     assert r.handle_cma(bytes([0x12, code, 0, 0])) == bytes([0x12, 0x7F, 0x07, code])
+
+
+def test_ide_km_and_tdisp_messages_step_one_object_at_a_time() -> None:
+    """The TSM requesters are flows too: each IDE_KM / TDISP message is exactly one
+    secured object (DOE type 2) and its answer; a wrong answer raises out of send()."""
+    from vfiouser_tdisp.device.device import Device, get_profile
+    from vfiouser_tdisp.ide.capability import KeyDirection, KeySubstream
+    from vfiouser_tdisp.tdisp import messages as t
+    from vfiouser_tdisp.tsm.core import IdeKmRequester, PciSigChannel, TdispRequester
+
+    from .spdm_support import identity
+
+    device = Device(get_profile("virtio-rng"), identity=identity())
+    transport = doe_transport(device.doe.exchange)
+    spdm = SpdmRequester()                     # no transport of its own
+    drive(spdm.authenticate_flow(), transport)
+    session = drive(spdm.start_session_flow(), transport)
+    channel = PciSigChannel(spdm, session)
+    flow = IdeKmRequester(channel).key_prog_flow(3, 0, KeyDirection.RX, KeySubstream.PR,
+                                                 bytes(32), bytes(8))
+    request = next(flow)
+    assert request.secured and request.payload[:4] == struct.pack("<I", session.session_id)
+    with pytest.raises(StopIteration) as done:
+        flow.send(transport(request))
+    assert done.value.value.status == 0        # KP_ACK Status 0: success
+    objects = []
+
+    def counting(request: SpdmRequest) -> bytes:
+        objects.append(request)
+        return transport(request)
+
+    version = drive(TdispRequester(channel).version_flow(t.make_function_id(0, 0)), counting)
+    assert len(objects) == 1 and objects[0].secured and version.message_type
+    flow2 = TdispRequester(channel).state_flow(t.make_function_id(0, 0))
+    next(flow2)
+    with pytest.raises(SpdmRequesterError):
+        flow2.send(b"\x13\x7f\x06\x00")   # plain ERROR DecryptError: session gone

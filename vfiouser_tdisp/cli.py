@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from .device.device import PROFILES
 
 DEFAULT_PROFILE = "virtio-rng"
+PLATFORMS = ("cca",)  # server.PLATFORMS names their firmware emulators
 
 
 def _tcp_port(text: str) -> int:
@@ -53,6 +54,10 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                         "keys; device i > 0 writes FILE.i")
     p.add_argument("--debug-ide-keys", action="store_true",
                    help="log IDE_KM keys in clear in the events (default: a fingerprint)")
+    p.add_argument("--platform", choices=PLATFORMS,
+                   help="also serve the firmware port with this platform's firmware "
+                        "emulator behind it, on PATH.fwport of the first --socket "
+                        "(docs/firmware-port.md)")
     _add_identity_args(p)
 
 
@@ -106,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
                    help="profile the server runs (multi-function profiles need one "
                         "-device per function)")
+    p.add_argument("--platform", choices=PLATFORMS,
+                   help="the server runs with --platform: also attach the firmware port")
     p.add_argument("--initrd", metavar="FILE",
                    help="guest image from `vfiouser-tdisp initramfs` (needed unless "
                         "--device-only)")

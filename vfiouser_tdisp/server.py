@@ -4,23 +4,29 @@ Each ``--socket PATH`` gets its own device built from the profile.  Function 0
 is served at PATH; further functions of a multi-function profile at
 ``PATH.fnN`` (attach them to QEMU in the same slot with ``addr=S.N``).
 ``--spdm-port`` also serves each device's DOE mailbox over the DMTF spdm-emu
-socket protocol; ``--pcap`` captures every DOE object.
+socket protocol; ``--pcap`` captures every DOE object.  ``--platform`` adds the
+firmware port (docs/firmware-port.md) with that platform's firmware emulator
+behind it, on ``PATH.fwport`` of the first socket.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from .device.backend import FunctionBackend
 from .device.device import Device, get_profile
+from .device.firmware_port import build_firmware_port
 from .doe.capture import PcapWriter
 from .doe.emu_socket import SOCKET_SPDM_COMMAND_OOB_ENCAP_KEY_UPDATE, SpdmEmuServer
 from .events import LOG, HumanSink, JsonLinesSink, emit, open_event_log
+from .firmware import Firmware
 from .paths import identity_dir
 from .sockets import private_umask
 from .spdm.identity import IdentityError
@@ -47,6 +53,19 @@ def numbered(path: str, i: int) -> str:
     return path if i == 0 else f"{path}.{i}"
 
 
+# --platform NAME -> the firmware emulator served behind the firmware port
+PLATFORMS = {"cca": "vfiouser_tdisp.tsm.cca:make_firmware"}
+
+
+def firmware_port_path(path: str) -> str:
+    return f"{path}.fwport"
+
+
+def platform_firmware(name: str) -> Firmware:
+    module, _, factory = PLATFORMS[name].partition(":")
+    return getattr(importlib.import_module(module), factory)()  # type: ignore[no-any-return]
+
+
 @dataclass
 class RunningDevices:
     devices: list[Device] = field(default_factory=list)
@@ -68,7 +87,8 @@ def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = N
                   spdm_host: str = "127.0.0.1", pcap: str | None = None, *,
                   pcap_keys: str | None = None,
                   identity_options: dict[str, Any] | None = None,
-                  debug_ide_keys: bool = False) -> RunningDevices:
+                  debug_ide_keys: bool = False,
+                  firmware: Firmware | None = None) -> RunningDevices:
     """Build one device per socket path and start serving it.
 
     Device ``i`` gets the spdm-emu port ``spdm_port + i`` and the capture file
@@ -77,6 +97,8 @@ def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = N
     key_file, identity_dir; no identity_dir: generated in memory).  The SPDM
     identity is loaded (or generated) here, before the guest can ask: a key
     generation inside a DOE exchange would exceed the kernel's 1 s DOE timeout.
+    With ``firmware``, the firmware port is served on
+    ``firmware_port_path(paths[0])`` with it behind.
     """
     profile = get_profile(profile_name)
     running = RunningDevices()
@@ -105,6 +127,11 @@ def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = N
                 srv = FunctionServer(dev.backend(fn_no), function_socket_path(path, fn_no))
                 srv.start()
                 running.servers.append(srv)
+        if firmware is not None:
+            port_fn, _port = build_firmware_port(firmware)
+            srv = FunctionServer(FunctionBackend(port_fn), firmware_port_path(paths[0]))
+            srv.start()
+            running.servers.append(srv)
     except BaseException:
         running.close()
         raise
@@ -115,7 +142,7 @@ def serve_forever(paths: list[str], profile_name: str, spdm_port: int | None = N
                   spdm_host: str = "127.0.0.1", pcap: str | None = None, *,
                   pcap_keys: str | None = None,
                   identity_options: dict[str, Any] | None = None,
-                  debug_ide_keys: bool = False) -> None:
+                  debug_ide_keys: bool = False, platform: str | None = None) -> None:
     # The stop signals are taken synchronously with sigwait() in this thread, never
     # by a handler: a Python handler runs between two bytecodes of the main
     # thread, and one that takes a lock (Event.set) while the main thread is
@@ -128,7 +155,8 @@ def serve_forever(paths: list[str], profile_name: str, spdm_port: int | None = N
     try:
         running = start_devices(paths, profile_name, spdm_port, spdm_host, pcap,
                                 pcap_keys=pcap_keys, identity_options=identity_options,
-                                debug_ide_keys=debug_ide_keys)
+                                debug_ide_keys=debug_ide_keys,
+                                firmware=platform_firmware(platform) if platform else None)
         try:
             emit("server.ready", sockets=[s.path for s in running.servers],
                  profile=profile_name, spdm_ports=[e.port for e in running.spdm_servers])
@@ -176,7 +204,8 @@ def main_serve(args: argparse.Namespace) -> int:
         try:
             serve_forever(args.socket, args.profile, args.spdm_port, args.spdm_host, args.pcap,
                           pcap_keys=args.pcap_keys, identity_options=identity,
-                          debug_ide_keys=args.debug_ide_keys)
+                          debug_ide_keys=args.debug_ide_keys,
+                          platform=getattr(args, "platform", None))
         except IdentityError as exc:
             print(f"vfiouser-tdisp serve: {exc}", file=sys.stderr)
             return 2

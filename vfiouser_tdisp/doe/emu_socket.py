@@ -80,9 +80,9 @@ class SpdmEmuServer:
     """Serves one DOE dispatcher to spdm-emu clients, each on its own thread."""
 
     def __init__(self, dispatcher: DoeDispatcher, lock: threading.RLock,
-                 host: str = "127.0.0.1", port: int = DEFAULT_SPDM_PORT, *,
-                 idle_timeout: float = IDLE_TIMEOUT, max_clients: int = MAX_CLIENTS,
-                 oob: Mapping[int, Callable[[bytes], bytes]] | None = None) -> None:
+                 host: str = "127.0.0.1", port: int = DEFAULT_SPDM_PORT,
+                 oob: Mapping[int, Callable[[bytes], bytes]] | None = None, *,
+                 idle_timeout: float = IDLE_TIMEOUT, max_clients: int = MAX_CLIENTS) -> None:
         self.dispatcher = dispatcher
         # command -> handler(payload) -> reply payload, run under the device lock
         self.oob = dict(oob or {})

@@ -4,8 +4,10 @@ Contents: static busybox with an absolute symlink per applet, ``/init`` and the
 other ``guest-scripts/`` files, and the kernel modules the guest needs with
 their dependencies, decompressed (busybox insmod wants plain ``.ko``) at
 ``/lib/modules/<uname -r>/<path>.ko`` next to a ``modules.dep`` for them, so
-busybox ``modprobe`` works in the guest.  The output is deterministic (sorted
-entries, fixed inode numbers, zero mtimes, gzip mtime 0).
+busybox ``modprobe`` works in the guest.  Out-of-tree modules built for the
+guest kernel (the guest module, run/module_build.py) go to ``extra/``.  The
+output is deterministic (sorted entries, fixed inode numbers, zero mtimes, gzip
+mtime 0).
 """
 
 from __future__ import annotations
@@ -291,7 +293,8 @@ def _parents(path: str) -> list[str]:
 def initramfs_entries(busybox: str | Path, modules_dir: str | Path | None,
                       scripts_dir: Path = GUEST_SCRIPTS,
                       modules: Iterable[str] = GUEST_MODULES,
-                      kver: str | None = None) -> list[Entry]:
+                      kver: str | None = None,
+                      extra_modules: Iterable[Path] = ()) -> list[Entry]:
     """Every entry of the archive, directories before their contents, sorted."""
     files: dict[str, Entry] = {}
     files["bin/busybox"] = Entry("bin/busybox", stat.S_IFREG | 0o755,
@@ -313,6 +316,15 @@ def initramfs_entries(busybox: str | Path, modules_dir: str | Path | None,
             kver = version.read_text().strip() if version.exists() else mdir.name
         for e in module_entries(mdir, modules, kver):
             files[e.path] = e
+        base = f"lib/modules/{kver}"
+        for ko in extra_modules:  # no dependencies on other modules: built-in symbols only
+            rel = f"extra/{ko.name}"
+            files[f"{base}/{rel}"] = Entry(f"{base}/{rel}", stat.S_IFREG | 0o644,
+                                           ko.read_bytes())
+            for index in ("modules.dep", "modules.order"):
+                old = files[f"{base}/{index}"]
+                line = f"{rel}:\n" if index == "modules.dep" else f"{rel}\n"
+                files[old.path] = Entry(old.path, old.mode, old.data + line.encode())
     dirs = set(ROOT_DIRS)
     for path in files:
         dirs.update(_parents(path))
@@ -324,9 +336,11 @@ def initramfs_entries(busybox: str | Path, modules_dir: str | Path | None,
 
 def build_initramfs(busybox: str | Path, modules_dir: str | Path | None, out: Path,
                     scripts_dir: Path = GUEST_SCRIPTS,
-                    modules: Iterable[str] = GUEST_MODULES) -> Path:
+                    modules: Iterable[str] = GUEST_MODULES,
+                    extra_modules: Iterable[Path] = ()) -> Path:
     """Write the gzip'd cpio to ``out`` (deterministic: same inputs, same bytes)."""
-    entries = initramfs_entries(busybox, modules_dir, scripts_dir, modules)
+    entries = initramfs_entries(busybox, modules_dir, scripts_dir, modules,
+                                extra_modules=extra_modules)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_bytes(gzip.compress(cpio_newc(entries), compresslevel=6, mtime=0))

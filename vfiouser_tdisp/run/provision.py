@@ -689,6 +689,13 @@ def main_setup(args: argparse.Namespace) -> int:
           else "already provisioned (nothing to do):")
     for line in describe(p):
         print("  " + line)
+    from .module_build import ensure_module  # the guest module, cached per kernel + sources
+
+    try:
+        print(f"  module:  {ensure_module(p)}")
+    except ProvisionError as exc:
+        print(f"vfiouser-tdisp setup: guest module: {exc}", file=sys.stderr)
+        return 1
     from .qemu import accel_decision  # qemu.py imports this module
 
     accel, why = accel_decision(p.qemu, p.kernel, "auto", p.cache)

@@ -66,6 +66,20 @@ def device_args(sockets: list[list[str]]) -> list[str]:
     return args
 
 
+# QEMU aborts when a vfio-user reply takes longer than x-msg-timeout (5 s by
+# default); a firmware call (an SPDM key exchange under TCG) may take longer.
+FIRMWARE_PORT_MSG_TIMEOUT_MS = 60000
+
+
+def firmware_port_args(socket_path: str, port_index: int = 9) -> list[str]:
+    """The firmware port (docs/firmware-port.md) behind its own root port."""
+    bus = f"rp{port_index}"
+    dev = {"driver": "vfio-user-pci", "socket": {"type": "unix", "path": socket_path},
+           "bus": bus, "id": "vtfwport", "x-msg-timeout": FIRMWARE_PORT_MSG_TIMEOUT_MS}
+    return ["-device", f"pcie-root-port,id={bus},chassis={port_index + 1},slot={port_index}",
+            "-device", json.dumps(dev, separators=(",", ":"))]
+
+
 @dataclass
 class QemuCommand:
     """A q35 guest booted from ``-kernel``/``-initrd``, serial console to a file,
@@ -364,6 +378,13 @@ def main_qemu_args(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         "# to your -m. The device sits behind its own PCIe root port on q35.",
         " ".join(shlex.quote(a) for a in user_qemu_args(args.socket, args.bus, nfn)),
     ]
+    if getattr(args, "platform", None):
+        from ..server import firmware_port_path
+
+        lines += ["# The firmware port (serve --platform): the guest module's path to the "
+                  "platform firmware.",
+                  " ".join(shlex.quote(a) for a in firmware_port_args(
+                      firmware_port_path(args.socket)))]
     print("\n".join(lines), file=out)
     return 0
 
@@ -420,6 +441,6 @@ def main_qemu(args: argparse.Namespace) -> int:
 
 
 __all__ = ["QemuCommand", "QemuConfig", "accel_decision", "choose_accel", "device_args",
-           "guest_append", "guest_qemu_args", "kill_group", "main_qemu", "main_qemu_args",
-           "probe_kvm", "qmp_execute", "qmp_query", "qmp_quit", "run_with_deadline",
-           "shell_command", "user_qemu_args", "vfio_user_device_json"]
+           "firmware_port_args", "guest_append", "guest_qemu_args", "kill_group", "main_qemu",
+           "main_qemu_args", "probe_kvm", "qmp_execute", "qmp_query", "qmp_quit",
+           "run_with_deadline", "shell_command", "user_qemu_args", "vfio_user_device_json"]

@@ -22,7 +22,8 @@ owns a transport):
   failure raises :class:`SpdmRequesterError` out of ``send()``.
 * Every operation ``x`` has ``SpdmRequester.x_flow(...)`` returning its flow
   and a blocking ``SpdmRequester.x(...)`` = ``drive(self.x_flow(...),
-  transport)`` over the DOE object transport given to the constructor.
+  transport)`` over the DOE object transport given to the constructor
+  (``SpdmRequester.run(flow)`` does the same for any flow).
   Flows: ``init_connection_flow``, ``get_digests_flow``,
   ``get_certificate_flow``, ``challenge_flow``, ``get_measurements_flow``,
   ``start_session_flow`` (KEY_EXCHANGE + FINISH), ``heartbeat_flow``,
@@ -253,6 +254,10 @@ class SpdmRequester:
     @property
     def message_l(self) -> bytearray:
         return self.transcript.message_l
+
+    def run(self, flow: SpdmFlow[T]) -> T:
+        """``flow`` to its end over the transport given to the constructor."""
+        return self._drive(flow)
 
     def _drive(self, flow: SpdmFlow[T]) -> T:
         if self.transport is None:

@@ -64,7 +64,7 @@ class PciSigChannel:
 
     def run(self, flow: SpdmFlow[T]) -> T:
         """A flow to its end over the SPDM requester's own transport."""
-        return self.spdm._drive(flow)
+        return self.spdm.run(flow)
 
 
 def key_sub_stream(key_set: int, direction: KeyDirection, sub: KeySubstream) -> int:

@@ -18,11 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ...events import LOG, HumanSink, JsonLinesSink, Recorder
-from .abi import RmiDevCommObject, RmiFid, RmiVdevState, RsiVdevState
-from .host import CcaError, CcaHost, CcaRealm, check_evidence, object_transport, socket_transport
+# Only light imports here: `vfiouser-tdisp --help` builds this parser.
 from .rhi import DEFAULT_LAYOUT, LAYOUTS
-from .rmm import Rmm
 
 STEPS = ("connect", "bind", "lock", "report", "measurements", "info", "accept", "unlock",
          "unbind", "disconnect")
@@ -60,8 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _in_process_transport(profile: str, cache_dir: str | None) -> Any:
     from ...device.device import Device, get_profile
     from ...doe.driver import DoeDriver
+    from ...paths import identity_dir
+    from .host import object_transport
 
-    dev = Device(get_profile(profile), identity_options={"identity_dir": cache_dir})
+    dev = Device(get_profile(profile), identity_options={"identity_dir": identity_dir(cache_dir)})
     fn = dev.dsm
 
     def read32(off: int) -> int:
@@ -96,6 +95,7 @@ def _in_process_transport(profile: str, cache_dir: str | None) -> Any:
 
 
 def main_tsm(args: argparse.Namespace) -> int:
+    from ...events import LOG, HumanSink, JsonLinesSink
     if args.platform != "cca":
         print(f"vfiouser-tdisp tsm: platform {args.platform!r} has no emulator yet",
               file=sys.stderr)
@@ -106,6 +106,7 @@ def main_tsm(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     unsubscribe = []
+    events = None
     if args.events:
         events = open(args.events, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
         unsubscribe.append(LOG.subscribe(JsonLinesSink(events)))
@@ -115,6 +116,7 @@ def main_tsm(args: argparse.Namespace) -> int:
     try:
         if args.spdm:
             from ...doe.emu_socket import SpdmEmuClient
+            from .host import socket_transport
             host_name, _, port = args.spdm.rpartition(":")
             client = SpdmEmuClient(host_name or "127.0.0.1", int(port))
             transport = socket_transport(client)
@@ -137,9 +139,15 @@ def main_tsm(args: argparse.Namespace) -> int:
             client.close()
         for u in unsubscribe:
             u()
+        if events is not None:
+            events.close()
 
 
 def run_steps(args: argparse.Namespace, transport: Any, where: str, root: Any) -> int:
+    from ...events import LOG, Recorder
+    from .abi import RmiDevCommObject, RmiFid, RmiVdevState, RsiVdevState
+    from .host import CcaError, CcaHost, CcaRealm, check_evidence
+    from .rmm import Rmm
     host = CcaHost(Rmm(), transport, layout=args.layout, pdev_id=args.pdev_id,
                    tdi_id=args.tdi, hash_algo=1 if args.hash == "sha512" else 0)
     realm = CcaRealm(host)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from ...events import emit
 from ...firmware import CallClass, FirmwareCall, GuestMemory, GuestMemoryError
 from ...fsm import StateMachine
-from ...wire import DecodeError, Struct
+from ...wire import DecodeError
 from . import model, ops
 from .abi import (
     DIGEST_FIELD,
@@ -54,6 +54,7 @@ from .abi import (
     RmiAddressRange,
     RmiDevCommEnter,
     RmiDevCommExitFlags,
+    RmiDevCommObject,
     RmiFid,
     RmiHashAlgo,
     RmiPdevCategory,
@@ -205,7 +206,8 @@ class Pdev:
     pubkey: RmiPublicKeyParams | None = None
     stream: Stream | None = None
     vdevs: list[Vdev] = field(default_factory=list)
-    objects: dict[str, bytes] = field(default_factory=dict)   # vca, cert (for digests)
+    # what the digests are over: the VCA and certificate chain the RMM itself exchanged
+    objects: dict[RmiDevCommObject, bytes] = field(default_factory=dict)
 
     @property
     def state(self) -> RmiPdevState:
@@ -332,10 +334,6 @@ class Rmm:
         return tuple(int(r) for r in result)
 
     # -- helpers ------------------------------------------------------------------------------
-    @staticmethod
-    def _read(mem: GuestMemory, addr: int, cls: type[Struct]) -> Struct:
-        return cls.unpack(mem.read(addr, cls.fixed_size()))
-
     def _ns_page(self, addr: int) -> bool:
         """A granule-aligned address the host still owns (not delegated to the RMM)."""
         return addr % GRANULE_SIZE == 0 and addr not in self.granules
@@ -472,8 +470,8 @@ class Rmm:
             ctx = pdev.ctx
 
             def identity_done(op: Operation) -> None:
-                pdev.objects["vca"] = bytes(ctx.spdm.message_a)
-                pdev.objects["cert"] = ctx.spdm.conn.cert_chain
+                pdev.objects[RmiDevCommObject.VCA] = bytes(ctx.spdm.message_a)
+                pdev.objects[RmiDevCommObject.CERTIFICATE] = ctx.spdm.conn.cert_chain
                 pdev.fsm.fire("identity_done")
             self._start(pdev, "identity", ops.identity(ctx, params.id_index), identity_done)
         else:
@@ -933,8 +931,8 @@ class Rmm:
             lock_nonce=vdev.lock_nonce, meas_nonce=vdev.meas_nonce,
             report_nonce=vdev.report_nonce, format_type=RsiDevMemFormat.TDISP,
             format_version=model.TDISP_FORMAT_VERSION, state=rsi_state_of(vdev.state),
-            vca_digest=digest(pdev.objects.get("vca", b"")),
-            cert_digest=digest(pdev.objects.get("cert", b"")),
+            vca_digest=digest(pdev.objects.get(RmiDevCommObject.VCA, b"")),
+            cert_digest=digest(pdev.objects.get(RmiDevCommObject.CERTIFICATE, b"")),
             pubkey_digest=digest(key), meas_digest=digest(vdev.measurements),
             report_digest=digest(vdev.report))
 

@@ -50,16 +50,6 @@ def recorder() -> Iterator[Recorder]:
     unsubscribe()
 
 
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    short = Path(f"/tmp/vt-sev-{os.getpid()}")
-    short.mkdir(exist_ok=True)
-    yield short
-    for p in short.iterdir():
-        p.unlink()
-    short.rmdir()
-
-
 class Bench:
     def __init__(self, cache: Path, **host: Any) -> None:
         self.transport, self.device = in_process_device(identity_dir=str(cache))

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from .device.device import PROFILES
 
 DEFAULT_PROFILE = "virtio-rng"
-PLATFORMS = ("cca",)  # server.PLATFORMS names their firmware emulators
+PLATFORMS = ("cca", "sev-tio")  # server.PLATFORMS names their firmware emulators
 
 
 def _tcp_port(text: str) -> int:

@@ -602,3 +602,30 @@ def test_unreachable_spdm_buffers_change_nothing(cache: Path, recorder: Recorder
     h.scratch, h.output = h.alloc_sla(0x4000), h.alloc_sla(0x1000)
     h.reconnect()
     assert transitions(recorder, "psp.dev") == ["CONNECTING", "CONNECTED"]
+
+
+@pytest.mark.parametrize("rsp,status", [
+    (struct.pack("<IIHB5s", 2, 0x10, 0x0100, 1, bytes(5)), R.ERR_IN_DEV_CONN),   # no data
+    (struct.pack("<IIHB5s", 1, 0x20, 0x0100, 1, bytes(5)), R.INVALID_PARAM),     # REQ id
+    (struct.pack("<IIHB5s", 2, 0x20, 0x0100, 2, bytes(5)), R.INVALID_PARAM),     # type 2
+    (struct.pack("<IIHB5s", 2, 0x10_0000, 0x0100, 1, bytes(5)), R.RESPONSE_TOO_LARGE),
+])
+def test_bad_response_object_ends_the_loop(cache: Path, recorder: Recorder, rsp: bytes,
+                                           status: R) -> None:
+    """The host re-issues DEV_CONNECT with a RESP object that is empty, of the wrong id or
+    data type (GET_VERSION went as type 1) or longer than its buffer: the loop ends with
+    that status and the device context needs reclaiming."""
+    b = Bench(cache)
+    h = b.host
+    h.dev_ctx = h.alloc_sla(0x1000)
+    b.raw(SevCmd.TIO_DEV_CREATE, abi.TioDevCreateCmd(length=0x20, dev_ctx_sla=h.dev_ctx.sla,
+                                                     device_id=RID).pack())
+    h.req, h.resp = h.alloc_sla(0x4000), h.alloc_sla(0x4000)
+    h.scratch, h.output = h.alloc_sla(0x4000), h.alloc_sla(0x1000)
+    connect = abi.TioDevConnectCmd(length=0x50, spdm_ctrl=h.ctrl(), dev_ctx_sla=h.dev_ctx.sla,
+                                   tc_mask=1).pack()
+    assert b.raw(SevCmd.TIO_DEV_CONNECT, connect) == R.SPDM_REQUEST
+    h.write_buf(h.resp, 0x40, rsp)
+    assert b.raw(SevCmd.TIO_DEV_CONNECT, connect) == status
+    assert b.raw(SevCmd.TIO_DEV_CONNECT, connect) == R.RECLAIM_REQUIRED
+    assert transitions(recorder, "psp.dev") == ["CONNECTING", "ERROR"]

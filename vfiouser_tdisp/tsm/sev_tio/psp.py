@@ -474,9 +474,11 @@ class Psp:
             if start is None:
                 raise PspError(SevRet.INVALID_DEV_STATE, "nothing to resume")
             pending = dev.pending = Pending(cmd, key, start())
-        elif pending.request is not None:
-            value = self._response(mem, ctrl, pending.request)
         try:
+            if pending.request is not None:
+                # a malformed RESP object (INVALID_PARAM) or none at all (the host could
+                # not reach the device: ERR_IN_DEV_CONN) abandons the loop like a bad answer
+                value = self._response(mem, ctrl, pending.request)
             if pending.output is None:
                 assert pending.flow is not None
                 try:

@@ -629,3 +629,51 @@ def test_bad_response_object_ends_the_loop(cache: Path, recorder: Recorder, rsp:
     assert b.raw(SevCmd.TIO_DEV_CONNECT, connect) == status
     assert b.raw(SevCmd.TIO_DEV_CONNECT, connect) == R.RECLAIM_REQUIRED
     assert transitions(recorder, "psp.dev") == ["CONNECTING", "ERROR"]
+
+
+def test_cli_against_dmtf_spdm_responder_emu(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Interop with an independent responder: DMTF spdm-emu's ``spdm_responder_emu``
+    (libspdm, its own IDE_KM and TDISP samples) behind the PSP.  Built outside the
+    repository; set SPDM_RESPONDER_EMU to the binary (its sample keys are looked up in
+    ../../libspdm/unit_test/sample_key next to it, or SPDM_EMU_KEYS)."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    from vfiouser_tdisp.cli import main
+    binary = os.environ.get("SPDM_RESPONDER_EMU")
+    if not binary or not os.access(binary, os.X_OK):
+        pytest.skip("SPDM_RESPONDER_EMU does not name DMTF's spdm_responder_emu")
+    keys = Path(os.environ.get("SPDM_EMU_KEYS") or
+                Path(binary).resolve().parents[2] / "libspdm/unit_test/sample_key")
+    work = tmp_path / "keys"
+    shutil.copytree(keys, work)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([binary, "--trans", "PCI_DOE", "--ip", "127.0.0.1", "--port",
+                             str(port)], cwd=work, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    steps = ["connect", "lock", "accept", "mmio_validate_rejects", "guest_msg_replay",
+             "unlock", "disconnect"]
+    try:
+        # DMTF's server takes one client and stops after it: watch for LISTEN in
+        # /proc/net/tcp instead of probing with a connection.
+        deadline = time.monotonic() + 10
+        listening = f":{port:04X} 00000000:0000 0A"
+        while time.monotonic() < deadline and \
+                listening not in Path("/proc/net/tcp").read_text():
+            time.sleep(0.05)
+        rc = main(["tsm", "--platform", "sev-tio", "--spdm", f"127.0.0.1:{port}", *steps])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    out = capsys.readouterr().out.splitlines()
+    assert [ln.split()[:2] for ln in out] == [[step, "PASS"] for step in steps], out
+    assert rc == 0

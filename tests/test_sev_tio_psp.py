@@ -463,8 +463,8 @@ def test_whole_flow_in_process(cache: Path, recorder: Recorder) -> None:
                                                 "UNBINDING", "UNBOUND"]
     assert transitions(recorder, "psp.dev") == ["CONNECTING", "CONNECTED", "DISCONNECTING",
                                                 "CREATED"]
-    tdisp = [e["event"] for e in recorder.events if e["event"].startswith("tdisp.")]
-    assert "tdisp.locked" in tdisp
+    # the device's own TDI state machine went the same way
+    assert transitions(recorder, "tdi") == ["CONFIG_LOCKED", "RUN", "CONFIG_UNLOCKED"]
 
 
 def test_whole_flow_over_spdm_emu_socket(cache: Path, sock_dir: Path,
@@ -677,3 +677,58 @@ def test_cli_against_dmtf_spdm_responder_emu(tmp_path: Path,
     out = capsys.readouterr().out.splitlines()
     assert [ln.split()[:2] for ln in out] == [[step, "PASS"] for step in steps], out
     assert rc == 0
+
+
+def test_mmio_config(locked: Bench) -> None:
+    """MMIO_CONFIG: a range's attributes as the report gives them (msix_table b0, msix_pba
+    b1, non_tee_mem b2, mem_attr_updatable b3); non_tee_mem written only where updatable."""
+    g = locked.guest
+    ranges = {r.range_id: r.range_attributes for r in locked.ev.ranges}   # type: ignore
+    for range_id, attrs in ranges.items():
+        rsp = g.mmio_config(RID, range_id)
+        assert (rsp.status, rsp.flags, rsp.range_id) == (MV.SUCCESS, attrs & 0xF, range_id)
+    fixed = next(i for i, a in ranges.items() if not a & 0x8)
+    assert g.mmio_config(RID, fixed, write=True, non_tee_mem=True).status == MV.NOT_IMMUTABLE
+    updatable = next((i for i, a in ranges.items() if a & 0x8), None)
+    if updatable is not None:
+        rsp = g.mmio_config(RID, updatable, write=True, non_tee_mem=True)
+        assert (rsp.status, rsp.flags & 0x4, rsp.write) == (MV.SUCCESS, 0x4, 1)
+    assert g.mmio_config(RID, 0x7F).status == MV.NOT_REPORTED
+
+
+def test_evidence_needs_enough_data_pages(locked: Bench) -> None:
+    """SEV_TIO_GUEST_REQUEST with param REPORT and too few shared pages: INVALID_LEN with
+    the pages needed in RBX; the sealed TDI_INFO answer is still consumed, so the guest's
+    next message carries the next number."""
+    g = locked.guest
+    seq = g.seqno
+    sealed = seal(g.vmpck, abi.TioMsgType.TIO_MSG_TDI_INFO_REQ, seq + 1,
+                  abi.TioMsgTdiInfoReq(guest_device_id=RID).pack())
+    g.mem.write(g.req_page, sealed.ljust(0x1000, b"\0"))
+    regs = g.exit(abi.SVM_VMGEXIT_SEV_TIO_GUEST_REQUEST, g.req_page, g.res_page, g.data, 0,
+                  RID, abi.TIO_GUEST_REQUEST_PARAM_REPORT)
+    assert regs[0] == R.INVALID_LEN and regs[1] == 1      # 3 blobs of < 4 KiB: one page
+    g.seqno += 2
+    info, _ = g.tdi_info(RID)
+    assert info.tdi_status == abi.TdiStatus.BOUND
+
+
+def test_bind_with_run_force_starts_at_once(cache: Path, recorder: Recorder) -> None:
+    """TIO_TDI_BIND with RUN_FORCE on an unbound TDI: LOCK_INTERFACE then START_INTERFACE
+    in one command; TIO_TDI_INFO writes the 192-byte TDI_INFO answer (tdi_status @2,
+    report count @0xB0)."""
+    b = Bench(cache)
+    b.host.connect()
+    b.host.bind(RID, run=True)
+    assert transitions(recorder, "psp.tdi") == ["BINDING", "STARTING", "RUN"]
+    # the device's TDI state machine: CONFIG_UNLOCKED -> CONFIG_LOCKED -> RUN
+    assert transitions(recorder, "tdi")[-2:] == ["CONFIG_LOCKED", "RUN"]
+    page = b.host.mem.alloc()
+    h = b.host
+    assert b.raw(SevCmd.TIO_TDI_INFO, abi.TioTdiStatusCmd(
+        length=0x20, dev_ctx_sla=h.dev_ctx.sla, tdi_ctx_sla=h.tdis[RID].ctx.sla,  # type: ignore
+        status_paddr=page).pack()) == R.SUCCESS
+    raw = h.mem.read(page, 192)
+    assert struct.unpack_from("<HH", raw) == (RID, 0)
+    assert struct.unpack_from("<Q", raw, 0xB0) == (1,)
+    assert raw[0x80:0xB0] == hashlib.sha384(h.tdis[RID].evidence[abi.SpdmDobjId.REPORT]).digest()

@@ -30,6 +30,7 @@ from .abi import (
     GUID_CERTIFICATES,
     GUID_MEASUREMENTS,
     GUID_REPORT,
+    MMIO_CONFIG_FLAG_NON_TEE_MEM,
     MMIO_VALIDATE_FLAG_VALIDATED,
     SDTE_IR,
     SDTE_IW,
@@ -70,6 +71,8 @@ from .abi import (
     TioDevStatusCmd,
     TioGuestRequestCmd,
     TioInitCmd,
+    TioMsgMmioConfigReq,
+    TioMsgMmioConfigRsp,
     TioMsgMmioValidateReq,
     TioMsgMmioValidateRsp,
     TioMsgSdteWriteReq,
@@ -561,6 +564,13 @@ class SnpGuest:
             guest_device_id=rid, subrange_base=base, subrange_page_count=pages,
             range_offset=offset, flags=MMIO_VALIDATE_FLAG_VALIDATED if validated else 0,
             range_id=range_id), TioMsgMmioValidateRsp)
+        return rsp  # type: ignore[no-any-return]
+
+    def mmio_config(self, rid: int, range_id: int, write: bool = False,
+                    non_tee_mem: bool = False) -> TioMsgMmioConfigRsp:
+        rsp, _ = self.send(rid, TioMsgType.TIO_MSG_MMIO_CONFIG_REQ, TioMsgMmioConfigReq(
+            guest_device_id=rid, flags=MMIO_CONFIG_FLAG_NON_TEE_MEM if non_tee_mem else 0,
+            range_id=range_id, write=int(write)), TioMsgMmioConfigRsp)
         return rsp  # type: ignore[no-any-return]
 
     def sdte_write(self, rid: int, valid: bool) -> TioMsgSdteWriteRsp:

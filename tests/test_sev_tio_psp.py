@@ -698,19 +698,18 @@ def test_mmio_config(locked: Bench) -> None:
 
 def test_evidence_needs_enough_data_pages(locked: Bench) -> None:
     """SEV_TIO_GUEST_REQUEST with param REPORT and too few shared pages: INVALID_LEN with
-    the pages needed in RBX; the sealed TDI_INFO answer is still consumed, so the guest's
-    next message carries the next number."""
+    the pages needed in RBX, before the message reaches the PSP; the guest re-sends the
+    same sealed message with enough pages and it is accepted."""
     g = locked.guest
-    seq = g.seqno
-    sealed = seal(g.vmpck, abi.TioMsgType.TIO_MSG_TDI_INFO_REQ, seq + 1,
+    sealed = seal(g.vmpck, abi.TioMsgType.TIO_MSG_TDI_INFO_REQ, g.seqno + 1,
                   abi.TioMsgTdiInfoReq(guest_device_id=RID).pack())
     g.mem.write(g.req_page, sealed.ljust(0x1000, b"\0"))
     regs = g.exit(abi.SVM_VMGEXIT_SEV_TIO_GUEST_REQUEST, g.req_page, g.res_page, g.data, 0,
                   RID, abi.TIO_GUEST_REQUEST_PARAM_REPORT)
     assert regs[0] == R.INVALID_LEN and regs[1] == 1      # 3 blobs of < 4 KiB: one page
-    g.seqno += 2
-    info, _ = g.tdi_info(RID)
-    assert info.tdi_status == abi.TdiStatus.BOUND
+    regs = g.exit(abi.SVM_VMGEXIT_SEV_TIO_GUEST_REQUEST, g.req_page, g.res_page, g.data,
+                  regs[1], RID, abi.TIO_GUEST_REQUEST_PARAM_REPORT)
+    assert regs[0] == R.SUCCESS
 
 
 def test_bind_with_run_force_starts_at_once(cache: Path, recorder: Recorder) -> None:

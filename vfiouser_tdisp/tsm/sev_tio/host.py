@@ -443,6 +443,16 @@ class SevTioHost:
                        param: int) -> tuple[int, ...]:
         assert self.dev_ctx
         tdi, dev_sla = self.tdis[rid], self.dev_ctx.sla
+        table = b""
+        if param & TIO_GUEST_REQUEST_PARAM_REPORT:
+            # checked before the message reaches the PSP, so a guest told to bring more
+            # pages re-sends the same sealed message (as with SNP extended reports)
+            table = guid_table([(GUID_CERTIFICATES, tdi.evidence[SpdmDobjId.CERTIFICATE]),
+                                (GUID_MEASUREMENTS, tdi.evidence[SpdmDobjId.MEASUREMENT]),
+                                (GUID_REPORT, tdi.evidence[SpdmDobjId.REPORT])])
+            need = (len(table) + PAGE_SIZE - 1) // PAGE_SIZE
+            if need > npages:
+                return (int(SevRet.INVALID_LEN), need, 0)
         status = self.spdm_command(SevCmd.TIO_GUEST_REQUEST, lambda ctrl: TioGuestRequestCmd(
             length=0x50, spdm_ctrl=ctrl, dev_ctx_sla=dev_sla, tdi_ctx_sla=tdi.ctx.sla,
             gctx_paddr=self.gctx, req_paddr=req, res_paddr=res))
@@ -452,13 +462,7 @@ class SevTioHost:
         if param & TIO_GUEST_REQUEST_PARAM_STATE:
             tdi_state = list(model.TdiState)[self.tdi_status(rid).state]
             state = model.TDISP_STATE_OF[tdi_state]
-        if param & TIO_GUEST_REQUEST_PARAM_REPORT:
-            table = guid_table([(GUID_CERTIFICATES, tdi.evidence[SpdmDobjId.CERTIFICATE]),
-                                (GUID_MEASUREMENTS, tdi.evidence[SpdmDobjId.MEASUREMENT]),
-                                (GUID_REPORT, tdi.evidence[SpdmDobjId.REPORT])])
-            need = (len(table) + PAGE_SIZE - 1) // PAGE_SIZE
-            if need > npages:
-                return (int(SevRet.INVALID_LEN), need, state)
+        if table:
             self.mem.write(data, table)
         return (int(SevRet.SUCCESS), 0, state)
 

@@ -731,3 +731,27 @@ def test_bind_with_run_force_starts_at_once(cache: Path, recorder: Recorder) -> 
     assert struct.unpack_from("<HH", raw) == (RID, 0)
     assert struct.unpack_from("<Q", raw, 0xB0) == (1,)
     assert raw[0x80:0xB0] == hashlib.sha384(h.tdis[RID].evidence[abi.SpdmDobjId.REPORT]).digest()
+
+
+def test_refused_report_puts_a_bound_tdi_in_error(locked: Bench, recorder: Recorder) -> None:
+    """The device moves its TDI to ERROR (a BAR rewritten while RUN, TDISP 11.2.4); the
+    next TIO_TDI_REPORT gets a TDISP error: the PSP's TDI context goes to ERROR, the guest's
+    TDI_INFO says INVALID, and only a FORCE unbind + RECLAIM clear it."""
+    b = locked
+    b.guest.accept(RID, b.ev)   # type: ignore[attr-defined]
+    bar0 = b.device.dsm.config.read(0x10, 4)
+    b.device.dsm.config.write(0x10, bytes(4))
+    b.device.dsm.config.write(0x10, bar0)
+    assert transitions(recorder, "tdi")[-1] == "ERROR"           # the device's TDI
+    with pytest.raises(SevTioError) as err:
+        b.host.report(RID)
+    assert err.value.status in (R.SPDM_ERROR, R.ERR_IN_DEV_CONN)
+    assert transitions(recorder, "psp.tdi")[-1] == "ERROR"
+    info, _ = b.guest.tdi_info(RID)
+    assert info.tdi_status == abi.TdiStatus.INVALID
+    with pytest.raises(SevTioError) as err:
+        b.host.run(RID)
+    assert err.value.status == R.RECLAIM_REQUIRED
+    b.host.stop(RID, force=True)
+    b.host.unbind(RID)
+    b.host.disconnect()

@@ -21,6 +21,7 @@
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/gfp.h>
+#include <linux/moduleparam.h>
 #include <linux/pci.h>
 #include <linux/pci-doe.h>
 #include <linux/pci-tsm.h>
@@ -740,6 +741,15 @@ static unsigned int cca_vdev_ranges(struct pci_dev *pdev, void *params)
 	return n;
 }
 
+/*
+ * The newest host patches lock the TDI at bind time; with lock_at_bind=0 the
+ * VDEV stays UNLOCKED until the TVM asks (RHI SET_TDI_STATE(LOCKED)), so the
+ * TVM's own lock runs TDISP LOCK_INTERFACE.
+ */
+static bool lock_at_bind = true;
+module_param(lock_at_bind, bool, 0644);
+MODULE_PARM_DESC(lock_at_bind, "bind locks the TDI (default), else the TVM's lock does");
+
 static struct pci_tdi *cca_bind(struct pci_dev *pdev, struct kvm *kvm, u32 tdi_id)
 {
 	struct cca_dsm *dsm = to_cca_dsm(pdev->tsm->dsm_dev);
@@ -775,7 +785,7 @@ static struct pci_tdi *cca_bind(struct pci_dev *pdev, struct kvm *kvm, u32 tdi_i
 	tdi->created = true;
 	/* creation leaves UNLOCK pending; the newest hosts lock at bind time */
 	rc = cca_vdev_op(dsm, tdi, "RMI_VDEV_CREATE", 0, RMI_VDEV_UNLOCKED);
-	if (!rc)
+	if (!rc && lock_at_bind)
 		rc = cca_vdev_op(dsm, tdi, "RMI_VDEV_LOCK", RMI_VDEV_LOCK, RMI_VDEV_LOCKED);
 	if (rc)
 		goto err;

@@ -32,6 +32,7 @@
 #include <linux/random.h>
 #include <linux/slab.h>
 #include <linux/sysfs.h>
+#include <linux/tsm.h>
 #include <linux/unaligned.h>
 
 #include "vtfw.h"
@@ -47,6 +48,10 @@ static const char * const cca_ev_names[] = {
 
 #define CCA_NR_EV	ARRAY_SIZE(cca_ev_names)
 #define CCA_EV_MAX	SZ_1M
+#define RSI_VDEV_INFO_SIZE	0x200
+
+/* the devsec TSM (7.3 counts it and never calls its ops; see vtfw_cca_realm_init) */
+static struct tsm_dev *cca_devsec_tsm;
 
 struct cca_tvm_dev {
 	struct list_head list;
@@ -62,6 +67,8 @@ struct cca_tvm_dev {
 	u64 nonce[3];		/* lock, measurements, report */
 	u8 *ev[CCA_NR_EV];
 	size_t ev_len[CCA_NR_EV];
+	u8 ev_info[RSI_VDEV_INFO_SIZE];	/* the rsi_vdev_info the evidence matched */
+	struct pci_tsm devsec;		/* what the devsec lock op returns */
 };
 
 static LIST_HEAD(cca_tvm_devs);
@@ -197,22 +204,17 @@ static bool tvm_digest_ok(struct cca_tvm_dev *t, unsigned int id, unsigned int o
 	return false;
 }
 
-static int tvm_lock(struct cca_tvm_dev *t)
+/*
+ * Fresh evidence for a TDI locked with @lock_nonce: the report, measurements
+ * for a nonce of ours, the four objects through the host, and an
+ * rsi_vdev_info read afterwards that still has @lock_nonce and whose digests
+ * match every object.  The old evidence is dropped first.
+ */
+static int tvm_collect(struct cca_tvm_dev *t, u64 lock_nonce)
 {
-	u64 lock_nonce;
 	int rc, i;
 
-	rc = tvm_rhi_wait(t, "SET_TDI_STATE(CONFIG_LOCKED)", RHI_DA_VDEV_SET_TDI_STATE,
-			  RHI_TDI_CONFIG_LOCKED);
-	if (!rc)
-		rc = tvm_get_info(t);
-	if (rc)
-		return rc;
-	lock_nonce = info64(t, RSI_VDEV_INFO_LOCK_NONCE);
-	t->hash_algo = *(u8 *)(t->info + RSI_VDEV_INFO_HASH_ALGO);
-	if (t->hash_algo != RSI_HASH_SHA_256 && t->hash_algo != RSI_HASH_SHA_512)
-		return -EOPNOTSUPP;
-
+	tvm_evidence_free(t);
 	/* fresh evidence: the report, and measurements for a nonce of ours */
 	memset(t->page, 0, PAGE_SIZE);
 	get_random_bytes(t->page + RMI_VDEV_MEASURE_NONCE, 32);
@@ -241,13 +243,34 @@ static int tvm_lock(struct cca_tvm_dev *t)
 	t->nonce[0] = lock_nonce;
 	t->nonce[1] = info64(t, RSI_VDEV_INFO_MEAS_NONCE);
 	t->nonce[2] = info64(t, RSI_VDEV_INFO_REPORT_NONCE);
-	t->locked = true;
-	vtfw_info(t->pdev, "TVM: locked; evidence: certificate %zu, vca %zu, measurements %zu, report %zu bytes, digests match\n",
+	memcpy(t->ev_info, t->info, RSI_VDEV_INFO_SIZE);
+	vtfw_info(t->pdev, "TVM: evidence: certificate %zu, vca %zu, measurements %zu, report %zu bytes, digests match\n",
 		  t->ev_len[RHI_OBJ_CERTIFICATE], t->ev_len[RHI_OBJ_VCA],
 		  t->ev_len[RHI_OBJ_MEASUREMENT], t->ev_len[RHI_OBJ_INTERFACE_REPORT]);
 	return 0;
 err:
 	tvm_evidence_free(t);
+	return rc;
+}
+
+static int tvm_lock(struct cca_tvm_dev *t)
+{
+	int rc;
+
+	rc = tvm_rhi_wait(t, "SET_TDI_STATE(CONFIG_LOCKED)", RHI_DA_VDEV_SET_TDI_STATE,
+			  RHI_TDI_CONFIG_LOCKED);
+	if (!rc)
+		rc = tvm_get_info(t);
+	if (rc)
+		return rc;
+	t->hash_algo = *(u8 *)(t->info + RSI_VDEV_INFO_HASH_ALGO);
+	if (t->hash_algo != RSI_HASH_SHA_256 && t->hash_algo != RSI_HASH_SHA_512)
+		return -EOPNOTSUPP;
+	rc = tvm_collect(t, info64(t, RSI_VDEV_INFO_LOCK_NONCE));
+	if (!rc) {
+		t->locked = true;
+		vtfw_info(t->pdev, "TVM: locked\n");
+	}
 	return rc;
 }
 
@@ -427,6 +450,31 @@ static ssize_t unlock_store(struct device *dev, struct device_attribute *attr,
 }
 static DEVICE_ATTR_WO(unlock);
 
+/*
+ * Read the report and the measurements again, under the same lock (the
+ * proposed ABI's refresh_evidence).  A TDI the device moved to ERROR fails
+ * here: it is the RMM's next exchange with the device that finds out, and
+ * tvm/state shows it from then on.
+ */
+static ssize_t refresh_store(struct device *dev, struct device_attribute *attr,
+			     const char *buf, size_t count)
+{
+	struct cca_tvm_dev *t = tvm_of(dev);
+	bool yes;
+	int rc;
+
+	if (!t)
+		return -ENODEV;
+	if (kstrtobool(buf, &yes) || !yes)
+		return -EINVAL;
+	guard(mutex)(&t->lock);
+	if (!t->locked)
+		return -EINVAL;
+	rc = tvm_collect(t, t->nonce[0]);
+	return rc ? rc : count;
+}
+static DEVICE_ATTR_WO(refresh);
+
 /* the TDI's state as the firmware tells the TVM (rsi_vdev_info.state) */
 static ssize_t state_show(struct device *dev, struct device_attribute *attr, char *buf)
 {
@@ -462,6 +510,22 @@ static ssize_t tvm_ev_read(struct file *file, struct kobject *kobj,
 	return memory_read_from_buffer(buf, count, &off, t->ev[id], t->ev_len[id]);
 }
 
+/* the rsi_vdev_info whose digests the evidence matched: for the relying party */
+static ssize_t vdev_info_read(struct file *file, struct kobject *kobj,
+			      const struct bin_attribute *attr, char *buf, loff_t off,
+			      size_t count)
+{
+	struct cca_tvm_dev *t = tvm_of(kobj_to_dev(kobj));
+
+	if (!t)
+		return -ENODEV;
+	guard(mutex)(&t->lock);
+	if (!t->locked)
+		return -ENODATA;
+	return memory_read_from_buffer(buf, count, &off, t->ev_info, RSI_VDEV_INFO_SIZE);
+}
+static const BIN_ATTR_RO(vdev_info, RSI_VDEV_INFO_SIZE);
+
 #define TVM_EV_ATTR(_name, _id)						\
 	static const struct bin_attribute tvm_ev_##_name = {		\
 		.attr = { .name = #_name, .mode = 0444 },		\
@@ -479,6 +543,7 @@ static struct attribute *tvm_attrs[] = {
 	&dev_attr_accept.attr,
 	&dev_attr_unlock.attr,
 	&dev_attr_state.attr,
+	&dev_attr_refresh.attr,
 	NULL,
 };
 
@@ -487,6 +552,7 @@ static const struct bin_attribute *const tvm_bin_attrs[] = {
 	&tvm_ev_vca,
 	&tvm_ev_measurements,
 	&tvm_ev_report,
+	&bin_attr_vdev_info,
 	NULL,
 };
 
@@ -494,6 +560,46 @@ static const struct attribute_group tvm_group = {
 	.name = "tvm",
 	.attrs = tvm_attrs,
 	.bin_attrs = tvm_bin_attrs,
+};
+
+/*
+ * The devsec TSM.  7.3 declares the devsec lock/unlock operations, counts a
+ * TSM that has them and never calls them (no tsm/lock); a kernel with the
+ * proposed files would, and they do what tvm/lock and tvm/unlock do.
+ */
+static struct pci_tsm *cca_devsec_lock(struct tsm_dev *tsm_dev, struct pci_dev *pdev)
+{
+	struct cca_tvm_dev *t = tvm_of(&pdev->dev);
+	int rc;
+
+	if (!t)
+		return ERR_PTR(-ENXIO);
+	guard(mutex)(&t->lock);
+	rc = tvm_check(t);
+	if (!rc && t->locked)
+		rc = -EBUSY;
+	if (!rc)
+		rc = tvm_lock(t);
+	if (rc)
+		return ERR_PTR(rc);
+	t->devsec.pdev = pdev;
+	t->devsec.dsm_dev = pdev;
+	t->devsec.tsm_dev = tsm_dev;
+	return &t->devsec;
+}
+
+static void cca_devsec_unlock(struct pci_tsm *tsm)
+{
+	struct cca_tvm_dev *t = container_of(tsm, struct cca_tvm_dev, devsec);
+
+	guard(mutex)(&t->lock);
+	if (t->locked)
+		tvm_unlock(t);
+}
+
+static struct pci_tsm_ops cca_devsec_ops = {
+	.lock = cca_devsec_lock,
+	.unlock = cca_devsec_unlock,
 };
 
 static void tvm_dev_free(struct cca_tvm_dev *t)
@@ -533,6 +639,17 @@ int vtfw_cca_realm_init(struct vtfw_port *port)
 			list_add_tail(&t->list, &cca_tvm_devs);
 		vtfw_info(pdev, "TVM: lock/accept/unlock in %s/tvm/\n", pci_name(pdev));
 	}
+	if (!cca_devsec_tsm) {
+		cca_devsec_tsm = tsm_register(&port->pdev->dev, &cca_devsec_ops);
+		if (IS_ERR(cca_devsec_tsm)) {
+			pci_warn(port->pdev, "devsec TSM not registered: %ld\n",
+				 PTR_ERR(cca_devsec_tsm));
+			cca_devsec_tsm = NULL;
+		} else {
+			pci_info(port->pdev, "Arm CCA devsec TSM registered as %s\n",
+				 dev_name(&cca_devsec_tsm->dev));
+		}
+	}
 	return 0;
 }
 
@@ -540,6 +657,11 @@ void vtfw_cca_realm_exit(struct vtfw_port *port)
 {
 	struct cca_tvm_dev *t, *next;
 	LIST_HEAD(gone);
+
+	if (cca_devsec_tsm && cca_devsec_tsm->dev.parent == &port->pdev->dev) {
+		tsm_unregister(cca_devsec_tsm);
+		cca_devsec_tsm = NULL;
+	}
 
 	scoped_guard(mutex, &cca_tvm_list_lock)
 		list_for_each_entry_safe(t, next, &cca_tvm_devs, list)

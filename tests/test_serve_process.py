@@ -185,7 +185,9 @@ def test_run_by_unprivileged_user_on_readable_root_provisioned_cache_works() -> 
     try:
         cache = base / "cache"
         cache.mkdir(mode=0o755)
-        for part in ("tree", "kernel"):
+        # what `setup` provisions: QEMU tree, guest kernel, the guest module's build tree
+        # (also openssl for the guest) and the built module
+        for part in ("tree", "kernel", "modbuild", "module"):
             subprocess.run(["cp", "-al", str(PROVISIONED_CACHE / part), str(cache)], check=True)
         (cache / "provisioned.json").write_text(
             stamp.read_text().replace(json.dumps(str(PROVISIONED_CACHE))[1:-1], str(cache)))

@@ -58,6 +58,10 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="also serve the firmware port with this platform's firmware "
                         "emulator behind it, on PATH.fwport of the first --socket "
                         "(docs/firmware-port.md)")
+    p.add_argument("--tamper", action="append", choices=("measurements", "report"),
+                   help="alter the device's own evidence for the verifier's negative path: "
+                        "report another firmware's measurements, or an interface report "
+                        "range outside the BAR (repeatable)")
     _add_identity_args(p)
 
 
@@ -170,8 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(one --dhe_secret per session from --keys) instead")
     p.set_defaults(handler="vfiouser_tdisp.inspect.capture:main_dump")
 
-    p = sub.add_parser("run", help="the main job: provision, serve, boot a guest with the "
-                                   "device and run the flow inside it")
+    p = sub.add_parser("run", help="the main job: provision, serve the device and the "
+                                   "platform firmware, boot a guest and run the TEE I/O flow "
+                                   "(connect, bind, lock, evidence, verify, accept, probe, "
+                                   "unlock and the paths that must fail) inside it")
     p.add_argument("--out", default="out", metavar="DIR",
                    help="output directory for console.log and events.jsonl (default: out)")
     p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
@@ -182,7 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hard deadline for the guest in seconds (default: 180)")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                    help="accelerator: auto probes KVM with a deadline and falls back to TCG")
-    p.set_defaults(handler="vfiouser_tdisp.run.job:main_run")
+    p.add_argument("--platform", choices=PLATFORMS, default="cca",
+                   help="platform firmware the flow runs against (default: cca, the only "
+                        "one so far)")
+    p.set_defaults(handler="vfiouser_tdisp.run.platform:main_run")
 
     _add_tsm_parser(sub)
     return parser

@@ -16,13 +16,14 @@ import contextlib
 import importlib
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .device.backend import FunctionBackend
 from .device.device import Device, get_profile
 from .device.firmware_port import build_firmware_port
+from .device.tamper import apply_tamper
 from .doe.capture import PcapWriter
 from .doe.emu_socket import SOCKET_SPDM_COMMAND_OOB_ENCAP_KEY_UPDATE, SpdmEmuServer
 from .events import LOG, HumanSink, JsonLinesSink, emit, open_event_log
@@ -89,7 +90,8 @@ def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = N
                   pcap_keys: str | None = None,
                   identity_options: dict[str, Any] | None = None,
                   debug_ide_keys: bool = False,
-                  firmware: Firmware | None = None) -> RunningDevices:
+                  firmware: Firmware | None = None,
+                  tamper: Sequence[str] = ()) -> RunningDevices:
     """Build one device per socket path and start serving it.
 
     Device ``i`` gets the spdm-emu port ``spdm_port + i`` and the capture file
@@ -99,7 +101,8 @@ def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = N
     identity is loaded (or generated) here, before the guest can ask: a key
     generation inside a DOE exchange would exceed the kernel's 1 s DOE timeout.
     With ``firmware``, the firmware port is served on
-    ``firmware_port_path(paths[0])`` with it behind.
+    ``firmware_port_path(paths[0])`` with it behind.  ``tamper`` names evidence
+    every device alters (device/tamper.py).
     """
     profile = get_profile(profile_name)
     running = RunningDevices()
@@ -108,6 +111,13 @@ def start_devices(paths: list[str], profile_name: str, spdm_port: int | None = N
             dev = Device(profile, instance=i, identity_options=identity_options,
                          debug_ide_keys=debug_ide_keys)
             running.devices.append(dev)
+            if firmware is not None:
+                # The platform's firmware names a TDI by the RID the guest enumerates
+                # it at; vfio-user does not carry the bus number a function captures
+                # from configuration writes (PCIe r6.x 2.2.6.2).  `qemu-args
+                # --platform` puts device i behind its own root port: bus 1 + i.
+                dev.tdisp.bus = 1 + i
+            apply_tamper(dev, tamper)
             spdm = dev.spdm
             if pcap:
                 writer = PcapWriter.create(numbered(pcap, i))
@@ -143,7 +153,8 @@ def serve_forever(paths: list[str], profile_name: str, spdm_port: int | None = N
                   spdm_host: str = "127.0.0.1", pcap: str | None = None, *,
                   pcap_keys: str | None = None,
                   identity_options: dict[str, Any] | None = None,
-                  debug_ide_keys: bool = False, platform: str | None = None) -> None:
+                  debug_ide_keys: bool = False, platform: str | None = None,
+                  tamper: Sequence[str] = ()) -> None:
     # The stop signals are taken synchronously with sigwait() in this thread, never
     # by a handler: a Python handler runs between two bytecodes of the main
     # thread, and one that takes a lock (Event.set) while the main thread is
@@ -156,7 +167,7 @@ def serve_forever(paths: list[str], profile_name: str, spdm_port: int | None = N
     try:
         running = start_devices(paths, profile_name, spdm_port, spdm_host, pcap,
                                 pcap_keys=pcap_keys, identity_options=identity_options,
-                                debug_ide_keys=debug_ide_keys,
+                                debug_ide_keys=debug_ide_keys, tamper=tamper,
                                 firmware=platform_firmware(platform) if platform else None)
         try:
             emit("server.ready", sockets=[s.path for s in running.servers],
@@ -206,7 +217,8 @@ def main_serve(args: argparse.Namespace) -> int:
             serve_forever(args.socket, args.profile, args.spdm_port, args.spdm_host, args.pcap,
                           pcap_keys=args.pcap_keys, identity_options=identity,
                           debug_ide_keys=args.debug_ide_keys,
-                          platform=getattr(args, "platform", None))
+                          platform=getattr(args, "platform", None),
+                          tamper=getattr(args, "tamper", None) or ())
         except IdentityError as exc:
             print(f"vfiouser-tdisp serve: {exc}", file=sys.stderr)
             return 2

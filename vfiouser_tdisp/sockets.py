@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import socket
 import stat
 from dataclasses import dataclass
@@ -86,14 +87,23 @@ def bind_unix_listener(path: str, backlog: int = 4) -> BoundSocket:
     """Bind and listen on ``path`` (created 0600), after :func:`prepare_socket_path`."""
     prepare_socket_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Bound and listening under a temporary name first, then linked into place: a
+    # client that sees the path (QEMU, a script polling for it) never finds a socket
+    # that is not listening yet (ECONNREFUSED).  link() never replaces a file that
+    # appeared at the path meanwhile.
+    tmp = os.path.join(os.path.dirname(path) or ".", f".vt{secrets.token_hex(3)}")
     try:
         old_umask = os.umask(0o177)  # created 0600: no chmod of a path afterwards
         try:
-            sock.bind(path)
+            sock.bind(tmp)
         finally:
             os.umask(old_umask)
-        st = os.lstat(path)
-        sock.listen(backlog)
+        try:
+            sock.listen(backlog)
+            st = os.lstat(tmp)
+            os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
     except BaseException:
         sock.close()
         raise

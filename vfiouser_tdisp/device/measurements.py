@@ -70,11 +70,14 @@ class HwCapabilityRecord(Struct):
 class DeviceMeasurements:
     def __init__(self, device: Device) -> None:
         self.device = device
+        # `serve --tamper measurements` (device/tamper.py): a firmware image other
+        # than the one the device's reference values describe.
+        self.tampered = False
 
     def firmware_image(self) -> bytes:
         p = self.device.profile
-        return b"|".join([FIRMWARE_IDENTITY, p.personality.encode(),
-                          p.firmware_version.encode()])
+        parts = [FIRMWARE_IDENTITY, p.personality.encode(), p.firmware_version.encode()]
+        return b"|".join(parts + [b"tampered"] if self.tampered else parts)
 
     def hardware_configuration(self) -> bytes:
         out = bytearray()

@@ -19,7 +19,7 @@ import re
 import stat
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -294,8 +294,10 @@ def initramfs_entries(busybox: str | Path, modules_dir: str | Path | None,
                       scripts_dir: Path = GUEST_SCRIPTS,
                       modules: Iterable[str] = GUEST_MODULES,
                       kver: str | None = None,
-                      extra_modules: Iterable[Path] = ()) -> list[Entry]:
-    """Every entry of the archive, directories before their contents, sorted."""
+                      extra_modules: Iterable[Path] = (),
+                      extra_files: Mapping[str, tuple[int, bytes]] | None = None) -> list[Entry]:
+    """Every entry of the archive, directories before their contents, sorted.
+    ``extra_files``: path (no leading slash) -> (permission bits, contents)."""
     files: dict[str, Entry] = {}
     files["bin/busybox"] = Entry("bin/busybox", stat.S_IFREG | 0o755,
                                  Path(busybox).read_bytes())
@@ -325,6 +327,8 @@ def initramfs_entries(busybox: str | Path, modules_dir: str | Path | None,
                 old = files[f"{base}/{index}"]
                 line = f"{rel}:\n" if index == "modules.dep" else f"{rel}\n"
                 files[old.path] = Entry(old.path, old.mode, old.data + line.encode())
+    for path, (perm, data) in (extra_files or {}).items():
+        files[path] = Entry(path, stat.S_IFREG | perm, data)
     dirs = set(ROOT_DIRS)
     for path in files:
         dirs.update(_parents(path))
@@ -337,10 +341,11 @@ def initramfs_entries(busybox: str | Path, modules_dir: str | Path | None,
 def build_initramfs(busybox: str | Path, modules_dir: str | Path | None, out: Path,
                     scripts_dir: Path = GUEST_SCRIPTS,
                     modules: Iterable[str] = GUEST_MODULES,
-                    extra_modules: Iterable[Path] = ()) -> Path:
+                    extra_modules: Iterable[Path] = (),
+                    extra_files: Mapping[str, tuple[int, bytes]] | None = None) -> Path:
     """Write the gzip'd cpio to ``out`` (deterministic: same inputs, same bytes)."""
     entries = initramfs_entries(busybox, modules_dir, scripts_dir, modules,
-                                extra_modules=extra_modules)
+                                extra_modules=extra_modules, extra_files=extra_files)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_bytes(gzip.compress(cpio_newc(entries), compresslevel=6, mtime=0))

@@ -1,48 +1,39 @@
-"""`vfiouser-tdisp run`: provision, serve, boot a guest with the device, check it.
+"""Boot a guest with the device and run device checks in it (tests, benchmarks).
 
 The server runs as its own process (``vfiouser-tdisp serve``), exactly as a
 user would run it; QEMU gets the device through ``vfio-user-pci``; the guest's
 ``/init`` (guest-scripts/) runs the checks named on its kernel command line and
-prints ``VTDISP-RESULT`` lines on the serial console, which this job parses.
-Exit status 0 only if every check passed and the guest reported ``VTDISP-DONE``.
+prints ``VTDISP-RESULT`` lines on the serial console, which this module parses.
 Leaves ``DIR/console.log`` (the guest's serial console), ``DIR/events.jsonl``
 (the server's events), ``DIR/server.log``, ``DIR/qemu.log`` (QEMU's own
 output), ``DIR/qemu-cmdline.txt`` and ``DIR/initrd.gz``.  The server and QEMU are always
 stopped, also on Ctrl-C or SIGTERM, and die with ``run`` when it is killed outright
-(SIGKILL of its process group, as CI timeouts do): see lifetime.py.
+(SIGKILL of its process group, as CI timeouts do): see lifetime.py.  The `run`
+command itself (the platform flow) is run/platform.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
-from cryptography.hazmat.primitives.serialization import Encoding
-
-from ..device.device import Device, get_profile
-from ..device.identity import identity_for_device
+from ..device.device import get_profile
 from ..device.personality import get_personality
-from ..paths import identity_dir
 from ..server import function_socket_path
-from ..spdm.identity import IdentityError
-from .host_flow import tsm_flow
 from .initramfs import build_initramfs
 from .lifetime import die_with_parent
-from .provision import Provisioned, ProvisionError, ensure_provisioned
+from .provision import Provisioned, ensure_provisioned
 from .qemu import ANSI_ESCAPE, QemuCommand, accel_decision, qmp_query, run_with_deadline
 
 RESULT_RE = re.compile(r"VTDISP-RESULT (\S+) (PASS|FAIL) ?(.*)")
@@ -180,16 +171,13 @@ def _remove(paths: list[str]) -> None:
 
 def boot_guest(prov: Provisioned, out: Path, profile: str | None, timeout: float,
                accel: str = "auto", checks: list[str] | None = None,
-               log: bool = True, append: str = "", server_args: list[str] | None = None,
-               host_turn: Callable[[str], str] | None = None) -> GuestRun:
+               log: bool = True, append: str = "",
+               server_args: list[str] | None = None) -> GuestRun:
     """Boot the guest (with the device of ``profile``, or none) and parse its report.
 
     ``checks`` names guest-scripts/check_<name>.sh to run (default: the
     personality's list); ``append`` adds kernel command line options;
-    ``server_args`` go to ``vfiouser-tdisp serve``.  ``host_turn`` is called
-    with the console so far when the guest's ``wait_host`` check hands over
-    (while the guest keeps its state); what it returns, or the exception it
-    raises, becomes the result ``host``.
+    ``server_args`` go to ``vfiouser-tdisp serve``.
     """
     out.mkdir(parents=True, exist_ok=True)
     console = out / "console.log"
@@ -231,15 +219,12 @@ def boot_guest(prov: Provisioned, out: Path, profile: str | None, timeout: float
                 print(f"run: booting the guest ({chosen}: {why}; deadline {timeout:.0f} s)",
                       file=sys.stderr, flush=True)
             snap = _QmpSnapshot(console, qmp_sock)
-            turn = _HostTurn(console, host_turn) if host_turn is not None else None
             started = time.monotonic()
             try:
                 rc, err = run_with_deadline(qc.command(prov.qemu), prov.qemu.environ(),
                                             timeout, qmp_socket=qmp_sock)
             finally:
                 snap.stop()
-                if turn is not None:
-                    turn.stop()
             (out / "qemu.log").write_bytes(err)
             run = parse_console(console.read_text(errors="replace"))
             run.require(checks or [])
@@ -247,8 +232,6 @@ def boot_guest(prov: Provisioned, out: Path, profile: str | None, timeout: float
             run.seconds = time.monotonic() - started
             run.qmp = snap.result
             run.accel = chosen
-            if turn is not None:
-                run.results.append(turn.result or ("host", False, "the guest never handed over"))
             if rc is None:
                 said = _first_error(err)
                 run.results.append(("qemu", False, f"stopped at the {timeout:.0f} s deadline"
@@ -273,34 +256,6 @@ def _first_error(output: bytes) -> str:
     for ln in [e for e in errors if "warning:" not in e] + errors + lines[-1:]:
         return ln[:300]
     return ""
-
-
-class _HostTurn:
-    """Calls ``action(console)`` once the guest prints VTDISP-HOST-TURN."""
-
-    MARKER = "VTDISP-HOST-TURN"
-
-    def __init__(self, console: Path, action: Callable[[str], str]) -> None:
-        self.console = console
-        self.action = action
-        self.result: tuple[str, bool, str] | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            text = self.console.read_text(errors="replace")
-            if self.MARKER in text:
-                try:
-                    self.result = ("host", True, self.action(text))
-                except Exception as exc:  # reported as the failed "host" result
-                    self.result = ("host", False, f"{type(exc).__name__}: {exc}")
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
 
 
 class _QmpSnapshot:
@@ -335,86 +290,4 @@ def boot_time(with_device: bool, profile: str = "virtio-rng") -> float:
     return run.seconds
 
 
-def summary(run: GuestRun, prov: Provisioned, profile: str, out: Path) -> list[str]:
-    passed = sum(ok for _n, ok, _d in run.results)
-    lines = [f"guest kernel {prov.kernel_version}, QEMU {prov.qemu_version} ({run.accel}), "
-             f"profile {profile}: {run.seconds:.1f} s"]
-    for name, ok, detail in run.results:
-        lines.append(f"  {'PASS' if ok else 'FAIL'}  {name:<14} {detail}")
-    if not run.done:
-        why = "the guest kernel panicked" if run.panicked else "the guest did not finish"
-        lines.append(f"  {why} (VTDISP-DONE missing): see {out / 'console.log'}")
-    lines.append(f"{'OK' if run.ok else 'FAILED'}: {passed} passed, "
-                 f"{len(run.results) - passed} failed")
-    lines.append(f"console: {out / 'console.log'}   events: {out / 'events.jsonl'}   "
-                 f"qemu: {out / 'qemu-cmdline.txt'}")
-    return lines
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def identity_cache(provisioned: Path) -> Path:
-    """Where the device identity is kept: the provisioned cache when this user
-    may write to it, else the user's own cache (root provisioned a shared
-    cache for everyone; keys are per user)."""
-    if os.access(provisioned, os.W_OK):
-        return provisioned
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).absolute() / "vfiouser-tdisp"
-
-
-def _sigterm(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def main_run(args: argparse.Namespace) -> int:
-    old = signal.signal(signal.SIGTERM, _sigterm)  # stop server and QEMU on SIGTERM too
-    try:
-        try:
-            prov = ensure_provisioned(args.cache_dir, args.qemu)
-        except ProvisionError as exc:
-            print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)
-            return 1
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            (out / "events.jsonl").unlink()
-        port = free_tcp_port()
-        device = Device(get_profile(args.profile))
-        state = identity_dir(identity_cache(Path(prov.cache)))
-        old_umask = os.umask(0o077)  # the identity cache is private (keys), whatever the umask
-        try:
-            root = identity_for_device(device, identity_dir=state).root
-        except (IdentityError, OSError) as exc:
-            print(f"vfiouser-tdisp run: device identity in {state}: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            os.umask(old_umask)
-        (out / "root.pem").write_bytes(root.public_bytes(Encoding.PEM))
-        checks = list(get_personality(device.profile.personality).GUEST_CHECKS)
-        checks += ["functions", "wait_host"]
-        try:
-            run = boot_guest(
-                prov, out, args.profile, args.timeout, args.accel, checks=checks,
-                append="vtdisp.wait=5",
-                server_args=["--spdm-port", str(port), "--cache-dir", str(state)],
-                host_turn=lambda console: tsm_flow(port, console, root))
-        except (RuntimeError, OSError) as exc:
-            print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("vfiouser-tdisp run: interrupted; the server and QEMU were stopped",
-                  file=sys.stderr)
-            raise
-        print("\n".join(summary(run, prov, args.profile, out)))
-        return 0 if run.ok else 1
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-__all__ = ["GuestRun", "ServerProcess", "boot_guest", "boot_time", "main_run",
-           "parse_console", "summary"]
+__all__ = ["GuestRun", "ServerProcess", "boot_guest", "boot_time", "parse_console"]

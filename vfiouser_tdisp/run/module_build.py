@@ -89,7 +89,8 @@ def build_module_tree(tree: Path, kver: str, mirror: str, log: Progress = progre
     tmp = tree.with_name(f".{tree.name}.partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    pkgs = f"{headers_package(kver)} binutils make"
+    # openssl: the guest's relying party takes it from this tree (run/guest_tools.py)
+    pkgs = f"{headers_package(kver)} binutils make openssl"
     hook = (f'chroot "$1" apt-get install -y -q --no-install-recommends -t {QEMU_RELEASE} '
             f'{pkgs}')
     try:

@@ -696,6 +696,14 @@ def main_setup(args: argparse.Namespace) -> int:
     except ProvisionError as exc:
         print(f"vfiouser-tdisp setup: guest module: {exc}", file=sys.stderr)
         return 1
+    from .guest_tools import OPENSSL, ensure_openssl  # the relying party's openssl
+
+    try:
+        ensure_openssl(p)
+        print(f"  openssl: {Path(p.cache) / 'modbuild' / OPENSSL} (for the guest)")
+    except ProvisionError as exc:
+        print(f"vfiouser-tdisp setup: openssl for the guest: {exc}", file=sys.stderr)
+        return 1
     from .qemu import accel_decision  # qemu.py imports this module
 
     accel, why = accel_decision(p.qemu, p.kernel, "auto", p.cache)

@@ -386,6 +386,9 @@ class TdispResponder:
         self.scrub_on_stop = scrub_on_stop
         self.dev_addr_width = dev_addr_width
         self._faults: list[_InjectedError] = []
+        # `serve --tamper report` (device/tamper.py): alters each report at LOCK.
+        self.report_filter: Callable[[m.TDI_REPORT_STRUCTURE], m.TDI_REPORT_STRUCTURE] | None \
+            = None
         self.dsm_config = m.DsmConfig(0)
         self.vdm_handlers: dict[tuple[int, bytes], VdmHandler] = {}
         self.tdis: list[Tdi] = [
@@ -612,6 +615,8 @@ class TdispResponder:
             non_tee=tdi.personality.non_tee_ranges() if tdi.personality else (),
             updatable=tdi.personality.updatable_ranges() if tdi.personality else (),
             xt_mode=bool(self.dsm_config & m.DsmConfig.XT_MODE_ENABLE))
+        if self.report_filter is not None:
+            report = self.report_filter(report)
         tdi.lock = LockState(flags, req.default_stream_id, req.mmio_reporting_offset,
                              req.bind_p2p_address_mask, nonce, report.pack(), ide_stream)
         emit("tdisp.locked", function=fn.name, flags=int(flags),

@@ -1,0 +1,380 @@
+"""`vfiouser-tdisp run --platform cca`: the whole TEE I/O flow in a real guest.
+
+One `serve --platform cca` process serves the device and the firmware port with the
+platform firmware (the Arm CCA RMM emulator) behind it; QEMU boots the stock guest
+kernel with both; the guest loads the guest module (vtfw.ko) and runs
+guest-scripts/check_platform.sh: connect through the kernel's PCI/TSM core and DOE
+driver, bind, lock, evidence, the relying party's verification (openssl), accept,
+driver probe, /dev/hwrng, unlock, and the paths that must fail.  A second, short boot
+against `serve --tamper measurements --tamper report` checks that the verifier refuses
+evidence the device altered and that the TDI is never accepted.
+
+The host hands the guest its trust anchor (the device identity's root certificate)
+and reference values (the device's TCB measurements) in the initramfs, under
+/etc/vtdisp; the guest gets openssl and its libraries from the private module build
+tree (run/guest_tools.py).
+
+Beyond the guest's own results, the host checks the server's events: the endpoint
+PDEV's path NEW -> NEEDS_KEY -> HAS_KEY -> READY -> STOPPED, the VDEV's NEW ->
+UNLOCKED -> LOCKED -> STARTED -> UNLOCKED, each SPDM / secured SPDM / IDE_KM / TDISP
+object the device answered (all of them came through the guest kernel's DOE driver:
+the RMM never touches the device), DMA refused while the TDI was only locked and the
+virtio-rng queue used once it ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from ..device.device import Device, get_profile
+from ..device.identity import identity_for_device
+from ..device.personality import get_personality
+from ..paths import identity_dir
+from ..server import firmware_port_path, function_socket_path
+from ..spdm.algorithms import HASHES
+from ..spdm.identity import IdentityError
+from .guest_tools import ensure_openssl
+from .initramfs import build_initramfs
+from .job import GuestRun, ServerProcess, _remove, parse_console, socket_dir
+from .module_build import ensure_module
+from .provision import Provisioned, ProvisionError, ensure_provisioned
+from .qemu import QemuCommand, accel_decision, firmware_port_args, run_with_deadline
+
+PLATFORMS = ("cca",)
+# the guest's steps, in the order it runs them (check_platform.sh)
+GUEST_STEPS = ("tsm_module", "connect", "bind", "lock_busy", "accept_unlocked", "lock",
+               "evidence", "verify", "accept", "probe", "hwrng", "unlock", "dma_held",
+               "tdi_error", "unbind", "disconnect")
+TAMPER_STEPS = ("tamper",)
+HOST_STEPS = ("pdev_states", "vdev_states", "tdi_states", "doe_objects", "dma_gate")
+STEP_TIME_RE = re.compile(r"VTDISP-INFO step_time (\S+) ([\d.]+)")
+TCB_INDICES = (1, 2, 3)  # measurement indices that do not change with configuration
+PDEV_PATH = [("NEW", "NEEDS_KEY"), ("NEEDS_KEY", "HAS_KEY"), ("HAS_KEY", "READY"),
+             ("READY", "STOPPED")]
+VDEV_PATH = ["NEW", "UNLOCKED", "LOCKED", "STARTED", "UNLOCKED"]
+
+
+@dataclass
+class Boot:
+    """One guest boot of the flow: the guest's report, the server's events."""
+
+    run: GuestRun
+    events: list[dict[str, object]] = field(default_factory=list)
+    step_times: dict[str, float] = field(default_factory=dict)
+
+    def of(self, kind: str) -> list[dict[str, object]]:
+        return [e for e in self.events if e.get("event") == kind]
+
+
+def reference_measurements(profile_name: str) -> str:
+    """The device's TCB measurements (indices 1-3) as the relying party expects them:
+    ``index type value`` per line, one line per hash the device may measure with."""
+    dev = Device(get_profile(profile_name))
+    lines = ["# index DMTFSpecMeasurementValueType(6:0) value (vfiouser-tdisp run)"]
+    for name in dev.profile.spdm_hash:
+        for block in dev.measurements.measurement_blocks(HASHES[name], False):
+            if block.index in TCB_INDICES:
+                lines.append(f"{block.index} {block.value_type} {block.value.hex()}")
+    return "\n".join(dict.fromkeys(lines)) + "\n"
+
+
+def guest_files(prov: Provisioned, profile_name: str,
+                cache_dir: str | None) -> dict[str, tuple[int, bytes]]:
+    """What the host hands the guest besides the scripts: trust anchor, reference
+    values, openssl with its libraries."""
+    device = Device(get_profile(profile_name))
+    old_umask = os.umask(0o077)  # the identity cache is private (keys), whatever the umask
+    try:
+        root = identity_for_device(device, identity_dir=identity_dir(cache_dir)).root
+    finally:
+        os.umask(old_umask)
+    files = {path: (0o755, data) for path, data in ensure_openssl(prov).items()}
+    files["etc/vtdisp/root.pem"] = (0o644, root.public_bytes(Encoding.PEM))
+    files["etc/vtdisp/measurements.ref"] = (0o644,
+                                            reference_measurements(profile_name).encode())
+    return files
+
+
+def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
+                  platform: str = "cca", timeout: float = 300, accel: str = "auto",
+                  tamper: Sequence[str] = (), cache_dir: str | None = None,
+                  log: bool = True) -> Boot:
+    """Serve the device and the firmware port, boot the guest with check_platform.sh."""
+    out.mkdir(parents=True, exist_ok=True)
+    console = out / "console.log"
+    console.write_text("")
+    events = out / "events.jsonl"
+    with contextlib.suppress(FileNotFoundError):
+        events.unlink()
+    ko = ensure_module(prov)
+    initrd = build_initramfs(prov.busybox, prov.modules, out / "initrd.gz",
+                             extra_modules=[ko],
+                             extra_files=guest_files(prov, profile, cache_dir))
+    prof = get_profile(profile)
+    pers = get_personality(prof.personality)
+    extra = ["--platform", platform] + [a for k in tamper for a in ("--tamper", k)]
+    if cache_dir:
+        extra += ["--cache-dir", cache_dir]
+    with socket_dir(out, ".fwport") as sockdir:
+        sock = str(sockdir / "vfio-user.sock")
+        fn_socks = [function_socket_path(sock, fn) for fn in range(prof.functions)]
+        fw_sock = firmware_port_path(sock)
+        _remove(fn_socks + [fw_sock])
+        server = ServerProcess(sock, profile, str(events), str(out / "server.log"), extra)
+        try:
+            server.wait_ready(fn_socks + [fw_sock])
+            append = ("console=ttyS0 panic=-1 loglevel=7"
+                      f" vtdisp.vendor=0x{pers.VENDOR_ID:04x}"
+                      f" vtdisp.device=0x{pers.DEVICE_ID:04x}"
+                      f" vtdisp.functions={prof.functions} vtdisp.checks=platform"
+                      + (" vtdisp.tamper=1" if tamper else ""))
+            chosen, why = accel_decision(prov.qemu, prov.kernel, accel, prov.cache)
+            qc = QemuCommand(kernel=prov.kernel, initrd=str(initrd), append=append,
+                             sockets=[fn_socks], accel=chosen, console_log=str(console),
+                             extra=firmware_port_args(fw_sock))
+            (out / "qemu-cmdline.txt").write_text(qc.shell(prov.qemu) + "\n")
+            if log:
+                print(f"run: booting the guest ({chosen}: {why}; deadline {timeout:.0f} s)"
+                      + (f", device tampered: {', '.join(tamper)}" if tamper else ""),
+                      file=sys.stderr, flush=True)
+            started = time.monotonic()
+            rc, err = run_with_deadline(qc.command(prov.qemu), prov.qemu.environ(), timeout)
+            (out / "qemu.log").write_bytes(err)
+            text = console.read_text(errors="replace")
+            run = parse_console(text)
+            run.exit_code, run.seconds, run.accel = rc, time.monotonic() - started, chosen
+            if rc is None:
+                run.results.append(("qemu", False, f"stopped at the {timeout:.0f} s deadline"))
+            elif rc != 0:
+                run.results.append(("qemu", False, f"exit {rc}"))
+            if server.proc.poll() is not None:
+                run.results.append(("server", False, f"exited: {server.output(800)}"))
+        finally:
+            server.stop()
+            _remove(fn_socks + [fw_sock])
+    boot = Boot(run)
+    with contextlib.suppress(OSError):
+        for line in events.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                boot.events.append(json.loads(line))
+    boot.step_times = {m.group(1): float(m.group(2)) for m in STEP_TIME_RE.finditer(text)}
+    (out / "doe-objects.txt").write_text("".join(f"{line}\n" for line in doe_objects(boot)))
+    return boot
+
+
+def doe_objects(boot: Boot) -> list[str]:
+    """Each object the firmware handed the guest kernel, in order, with what the device
+    made of it: the record behind the `doe_objects` check (DIR/*/doe-objects.txt)."""
+    lines = []
+    for e in boot.events:
+        kind = str(e.get("event"))
+        if kind == "rmm.communicate" and e.get("req_len"):
+            lines.append(f"{e.get('operation')}: {e.get('protocol')} object, "
+                         f"{e.get('req_len')} bytes -> guest kernel DOE")
+        elif kind == "spdm.request":
+            lines.append(f"  device SPDM {e.get('request')}"
+                         + (f" (session {e['session_id']})" if e.get("session_id") else ""))
+        elif kind.startswith("ide_km.") and kind != "ide_km.key_fingerprint":
+            lines.append(f"    IDE_KM {kind.removeprefix('ide_km.')}")
+        elif kind == "tdisp.request":
+            lines.append(f"    TDISP {e.get('message')} -> {e.get('result')}")
+    return lines
+
+
+def _subsequence(want: Sequence[object], got: Sequence[object]) -> bool:
+    it = iter(got)
+    return all(any(w == g for g in it) for w in want)
+
+
+def host_checks(boot: Boot) -> list[tuple[str, bool, str]]:
+    """What the server saw: the firmware's state machines and the device's traffic."""
+    out: list[tuple[str, bool, str]] = []
+    eps = {e["pdev"] for e in boot.of("rmm.pdev.created") if e.get("category") == "EP_OFF_CHIP"}
+    ep_path = [(e["old"], e["new"]) for e in boot.of("rmm.pdev.transition")
+               if e.get("pdev") in eps]
+    out.append(("pdev_states", ep_path == PDEV_PATH,
+                "EP PDEV " + " -> ".join([str(ep_path[0][0])] + [str(n) for _o, n in ep_path])
+                if ep_path else "no endpoint PDEV transitions"))
+    vdev = [(e["old"], e["new"]) for e in boot.of("rmm.vdev.transition")]
+    vstates = [str(vdev[0][0])] + [str(n) for o, n in vdev if o != n] if vdev else []
+    out.append(("vdev_states", _subsequence(VDEV_PATH, vstates),
+                "VDEV " + " -> ".join(vstates) if vstates else "no VDEV transitions"))
+    spdm = Counter(str(e["request"]) + ("(secured)" if e.get("session_id") else "")
+                   for e in boot.of("spdm.request"))
+    tdisp = Counter(str(e["message"]) for e in boot.of("tdisp.request"))
+    ide = Counter(str(e["event"]).removeprefix("ide_km.") for e in boot.events
+                  if str(e.get("event", "")).startswith("ide_km."))
+    relayed = sum(1 for e in boot.of("rmm.communicate") if e.get("req_len"))
+    # every data object the device's mailbox took (the kernel's discovery included)
+    mailbox = sum(1 for e in boot.of("doe.transition") if e.get("trigger") == "go_ok")
+    need = ("GET_VERSION", "KEY_EXCHANGE", "FINISH(secured)")
+    ok = all(spdm.get(n) for n in need) and tdisp.get("LOCK_INTERFACE_REQUEST", 0) > 0 \
+        and tdisp.get("START_INTERFACE_REQUEST", 0) > 0 and ide.get("key_prog", 0) > 0 \
+        and relayed == sum(spdm.values()) and mailbox >= relayed
+    out.append(("doe_objects", ok,
+                f"{relayed} objects the RMM handed to the guest kernel's DOE path, "
+                f"{mailbox} through the device's DOE mailbox, "
+                f"{sum(spdm.values())} SPDM requests at the device (in order: "
+                "doe-objects.txt): "
+                + ", ".join(f"{k} {v}" for k, v in sorted(spdm.items()))
+                + "; IDE_KM " + ", ".join(f"{k} {v}" for k, v in sorted(ide.items()))
+                + "; TDISP " + ", ".join(f"{k} {v}" for k, v in sorted(tdisp.items()))))
+    # the device's own TDISP state machine (PCIe r7.0 §11): locked, run, and the BAR
+    # moved while RUN taking it to ERROR
+    tdi = boot.of("tdi.transition")
+    path = [str(tdi[0]["old"])] + [str(e["new"]) + (f" ({e['trigger']})" if e["new"] == "ERROR"
+                                                   else "") for e in tdi] if tdi else []
+    ok = any(e["old"] == "CONFIG_LOCKED" and e["new"] == "RUN" for e in tdi) and \
+        any(e["old"] == "RUN" and e["trigger"] == "bar_change" for e in tdi)
+    out.append(("tdi_states", ok, "TDI " + " -> ".join(path) if path else "no TDI transitions"))
+    # the device's DMA: held while the TDI was locked (or in ERROR), flowing while RUN
+    held = used = 0
+    running = False
+    for e in boot.events:
+        kind = e.get("event")
+        if kind == "tdi.transition":
+            running = e.get("new") == "RUN"
+        elif kind in ("virtio.dma_blocked", "tdisp.dma_held"):
+            held += 1
+        elif kind == "virtio.used" and running:
+            used += 1
+    out.append(("dma_gate", held > 0 and used > 0,
+                f"{held} DMA accesses held while the TDI was locked, {used} virtio-rng "
+                "buffers filled while it ran"))
+    return out
+
+
+def tamper_checks(boot: Boot) -> list[tuple[str, bool, str]]:
+    """The tampered device's TDI must never have been started."""
+    started = [e for e in boot.of("tdisp.request")
+               if e.get("message") == "START_INTERFACE_REQUEST"]
+    tampered = [str(e.get("evidence")) for e in boot.of("device.tamper")]
+    return [("tamper_host", not started and bool(tampered),
+             f"device tampered ({', '.join(tampered)}); START_INTERFACE requests: "
+             f"{len(started)}")]
+
+
+@dataclass
+class PlatformRun:
+    main: Boot
+    tampered: Boot | None
+    results: list[tuple[str, bool, str]]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.results) and all(ok for _n, ok, _d in self.results)
+
+
+def _guest_results(boot: Boot, steps: Sequence[str]) -> list[tuple[str, bool, str]]:
+    results = list(boot.run.results)
+    seen = {n for n, _ok, _d in results}
+    for step in steps:
+        if step not in seen:
+            results.append((step, False, "the guest did not report this step"))
+    if not boot.run.done:
+        results.append(("guest", False, "VTDISP-DONE missing (see console.log)"))
+    return results
+
+
+def run_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
+                 platform: str = "cca", timeout: float = 300, accel: str = "auto",
+                 cache_dir: str | None = None, tamper: bool = True,
+                 log: bool = True) -> PlatformRun:
+    main = boot_platform(prov, out / "flow", profile=profile, platform=platform,
+                         timeout=timeout, accel=accel, cache_dir=cache_dir, log=log)
+    results = _guest_results(main, GUEST_STEPS) + host_checks(main)
+    tampered = None
+    if tamper:
+        tampered = boot_platform(prov, out / "tamper", profile=profile, platform=platform,
+                                 timeout=timeout, accel=accel, cache_dir=cache_dir,
+                                 tamper=("measurements", "report"), log=log)
+        results += [r for r in _guest_results(tampered, TAMPER_STEPS) if r[0] == "tamper"
+                    or not r[1]]
+        results += tamper_checks(tampered)
+    return PlatformRun(main, tampered, results)
+
+
+def summary(pr: PlatformRun, prov: Provisioned, platform: str, out: Path) -> list[str]:
+    passed = sum(ok for _n, ok, _d in pr.results)
+    times = dict(pr.main.step_times)
+    if pr.tampered is not None:
+        times.update({k: v for k, v in pr.tampered.step_times.items() if k == "tamper"})
+    lines = [f"guest kernel {prov.kernel_version}, QEMU {prov.qemu_version} "
+             f"({pr.main.run.accel}), platform {platform}: flow {pr.main.run.seconds:.1f} s"
+             + (f", tamper {pr.tampered.run.seconds:.1f} s" if pr.tampered else "")]
+    for name, ok, detail in pr.results:
+        t = f"{times[name]:6.2f}s" if name in times else "       "
+        lines.append(f"  {'PASS' if ok else 'FAIL'}  {name:<16}{t}  {detail}")
+    lines.append(f"{'OK' if pr.ok else 'FAILED'}: {passed} passed, "
+                 f"{len(pr.results) - passed} failed")
+    lines.append(f"console: {out / 'flow' / 'console.log'}   events: "
+                 f"{out / 'flow' / 'events.jsonl'}")
+    return lines
+
+
+def _sigterm(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def identity_cache(provisioned: Path) -> Path:
+    """The cache root for the device identity: the provisioned cache when this user
+    may write to it, else the user's own cache (root provisioned a shared cache for
+    everyone, docs/provisioning.md; keys are per user)."""
+    if os.access(provisioned, os.W_OK):
+        return provisioned
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).absolute() / "vfiouser-tdisp"
+
+
+def main_run(args: argparse.Namespace) -> int:
+    """`run`: the platform flow against ``args.platform``."""
+    if get_profile(args.profile).personality != "virtio-rng":
+        # probe, hwrng and dma_held read /dev/hwrng through the device's driver
+        print(f"vfiouser-tdisp run: the platform flow needs a virtio-rng profile "
+              f"(virtio-rng, virtio-rng-2fn), not {args.profile}", file=sys.stderr)
+        return 2
+    old = signal.signal(signal.SIGTERM, _sigterm)  # stop server and QEMU on SIGTERM too
+    try:
+        try:
+            prov = ensure_provisioned(args.cache_dir, args.qemu)
+        except ProvisionError as exc:
+            print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)
+            return 1
+        out = Path(args.out)
+        state = identity_cache(Path(prov.cache))
+        try:
+            pr = run_platform(prov, out, profile=args.profile, platform=args.platform,
+                              timeout=args.timeout, accel=args.accel,
+                              cache_dir=str(state))
+        except IdentityError as exc:
+            print(f"vfiouser-tdisp run: device identity in {identity_dir(state)}: {exc}",
+                  file=sys.stderr)
+            return 1
+        except (RuntimeError, OSError, ProvisionError) as exc:
+            print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("vfiouser-tdisp run: interrupted; the server and QEMU were stopped",
+                  file=sys.stderr)
+            raise
+        print("\n".join(summary(pr, prov, args.platform, out)))
+        return 0 if pr.ok else 1
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+__all__ = ["GUEST_STEPS", "PLATFORMS", "Boot", "PlatformRun", "boot_platform", "host_checks",
+           "main_run", "reference_measurements", "run_platform"]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from .device.device import PROFILES
 
 DEFAULT_PROFILE = "virtio-rng"
-PLATFORMS = ("cca", "tdx")  # server.PLATFORMS names their firmware emulators
+PLATFORMS = ("cca", "tdx", "sev-tio")  # server.PLATFORMS names their firmware emulators
 PROFILE_HELP = (f"device profile: a built-in one ({', '.join(sorted(PROFILES))}) or a "
                 f"TOML profile file (docs/profiles.md); default: {DEFAULT_PROFILE}")
 
@@ -266,16 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_tsm_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`tsm`: a platform's firmware emulator driven by its guest-less host driver."""
     from .tsm.cca.cli import add_arguments
+    from .tsm.sev_tio.cli import add_arguments as add_sev_tio_arguments
     from .tsm.tdx.cli import add_platform_arguments as add_tdx_arguments
 
     p = sub.add_parser("tsm", help="run a platform's connect / bind / lock / accept sequence "
                                    "against a device without a guest (firmware emulator + "
                                    "host driver in this process)")
-    p.add_argument("--platform", required=True, choices=("cca", "tdx"),
+    p.add_argument("--platform", required=True, choices=("cca", "tdx", "sev-tio"),
                    help="platform firmware to emulate (cca: Arm CCA RMM; tdx: Intel TDX "
-                        "module with TDX Connect + P-SEAMLDR)")
+                        "module with TDX Connect + P-SEAMLDR; sev-tio: AMD PSP with SEV-TIO)")
     add_arguments(p)
     add_tdx_arguments(p.add_argument_group("--platform tdx"))
+    add_sev_tio_arguments(p)
     p.set_defaults(handler="vfiouser_tdisp.tsm.cli:main_tsm")
 
 

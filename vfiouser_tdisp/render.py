@@ -36,7 +36,8 @@ DETAIL_ONLY = frozenset({
     "ide_km.key_fingerprint", "ide_km.key_debug", "ide.reset",
     "vfio_user.version", "vfio_user.dma_map", "vfio_user.dma_unmap", "vfio_user.set_irqs",
     "vfio_user.closed", "virtio.status", "virtio.queue_enabled", "virtio.used", "virtio.reset",
-    "firmware_port.call", "rmm.call", "tdx.call", "spdm.chunk.transition",
+    "firmware_port.call", "rmm.call", "tdx.call", "psp.command",
+    "spdm.chunk.transition",
 })
 
 

@@ -98,7 +98,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=10)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as cache:
-        dev = Device(get_profile("virtio-rng"), identity_options={"cache_dir": cache})
+        dev = Device(get_profile("virtio-rng"), identity_options={"identity_dir": cache})
         _ = dev.identity
         read32, write32 = assign_bars(dev)
         report("in-process", object_transport(DoeDriver(read32, write32, 0x100).exchange),

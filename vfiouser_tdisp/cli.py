@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from .device.device import PROFILES
 
 DEFAULT_PROFILE = "virtio-rng"
-PLATFORMS = ("cca",)  # server.PLATFORMS names their firmware emulators
+PLATFORMS = ("cca", "sev-tio")  # server.PLATFORMS names their firmware emulators
 
 
 def _tcp_port(text: str) -> int:
@@ -200,14 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_tsm_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`tsm`: a platform's firmware emulator driven by its guest-less host driver."""
     from .tsm.cca.cli import add_arguments
+    from .tsm.sev_tio.cli import add_arguments as add_sev_tio_arguments
 
     p = sub.add_parser("tsm", help="run a platform's connect / bind / lock / accept sequence "
                                    "against a device without a guest (firmware emulator + "
                                    "host driver in this process)")
-    p.add_argument("--platform", required=True, choices=("cca",),
-                   help="platform firmware to emulate (cca: Arm CCA RMM)")
+    p.add_argument("--platform", required=True, choices=("cca", "sev-tio"),
+                   help="platform firmware to emulate (cca: Arm CCA RMM; sev-tio: AMD PSP "
+                        "with SEV-TIO)")
     add_arguments(p)
-    p.set_defaults(handler="vfiouser_tdisp.tsm.cca.cli:main_tsm")
+    add_sev_tio_arguments(p)
+    p.set_defaults(handler="vfiouser_tdisp.tsm.cli:main_tsm")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,7 +55,8 @@ def numbered(path: str, i: int) -> str:
 
 
 # --platform NAME -> the firmware emulator served behind the firmware port
-PLATFORMS = {"cca": "vfiouser_tdisp.tsm.cca:make_firmware"}
+PLATFORMS = {"cca": "vfiouser_tdisp.tsm.cca:make_firmware",
+             "sev-tio": "vfiouser_tdisp.tsm.sev_tio:make_firmware"}
 
 
 def firmware_port_path(path: str) -> str:

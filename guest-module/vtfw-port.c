@@ -23,6 +23,40 @@
 
 #include "vtfw.h"
 
+static int vtfw_cca_init(struct vtfw_port *port)
+{
+	int rc = vtfw_cca_host_init(port);
+
+	return rc ? rc : vtfw_cca_realm_init(port);
+}
+
+static void vtfw_cca_exit(struct vtfw_port *port)
+{
+	vtfw_cca_realm_exit(port);
+	vtfw_cca_host_exit(port);
+}
+
+static const struct vtfw_platform vtfw_cca_platform = {
+	.abi_id = VTFW_ABI_CCA,
+	.name = "Arm CCA",
+	.init = vtfw_cca_init,
+	.exit = vtfw_cca_exit,
+};
+
+/* the platform drivers, by the ABI_ID of the firmware behind the port */
+static const struct vtfw_platform *const vtfw_platforms[] = {
+	&vtfw_cca_platform,
+	&vtfw_sev_platform,
+};
+
+static const struct vtfw_platform *vtfw_platform_of(u32 abi_id)
+{
+	for (int i = 0; i < ARRAY_SIZE(vtfw_platforms); i++)
+		if (vtfw_platforms[i]->abi_id == abi_id)
+			return vtfw_platforms[i];
+	return NULL;
+}
+
 static u32 vtfw_win(struct vtfw_port *port, enum vtfw_class cls)
 {
 	return port->window_base + cls * port->window_stride;
@@ -170,28 +204,19 @@ static int vtfw_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		 version >> 16, version & 0xffff, (char *)&port->abi_id,
 		 port->abi_version >> 16, port->abi_version & 0xffff);
 
-	switch (port->abi_id) {
-	case VTFW_ABI_CCA:
-		rc = vtfw_cca_host_init(port);
-		if (!rc)
-			rc = vtfw_cca_realm_init(port);
-		return rc;
-	default:
+	port->platform_ops = vtfw_platform_of(port->abi_id);
+	if (!port->platform_ops) {
 		pci_err(pdev, "no driver for platform ABI %#x\n", port->abi_id);
 		return -ENODEV;
 	}
+	return port->platform_ops->init(port);
 }
 
 static void vtfw_remove(struct pci_dev *pdev)
 {
 	struct vtfw_port *port = pci_get_drvdata(pdev);
 
-	switch (port->abi_id) {
-	case VTFW_ABI_CCA:
-		vtfw_cca_realm_exit(port);
-		vtfw_cca_host_exit(port);
-		break;
-	}
+	port->platform_ops->exit(port);
 }
 
 static const struct pci_device_id vtfw_ids[] = {

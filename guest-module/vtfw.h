@@ -12,8 +12,10 @@
 #ifndef _VTFW_H
 #define _VTFW_H
 
+#include <linux/list.h>
 #include <linux/mutex.h>
 #include <linux/pci.h>
+#include <linux/pci-tsm.h>
 #include <linux/types.h>
 
 #define VTFW_VENDOR_ID		0x1af4	/* QEMU experimental range 1af4:10f0..10ff */
@@ -59,7 +61,7 @@
 
 enum vtfw_class {
 	VTFW_CLASS_HOST = 0,	/* RMI, host SEAMCALLs, PSP host commands */
-	VTFW_CLASS_GUEST = 1,	/* RSI (and RHI through RSI_HOST_CALL), TDCALL */
+	VTFW_CLASS_GUEST = 1,	/* RSI (and RHI through RSI_HOST_CALL), TDCALL, SNP guest */
 	VTFW_NR_CLASSES,
 };
 
@@ -74,6 +76,7 @@ struct vtfw_port {
 	struct mutex lock[VTFW_NR_CLASSES];
 	struct tsm_dev *link_tsm;
 	void *platform;		/* the platform driver's state */
+	const struct vtfw_platform *platform_ops;
 };
 
 /* messages about a device the module does not drive: say who speaks */
@@ -90,6 +93,79 @@ static inline u64 vtfw_pa(void *va)
 {
 	return virt_to_phys(va);
 }
+
+/*
+ * A platform driver: the firmware behind the port names it by ABI_ID; init
+ * registers its TSMs and TVM files, exit undoes it.  vtfw-port.c keeps the
+ * table of them.
+ */
+struct vtfw_platform {
+	u32 abi_id;
+	const char *name;
+	int (*init)(struct vtfw_port *port);
+	void (*exit)(struct vtfw_port *port);
+};
+
+extern const struct vtfw_platform vtfw_sev_platform;	/* vtfw-sev-host.c */
+
+/*
+ * The TVM core (vtfw-tvm.c): /sys/bus/pci/devices/BDF/tvm/ with the same
+ * files for every platform -- lock, accept, unlock, state, refresh and the
+ * evidence read at lock time -- with the proposed tsm/lock and tsm/accept
+ * preconditions and errnos in one place, and a devsec TSM whose lock/unlock
+ * do what tvm/lock and tvm/unlock do.  A platform supplies the operations.
+ */
+enum vtfw_ev {
+	VTFW_EV_CERTIFICATE,
+	VTFW_EV_VCA,
+	VTFW_EV_MEASUREMENTS,
+	VTFW_EV_REPORT,
+	VTFW_EV_INFO,		/* the firmware's attestation record: vdev_info, tdi_info */
+	VTFW_EV_NR,
+};
+
+enum vtfw_tvm_state {
+	VTFW_TVM_UNLOCKED,
+	VTFW_TVM_LOCKED,
+	VTFW_TVM_RUN,
+	VTFW_TVM_ERROR,
+};
+
+struct vtfw_tvm_dev;
+
+struct vtfw_tvm_ops {
+	const char *name;		/* for the kernel log */
+	const char *info_name;		/* file name of VTFW_EV_INFO */
+	unsigned long evidence;		/* BIT(VTFW_EV_*) the platform provides */
+	int (*setup)(struct vtfw_tvm_dev *t);	/* per function, at init */
+	void (*teardown)(struct vtfw_tvm_dev *t);
+	int (*lock)(struct vtfw_tvm_dev *t);	/* lock and set the evidence */
+	int (*accept)(struct vtfw_tvm_dev *t);
+	int (*unlock)(struct vtfw_tvm_dev *t);
+	int (*refresh)(struct vtfw_tvm_dev *t);	/* evidence again, same lock */
+	int (*state)(struct vtfw_tvm_dev *t);	/* enum vtfw_tvm_state or -errno */
+	const struct attribute_group *extra;	/* platform files merged into tvm/ */
+};
+
+struct vtfw_tvm_dev {
+	struct list_head list;
+	struct pci_dev *pdev;
+	struct vtfw_port *port;
+	const struct vtfw_tvm_ops *ops;
+	struct mutex lock;	/* one operation at a time */
+	bool locked;
+	bool accepted;
+	u8 *ev[VTFW_EV_NR];
+	size_t ev_len[VTFW_EV_NR];
+	struct pci_tsm devsec;	/* what the devsec lock op returns */
+	void *priv;		/* the platform's */
+};
+
+int vtfw_tvm_init(struct vtfw_port *port, const struct vtfw_tvm_ops *ops);
+void vtfw_tvm_exit(struct vtfw_port *port);
+struct vtfw_tvm_dev *vtfw_tvm_of(struct device *dev);
+int vtfw_tvm_set_evidence(struct vtfw_tvm_dev *t, enum vtfw_ev id, const void *data, size_t len);
+void vtfw_tvm_evidence_free(struct vtfw_tvm_dev *t);
 
 /* Arm CCA host side (link TSM), vtfw-cca-host.c */
 int vtfw_cca_host_init(struct vtfw_port *port);

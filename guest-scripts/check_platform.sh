@@ -9,7 +9,9 @@
 # Nothing here speaks SPDM on the mailbox: the firmware holds the session.
 #
 # Results: tsm_module connect bind lock_busy accept_unlocked lock evidence
-# verify accept probe hwrng unlock dma_held tdi_error unbind disconnect; with
+# verify accept probe hwrng unlock dma_held tdi_error unbind disconnect
+# (vtdisp.platform=sev-tio adds mmio_validate_rejects and guest_msg_replay
+# after accept); with
 # vtdisp.tamper=1 (the device's evidence altered by `serve --tamper`) the
 # flow stops after verify and reports: tsm_module connect bind lock evidence
 # tamper disconnect.
@@ -17,6 +19,8 @@
 
 d=/sys/bus/pci/devices/$BDF
 t=$d/tvm
+platform=$(cmdline_opt platform)
+platform=${platform:-cca}
 ETC=/etc/vtdisp
 EV=/tmp/evidence
 export OPENSSL_CONF=/dev/null
@@ -91,21 +95,34 @@ pf_verify() {
         fi
     fi
 
-    # 2. the digests the firmware attests (rsi_vdev_info, firmware-abi.md C.6)
-    # against the objects the untrusted host handed over
-    info=$EV/vdev_info
-    case $(pf_hex $info 16 1) in
-        00) alg=sha256; dl=32 ;;
-        01) alg=sha512; dl=64 ;;
-        *) pf_bad "vdev_info: hash_algo $(pf_hex $info 16 1)"; return ;;
+    # 2. the digests the firmware attests against the objects the untrusted
+    # host handed over: rsi_vdev_info (firmware-abi.md C.6) or TDI_INFO (D.4)
+    case $platform in
+    sev-tio)
+        info=$EV/tdi_info alg=sha384 dl=48
+        digests="certificate:32 measurements:80 report:128"
+        ;;
+    *)
+        info=$EV/vdev_info
+        case $(pf_hex $info 16 1) in
+            00) alg=sha256; dl=32 ;;
+            01) alg=sha512; dl=64 ;;
+            *) pf_bad "vdev_info: hash_algo $(pf_hex $info 16 1)"; return ;;
+        esac
+        digests="vca:128 certificate:192 measurements:320 report:384"
+        ;;
     esac
     bad=""
-    for spec in vca:128 certificate:192 measurements:320 report:384; do
+    for spec in $digests; do
         f=${spec%%:*}; o=${spec#*:}
         got=$(openssl dgst -$alg -binary $EV/$f | od -An -tx1 -v | tr -d ' \n')
         [ "$got" = "$(pf_hex $info $o $dl)" ] || bad="$bad $f"
     done
-    if [ -z "$bad" ]; then pf_ok "4 digests ($alg) as attested"; else pf_bad "digest of$bad"; fi
+    if [ -z "$bad" ]; then
+        pf_ok "$(echo $digests | wc -w) digests ($alg) as attested"
+    else
+        pf_bad "digest of$bad"
+    fi
 
     # 3. measurements against the reference values (DSP0274 MEASUREMENTS:
     # NumberOfBlocks @4, MeasurementRecordLength u24 @5, blocks @8: Index,
@@ -171,6 +188,54 @@ pf_verify() {
     [ "$count" -gt 0 ] || pf_bad "report has no MMIO range"
 }
 
+# -- SEV-TIO only, after accept (firmware-abi.md D.4) -------------------------
+pf_mmio() {  # range_id base(hex) pages offset: the MMIO_VALIDATE status, or the error
+    e=$(pf_write_err $t/mmio_validate "$1 $2 $3 $4")
+    if [ -z "$e" ]; then cat $t/mmio_validate; else echo "error: $e"; fi
+}
+
+pf_sev_steps() {
+    # a TEE range of the report (16-byte ranges @16: first_page u64, pages u32,
+    # attributes u16 (MSI-X table b0, PBA b1, non-TEE b2), range_id u16)
+    rep=$EV/report
+    count=$(od -An -tu4 -j 12 -N 4 $rep | tr -d ' ')
+    i=0; id=""
+    while [ $i -lt "$count" ] && [ -z "$id" ]; do
+        o=$((16 + 16 * i))
+        if [ $(($(od -An -tu2 -j $((o + 12)) -N 2 $rep) & 7)) -eq 0 ]; then
+            first=$(od -An -tu8 -j $o -N 8 $rep | tr -d ' ')
+            pages=$(od -An -tu4 -j $((o + 8)) -N 4 $rep | tr -d ' ')
+            id=$(od -An -tu2 -j $((o + 14)) -N 2 $rep | tr -d ' ')
+        fi
+        i=$((i + 1))
+    done
+    if [ -z "$id" ]; then
+        pf_step mmio_validate_rejects FAIL "no TEE range in the report"
+    else
+        # statuses: NOT_REPORTED 8, OUT_OF_RANGE 9, NOT_4K 10
+        past=$(pf_mmio "$id" "$(printf %x $(((first + pages) * 4096)))" 1 "$pages")
+        wrong=$(pf_mmio 32767 "$(printf %x $((first * 4096)))" "$pages" 0)
+        odd=$(pf_mmio "$id" "$(printf %x $((first * 4096 + 2048)))" "$pages" 0)
+        s=$(pf_state)
+        if [ "$past" = 9 ] && [ "$wrong" = 8 ] && [ "$odd" = 10 ] && [ "$s" = run ]; then
+            pf_step mmio_validate_rejects PASS "range $id past its $pages pages -> OUT_OF_RANGE ($past); range_id 32767 -> NOT_REPORTED ($wrong); base +0x800 -> NOT_4K ($odd); state=$s"
+        else
+            pf_step mmio_validate_rejects FAIL "past '$past' (want 9), wrong id '$wrong' (want 8), not 4K '$odd' (want 10), state=$s: $(pf_log)"
+        fi
+    fi
+
+    # a relay sends the guest's last sealed message again: the PSP refuses it,
+    # and the guest's next message (the next sequence number) still goes through
+    s0=$(pf_state)
+    e=$(pf_write_err $t/guest_msg_replay 1)
+    s1=$(pf_state)
+    if [ "$e" = "Permission denied" ] && [ "$s0" = run ] && [ "$s1" = run ]; then
+        pf_step guest_msg_replay PASS "$(dmesg | grep 'replayed guest message' | tail -n 1 | sed 's/.*TVM: //') -> refused; next message: state=$s1"
+    else
+        pf_step guest_msg_replay FAIL "replay: '${e:-accepted}', state before '$s0' after '$s1': $(pf_log)"
+    fi
+}
+
 # -- the flow ----------------------------------------------------------------
 tamper=$(cmdline_opt tamper)
 load_module virtio_rng
@@ -233,13 +298,18 @@ else
     pf_step lock FAIL "'$e' state=$(pf_state): $(pf_log)"
 fi
 
-sizes=""
-for f in certificate vca measurements report vdev_info; do
+# the evidence files and the size of the firmware's attestation record
+case $platform in
+    sev-tio) evfiles="certificate measurements report" info=tdi_info infolen=192 ;;
+    *) evfiles="certificate vca measurements report" info=vdev_info infolen=512 ;;
+esac
+sizes="" missing=""
+for f in $evfiles $info; do
     cat $t/$f > $EV/$f 2>/dev/null
     sizes="$sizes $f=$(wc -c < $EV/$f)"
+    [ -s $EV/$f ] || missing="$missing $f"
 done
-if [ -s $EV/certificate ] && [ -s $EV/vca ] && [ -s $EV/measurements ] && [ -s $EV/report ] \
-        && [ "$(wc -c < $EV/vdev_info)" -eq 512 ]; then
+if [ -z "$missing" ] && [ "$(wc -c < $EV/$info)" -eq $infolen ]; then
     pf_step evidence PASS "$sizes"
 else
     pf_step evidence FAIL "$sizes"
@@ -271,6 +341,8 @@ else
     else
         pf_step accept FAIL "'$e' state=$(pf_state): $(pf_log)"
     fi
+
+    [ "$platform" = sev-tio ] && pf_sev_steps
 
     echo "$BDF" > /sys/bus/pci/drivers_probe
     drv=$(pf_driver)

@@ -189,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                    help="accelerator: auto probes KVM with a deadline and falls back to TCG")
     p.add_argument("--platform", choices=PLATFORMS, default="cca",
-                   help="platform firmware the flow runs against (default: cca, the only "
-                        "one so far)")
+                   help="platform firmware the flow runs against (default: cca; sev-tio: "
+                        "the AMD PSP, adds mmio_validate_rejects and guest_msg_replay)")
     p.set_defaults(handler="vfiouser_tdisp.run.platform:main_run")
 
     _add_tsm_parser(sub)

@@ -1,7 +1,7 @@
-"""`vfiouser-tdisp run --platform cca`: the whole TEE I/O flow in a real guest.
+"""`vfiouser-tdisp run --platform cca|sev-tio`: the whole TEE I/O flow in a real guest.
 
-One `serve --platform cca` process serves the device and the firmware port with the
-platform firmware (the Arm CCA RMM emulator) behind it; QEMU boots the stock guest
+One `serve --platform P` process serves the device and the firmware port with the
+platform firmware (the Arm CCA RMM or the AMD PSP emulator) behind it; QEMU boots the stock guest
 kernel with both; the guest loads the guest module (vtfw.ko) and runs
 guest-scripts/check_platform.sh: connect through the kernel's PCI/TSM core and DOE
 driver, bind, lock, evidence, the relying party's verification (openssl), accept,
@@ -14,12 +14,13 @@ and reference values (the device's TCB measurements) in the initramfs, under
 /etc/vtdisp; the guest gets openssl and its libraries from the private module build
 tree (run/guest_tools.py).
 
-Beyond the guest's own results, the host checks the server's events: the endpoint
-PDEV's path NEW -> NEEDS_KEY -> HAS_KEY -> READY -> STOPPED, the VDEV's NEW ->
-UNLOCKED -> LOCKED -> STARTED -> UNLOCKED, each SPDM / secured SPDM / IDE_KM / TDISP
-object the device answered (all of them came through the guest kernel's DOE driver:
-the RMM never touches the device), DMA refused while the TDI was only locked and the
-virtio-rng queue used once it ran.
+Beyond the guest's own results, the host checks the server's events: the firmware's
+own objects (CCA: the endpoint PDEV's path NEW -> NEEDS_KEY -> HAS_KEY -> READY ->
+STOPPED, the VDEV's NEW -> UNLOCKED -> LOCKED -> STARTED -> UNLOCKED; SEV-TIO: the PSP's
+device and TDI contexts), each SPDM / secured SPDM / IDE_KM / TDISP object the device
+answered (all of them came through the guest kernel's DOE driver: the firmware never
+touches the device), DMA refused while the TDI was only locked and the virtio-rng queue
+used once it ran.
 """
 
 from __future__ import annotations
@@ -53,13 +54,26 @@ from .module_build import ensure_module
 from .provision import Provisioned, ProvisionError, ensure_provisioned
 from .qemu import QemuCommand, accel_decision, firmware_port_args, run_with_deadline
 
-PLATFORMS = ("cca",)
+PLATFORMS = ("cca", "sev-tio")
 # the guest's steps, in the order it runs them (check_platform.sh)
 GUEST_STEPS = ("tsm_module", "connect", "bind", "lock_busy", "accept_unlocked", "lock",
                "evidence", "verify", "accept", "probe", "hwrng", "unlock", "dma_held",
                "tdi_error", "unbind", "disconnect")
+# per platform: the same steps, and what a platform adds (after accept)
+_AFTER_ACCEPT = GUEST_STEPS.index("accept") + 1
+PLATFORM_STEPS = {
+    "cca": GUEST_STEPS,
+    "sev-tio": GUEST_STEPS[:_AFTER_ACCEPT] + ("mmio_validate_rejects", "guest_msg_replay")
+    + GUEST_STEPS[_AFTER_ACCEPT:],
+}
 TAMPER_STEPS = ("tamper",)
 HOST_STEPS = ("pdev_states", "vdev_states", "tdi_states", "doe_objects", "dma_gate")
+# SEV-TIO: the PSP's device context (CREATED -> CONNECTING -> CONNECTED -> DISCONNECTING ->
+# CREATED) and TDI context (bound, started, stopped) instead of PDEV and VDEV
+SEV_HOST_STEPS = ("dev_ctx_states", "tdi_ctx_states", "tdi_states", "doe_objects",
+                  "dma_gate", "guest_msgs")
+DEV_CTX_PATH = ["CREATED", "CONNECTING", "CONNECTED", "DISCONNECTING", "CREATED"]
+TDI_CTX_PATH = ["UNBOUND", "BINDING", "LOCKED", "STARTING", "RUN", "UNBINDING", "UNBOUND"]
 STEP_TIME_RE = re.compile(r"VTDISP-INFO step_time (\S+) ([\d.]+)")
 TCB_INDICES = (1, 2, 3)  # measurement indices that do not change with configuration
 PDEV_PATH = [("NEW", "NEEDS_KEY"), ("NEEDS_KEY", "HAS_KEY"), ("HAS_KEY", "READY"),
@@ -140,6 +154,7 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                       f" vtdisp.vendor=0x{pers.VENDOR_ID:04x}"
                       f" vtdisp.device=0x{pers.DEVICE_ID:04x}"
                       f" vtdisp.functions={prof.functions} vtdisp.checks=platform"
+                      f" vtdisp.platform={platform}"
                       + (" vtdisp.tamper=1" if tamper else ""))
             chosen, why = accel_decision(prov.qemu, prov.kernel, accel, prov.cache)
             qc = QemuCommand(kernel=prov.kernel, initrd=str(initrd), append=append,
@@ -184,6 +199,8 @@ def doe_objects(boot: Boot) -> list[str]:
         if kind == "rmm.communicate" and e.get("req_len"):
             lines.append(f"{e.get('operation')}: {e.get('protocol')} object, "
                          f"{e.get('req_len')} bytes -> guest kernel DOE")
+        elif kind == "psp.command" and e.get("status") == "SPDM_REQUEST":
+            lines.append(f"{e.get('cmd')}: SPDM_REQUEST, object -> guest kernel DOE")
         elif kind == "spdm.request":
             lines.append(f"  device SPDM {e.get('request')}"
                          + (f" (session {e['session_id']})" if e.get("session_id") else ""))
@@ -199,8 +216,8 @@ def _subsequence(want: Sequence[object], got: Sequence[object]) -> bool:
     return all(any(w == g for g in it) for w in want)
 
 
-def host_checks(boot: Boot) -> list[tuple[str, bool, str]]:
-    """What the server saw: the firmware's state machines and the device's traffic."""
+def _cca_checks(boot: Boot) -> tuple[list[tuple[str, bool, str]], int]:
+    """The RMM's PDEV and VDEV paths; the objects it handed to the guest kernel."""
     out: list[tuple[str, bool, str]] = []
     eps = {e["pdev"] for e in boot.of("rmm.pdev.created") if e.get("category") == "EP_OFF_CHIP"}
     ep_path = [(e["old"], e["new"]) for e in boot.of("rmm.pdev.transition")
@@ -212,12 +229,47 @@ def host_checks(boot: Boot) -> list[tuple[str, bool, str]]:
     vstates = [str(vdev[0][0])] + [str(n) for o, n in vdev if o != n] if vdev else []
     out.append(("vdev_states", _subsequence(VDEV_PATH, vstates),
                 "VDEV " + " -> ".join(vstates) if vstates else "no VDEV transitions"))
+    return out, sum(1 for e in boot.of("rmm.communicate") if e.get("req_len"))
+
+
+def _path(events: list[dict[str, object]]) -> list[str]:
+    return [str(events[0]["old"])] + [str(e["new"]) for e in events] if events else []
+
+
+def _sev_checks(boot: Boot) -> tuple[list[tuple[str, bool, str]], int]:
+    """The PSP's device and TDI contexts; each SPDM_REQUEST is one object it handed to
+    the guest kernel; the guest's sealed messages and the replay it refused."""
+    out: list[tuple[str, bool, str]] = []
+    dev = _path(boot.of("psp.dev.transition"))
+    out.append(("dev_ctx_states", dev == DEV_CTX_PATH,
+                "device context " + " -> ".join(dev) if dev else "no device transitions"))
+    tdi = _path(boot.of("psp.tdi.transition"))
+    out.append(("tdi_ctx_states", _subsequence(TDI_CTX_PATH, tdi),
+                "TDI context " + " -> ".join(tdi) if tdi else "no TDI transitions"))
+    msgs = Counter(str(e.get("type")) for e in boot.of("psp.guest_message"))
+    refused = [e for e in boot.of("psp.refused") if e.get("cmd") == "TIO_GUEST_REQUEST"]
+    replays = [e for e in refused if "replayed" in str(e.get("why"))]
+    need = ("TIO_MSG_TDI_INFO_REQ", "TIO_MSG_SDTE_WRITE_REQ", "TIO_MSG_MMIO_VALIDATE_REQ")
+    out.append(("guest_msgs", all(msgs.get(n) for n in need) and len(replays) == 1
+                and len(refused) == 1,
+                "sealed guest messages the PSP opened: "
+                + ", ".join(f"{k} {v}" for k, v in sorted(msgs.items()))
+                + f"; refused: {len(refused)} ({'; '.join(str(e.get('why')) for e in refused)})"))
+    relayed = sum(1 for e in boot.of("psp.command") if e.get("status") == "SPDM_REQUEST")
+    return out, relayed
+
+
+FIRMWARE_CHECKS = {"cca": _cca_checks, "sev-tio": _sev_checks}
+
+
+def host_checks(boot: Boot, platform: str = "cca") -> list[tuple[str, bool, str]]:
+    """What the server saw: the firmware's state machines and the device's traffic."""
+    out, relayed = FIRMWARE_CHECKS[platform](boot)
     spdm = Counter(str(e["request"]) + ("(secured)" if e.get("session_id") else "")
                    for e in boot.of("spdm.request"))
     tdisp = Counter(str(e["message"]) for e in boot.of("tdisp.request"))
     ide = Counter(str(e["event"]).removeprefix("ide_km.") for e in boot.events
                   if str(e.get("event", "")).startswith("ide_km."))
-    relayed = sum(1 for e in boot.of("rmm.communicate") if e.get("req_len"))
     # every data object the device's mailbox took (the kernel's discovery included)
     mailbox = sum(1 for e in boot.of("doe.transition") if e.get("trigger") == "go_ok")
     need = ("GET_VERSION", "KEY_EXCHANGE", "FINISH(secured)")
@@ -225,7 +277,7 @@ def host_checks(boot: Boot) -> list[tuple[str, bool, str]]:
         and tdisp.get("START_INTERFACE_REQUEST", 0) > 0 and ide.get("key_prog", 0) > 0 \
         and relayed == sum(spdm.values()) and mailbox >= relayed
     out.append(("doe_objects", ok,
-                f"{relayed} objects the RMM handed to the guest kernel's DOE path, "
+                f"{relayed} objects the firmware handed to the guest kernel's DOE path, "
                 f"{mailbox} through the device's DOE mailbox, "
                 f"{sum(spdm.values())} SPDM requests at the device (in order: "
                 "doe-objects.txt): "
@@ -295,7 +347,7 @@ def run_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                  log: bool = True) -> PlatformRun:
     main = boot_platform(prov, out / "flow", profile=profile, platform=platform,
                          timeout=timeout, accel=accel, cache_dir=cache_dir, log=log)
-    results = _guest_results(main, GUEST_STEPS) + host_checks(main)
+    results = _guest_results(main, PLATFORM_STEPS[platform]) + host_checks(main, platform)
     tampered = None
     if tamper:
         tampered = boot_platform(prov, out / "tamper", profile=profile, platform=platform,

@@ -503,6 +503,26 @@ static u32 sev_tdi_unbind_cmd(struct sev_dsm *dsm, struct sev_tdi *tdi)
 	return status;
 }
 
+/* TIO_TDI_REPORT: the interface report again, into the host's cache */
+static u32 sev_tdi_report_cmd(struct sev_dsm *dsm, struct sev_tdi *tdi)
+{
+	struct sev_data_tio_tdi_unbind *c = dsm->cmd;
+	u32 status;
+
+	memset(dsm->cmd, 0, PAGE_SIZE);
+	c->length = cpu_to_le32(sizeof(*c));
+	c->dev_ctx_sla = cpu_to_le64(dsm->dev_ctx.sla);
+	c->tdi_ctx_sla = cpu_to_le64(tdi->ctx.sla);
+	c->gctx_paddr = cpu_to_le64(vtfw_pa(dsm->host->gctx));
+	if (sev_spdm(dsm, SEV_CMD_TIO_TDI_REPORT, &status))
+		return SEV_RET_INVALID_PARAM;
+	if (status == SEV_RET_SUCCESS)
+		sev_outputs(dsm, tdi);
+	else
+		vtfw_warn(tdi->base.pdev, "TIO_TDI_REPORT: SEV status %#x\n", status);
+	return status;
+}
+
 static const char * const sev_tdi_states[] = {
 	"UNBOUND", "BINDING", "LOCKED", "STARTING", "RUN", "UNBINDING", "ERROR",
 };
@@ -668,6 +688,16 @@ static u32 sev_guest_request(struct sev_dsm *dsm, struct sev_tdi *tdi,
 
 	if ((ex->regs[4] & 0xffff) != tdi->base.tdi_id)
 		return SEV_RET_INVALID_TDI;
+	/*
+	 * [MODEL] the evidence a guest asks for is fetched for it: the report
+	 * again (TIO_TDI_REPORT) before the PSP answers TDI_INFO with its digest.
+	 */
+	if (param & TIO_GUEST_REQUEST_PARAM_REPORT && !sev_tdi_state(dsm, tdi, &state) &&
+	    sev_state_bound(state) && state != SEV_TDI_ERROR) {
+		status = sev_tdi_report_cmd(dsm, tdi);
+		if (status != SEV_RET_SUCCESS)
+			return status;
+	}
 	memset(dsm->cmd, 0, PAGE_SIZE);
 	c->length = cpu_to_le32(sizeof(*c));
 	c->dev_ctx_sla = cpu_to_le64(dsm->dev_ctx.sla);

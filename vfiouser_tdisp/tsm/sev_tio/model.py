@@ -116,6 +116,9 @@ TDI_TABLE: dict[tuple[TdiState, str], TdiState] = {
     (TdiState.STARTING, "started"): TdiState.RUN,
     (TdiState.BINDING, "failed"): TdiState.ERROR,
     (TdiState.STARTING, "failed"): TdiState.ERROR,
+    # a TDI_REPORT the device refuses (its TDI went to ERROR, e.g. a BAR moved while RUN)
+    (TdiState.LOCKED, "failed"): TdiState.ERROR,
+    (TdiState.RUN, "failed"): TdiState.ERROR,
     (TdiState.LOCKED, "unbind"): TdiState.UNBINDING,
     (TdiState.RUN, "unbind"): TdiState.UNBINDING,
     (TdiState.UNBINDING, "unbound"): TdiState.UNBOUND,

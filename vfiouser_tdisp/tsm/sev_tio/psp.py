@@ -949,8 +949,14 @@ def tdi_report(psp: Psp, cmd: TioTdiUnbindCmd, mem: GuestMemory) -> SevRet:
         _new_report(tdi, report)
         return [(SpdmDobjId.REPORT, report)]
 
+    def fail(exc: BaseException) -> None:
+        # [MODEL] the device would not report the TDI (TDISP ERROR): it is no longer
+        # the interface the guest accepted
+        if tdi.fsm.can("failed"):
+            tdi.fsm.fire("failed", error=repr(exc))
+
     return psp.run(dev, SevCmd.TIO_TDI_REPORT, (dev.sla, tdi.sla),
-                   SpdmCtrl.unpack(cmd.spdm_ctrl), mem, start, finish, lambda exc: None)
+                   SpdmCtrl.unpack(cmd.spdm_ctrl), mem, start, finish, fail)
 
 
 def guest_status(tdi: TdiCtx | None) -> TdiStatus:

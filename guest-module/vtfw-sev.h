@@ -16,6 +16,7 @@
 
 #include <linux/bits.h>
 #include <linux/build_bug.h>
+#include <linux/stddef.h>
 #include <linux/types.h>
 
 /* enum sev_cmd */
@@ -123,6 +124,7 @@ struct sev_tio_status {
 	u8 rsvd[12];
 } __packed;
 static_assert(sizeof(struct sev_tio_status) == 0x40);
+static_assert(offsetof(struct sev_tio_status, devctx_size) == 0x28);
 
 struct sev_data_tio_init {
 	__le32 length;
@@ -139,6 +141,8 @@ struct sev_data_tio_dev_create {
 	u8 rsvd2[11];
 } __packed;
 static_assert(sizeof(struct sev_data_tio_dev_create) == 0x20);
+static_assert(offsetof(struct sev_data_tio_dev_create, device_id) == 0x10);
+static_assert(offsetof(struct sev_data_tio_dev_create, segment_id) == 0x14);
 
 struct sev_data_tio_dev_reclaim {
 	__le32 length;
@@ -159,6 +163,8 @@ struct sev_data_tio_dev_connect {
 	u8 rsvd4[8];
 } __packed;
 static_assert(sizeof(struct sev_data_tio_dev_connect) == 0x50);
+static_assert(offsetof(struct sev_data_tio_dev_connect, dev_ctx_sla) == 0x30);
+static_assert(offsetof(struct sev_data_tio_dev_connect, ide_stream_id) == 0x40);
 
 #define TIO_FLAG_FORCE			BIT(0)
 
@@ -169,6 +175,7 @@ struct sev_data_tio_dev_disconnect {
 	__le64 dev_ctx_sla;
 } __packed;
 static_assert(sizeof(struct sev_data_tio_dev_disconnect) == 0x30);
+static_assert(offsetof(struct sev_data_tio_dev_disconnect, dev_ctx_sla) == 0x28);
 
 struct sev_data_tio_tdi_create {
 	__le32 length;
@@ -179,6 +186,7 @@ struct sev_data_tio_tdi_create {
 	u8 rsvd2[20];
 } __packed;
 static_assert(sizeof(struct sev_data_tio_tdi_create) == 0x30);
+static_assert(offsetof(struct sev_data_tio_tdi_create, function_id) == 0x18);
 
 struct sev_data_tio_tdi_reclaim {
 	__le32 length;
@@ -205,6 +213,9 @@ struct sev_data_tio_tdi_bind {
 	u8 rsvd2[10];
 } __packed;
 static_assert(sizeof(struct sev_data_tio_tdi_bind) == 0x50);
+static_assert(offsetof(struct sev_data_tio_tdi_bind, gctx_paddr) == 0x38);
+static_assert(offsetof(struct sev_data_tio_tdi_bind, guest_device_id) == 0x40);
+static_assert(offsetof(struct sev_data_tio_tdi_bind, run_flags) == 0x44);
 
 /* also TIO_TDI_REPORT */
 struct sev_data_tio_tdi_unbind {
@@ -255,6 +266,7 @@ struct sev_data_tio_guest_request {
 	__le64 res_paddr;
 } __packed;
 static_assert(sizeof(struct sev_data_tio_guest_request) == 0x50);
+static_assert(offsetof(struct sev_data_tio_guest_request, req_paddr) == 0x40);
 
 struct sev_data_snp_addr {
 	__le64 address;
@@ -333,6 +345,11 @@ struct snp_guest_msg_hdr {
 	u8 rsvd3[35];
 } __packed;
 static_assert(sizeof(struct snp_guest_msg_hdr) == 0x60);
+static_assert(offsetof(struct snp_guest_msg_hdr, msg_seqno) == 0x20);
+static_assert(offsetof(struct snp_guest_msg_hdr, algo) == 0x30);
+static_assert(offsetof(struct snp_guest_msg_hdr, msg_type) == 0x34);
+static_assert(offsetof(struct snp_guest_msg_hdr, msg_sz) == 0x36);
+static_assert(offsetof(struct snp_guest_msg_hdr, msg_vmpck) == 0x3c);
 
 enum tio_msg_type {
 	TIO_MSG_TDI_INFO_REQ = 19,
@@ -367,6 +384,10 @@ struct tio_msg_tdi_info_rsp {
 	u8 rsvd2[8];
 } __packed;
 static_assert(sizeof(struct tio_msg_tdi_info_rsp) == 192);
+static_assert(offsetof(struct tio_msg_tdi_info_rsp, certs_digest) == 0x20);
+static_assert(offsetof(struct tio_msg_tdi_info_rsp, meas_digest) == 0x50);
+static_assert(offsetof(struct tio_msg_tdi_info_rsp, interface_report_digest) == 0x80);
+static_assert(offsetof(struct tio_msg_tdi_info_rsp, tdi_report_count) == 0xb0);
 
 #define MMIO_VALIDATE_FLAG_VALIDATED	BIT(0)
 
@@ -381,6 +402,9 @@ struct tio_msg_mmio_validate_req {
 	u8 rsvd2[12];
 } __packed;
 static_assert(sizeof(struct tio_msg_mmio_validate_req) == 48);
+static_assert(offsetof(struct tio_msg_mmio_validate_req, subrange_base) == 0x10);
+static_assert(offsetof(struct tio_msg_mmio_validate_req, flags) == 0x20);
+static_assert(offsetof(struct tio_msg_mmio_validate_req, range_id) == 0x22);
 
 struct tio_msg_mmio_validate_rsp {
 	__le16 guest_device_id;

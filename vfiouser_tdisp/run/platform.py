@@ -369,7 +369,7 @@ def summary(pr: PlatformRun, prov: Provisioned, platform: str, out: Path) -> lis
              + (f", tamper {pr.tampered.run.seconds:.1f} s" if pr.tampered else "")]
     for name, ok, detail in pr.results:
         t = f"{times[name]:6.2f}s" if name in times else "       "
-        lines.append(f"  {'PASS' if ok else 'FAIL'}  {name:<16}{t}  {detail}")
+        lines.append(f"  {'PASS' if ok else 'FAIL'}  {name:<22}{t}  {detail}")
     lines.append(f"{'OK' if pr.ok else 'FAILED'}: {passed} passed, "
                  f"{len(pr.results) - passed} failed")
     lines.append(f"console: {out / 'flow' / 'console.log'}   events: "

@@ -115,3 +115,36 @@ def test_a_refused_report_puts_the_running_tdi_in_error(tmp_path: Path) -> None:
     host.stop(RID, force=True)
     host.unbind(RID)
     host.disconnect()
+
+
+def test_run_all_prints_one_table() -> None:
+    """`run --platform all`: a row per step in flow order (a platform's own steps after the
+    step they follow), a column per platform, "-" where a platform has no such step, the
+    failures with their detail below."""
+    from types import SimpleNamespace
+
+    from vfiouser_tdisp.cli import build_parser
+    from vfiouser_tdisp.run.platform import PlatformRun, table
+
+    assert build_parser().parse_args(["run", "--platform", "all"]).platform == "all"
+
+    def run(results: list[tuple[str, bool, str]], times: dict[str, float]) -> PlatformRun:
+        guest = GuestRun(results=results, accel="tcg", seconds=20.0)
+        return PlatformRun(Boot(guest, step_times=times), None, results)
+
+    cca = run([("lock", True, ""), ("accept", True, ""), ("probe", True, ""),
+               ("pdev_states", True, "")], {"lock": 0.25, "accept": 0.5})
+    sev = run([("lock", True, ""), ("accept", True, ""), ("mmio_validate_rejects", False, "9"),
+               ("probe", True, ""), ("dev_ctx_states", True, "")], {"lock": 1.0})
+    prov = SimpleNamespace(kernel_version="7.3.4", qemu_version="11.1")
+    lines = table({"cca": cca, "sev-tio": sev}, prov, Path("out"))  # type: ignore[arg-type]
+    rows = [line.split() for line in lines[2:-2]]
+    assert lines[1].split() == ["step", "cca", "sev-tio"]
+    assert rows == [["lock", "PASS", "0.25s", "PASS", "1.00s"],
+                    ["accept", "PASS", "0.50s", "PASS"],
+                    ["mmio_validate_rejects", "-", "FAIL"],
+                    ["probe", "PASS", "PASS"],
+                    ["dev_ctx_states", "-", "PASS"],
+                    ["pdev_states", "PASS", "-"]]
+    assert lines[-2] == "  FAIL sev-tio mmio_validate_rejects: 9"
+    assert lines[-1].startswith("FAILED: 8 passed, 1 failed")

@@ -188,9 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hard deadline for the guest in seconds (default: 180)")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                    help="accelerator: auto probes KVM with a deadline and falls back to TCG")
-    p.add_argument("--platform", choices=PLATFORMS, default="cca",
+    p.add_argument("--platform", choices=PLATFORMS + ("all",), default="cca",
                    help="platform firmware the flow runs against (default: cca; sev-tio: "
-                        "the AMD PSP, adds mmio_validate_rejects and guest_msg_replay)")
+                        "the AMD PSP, adds mmio_validate_rejects and guest_msg_replay; all: "
+                        "every platform, one table, DIR/<platform>/ each)")
     p.set_defaults(handler="vfiouser_tdisp.run.platform:main_run")
 
     _add_tsm_parser(sub)

@@ -14,6 +14,7 @@ guest messages with the kernel's AES-GCM library and the PSP opens them with Ope
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,39 @@ def test_tampered_evidence_is_refused_and_never_accepted(flow: PlatformRun) -> N
 
 def test_step_times_are_reported(flow: PlatformRun) -> None:
     assert set(PLATFORM_STEPS["sev-tio"]) <= set(flow.main.step_times)
+
+
+def test_module_against_the_psp_in_process_tears_everything_down(tmp_path: Path) -> None:
+    """The PSP in this process behind the port, the module's own check script: connect,
+    bind, the TVM's lock / evidence / accept / probe / unlock, unbind, disconnect, rmmod.
+    Afterwards the PSP holds no device or TDI context (D.5: disconnect and reclaim in
+    reverse), and the guest's message counter moved by two per message it accepted."""
+    from vfiouser_tdisp.events import LOG, Recorder
+    from vfiouser_tdisp.run.port_guest import boot_with_port
+    from vfiouser_tdisp.tsm.sev_tio.psp import Psp
+
+    try:
+        prov = ensure_provisioned()
+    except ProvisionError as exc:
+        pytest.fail(f"not provisioned: {exc}")
+    psp = Psp()
+    rec = Recorder()
+    unsubscribe = LOG.subscribe(rec)
+    try:
+        run, console = boot_with_port(prov, tmp_path, psp, "device,tsm_module",
+                                      append="vtdisp.bind=1 vtdisp.tvm=1")
+    finally:
+        unsubscribe()
+    for name in ("tsm_module", "tsm_connect", "tvm_lock_busy", "tsm_bind",
+                 "tvm_accept_unlocked", "tvm_lock", "tvm_evidence", "tvm_accept", "tvm_probe",
+                 "tvm_unlock", "tsm_unbind", "tsm_disconnect", "tsm_rmmod"):
+        got = run.result(name)
+        assert got is not None and got[0], f"{name}: {got}\n{console[-4000:]}"
+    assert "AMD SEV-TIO link TSM registered as tsm0" in console
+    assert not psp.devs and not psp.tdis
+    (guest,) = psp.guests.values()
+    opened = rec.of("psp.guest_message")
+    assert opened and guest.seqno[0] == 2 * len(opened)
+    assert [e["new"] for e in rec.of("psp.dev.transition")] == \
+        ["CONNECTING", "CONNECTED", "DISCONNECTING", "CREATED"]
+    assert len(rec.of("psp.dev_reclaimed")) == 1 and len(rec.of("psp.tdi_reclaimed")) == 1

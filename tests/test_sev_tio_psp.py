@@ -463,8 +463,8 @@ def test_whole_flow_in_process(cache: Path, recorder: Recorder) -> None:
                                                 "UNBINDING", "UNBOUND"]
     assert transitions(recorder, "psp.dev") == ["CONNECTING", "CONNECTED", "DISCONNECTING",
                                                 "CREATED"]
-    tdisp = [e["event"] for e in recorder.events if e["event"].startswith("tdisp.")]
-    assert "tdisp.locked" in tdisp
+    # the device's own TDI state machine went the same way
+    assert transitions(recorder, "tdi") == ["CONFIG_LOCKED", "RUN", "CONFIG_UNLOCKED"]
 
 
 def test_whole_flow_over_spdm_emu_socket(cache: Path, sock_dir: Path,
@@ -629,3 +629,129 @@ def test_bad_response_object_ends_the_loop(cache: Path, recorder: Recorder, rsp:
     assert b.raw(SevCmd.TIO_DEV_CONNECT, connect) == status
     assert b.raw(SevCmd.TIO_DEV_CONNECT, connect) == R.RECLAIM_REQUIRED
     assert transitions(recorder, "psp.dev") == ["CONNECTING", "ERROR"]
+
+
+def test_cli_against_dmtf_spdm_responder_emu(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Interop with an independent responder: DMTF spdm-emu's ``spdm_responder_emu``
+    (libspdm, its own IDE_KM and TDISP samples) behind the PSP.  Built outside the
+    repository; set SPDM_RESPONDER_EMU to the binary (its sample keys are looked up in
+    ../../libspdm/unit_test/sample_key next to it, or SPDM_EMU_KEYS)."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    from vfiouser_tdisp.cli import main
+    binary = os.environ.get("SPDM_RESPONDER_EMU")
+    if not binary or not os.access(binary, os.X_OK):
+        pytest.skip("SPDM_RESPONDER_EMU does not name DMTF's spdm_responder_emu")
+    keys = Path(os.environ.get("SPDM_EMU_KEYS") or
+                Path(binary).resolve().parents[2] / "libspdm/unit_test/sample_key")
+    work = tmp_path / "keys"
+    shutil.copytree(keys, work)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([binary, "--trans", "PCI_DOE", "--ip", "127.0.0.1", "--port",
+                             str(port)], cwd=work, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    steps = ["connect", "lock", "accept", "mmio_validate_rejects", "guest_msg_replay",
+             "unlock", "disconnect"]
+    try:
+        # DMTF's server takes one client and stops after it: watch for LISTEN in
+        # /proc/net/tcp instead of probing with a connection.
+        deadline = time.monotonic() + 10
+        listening = f":{port:04X} 00000000:0000 0A"
+        while time.monotonic() < deadline and \
+                listening not in Path("/proc/net/tcp").read_text():
+            time.sleep(0.05)
+        rc = main(["tsm", "--platform", "sev-tio", "--spdm", f"127.0.0.1:{port}", *steps])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    out = capsys.readouterr().out.splitlines()
+    assert [ln.split()[:2] for ln in out] == [[step, "PASS"] for step in steps], out
+    assert rc == 0
+
+
+def test_mmio_config(locked: Bench) -> None:
+    """MMIO_CONFIG: a range's attributes as the report gives them (msix_table b0, msix_pba
+    b1, non_tee_mem b2, mem_attr_updatable b3); non_tee_mem written only where updatable."""
+    g = locked.guest
+    ranges = {r.range_id: r.range_attributes for r in locked.ev.ranges}   # type: ignore
+    for range_id, attrs in ranges.items():
+        rsp = g.mmio_config(RID, range_id)
+        assert (rsp.status, rsp.flags, rsp.range_id) == (MV.SUCCESS, attrs & 0xF, range_id)
+    fixed = next(i for i, a in ranges.items() if not a & 0x8)
+    assert g.mmio_config(RID, fixed, write=True, non_tee_mem=True).status == MV.NOT_IMMUTABLE
+    updatable = next((i for i, a in ranges.items() if a & 0x8), None)
+    if updatable is not None:
+        rsp = g.mmio_config(RID, updatable, write=True, non_tee_mem=True)
+        assert (rsp.status, rsp.flags & 0x4, rsp.write) == (MV.SUCCESS, 0x4, 1)
+    assert g.mmio_config(RID, 0x7F).status == MV.NOT_REPORTED
+
+
+def test_evidence_needs_enough_data_pages(locked: Bench) -> None:
+    """SEV_TIO_GUEST_REQUEST with param REPORT and too few shared pages: INVALID_LEN with
+    the pages needed in RBX, before the message reaches the PSP; the guest re-sends the
+    same sealed message with enough pages and it is accepted."""
+    g = locked.guest
+    sealed = seal(g.vmpck, abi.TioMsgType.TIO_MSG_TDI_INFO_REQ, g.seqno + 1,
+                  abi.TioMsgTdiInfoReq(guest_device_id=RID).pack())
+    g.mem.write(g.req_page, sealed.ljust(0x1000, b"\0"))
+    regs = g.exit(abi.SVM_VMGEXIT_SEV_TIO_GUEST_REQUEST, g.req_page, g.res_page, g.data, 0,
+                  RID, abi.TIO_GUEST_REQUEST_PARAM_REPORT)
+    assert regs[0] == R.INVALID_LEN and regs[1] == 1      # 3 blobs of < 4 KiB: one page
+    regs = g.exit(abi.SVM_VMGEXIT_SEV_TIO_GUEST_REQUEST, g.req_page, g.res_page, g.data,
+                  regs[1], RID, abi.TIO_GUEST_REQUEST_PARAM_REPORT)
+    assert regs[0] == R.SUCCESS
+
+
+def test_bind_with_run_force_starts_at_once(cache: Path, recorder: Recorder) -> None:
+    """TIO_TDI_BIND with RUN_FORCE on an unbound TDI: LOCK_INTERFACE then START_INTERFACE
+    in one command; TIO_TDI_INFO writes the 192-byte TDI_INFO answer (tdi_status @2,
+    report count @0xB0)."""
+    b = Bench(cache)
+    b.host.connect()
+    b.host.bind(RID, run=True)
+    assert transitions(recorder, "psp.tdi") == ["BINDING", "STARTING", "RUN"]
+    # the device's TDI state machine: CONFIG_UNLOCKED -> CONFIG_LOCKED -> RUN
+    assert transitions(recorder, "tdi")[-2:] == ["CONFIG_LOCKED", "RUN"]
+    page = b.host.mem.alloc()
+    h = b.host
+    assert b.raw(SevCmd.TIO_TDI_INFO, abi.TioTdiStatusCmd(
+        length=0x20, dev_ctx_sla=h.dev_ctx.sla, tdi_ctx_sla=h.tdis[RID].ctx.sla,  # type: ignore
+        status_paddr=page).pack()) == R.SUCCESS
+    raw = h.mem.read(page, 192)
+    assert struct.unpack_from("<HH", raw) == (RID, 0)
+    assert struct.unpack_from("<Q", raw, 0xB0) == (1,)
+    assert raw[0x80:0xB0] == hashlib.sha384(h.tdis[RID].evidence[abi.SpdmDobjId.REPORT]).digest()
+
+
+def test_refused_report_puts_a_bound_tdi_in_error(locked: Bench, recorder: Recorder) -> None:
+    """The device moves its TDI to ERROR (a BAR rewritten while RUN, TDISP 11.2.4); the
+    next TIO_TDI_REPORT gets a TDISP error: the PSP's TDI context goes to ERROR, the guest's
+    TDI_INFO says INVALID, and only a FORCE unbind + RECLAIM clear it."""
+    b = locked
+    b.guest.accept(RID, b.ev)   # type: ignore[attr-defined]
+    bar0 = b.device.dsm.config.read(0x10, 4)
+    b.device.dsm.config.write(0x10, bytes(4))
+    b.device.dsm.config.write(0x10, bar0)
+    assert transitions(recorder, "tdi")[-1] == "ERROR"           # the device's TDI
+    with pytest.raises(SevTioError) as err:
+        b.host.report(RID)
+    assert err.value.status in (R.SPDM_ERROR, R.ERR_IN_DEV_CONN)
+    assert transitions(recorder, "psp.tdi")[-1] == "ERROR"
+    info, _ = b.guest.tdi_info(RID)
+    assert info.tdi_status == abi.TdiStatus.INVALID
+    with pytest.raises(SevTioError) as err:
+        b.host.run(RID)
+    assert err.value.status == R.RECLAIM_REQUIRED
+    b.host.stop(RID, force=True)
+    b.host.unbind(RID)
+    b.host.disconnect()

@@ -30,6 +30,7 @@ from .abi import (
     GUID_CERTIFICATES,
     GUID_MEASUREMENTS,
     GUID_REPORT,
+    MMIO_CONFIG_FLAG_NON_TEE_MEM,
     MMIO_VALIDATE_FLAG_VALIDATED,
     SDTE_IR,
     SDTE_IW,
@@ -70,6 +71,8 @@ from .abi import (
     TioDevStatusCmd,
     TioGuestRequestCmd,
     TioInitCmd,
+    TioMsgMmioConfigReq,
+    TioMsgMmioConfigRsp,
     TioMsgMmioValidateReq,
     TioMsgMmioValidateRsp,
     TioMsgSdteWriteReq,
@@ -440,6 +443,16 @@ class SevTioHost:
                        param: int) -> tuple[int, ...]:
         assert self.dev_ctx
         tdi, dev_sla = self.tdis[rid], self.dev_ctx.sla
+        table = b""
+        if param & TIO_GUEST_REQUEST_PARAM_REPORT:
+            # checked before the message reaches the PSP, so a guest told to bring more
+            # pages re-sends the same sealed message (as with SNP extended reports)
+            table = guid_table([(GUID_CERTIFICATES, tdi.evidence[SpdmDobjId.CERTIFICATE]),
+                                (GUID_MEASUREMENTS, tdi.evidence[SpdmDobjId.MEASUREMENT]),
+                                (GUID_REPORT, tdi.evidence[SpdmDobjId.REPORT])])
+            need = (len(table) + PAGE_SIZE - 1) // PAGE_SIZE
+            if need > npages:
+                return (int(SevRet.INVALID_LEN), need, 0)
         status = self.spdm_command(SevCmd.TIO_GUEST_REQUEST, lambda ctrl: TioGuestRequestCmd(
             length=0x50, spdm_ctrl=ctrl, dev_ctx_sla=dev_sla, tdi_ctx_sla=tdi.ctx.sla,
             gctx_paddr=self.gctx, req_paddr=req, res_paddr=res))
@@ -449,13 +462,7 @@ class SevTioHost:
         if param & TIO_GUEST_REQUEST_PARAM_STATE:
             tdi_state = list(model.TdiState)[self.tdi_status(rid).state]
             state = model.TDISP_STATE_OF[tdi_state]
-        if param & TIO_GUEST_REQUEST_PARAM_REPORT:
-            table = guid_table([(GUID_CERTIFICATES, tdi.evidence[SpdmDobjId.CERTIFICATE]),
-                                (GUID_MEASUREMENTS, tdi.evidence[SpdmDobjId.MEASUREMENT]),
-                                (GUID_REPORT, tdi.evidence[SpdmDobjId.REPORT])])
-            need = (len(table) + PAGE_SIZE - 1) // PAGE_SIZE
-            if need > npages:
-                return (int(SevRet.INVALID_LEN), need, state)
+        if table:
             self.mem.write(data, table)
         return (int(SevRet.SUCCESS), 0, state)
 
@@ -561,6 +568,13 @@ class SnpGuest:
             guest_device_id=rid, subrange_base=base, subrange_page_count=pages,
             range_offset=offset, flags=MMIO_VALIDATE_FLAG_VALIDATED if validated else 0,
             range_id=range_id), TioMsgMmioValidateRsp)
+        return rsp  # type: ignore[no-any-return]
+
+    def mmio_config(self, rid: int, range_id: int, write: bool = False,
+                    non_tee_mem: bool = False) -> TioMsgMmioConfigRsp:
+        rsp, _ = self.send(rid, TioMsgType.TIO_MSG_MMIO_CONFIG_REQ, TioMsgMmioConfigReq(
+            guest_device_id=rid, flags=MMIO_CONFIG_FLAG_NON_TEE_MEM if non_tee_mem else 0,
+            range_id=range_id, write=int(write)), TioMsgMmioConfigRsp)
         return rsp  # type: ignore[no-any-return]
 
     def sdte_write(self, rid: int, valid: bool) -> TioMsgSdteWriteRsp:

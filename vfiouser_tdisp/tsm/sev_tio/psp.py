@@ -70,6 +70,7 @@ from .abi import (
     SevRet,
     SlaBufferHdr,
     SnpAddrCmd,
+    SnpGuestMsgHdr,
     SnpLaunchUpdateCmd,
     SnpSecretsPage,
     SpdmCtrl,
@@ -94,7 +95,6 @@ from .abi import (
     TioMsgMmioValidateRsp,
     TioMsgSdteWriteReq,
     TioMsgSdteWriteRsp,
-    TioMsgTdiInfoReq,
     TioMsgTdiInfoRsp,
     TioMsgType,
     TioStatus,
@@ -1110,6 +1110,16 @@ def sdte_write(tdi: TdiCtx | None, req: TioMsgSdteWriteReq) -> TioMsgSdteWriteRs
     return answer(SdteWriteStatus.SUCCESS)
 
 
+# Each guest message type to its handler: (the guest's TDI or None, request) -> response.
+GUEST_MESSAGES: dict[TioMsgType, Callable[[TdiCtx | None, Any], Struct]] = {
+    TioMsgType.TIO_MSG_TDI_INFO_REQ:
+        lambda tdi, req: tdi_info_rsp(tdi, req.guest_device_id),
+    TioMsgType.TIO_MSG_MMIO_VALIDATE_REQ: mmio_validate,
+    TioMsgType.TIO_MSG_MMIO_CONFIG_REQ: mmio_config,
+    TioMsgType.TIO_MSG_SDTE_WRITE_REQ: sdte_write,
+}
+
+
 @command(SevCmd.TIO_GUEST_REQUEST, TioGuestRequestCmd)
 def guest_request(psp: Psp, cmd: TioGuestRequestCmd, mem: GuestMemory) -> SevRet:
     dev = psp.dev(cmd.dev_ctx_sla)
@@ -1118,7 +1128,7 @@ def guest_request(psp: Psp, cmd: TioGuestRequestCmd, mem: GuestMemory) -> SevRet
     if g.fsm.state is not GuestState.LAUNCHED:
         raise PspError(SevRet.INVALID_GUEST_STATE, "the guest has no VMPCK yet")
     raw_msg = mem.read(cmd.req_paddr, PAGE_SIZE)
-    vmpck = raw_msg[0x3C]
+    vmpck = SnpGuestMsgHdr.unpack(raw_msg[:SNP_MSG_HDR_SIZE]).msg_vmpck   # which key
     if vmpck > 3:
         raise PspError(SevRet.INVALID_PARAM, f"msg_vmpck {vmpck}")
     try:
@@ -1138,16 +1148,7 @@ def guest_request(psp: Psp, cmd: TioGuestRequestCmd, mem: GuestMemory) -> SevRet
     # once (its context keeps the report until it is reclaimed).
     tdi = tdi_ctx if (tdi_ctx.gctx, tdi_ctx.guest_device_id) == (g.gctx, gdid) \
         and tdi_ctx.report else None
-    rsp: Struct
-    if isinstance(req, TioMsgTdiInfoReq):
-        rsp = tdi_info_rsp(tdi, gdid)
-    elif isinstance(req, TioMsgMmioValidateReq):
-        rsp = mmio_validate(tdi, req)
-    elif isinstance(req, TioMsgMmioConfigReq):
-        rsp = mmio_config(tdi, req)
-    else:
-        assert isinstance(req, TioMsgSdteWriteReq)
-        rsp = sdte_write(tdi, req)
+    rsp = GUEST_MESSAGES[mtype](tdi, req)
     g.seqno[vmpck] += 2
     sealed = seal(g.vmpck[vmpck], mtype + 1, msg.seqno + 1, rsp.pack(), vmpck)
     mem.write(cmd.res_paddr, sealed.ljust(SNP_MSG_HDR_SIZE, b"\0"))

@@ -628,9 +628,13 @@ static u32 sev_tio_op(struct sev_dsm *dsm, struct sev_tdi *tdi, u64 exitinfo1,
 	return status;
 }
 
-/* the evidence as a GUID table in the guest's data pages ([MODEL], D.4) */
+/*
+ * The evidence as a GUID table in the guest's data pages ([MODEL], D.4).  With
+ * @write false only the room is checked: before the message goes to the PSP,
+ * so a guest told INVALID_LEN sends the same message again (its number unused).
+ */
 static u32 sev_evidence_table(struct sev_dsm *dsm, struct sev_tdi *tdi, u64 gpa, u64 npages,
-			      struct vtfw_sev_exit_out *out)
+			      bool write, struct vtfw_sev_exit_out *out)
 {
 	const struct {
 		const guid_t *guid;
@@ -657,6 +661,8 @@ static u32 sev_evidence_table(struct sev_dsm *dsm, struct sev_tdi *tdi, u64 gpa,
 	for (i = 0; i < need; i++)
 		if (offset_in_page(gpa) || !pfn_valid(PHYS_PFN(gpa) + i))
 			return SEV_RET_INVALID_PARAM;
+	if (!write)
+		return SEV_RET_SUCCESS;
 	table = phys_to_virt(gpa);
 	memset(table, 0, head);
 	off = head;
@@ -698,6 +704,11 @@ static u32 sev_guest_request(struct sev_dsm *dsm, struct sev_tdi *tdi,
 		if (status != SEV_RET_SUCCESS)
 			return status;
 	}
+	if (param & TIO_GUEST_REQUEST_PARAM_REPORT) {
+		status = sev_evidence_table(dsm, tdi, ex->regs[2], ex->regs[3], false, out);
+		if (status != SEV_RET_SUCCESS)
+			return status;
+	}
 	memset(dsm->cmd, 0, PAGE_SIZE);
 	c->length = cpu_to_le32(sizeof(*c));
 	c->dev_ctx_sla = cpu_to_le64(dsm->dev_ctx.sla);
@@ -715,7 +726,7 @@ static u32 sev_guest_request(struct sev_dsm *dsm, struct sev_tdi *tdi,
 		out->rdx = sev_tdisp_state[state];
 	}
 	if (param & TIO_GUEST_REQUEST_PARAM_REPORT)
-		return sev_evidence_table(dsm, tdi, ex->regs[2], ex->regs[3], out);
+		return sev_evidence_table(dsm, tdi, ex->regs[2], ex->regs[3], true, out);
 	return SEV_RET_SUCCESS;
 }
 

@@ -289,7 +289,7 @@ def test_module_builds_reproducibly(prov: Provisioned) -> None:
     started = time.monotonic()
     assert ensure_module(prov) == ko and time.monotonic() - started < 1  # cached
     elf = ko.read_bytes()
-    assert elf[:4] == b"\x7fELF" and len(elf) < 200_000  # debug info stripped
+    assert elf[:4] == b"\x7fELF" and len(elf) < 400_000  # debug info stripped (2.2 MB with it)
     assert b"vermagic=" + prov.kernel_version.encode() + b" SMP preempt mod_unload" in elf
     assert b"license=GPL" in elf and b"alias=pci:v00001AF4d000010FC" in elf
 

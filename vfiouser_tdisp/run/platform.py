@@ -384,7 +384,7 @@ def table(runs: dict[str, PlatformRun], prov: Provisioned, out: Path) -> list[st
     names: list[str] = []
     for pr in runs.values():
         # a step one platform adds goes after the step it follows there
-        prev = None
+        prev = ""
         for n, _ok, _d in pr.results:
             if n not in names:
                 names.insert(names.index(prev) + 1 if prev in names else len(names), n)

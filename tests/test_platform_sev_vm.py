@@ -183,3 +183,45 @@ def test_module_against_the_psp_in_process_tears_everything_down(tmp_path: Path)
     assert [e["new"] for e in rec.of("psp.dev.transition")] == \
         ["CONNECTING", "CONNECTED", "DISCONNECTING", "CREATED"]
     assert len(rec.of("psp.dev_reclaimed")) == 1 and len(rec.of("psp.tdi_reclaimed")) == 1
+
+
+def test_module_refuses_evidence_the_host_altered(tmp_path: Path) -> None:
+    """The interface report the host hands over differs by one bit from the one the PSP
+    hashed into TDI_INFO: the guest module's lock fails with EBADMSG (its SHA-384 check,
+    D.4), so accept is refused (EINVAL: not locked) and the device is never started."""
+    from vfiouser_tdisp.events import LOG, Recorder
+    from vfiouser_tdisp.run.port_guest import boot_with_port
+    from vfiouser_tdisp.tsm.sev_tio.abi import SpdmDobjId
+    from vfiouser_tdisp.tsm.sev_tio.psp import Psp, SlaBuffer
+
+    class AlteredReport(Psp):
+        """The report object in the output buffer is not the one TDI_INFO's digest covers
+        (a host-side cache altered after the PSP wrote it)."""
+
+        @staticmethod
+        def _write_output(out: SlaBuffer, dev: object,
+                          objs: list[tuple[SpdmDobjId, bytes]]) -> None:
+            objs = [(i, d[:-1] + bytes([d[-1] ^ 1]) if i == SpdmDobjId.REPORT else d)
+                    for i, d in objs]
+            Psp._write_output(out, dev, objs)  # type: ignore[arg-type]
+
+    try:
+        prov = ensure_provisioned()
+    except ProvisionError as exc:
+        pytest.fail(f"not provisioned: {exc}")
+    rec = Recorder()
+    unsubscribe = LOG.subscribe(rec)
+    try:
+        run, console = boot_with_port(prov, tmp_path, AlteredReport(), "device,tsm_module",
+                                      append="vtdisp.bind=1 vtdisp.tvm=1")
+    finally:
+        unsubscribe()
+    lock, accept = run.result("tvm_lock"), run.result("tvm_accept")
+    assert lock is not None and not lock[0] and "'Bad message'" in lock[1], lock
+    assert accept is not None and not accept[0] and "'Invalid argument'" in accept[1], accept
+    assert "report does not match the PSP's digest" in console
+    started = [e for e in rec.of("tdisp.request") if e["message"] == "START_INTERFACE_REQUEST"]
+    assert not started
+    for name in ("tsm_connect", "tsm_unbind", "tsm_disconnect", "tsm_rmmod"):
+        got = run.result(name)
+        assert got is not None and got[0], f"{name}: {got}\n{console[-3000:]}"

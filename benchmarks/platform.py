@@ -3,15 +3,16 @@
 
 Run on demand (not part of the tests; needs `vfiouser-tdisp setup`):
 
-    python3 benchmarks/platform.py [--runs N] [--accel tcg|kvm|auto] [--platform cca|tdx]
+    python3 benchmarks/platform.py [--runs N] [--accel tcg|kvm|auto] [--platform cca|tdx|sev-tio]
 
-Each run boots the guest once with the device and the firmware port (the RMM
-emulator behind it) and runs guest-scripts/check_platform.sh.  The guest stamps every
+Each run boots the guest once with the device and the firmware port (the RMM or
+PSP emulator behind it) and runs guest-scripts/check_platform.sh.  The guest stamps every
 step with /proc/uptime (VTDISP-INFO step_time), so a figure is the guest's wall time
 for the step: connect is the kernel's PCI/TSM connect with every SPDM / IDE_KM object
 relayed through its DOE driver, lock the realm's lock with the evidence read and
 checked, verify the relying party's openssl checks, accept VALIDATE_MAPPING + RUN +
-DMA_ENABLE.  "flow" is the sum of the guest's steps, "boot" QEMU start to power-off.
+DMA_ENABLE (sev-tio: RUN + SDTE_WRITE + MMIO_VALIDATE per TEE range).  "flow" is
+the sum of the guest's steps, "boot" QEMU start to power-off.
 Figures: median (min-max) over the runs, in seconds.
 """
 
@@ -54,7 +55,7 @@ def main() -> int:
     print(f"platform {args.platform}, guest kernel {prov.kernel_version}, QEMU {prov.qemu_version} "
           f"({accel}), {len(figures['flow'])} run(s); seconds, median (min-max)")
     for step, values in figures.items():
-        print(f"  {step:<16} {statistics.median(values):7.2f}  "
+        print(f"  {step:<22} {statistics.median(values):7.2f}  "
               f"({min(values):.2f}-{max(values):.2f})")
     return 0
 

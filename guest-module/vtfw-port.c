@@ -47,6 +47,7 @@ static const struct vtfw_platform vtfw_cca_platform = {
 static const struct vtfw_platform *const vtfw_platforms[] = {
 	&vtfw_cca_platform,
 	&vtfw_tdx_platform,
+	&vtfw_sev_platform,
 };
 
 static const struct vtfw_platform *vtfw_platform_of(u32 abi_id)

@@ -107,6 +107,7 @@ struct vtfw_platform {
 };
 
 extern const struct vtfw_platform vtfw_tdx_platform;	/* vtfw-tdx-host.c */
+extern const struct vtfw_platform vtfw_sev_platform;	/* vtfw-sev-host.c */
 
 /*
  * The TVM core (vtfw-tvm.c): /sys/bus/pci/devices/BDF/tvm/ with the same

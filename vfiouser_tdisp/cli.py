@@ -240,9 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hard deadline for the guest in seconds (default: 180)")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                    help="accelerator: auto probes KVM with a deadline and falls back to TCG")
-    p.add_argument("--platform", choices=PLATFORMS, default="cca",
+    p.add_argument("--platform", choices=PLATFORMS + ("all",), default="cca",
                    help="platform firmware the flow runs against (default: cca; tdx adds "
-                        "the TDX module runtime update steps)")
+                        "the TDX module runtime update steps; sev-tio: the AMD PSP, adds "
+                        "mmio_validate_rejects and guest_msg_replay; all: every platform, "
+                        "one table, DIR/<platform>/ each)")
     p.add_argument("--rhi-layout", choices=("rhi-1.0-bet1", "linux-rfc-v4"),
                    help="cca: the RHI layout of the RMM and the guest module "
                         "(default rhi-1.0-bet1)")

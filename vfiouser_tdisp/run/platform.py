@@ -429,11 +429,49 @@ def summary(pr: PlatformRun, prov: Provisioned, platform: str, out: Path,
              + (f", tamper {pr.tampered.run.seconds:.1f} s" if pr.tampered else "")]
     for name, ok, detail in pr.results:
         t = f"{times[name]:6.2f}s" if name in times else "       "
-        lines.append(f"  {'PASS' if ok else 'FAIL'}  {name:<16}{t}  {detail}")
+        lines.append(f"  {'PASS' if ok else 'FAIL'}  {name:<22}{t}  {detail}")
     lines.append(f"{'OK' if pr.ok else 'FAILED'}: {passed} passed, "
                  f"{len(pr.results) - passed} failed")
     lines.append(f"console: {out / 'flow' / 'console.log'}   events: "
                  f"{out / 'flow' / 'events.jsonl'}")
+    return lines
+
+
+def table(runs: dict[str, PlatformRun], prov: Provisioned, out: Path) -> list[str]:
+    """Several platforms in one table: a row per step, a column per platform (PASS/FAIL
+    and the guest's time; "-" where a platform has no such step); what failed, with its
+    detail, below.  Each platform's own summary is in DIR/<platform>/summary.txt."""
+    names: list[str] = []
+    for pr in runs.values():
+        # a step one platform adds goes after the step it follows there
+        prev = ""
+        for n, _ok, _d in pr.results:
+            if n not in names:
+                names.insert(names.index(prev) + 1 if prev in names else len(names), n)
+            prev = n
+    width = max(12, *(len(p) for p in runs))
+    accel = next(iter(runs.values())).main.run.accel
+    lines = [f"guest kernel {prov.kernel_version}, QEMU {prov.qemu_version} ({accel}): "
+             + ", ".join(f"{p} flow {pr.main.run.seconds:.1f} s"
+                         + (f" + tamper {pr.tampered.run.seconds:.1f} s" if pr.tampered else "")
+                         for p, pr in runs.items()),
+             (f"  {'step':<22}" + "".join(f"  {p:<{width}}" for p in runs)).rstrip()]
+    for name in names:
+        cells = []
+        for pr in runs.values():
+            got = {n: ok for n, ok, _d in pr.results}
+            times = {**pr.main.step_times,
+                     **(pr.tampered.step_times if pr.tampered else {})}
+            cell = "-" if name not in got else ("PASS" if got[name] else "FAIL") + \
+                (f" {times[name]:5.2f}s" if name in times else "")
+            cells.append(f"  {cell:<{width}}")
+        lines.append((f"  {name:<22}" + "".join(cells)).rstrip())
+    failed = [(p, n, d) for p, pr in runs.items() for n, ok, d in pr.results if not ok]
+    lines += [f"  FAIL {p} {n}: {d}" for p, n, d in failed]
+    total = sum(len(pr.results) for pr in runs.values())
+    lines.append(f"{'OK' if not failed else 'FAILED'}: {total - len(failed)} passed, "
+                 f"{len(failed)} failed; per platform: "
+                 + ", ".join(f"{out / p / 'summary.txt'}" for p in runs))
     return lines
 
 
@@ -476,7 +514,8 @@ def user_kernel(prov: Provisioned, args: argparse.Namespace) -> tuple[Provisione
 
 
 def main_run(args: argparse.Namespace) -> int:
-    """`run`: the platform flow against ``args.platform``."""
+    """`run`: the platform flow against ``args.platform`` (``all``: every platform, one
+    table; each platform's boots in DIR/<platform>/)."""
     if get_profile(args.profile).personality != "virtio-rng":
         # probe, hwrng and dma_held read /dev/hwrng through the device's driver
         print(f"vfiouser-tdisp run: the platform flow needs a virtio-rng profile "
@@ -500,10 +539,19 @@ def main_run(args: argparse.Namespace) -> int:
         except ProvisionError as exc:
             print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)
             return 2
+        platforms = PLATFORMS if args.platform == "all" else (args.platform,)
+        runs: dict[str, PlatformRun] = {}
         try:
-            pr = run_platform(prov, out, profile=args.profile, platform=args.platform,
-                              timeout=args.timeout, accel=args.accel,
-                              cache_dir=str(state), rhi_layout=layout, module=module)
+            for platform in platforms:
+                where = out / platform if args.platform == "all" else out
+                runs[platform] = run_platform(prov, where, profile=args.profile,
+                                              platform=platform, timeout=args.timeout,
+                                              accel=args.accel, cache_dir=str(state),
+                                              rhi_layout=layout if platform == "cca" else None,
+                                              module=module)
+                if args.platform == "all":
+                    (where / "summary.txt").write_text(
+                        "\n".join(summary(runs[platform], prov, platform, where, note)) + "\n")
         except IdentityError as exc:
             print(f"vfiouser-tdisp run: device identity in {identity_dir(state)}: {exc}",
                   file=sys.stderr)
@@ -515,8 +563,11 @@ def main_run(args: argparse.Namespace) -> int:
             print("vfiouser-tdisp run: interrupted; the server and QEMU were stopped",
                   file=sys.stderr)
             raise
-        print("\n".join(summary(pr, prov, args.platform, out, note)))
-        return 0 if pr.ok else 1
+        if args.platform == "all":
+            print("\n".join(table(runs, prov, out)))
+        else:
+            print("\n".join(summary(runs[args.platform], prov, args.platform, out, note)))
+        return 0 if all(pr.ok for pr in runs.values()) else 1
     finally:
         signal.signal(signal.SIGTERM, old)
 

@@ -246,7 +246,8 @@ def test_run_command_runs_the_platform_flow() -> None:
     from vfiouser_tdisp.cli import build_parser
 
     args = build_parser().parse_args(["run"])
-    assert (args.platform, args.handler) == ("cca", "vfiouser_tdisp.run.platform:main_run")
+    # issue 10/12: `./vt run` runs every platform, one guest each, one table
+    assert (args.platform, args.handler) == ("all", "vfiouser_tdisp.run.platform:main_run")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--platform", "nope"])
     serve = build_parser().parse_args(["serve", "--socket", "s", "--tamper", "report",

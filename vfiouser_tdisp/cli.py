@@ -240,11 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hard deadline for the guest in seconds (default: 180)")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                    help="accelerator: auto probes KVM with a deadline and falls back to TCG")
-    p.add_argument("--platform", choices=PLATFORMS + ("all",), default="cca",
-                   help="platform firmware the flow runs against (default: cca; tdx adds "
+    p.add_argument("--platform", choices=PLATFORMS + ("all",), default="all",
+                   help="platform firmware the flow runs against (default: all, every "
+                        "platform in turn, one table; cca: the Arm CCA RMM; tdx adds "
                         "the TDX module runtime update steps; sev-tio: the AMD PSP, adds "
-                        "mmio_validate_rejects and guest_msg_replay; all: every platform, "
-                        "one table, DIR/<platform>/ each)")
+                        "mmio_validate_rejects and guest_msg_replay; with all, each "
+                        "platform's boots are in DIR/<platform>/)")
     p.add_argument("--rhi-layout", choices=("rhi-1.0-bet1", "linux-rfc-v4"),
                    help="cca: the RHI layout of the RMM and the guest module "
                         "(default rhi-1.0-bet1)")

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.cca_support import bench, config_accessors, device_identity, program_bars
+from tests.cca_support import bench, device_identity
 from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
 from vfiouser_tdisp.events import LOG, Recorder
 from vfiouser_tdisp.server import start_devices
@@ -29,9 +29,10 @@ from vfiouser_tdisp.tdisp.messages import TdiState
 from vfiouser_tdisp.tsm.cca import abi
 from vfiouser_tdisp.tsm.cca.abi import RhiDaStatus as R
 from vfiouser_tdisp.tsm.cca.abi import RmiDevCommObject, RmiVdevState, RsiVdevState
-from vfiouser_tdisp.tsm.cca.host import CcaError, CcaHost, CcaRealm, socket_transport
+from vfiouser_tdisp.tsm.cca.host import CcaError, CcaHost, CcaRealm
 from vfiouser_tdisp.tsm.cca.rhi import LAYOUTS, RhiObject
 from vfiouser_tdisp.tsm.cca.rmm import Rmm
+from vfiouser_tdisp.tsm.platform import assign_bars, config_accessors, socket_transport
 from vfiouser_tdisp.vfio_user.client import VfioUserClient
 
 VDEV = 0x10
@@ -112,7 +113,7 @@ def test_whole_flow_over_spdm_emu_socket(cache: Path, sock_dir: Path,
         fn0 = VfioUserClient(path)
         try:
             fn0.version()
-            program_bars(fn0.config_read32, fn0.config_write32)
+            assign_bars(fn0.config_read32, fn0.config_write32)
             client = SpdmEmuClient("127.0.0.1", running.spdm_servers[0].port)
             try:
                 host = CcaHost(Rmm(), socket_transport(client))
@@ -328,7 +329,7 @@ def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
         fn0 = VfioUserClient(path)    # the "guest": assigns the BARs, stays attached
         try:
             fn0.version()
-            program_bars(fn0.config_read32, fn0.config_write32)
+            assign_bars(fn0.config_read32, fn0.config_write32)
             root = sock_dir / "root.der"
             root.write_bytes(running.devices[0].identity.root.public_bytes(Encoding.DER))
             assert main(["tsm", "--platform", "cca", "--spdm", spdm, "--root", str(root),

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.cca_support import program_bars
 from vfiouser_tdisp.cli import main
 from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
 from vfiouser_tdisp.server import start_devices
-from vfiouser_tdisp.tsm.platform import socket_transport
+from vfiouser_tdisp.tsm.platform import assign_bars, socket_transport
 from vfiouser_tdisp.tsm.tdx import blob
 from vfiouser_tdisp.tsm.tdx.abi import SpdmMngOp, TdTdiState
 from vfiouser_tdisp.tsm.tdx.host import TdxHost, TdxTd
@@ -36,7 +35,7 @@ def test_whole_flow_over_spdm_emu_socket(cache: Path, sock_dir: Path) -> None:
         fn0 = VfioUserClient(path)
         try:
             fn0.version()
-            program_bars(fn0.config_read32, fn0.config_write32)
+            assign_bars(fn0.config_read32, fn0.config_write32)
             client = SpdmEmuClient("127.0.0.1", running.spdm_servers[0].port)
             try:
                 module = TdxModule()
@@ -78,7 +77,7 @@ def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
         fn0 = VfioUserClient(path)
         try:
             fn0.version()
-            program_bars(fn0.config_read32, fn0.config_write32)
+            assign_bars(fn0.config_read32, fn0.config_write32)
             root = sock_dir / "root.der"
             root.write_bytes(running.devices[0].identity.root.public_bytes(Encoding.DER))
             assert main(["tsm", "--platform", "tdx", "--spdm", spdm, "--root", str(root),

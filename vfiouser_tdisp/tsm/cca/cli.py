@@ -54,46 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="print RMM events as they happen")
 
 
-def _in_process_transport(profile: str, cache_dir: str | None) -> Any:
-    from ...device.device import Device, get_profile
-    from ...doe.driver import DoeDriver
-    from ...paths import identity_dir
-    from .host import object_transport
-
-    dev = Device(get_profile(profile), identity_options={"identity_dir": identity_dir(cache_dir)})
-    fn = dev.dsm
-
-    def read32(off: int) -> int:
-        return int.from_bytes(fn.config.read(off, 4), "little")
-
-    def write32(off: int, value: int) -> None:
-        fn.config.write(off, value.to_bytes(4, "little"))
-    # Assign the BARs as firmware would (a TDI is locked only while decoding).
-    base, index = 0xE000_0000, 0
-    while index < 6:
-        reg = 0x10 + 4 * index
-        write32(reg, 0xFFFF_FFFF)
-        low = read32(reg)
-        if low == 0:
-            index += 1
-            continue
-        is64 = (low >> 1) & 3 == 2
-        mask = low & ~0xF
-        if is64:
-            write32(reg + 4, 0xFFFF_FFFF)
-            mask |= read32(reg + 4) << 32
-        size = (~mask + 1) & ((1 << 64) - 1 if is64 else 0xFFFF_FFFF)
-        base = (base + size - 1) & ~(size - 1)
-        write32(reg, base & 0xFFFF_FFFF)
-        if is64:
-            write32(reg + 4, base >> 32)
-        base += size
-        index += 2 if is64 else 1
-    write32(0x04, read32(0x04) | 0x6)
-    _ = dev.identity  # generate before the first exchange
-    return object_transport(DoeDriver(read32, write32, 0x100).exchange), dev
-
-
 def main_tsm(args: argparse.Namespace) -> int:
     from ...events import LOG, HumanSink, JsonLinesSink
     if args.platform != "cca":
@@ -116,13 +76,15 @@ def main_tsm(args: argparse.Namespace) -> int:
     try:
         if args.spdm:
             from ...doe.emu_socket import SpdmEmuClient
-            from .host import socket_transport
+            from ..platform import socket_transport
             host_name, _, port = args.spdm.rpartition(":")
             client = SpdmEmuClient(host_name or "127.0.0.1", int(port))
             transport = socket_transport(client)
             where = f"spdm-emu {args.spdm}"
         else:
-            transport, _dev = _in_process_transport(args.profile, args.cache_dir)
+            from ...paths import identity_dir
+            from ..platform import in_process_device
+            transport, _dev = in_process_device(args.profile, identity_dir(args.cache_dir))
             where = f"in-process {args.profile}"
         root = None
         if args.root:

@@ -57,12 +57,16 @@ class ServerThread:
         return self.running.devices[0]
 
 
-@pytest.fixture
-def events() -> Iterator[Recorder]:
+def _recording() -> Iterator[Recorder]:
+    """Every event emitted while the test runs."""
     rec = Recorder()
     unsubscribe = LOG.subscribe(rec)
     yield rec
     unsubscribe()
+
+
+events = pytest.fixture(_recording, name="events")
+recorder = pytest.fixture(_recording, name="recorder")   # the name the platform tests use
 
 
 @pytest.fixture

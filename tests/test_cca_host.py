@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.cca_support import bench, device_identity
+from tests.dmtf_emu import dmtf_responder_emu
 from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
-from vfiouser_tdisp.events import LOG, Recorder
+from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.server import start_devices
 from vfiouser_tdisp.tdisp.messages import TdiState
 from vfiouser_tdisp.tsm.cca import abi
@@ -44,14 +44,6 @@ RHI_OF = {RmiDevCommObject.VCA: RhiObject.VCA, RmiDevCommObject.CERTIFICATE:
 @pytest.fixture(scope="session")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cca-identity")
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    rec = Recorder()
-    unsubscribe = LOG.subscribe(rec)
-    yield rec
-    unsubscribe()
 
 
 def transitions(rec: Recorder, machine: str) -> list[str]:
@@ -351,42 +343,9 @@ def test_cli_against_dmtf_spdm_responder_emu(tmp_path: Path,
     (libspdm, its own IDE_KM and TDISP samples).  Built outside the repository; set
     SPDM_RESPONDER_EMU to the binary (its sample keys are looked up next to it in
     ../../libspdm/unit_test/sample_key, or SPDM_EMU_KEYS)."""
-    import os
-    import shutil
-    import socket
-    import subprocess
-    import time
-
     from vfiouser_tdisp.cli import main
-    binary = os.environ.get("SPDM_RESPONDER_EMU")
-    if not binary or not os.access(binary, os.X_OK):
-        pytest.skip("SPDM_RESPONDER_EMU does not name DMTF's spdm_responder_emu")
-    keys = Path(os.environ.get("SPDM_EMU_KEYS") or
-                Path(binary).resolve().parents[2] / "libspdm/unit_test/sample_key")
-    work = tmp_path / "keys"
-    shutil.copytree(keys, work)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--trans", "PCI_DOE", "--ip", "127.0.0.1", "--port",
-                             str(port)], cwd=work, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        # DMTF's server takes one client and stops after it: watch for LISTEN in
-        # /proc/net/tcp instead of probing with a connection.
-        deadline = time.monotonic() + 10
-        listening = f":{port:04X} 00000000:0000 0A"
-        while time.monotonic() < deadline and \
-                listening not in Path("/proc/net/tcp").read_text():
-            time.sleep(0.05)
+    with dmtf_responder_emu(tmp_path) as port:
         assert main(["tsm", "--platform", "cca", "--spdm", f"127.0.0.1:{port}"]) == 0
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     out = capsys.readouterr().out.splitlines()
     assert [ln.split()[:2] for ln in out] == [
         [step, "PASS"] for step in ("connect", "bind", "lock", "accept", "unlock", "unbind",

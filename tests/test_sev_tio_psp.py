@@ -13,15 +13,15 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from tests.dmtf_emu import dmtf_responder_emu
 from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
-from vfiouser_tdisp.events import LOG, Recorder
+from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.firmware import CallClass, FirmwareCall
 from vfiouser_tdisp.server import start_devices
 from vfiouser_tdisp.tsm.platform import assign_bars, in_process_device, socket_transport
@@ -40,14 +40,6 @@ RID = 0x0100
 @pytest.fixture(scope="session")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("sev-identity")
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    rec = Recorder()
-    unsubscribe = LOG.subscribe(rec)
-    yield rec
-    unsubscribe()
 
 
 class Bench:
@@ -637,43 +629,11 @@ def test_cli_against_dmtf_spdm_responder_emu(tmp_path: Path,
     (libspdm, its own IDE_KM and TDISP samples) behind the PSP.  Built outside the
     repository; set SPDM_RESPONDER_EMU to the binary (its sample keys are looked up in
     ../../libspdm/unit_test/sample_key next to it, or SPDM_EMU_KEYS)."""
-    import shutil
-    import socket
-    import subprocess
-    import time
-
     from vfiouser_tdisp.cli import main
-    binary = os.environ.get("SPDM_RESPONDER_EMU")
-    if not binary or not os.access(binary, os.X_OK):
-        pytest.skip("SPDM_RESPONDER_EMU does not name DMTF's spdm_responder_emu")
-    keys = Path(os.environ.get("SPDM_EMU_KEYS") or
-                Path(binary).resolve().parents[2] / "libspdm/unit_test/sample_key")
-    work = tmp_path / "keys"
-    shutil.copytree(keys, work)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--trans", "PCI_DOE", "--ip", "127.0.0.1", "--port",
-                             str(port)], cwd=work, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     steps = ["connect", "lock", "accept", "mmio_validate_rejects", "guest_msg_replay",
              "unlock", "disconnect"]
-    try:
-        # DMTF's server takes one client and stops after it: watch for LISTEN in
-        # /proc/net/tcp instead of probing with a connection.
-        deadline = time.monotonic() + 10
-        listening = f":{port:04X} 00000000:0000 0A"
-        while time.monotonic() < deadline and \
-                listening not in Path("/proc/net/tcp").read_text():
-            time.sleep(0.05)
+    with dmtf_responder_emu(tmp_path) as port:
         rc = main(["tsm", "--platform", "sev-tio", "--spdm", f"127.0.0.1:{port}", *steps])
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     out = capsys.readouterr().out.splitlines()
     assert [ln.split()[:2] for ln in out] == [[step, "PASS"] for step in steps], out
     assert rc == 0

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from tests.dmtf_emu import dmtf_responder_emu
 from vfiouser_tdisp.cli import main
 from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
 from vfiouser_tdisp.server import start_devices
@@ -195,38 +196,8 @@ def test_cli_against_dmtf_spdm_responder_emu(tmp_path: Path,
     (libspdm with its own IDE_KM and TDISP samples) answers every object the TDX module
     produces.  Built outside the repository; set SPDM_RESPONDER_EMU to the binary (its sample
     keys next to it in ../../libspdm/unit_test/sample_key, or SPDM_EMU_KEYS)."""
-    import os
-    import shutil
-    import socket
-    import subprocess
-    import time
-    binary = os.environ.get("SPDM_RESPONDER_EMU")
-    if not binary or not os.access(binary, os.X_OK):
-        pytest.skip("SPDM_RESPONDER_EMU does not name DMTF's spdm_responder_emu")
-    keys = Path(os.environ.get("SPDM_EMU_KEYS") or
-                Path(binary).resolve().parents[2] / "libspdm/unit_test/sample_key")
-    work = tmp_path / "keys"
-    shutil.copytree(keys, work)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--trans", "PCI_DOE", "--ip", "127.0.0.1", "--port",
-                             str(port)], cwd=work, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10      # it takes one client: wait for LISTEN
-        listening = f":{port:04X} 00000000:0000 0A"
-        while time.monotonic() < deadline and \
-                listening not in Path("/proc/net/tcp").read_text():
-            time.sleep(0.05)
+    with dmtf_responder_emu(tmp_path) as port:
         assert main(["tsm", "--platform", "tdx", "--spdm", f"127.0.0.1:{port}"]) == 0
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     out = capsys.readouterr().out.splitlines()
     assert [ln.split()[:2] for ln in out] == [
         [step, "PASS"] for step in ("connect", "bind", "lock", "accept", "heartbeat",

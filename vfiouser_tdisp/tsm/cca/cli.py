@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 # Only light imports here: `vfiouser-tdisp --help` builds this parser.
@@ -55,58 +53,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main_tsm(args: argparse.Namespace) -> int:
-    from ...events import LOG, HumanSink, JsonLinesSink
+    from ..steps import chosen_steps, cli_device, load_root
     if args.platform != "cca":
         print(f"vfiouser-tdisp tsm: platform {args.platform!r} has no emulator yet",
               file=sys.stderr)
         return 2
-    unknown = [s for s in args.steps if s not in STEPS + ("all",)]
-    if unknown:
-        print(f"vfiouser-tdisp tsm: unknown step {unknown[0]!r}; steps: {', '.join(STEPS)}",
-              file=sys.stderr)
-        return 2
-    unsubscribe = []
-    events = None
-    if args.events:
-        events = open(args.events, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
-        unsubscribe.append(LOG.subscribe(JsonLinesSink(events)))
-    if args.verbose:
-        unsubscribe.append(LOG.subscribe(HumanSink(kinds=("rmm.", "cca_host."))))
-    client = None
     try:
-        if args.spdm:
-            from ...doe.emu_socket import SpdmEmuClient
-            from ..platform import socket_transport
-            host_name, _, port = args.spdm.rpartition(":")
-            client = SpdmEmuClient(host_name or "127.0.0.1", int(port))
-            transport = socket_transport(client)
-            where = f"spdm-emu {args.spdm}"
-        else:
-            from ...paths import identity_dir
-            from ..platform import in_process_device
-            transport, _dev = in_process_device(args.profile, identity_dir(args.cache_dir))
-            where = f"in-process {args.profile}"
-        root = None
-        if args.root:
-            from cryptography import x509
-            data = Path(args.root).read_bytes()
-            root = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data \
-                else x509.load_der_x509_certificate(data)
-        return run_steps(args, transport, where, root)
+        steps = chosen_steps(args.steps, STEPS, DEFAULT_STEPS)
+    except ValueError as exc:
+        print(f"vfiouser-tdisp tsm: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with cli_device(args, ("rmm.", "cca_host.")) as (transport, where):
+            return run_steps(args, steps, transport, where, load_root(args.root))
     except (OSError, ValueError) as exc:
         print(f"vfiouser-tdisp tsm: {exc}", file=sys.stderr)
         return 2
-    finally:
-        if client is not None:
-            client.close()
-        for u in unsubscribe:
-            u()
-        if events is not None:
-            events.close()
 
 
-def run_steps(args: argparse.Namespace, transport: Any, where: str, root: Any) -> int:
+def run_steps(args: argparse.Namespace, steps: list[str], transport: Any, where: str,
+              root: Any) -> int:
     from ...events import LOG, Recorder
+    from ..steps import run_steps as run_each
     from .abi import RmiDevCommObject, RmiFid, RmiVdevState, RsiVdevState
     from .host import CcaError, CcaHost, CcaRealm, check_evidence
     from .rmm import Rmm
@@ -115,8 +83,6 @@ def run_steps(args: argparse.Namespace, transport: Any, where: str, root: Any) -
                    hash_algo=1 if args.hash == "sha512" else 0)
     realm = CcaRealm(host)
     vid = args.vdev_id
-    steps = list(DEFAULT_STEPS) if args.steps in (["all"], []) else \
-        [s for s in args.steps if s != "all"]
 
     def vdev() -> Any:
         if vid not in host.vdevs:
@@ -173,22 +139,14 @@ def run_steps(args: argparse.Namespace, transport: Any, where: str, root: Any) -
         "connect": connect, "bind": bind, "lock": lock, "report": report,
         "measurements": measurements, "info": info, "accept": accept, "unlock": unlock,
         "unbind": unbind, "disconnect": disconnect}
-    failed = False
     device_errors = Recorder()
     unsubscribe = LOG.subscribe(device_errors)
+
+    def why() -> str | None:
+        failed = [e["error"] for e in device_errors.of("rmm.comm_failed")]
+        return f"RMM: {failed[-1]}" if failed else None
     try:
-        for step in steps:
-            start = time.monotonic()
-            device_errors.events.clear()
-            try:
-                detail = table[step]()
-            except Exception as exc:  # one line per step, whatever went wrong
-                why = [e["error"] for e in device_errors.of("rmm.comm_failed")]
-                print(f"{step:<13} FAIL {time.monotonic() - start:6.3f}s {exc}"
-                      + (f" (RMM: {why[-1]})" if why else ""))
-                failed = True
-                break
-            print(f"{step:<13} PASS {time.monotonic() - start:6.3f}s {detail}")
+        failed = not run_each(steps, table, why, width=13, before=device_errors.events.clear)
     finally:
         unsubscribe()
     if failed:   # release what the steps took

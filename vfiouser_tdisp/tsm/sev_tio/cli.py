@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
-from ...events import LOG, HumanSink, JsonLinesSink, Recorder
-from ..platform import in_process_device, socket_transport
+from ...events import LOG, Recorder
+from ..steps import chosen_steps, cli_device, load_root
+from ..steps import run_steps as run_each
 from .abi import (
     PAGE_SIZE,
     MmioValidateStatus,
@@ -47,47 +47,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main_tsm(args: argparse.Namespace) -> int:
-    steps = list(DEFAULT_STEPS) if args.steps in (["all"], []) else \
-        [s for s in args.steps if s != "all"]
-    unknown = [s for s in steps if s not in STEPS]
-    if unknown:
-        print(f"vfiouser-tdisp tsm: unknown step {unknown[0]!r}; steps: {', '.join(STEPS)}",
-              file=sys.stderr)
-        return 2
-    unsubscribe = []
-    if args.events:
-        events = open(args.events, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
-        unsubscribe.append(LOG.subscribe(JsonLinesSink(events)))
-    if args.verbose:
-        unsubscribe.append(LOG.subscribe(HumanSink(kinds=("psp.", "sev_host.", "snp_guest."))))
-    client = None
     try:
-        if args.spdm:
-            from ...doe.emu_socket import SpdmEmuClient
-            host_name, _, port = args.spdm.rpartition(":")
-            client = SpdmEmuClient(host_name or "127.0.0.1", int(port))
-            transport = socket_transport(client)
-            where = f"spdm-emu {args.spdm}"
-        else:
-            transport, _dev = in_process_device(args.profile, args.cache_dir)
-            where = f"in-process {args.profile}"
-        root = None
-        if args.root:
-            from pathlib import Path
-
-            from cryptography import x509
-            data = Path(args.root).read_bytes()
-            root = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data \
-                else x509.load_der_x509_certificate(data)
-        return run_steps(args, steps, transport, where, root)
+        steps = chosen_steps(args.steps, STEPS, DEFAULT_STEPS)
+    except ValueError as exc:
+        print(f"vfiouser-tdisp tsm: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with cli_device(args, ("psp.", "sev_host.", "snp_guest.")) as (transport, where):
+            return run_steps(args, steps, transport, where, load_root(args.root))
     except (OSError, ValueError) as exc:
         print(f"vfiouser-tdisp tsm: {exc}", file=sys.stderr)
         return 2
-    finally:
-        if client is not None:
-            client.close()
-        for u in unsubscribe:
-            u()
 
 
 class Session:
@@ -200,22 +170,14 @@ def run_steps(args: argparse.Namespace, steps: list[str], transport: Any, where:
         "mmio_validate_rejects": s.mmio_validate_rejects,
         "guest_msg_replay": s.guest_msg_replay, "roll_key": roll_key, "unlock": unlock,
         "disconnect": disconnect}
-    failed = False
     device_errors = Recorder()
     unsubscribe = LOG.subscribe(device_errors)
+
+    def why() -> str | None:
+        failed = [e["error"] for e in device_errors.of("psp.device_failed")]
+        return f"PSP: {failed[-1]}" if failed else None
     try:
-        for step in steps:
-            start = time.monotonic()
-            device_errors.events.clear()
-            try:
-                detail = table[step]()
-            except Exception as exc:  # one line per step, whatever went wrong
-                why = [e["error"] for e in device_errors.of("psp.device_failed")]
-                print(f"{step:<22} FAIL {time.monotonic() - start:6.3f}s {exc}"
-                      + (f" (PSP: {why[-1]})" if why else ""))
-                failed = True
-                break
-            print(f"{step:<22} PASS {time.monotonic() - start:6.3f}s {detail}")
+        failed = not run_each(steps, table, why, width=22, before=device_errors.events.clear)
     finally:
         unsubscribe()
     if failed and host.dev_ctx is not None:   # release what the steps took

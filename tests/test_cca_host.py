@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.cca_support import bench, device_identity
-from tests.dmtf_emu import dmtf_responder_emu
+from tests.platform_support import dmtf_responder_emu
 from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
 from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.server import start_devices

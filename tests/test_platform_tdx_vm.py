@@ -19,7 +19,7 @@ from collections import Counter
 
 import pytest
 
-from tests.vm_support import step_detail
+from tests.platform_support import step_detail
 from vfiouser_tdisp.run.platform import PlatformRun, doe_objects, run_platform
 from vfiouser_tdisp.run.platform_tdx import HOST_STEPS, STEPS
 from vfiouser_tdisp.run.provision import Provisioned

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm_support import step_detail
+from tests.platform_support import step_detail
 from vfiouser_tdisp.run.platform import GUEST_STEPS, HOST_STEPS, PlatformRun, run_platform
 from vfiouser_tdisp.run.provision import Provisioned
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.dmtf_emu import dmtf_responder_emu
+from tests.platform_support import dmtf_responder_emu
 from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
 from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.firmware import CallClass, FirmwareCall

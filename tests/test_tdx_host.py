@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.dmtf_emu import dmtf_responder_emu
+from tests.platform_support import dmtf_responder_emu, serve_platform
 from vfiouser_tdisp.cli import main
 from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
 from vfiouser_tdisp.server import start_devices
@@ -157,21 +157,9 @@ def test_serve_platform_tdx_serves_the_module_behind_the_port(sock_dir: Path) ->
     """`serve --platform tdx`: the firmware port (docs/firmware-port.md) shows ABI_ID "TDX "
     and carries SEAMCALLs: FID = RAX leaf, ARG0 = RCX, ARG1 = RDX; RES0 = RAX, RES3 = R8.
     TDH.SYS.RD(MAJOR_VERSION 0x0800000100000004) answers the boot module's major, 1."""
-    import signal
     import struct
-    import subprocess
-    import sys
-    import time
     host_win, fid, doorbell, status, args, res = 0x100, 0x00, 0x08, 0x0C, 0x20, 0xA0
-    path = str(sock_dir / "dev.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "vfiouser_tdisp", "serve", "--socket", path,
-                             "--platform", "tdx", "--quiet"], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while not (Path(path).exists() and Path(path + ".fwport").exists()):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+    with serve_platform(sock_dir, "tdx") as path:
         with VfioUserClient(path + ".fwport") as c:
             c.version()
             assert c.region_read(0, 0, 4) == b"VTFP"
@@ -185,9 +173,6 @@ def test_serve_platform_tdx_serves_the_module_behind_the_port(sock_dir: Path) ->
             assert struct.unpack("<I", c.region_read(0, host_win + status, 4))[0] & 0x6 == 0x2
             rax, rcx, rdx, r8 = struct.unpack("<4Q", c.region_read(0, host_win + res, 32))
             assert (rax, rdx, r8) == (0, 0x0800000100000004, 1)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
 
 
 def test_cli_against_dmtf_spdm_responder_emu(tmp_path: Path,

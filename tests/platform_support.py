@@ -1,6 +1,6 @@
-"""Shared pieces for the platform tests (CCA, TDX, SEV-TIO): ``serve --platform`` as its
-own process, DMTF's ``spdm_responder_emu`` as an independent responder, and the detail of a
-step of the platform flow run in a VM."""
+"""Shared pieces for the platform tests (CCA, TDX, SEV-TIO): our device behind DMTF's
+spdm-emu socket, ``serve --platform`` as its own process, DMTF's ``spdm_responder_emu`` as
+an independent responder, and the detail of a step of the platform flow run in a VM."""
 
 from __future__ import annotations
 
@@ -17,7 +17,31 @@ from pathlib import Path
 
 import pytest
 
+from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
 from vfiouser_tdisp.run.platform import PlatformRun
+from vfiouser_tdisp.server import RunningDevices, start_devices
+from vfiouser_tdisp.tsm.platform import DoeTransport, assign_bars, socket_transport
+from vfiouser_tdisp.vfio_user.client import VfioUserClient
+
+
+@contextmanager
+def over_spdm_emu(sock_dir: Path, cache: Path) -> Iterator[tuple[DoeTransport, RunningDevices]]:
+    """A virtio-rng device served with ``--spdm-port``: its BARs assigned over vfio-user
+    first, as a guest's firmware would, then a DOE transport over DMTF's socket protocol
+    to it.  Yields (transport, the running devices); everything is closed on exit."""
+    running = start_devices([str(sock_dir / "dev.sock")], "virtio-rng", spdm_port=0,
+                            identity_options={"identity_dir": str(cache)})
+    try:
+        with VfioUserClient(str(sock_dir / "dev.sock")) as fn0:
+            fn0.version()
+            assign_bars(fn0.config_read32, fn0.config_write32)
+            client = SpdmEmuClient("127.0.0.1", running.spdm_servers[0].port)
+            try:
+                yield socket_transport(client), running
+            finally:
+                client.close()
+    finally:
+        running.close()
 
 
 @contextmanager

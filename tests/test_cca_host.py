@@ -21,8 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.cca_support import bench, device_identity
-from tests.platform_support import dmtf_responder_emu
-from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
+from tests.platform_support import dmtf_responder_emu, over_spdm_emu
 from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.server import start_devices
 from vfiouser_tdisp.tdisp.messages import TdiState
@@ -32,7 +31,7 @@ from vfiouser_tdisp.tsm.cca.abi import RmiDevCommObject, RmiVdevState, RsiVdevSt
 from vfiouser_tdisp.tsm.cca.host import CcaError, CcaHost, CcaRealm
 from vfiouser_tdisp.tsm.cca.rhi import LAYOUTS, RhiObject
 from vfiouser_tdisp.tsm.cca.rmm import Rmm
-from vfiouser_tdisp.tsm.platform import assign_bars, config_accessors, socket_transport
+from vfiouser_tdisp.tsm.platform import assign_bars, config_accessors
 from vfiouser_tdisp.vfio_user.client import VfioUserClient
 
 VDEV = 0x10
@@ -98,24 +97,9 @@ def test_whole_flow_over_spdm_emu_socket(cache: Path, sock_dir: Path,
                                          recorder: Recorder) -> None:
     """``serve --spdm-port``: the RMM's objects reach the device over DMTF's socket
     protocol; the BARs are assigned over vfio-user first, as a guest's firmware would."""
-    path = str(sock_dir / "cca.sock")
-    running = start_devices([path], "virtio-rng", spdm_port=0,
-                            identity_options={"identity_dir": cache})
-    try:
-        fn0 = VfioUserClient(path)
-        try:
-            fn0.version()
-            assign_bars(fn0.config_read32, fn0.config_write32)
-            client = SpdmEmuClient("127.0.0.1", running.spdm_servers[0].port)
-            try:
-                host = CcaHost(Rmm(), socket_transport(client))
-                whole_flow(host, CcaRealm(host))
-            finally:
-                client.close()
-        finally:
-            fn0.close()
-    finally:
-        running.close()
+    with over_spdm_emu(sock_dir, cache) as (transport, _running):
+        host = CcaHost(Rmm(), transport)
+        whole_flow(host, CcaRealm(host))
     assert transitions(recorder, "rmm.pdev")[:5] == \
         ["NEW", "NEEDS_KEY", "HAS_KEY", "READY", "STOPPED"]
     locked = recorder.of("tdisp.locked")

@@ -19,12 +19,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.platform_support import dmtf_responder_emu
-from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
+from tests.platform_support import dmtf_responder_emu, over_spdm_emu
 from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.firmware import CallClass, FirmwareCall
 from vfiouser_tdisp.server import start_devices
-from vfiouser_tdisp.tsm.platform import assign_bars, in_process_device, socket_transport
+from vfiouser_tdisp.tsm.platform import assign_bars, in_process_device
 from vfiouser_tdisp.tsm.sev_tio import abi
 from vfiouser_tdisp.tsm.sev_tio.abi import MmioValidateStatus as MV
 from vfiouser_tdisp.tsm.sev_tio.abi import SevCmd
@@ -463,26 +462,11 @@ def test_whole_flow_over_spdm_emu_socket(cache: Path, sock_dir: Path,
                                          recorder: Recorder) -> None:
     """`serve --spdm-port`: every object the PSP asks for crosses DMTF's socket protocol;
     the BARs are assigned over vfio-user first, as a guest's firmware would."""
-    path = str(sock_dir / "sev.sock")
-    running = start_devices([path], "virtio-rng", spdm_port=0,
-                            identity_options={"identity_dir": str(cache)})
-    try:
-        fn0 = VfioUserClient(path)
-        try:
-            fn0.version()
-            assign_bars(fn0.config_read32, fn0.config_write32)
-            client = SpdmEmuClient("127.0.0.1", running.spdm_servers[0].port)
-            try:
-                b = Bench(cache)
-                b.host.transport = socket_transport(client)
-                whole_flow(b)
-                assert b.host.objects_sent > 30
-            finally:
-                client.close()
-        finally:
-            fn0.close()
-    finally:
-        running.close()
+    with over_spdm_emu(sock_dir, cache) as (transport, _running):
+        b = Bench(cache)
+        b.host.transport = transport
+        whole_flow(b)
+        assert b.host.objects_sent > 30
     locked = recorder.of("tdisp.locked")
     assert locked and locked[0]["default_stream_id"] == 1
 

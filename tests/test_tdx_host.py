@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.platform_support import dmtf_responder_emu, serve_platform
+from tests.platform_support import dmtf_responder_emu, over_spdm_emu, serve_platform
 from vfiouser_tdisp.cli import main
-from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
 from vfiouser_tdisp.server import start_devices
-from vfiouser_tdisp.tsm.platform import assign_bars, socket_transport
+from vfiouser_tdisp.tsm.platform import assign_bars
 from vfiouser_tdisp.tsm.tdx import blob
 from vfiouser_tdisp.tsm.tdx.abi import SpdmMngOp, TdTdiState
 from vfiouser_tdisp.tsm.tdx.host import TdxHost, TdxTd
@@ -29,37 +28,22 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_whole_flow_over_spdm_emu_socket(cache: Path, sock_dir: Path) -> None:
     """Every object the module produces crosses DMTF's socket protocol to the device; the
     BARs are assigned over vfio-user first, as a guest's firmware would."""
-    path = str(sock_dir / "tdx.sock")
-    running = start_devices([path], "virtio-rng", spdm_port=0,
-                            identity_options={"identity_dir": cache})
-    try:
-        fn0 = VfioUserClient(path)
-        try:
-            fn0.version()
-            assign_bars(fn0.config_read32, fn0.config_write32)
-            client = SpdmEmuClient("127.0.0.1", running.spdm_servers[0].port)
-            try:
-                module = TdxModule()
-                host = TdxHost(module, socket_transport(client))
-                td = TdxTd(host)
-                host.connect()
-                host.bind()
-                td.lock()
-                td.accept()
-                assert td.state() is TdTdiState.RUN
-                host.install(blob.build_image((1, 5, 21)))
-                host.mng(SpdmMngOp.HEARTBEAT)
-                assert td.state() is TdTdiState.RUN
-                assert running.devices[0].tdisp.tdis[0].state.name == "RUN"
-                td.unlock()
-                host.disconnect()
-                assert host.objects_sent > 30
-            finally:
-                client.close()
-        finally:
-            fn0.close()
-    finally:
-        running.close()
+    with over_spdm_emu(sock_dir, cache) as (transport, running):
+        module = TdxModule()
+        host = TdxHost(module, transport)
+        td = TdxTd(host)
+        host.connect()
+        host.bind()
+        td.lock()
+        td.accept()
+        assert td.state() is TdTdiState.RUN
+        host.install(blob.build_image((1, 5, 21)))
+        host.mng(SpdmMngOp.HEARTBEAT)
+        assert td.state() is TdTdiState.RUN
+        assert running.devices[0].tdisp.tdis[0].state.name == "RUN"
+        td.unlock()
+        host.disconnect()
+        assert host.objects_sent > 30
 
 
 def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,

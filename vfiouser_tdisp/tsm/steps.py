@@ -4,7 +4,8 @@
 stopping at the first failure; ``chosen_steps`` turns the command line's STEP list into
 the steps to run; ``load_root`` reads the relying party's root certificate;
 ``cli_device`` sets up what every ``tsm --platform`` run has around its steps (the
---events / --verbose sinks and the device, over --spdm or in process).
+--events / --verbose sinks and the device, over --spdm or in process); ``main_steps`` is
+the whole command around a platform's steps.
 """
 
 from __future__ import annotations
@@ -59,6 +60,38 @@ def run_steps(steps: Iterable[str], table: dict[str, Callable[[], str]],
             return False
         print(f"{step:<{width}} PASS {time.monotonic() - start:6.3f}s {detail}", file=out)
     return True
+
+
+def run_steps_noting(steps: Iterable[str], table: dict[str, Callable[[], str]], kind: str,
+                     label: str, *, width: int = 16) -> bool:
+    """:func:`run_steps`, a failed step's reason being the ``error`` of the last ``kind``
+    event the firmware emitted during that step, as ``(LABEL: error)``."""
+    from ..events import LOG, Recorder
+    seen = Recorder()
+    unsubscribe = LOG.subscribe(seen)
+
+    def why() -> str | None:
+        failures = seen.of(kind)
+        return f"{label}: {failures[-1]['error']}" if failures else None
+    try:
+        return run_steps(steps, table, why, width=width, before=seen.events.clear)
+    finally:
+        unsubscribe()
+
+
+def main_steps(args: argparse.Namespace, known: Sequence[str], default: Sequence[str],
+               verbose_kinds: tuple[str, ...],
+               run: Callable[[list[str], Callable[[int, bytes], bytes], str, Any], int]) -> int:
+    """What every ``tsm --platform`` command does around its steps: choose them, set up
+    :func:`cli_device`, load ``--root``, then ``run(steps, transport, where, root)``.  A bad
+    step name, file or address is one line on stderr and exit 2."""
+    try:
+        steps = chosen_steps(args.steps, known, default)
+        with cli_device(args, verbose_kinds) as (transport, where):
+            return run(steps, transport, where, load_root(args.root))
+    except (OSError, ValueError) as exc:
+        print(f"vfiouser-tdisp tsm: {exc}", file=sys.stderr)
+        return 2
 
 
 @contextmanager

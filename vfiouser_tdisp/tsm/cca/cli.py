@@ -53,28 +53,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main_tsm(args: argparse.Namespace) -> int:
-    from ..steps import chosen_steps, cli_device, load_root
+    from ..steps import main_steps
     if args.platform != "cca":
         print(f"vfiouser-tdisp tsm: platform {args.platform!r} has no emulator yet",
               file=sys.stderr)
         return 2
-    try:
-        steps = chosen_steps(args.steps, STEPS, DEFAULT_STEPS)
-    except ValueError as exc:
-        print(f"vfiouser-tdisp tsm: {exc}", file=sys.stderr)
-        return 2
-    try:
-        with cli_device(args, ("rmm.", "cca_host.")) as (transport, where):
-            return run_steps(args, steps, transport, where, load_root(args.root))
-    except (OSError, ValueError) as exc:
-        print(f"vfiouser-tdisp tsm: {exc}", file=sys.stderr)
-        return 2
+    return main_steps(args, STEPS, DEFAULT_STEPS, ("rmm.", "cca_host."),
+                      lambda steps, transport, where, root:
+                      run_steps(args, steps, transport, where, root))
 
 
 def run_steps(args: argparse.Namespace, steps: list[str], transport: Any, where: str,
               root: Any) -> int:
-    from ...events import LOG, Recorder
-    from ..steps import run_steps as run_each
+    from ..steps import run_steps_noting
     from .abi import RmiDevCommObject, RmiFid, RmiVdevState, RsiVdevState
     from .host import CcaError, CcaHost, CcaRealm, check_evidence
     from .rmm import Rmm
@@ -139,16 +130,7 @@ def run_steps(args: argparse.Namespace, steps: list[str], transport: Any, where:
         "connect": connect, "bind": bind, "lock": lock, "report": report,
         "measurements": measurements, "info": info, "accept": accept, "unlock": unlock,
         "unbind": unbind, "disconnect": disconnect}
-    device_errors = Recorder()
-    unsubscribe = LOG.subscribe(device_errors)
-
-    def why() -> str | None:
-        failed = [e["error"] for e in device_errors.of("rmm.comm_failed")]
-        return f"RMM: {failed[-1]}" if failed else None
-    try:
-        failed = not run_each(steps, table, why, width=13, before=device_errors.events.clear)
-    finally:
-        unsubscribe()
+    failed = not run_steps_noting(steps, table, "rmm.comm_failed", "RMM", width=13)
     if failed:   # release what the steps took
         for vdev_id in list(host.vdevs):
             try:

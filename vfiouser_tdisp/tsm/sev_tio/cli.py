@@ -9,13 +9,10 @@ passed.  After a failure the remaining steps are skipped and the device is relea
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from typing import Any
 
-from ...events import LOG, Recorder
-from ..steps import chosen_steps, cli_device, load_root
-from ..steps import run_steps as run_each
+from ..steps import main_steps, run_steps_noting
 from .abi import (
     PAGE_SIZE,
     MmioValidateStatus,
@@ -47,17 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main_tsm(args: argparse.Namespace) -> int:
-    try:
-        steps = chosen_steps(args.steps, STEPS, DEFAULT_STEPS)
-    except ValueError as exc:
-        print(f"vfiouser-tdisp tsm: {exc}", file=sys.stderr)
-        return 2
-    try:
-        with cli_device(args, ("psp.", "sev_host.", "snp_guest.")) as (transport, where):
-            return run_steps(args, steps, transport, where, load_root(args.root))
-    except (OSError, ValueError) as exc:
-        print(f"vfiouser-tdisp tsm: {exc}", file=sys.stderr)
-        return 2
+    return main_steps(args, STEPS, DEFAULT_STEPS, ("psp.", "sev_host.", "snp_guest."),
+                      lambda steps, transport, where, root:
+                      run_steps(args, steps, transport, where, root))
 
 
 class Session:
@@ -170,16 +159,7 @@ def run_steps(args: argparse.Namespace, steps: list[str], transport: Any, where:
         "mmio_validate_rejects": s.mmio_validate_rejects,
         "guest_msg_replay": s.guest_msg_replay, "roll_key": roll_key, "unlock": unlock,
         "disconnect": disconnect}
-    device_errors = Recorder()
-    unsubscribe = LOG.subscribe(device_errors)
-
-    def why() -> str | None:
-        failed = [e["error"] for e in device_errors.of("psp.device_failed")]
-        return f"PSP: {failed[-1]}" if failed else None
-    try:
-        failed = not run_each(steps, table, why, width=22, before=device_errors.events.clear)
-    finally:
-        unsubscribe()
+    failed = not run_steps_noting(steps, table, "psp.device_failed", "PSP", width=22)
     if failed and host.dev_ctx is not None:   # release what the steps took
         try:
             host.disconnect(force=True)

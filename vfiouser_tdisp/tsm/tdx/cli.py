@@ -44,19 +44,12 @@ def add_platform_arguments(p: Any) -> None:
 
 
 def main_tsm(args: argparse.Namespace) -> int:
-    from ..steps import chosen_steps, cli_device, load_root
-    try:
-        steps = chosen_steps(args.steps, STEPS, DEFAULT_STEPS)
-    except ValueError as exc:
-        print(f"vfiouser-tdisp tsm: {exc}", file=sys.stderr)
-        return 2
-    try:
-        with cli_device(args, ("tdx.", "tdx_host.")) as (transport, where):
-            image = Path(args.image).read_bytes() if args.image else None
-            return run_sequence(args, steps, transport, where, load_root(args.root), image)
-    except (OSError, ValueError) as exc:
-        print(f"vfiouser-tdisp tsm: {exc}", file=sys.stderr)
-        return 2
+    from ..steps import main_steps
+
+    def run(steps: list[str], transport: Any, where: str, root: Any) -> int:
+        image = Path(args.image).read_bytes() if args.image else None
+        return run_sequence(args, steps, transport, where, root, image)
+    return main_steps(args, STEPS, DEFAULT_STEPS, ("tdx.", "tdx_host."), run)
 
 
 def run_sequence(args: argparse.Namespace, steps: list[str], transport: Any, where: str,

@@ -25,6 +25,16 @@ from vfiouser_tdisp.vfio_user.client import VfioUserClient
 
 
 @contextmanager
+def attached_guest(path: str) -> Iterator[VfioUserClient]:
+    """A vfio-user client playing the guest: it assigns the BARs (Memory Space and Bus
+    Master Enable on) as the guest's firmware would, then stays attached until exit."""
+    with VfioUserClient(path) as fn0:
+        fn0.version()
+        assign_bars(fn0.config_read32, fn0.config_write32)
+        yield fn0
+
+
+@contextmanager
 def over_spdm_emu(sock_dir: Path, cache: Path) -> Iterator[tuple[DoeTransport, RunningDevices]]:
     """A virtio-rng device served with ``--spdm-port``: its BARs assigned over vfio-user
     first, as a guest's firmware would, then a DOE transport over DMTF's socket protocol
@@ -32,9 +42,7 @@ def over_spdm_emu(sock_dir: Path, cache: Path) -> Iterator[tuple[DoeTransport, R
     running = start_devices([str(sock_dir / "dev.sock")], "virtio-rng", spdm_port=0,
                             identity_options={"identity_dir": str(cache)})
     try:
-        with VfioUserClient(str(sock_dir / "dev.sock")) as fn0:
-            fn0.version()
-            assign_bars(fn0.config_read32, fn0.config_write32)
+        with attached_guest(str(sock_dir / "dev.sock")):
             client = SpdmEmuClient("127.0.0.1", running.spdm_servers[0].port)
             try:
                 yield socket_transport(client), running

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.cca_support import bench, device_identity
-from tests.platform_support import dmtf_responder_emu, over_spdm_emu
+from tests.platform_support import attached_guest, dmtf_responder_emu, over_spdm_emu
 from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.server import start_devices
 from vfiouser_tdisp.tdisp.messages import TdiState
@@ -31,8 +31,7 @@ from vfiouser_tdisp.tsm.cca.abi import RmiDevCommObject, RmiVdevState, RsiVdevSt
 from vfiouser_tdisp.tsm.cca.host import CcaError, CcaHost, CcaRealm
 from vfiouser_tdisp.tsm.cca.rhi import LAYOUTS, RhiObject
 from vfiouser_tdisp.tsm.cca.rmm import Rmm
-from vfiouser_tdisp.tsm.platform import assign_bars, config_accessors
-from vfiouser_tdisp.vfio_user.client import VfioUserClient
+from vfiouser_tdisp.tsm.platform import config_accessors
 
 VDEV = 0x10
 RHI_OF = {RmiDevCommObject.VCA: RhiObject.VCA, RmiDevCommObject.CERTIFICATE:
@@ -302,16 +301,11 @@ def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
         assert [ln.split()[:2] for ln in out] == [
             ["connect", "PASS"], ["bind", "PASS"], ["lock", "FAIL"]]
         assert "INVALID_DEVICE_CONFIGURATION" in out[-1]
-        fn0 = VfioUserClient(path)    # the "guest": assigns the BARs, stays attached
-        try:
-            fn0.version()
-            assign_bars(fn0.config_read32, fn0.config_write32)
+        with attached_guest(path):  # the "guest": assigns the BARs, stays attached
             root = sock_dir / "root.der"
             root.write_bytes(running.devices[0].identity.root.public_bytes(Encoding.DER))
             assert main(["tsm", "--platform", "cca", "--spdm", spdm, "--root", str(root),
                          "--layout", "linux-rfc-v4"]) == 0
-        finally:
-            fn0.close()
         out = capsys.readouterr().out.splitlines()
         assert [ln.split()[:2] for ln in out] == [
             [step, "PASS"] for step in ("connect", "bind", "lock", "accept", "unlock",

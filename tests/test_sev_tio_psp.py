@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.platform_support import dmtf_responder_emu, over_spdm_emu
+from tests.platform_support import attached_guest, dmtf_responder_emu, over_spdm_emu
 from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.firmware import CallClass, FirmwareCall
 from vfiouser_tdisp.server import start_devices
-from vfiouser_tdisp.tsm.platform import assign_bars, in_process_device
+from vfiouser_tdisp.tsm.platform import in_process_device
 from vfiouser_tdisp.tsm.sev_tio import abi
 from vfiouser_tdisp.tsm.sev_tio.abi import MmioValidateStatus as MV
 from vfiouser_tdisp.tsm.sev_tio.abi import SevCmd
@@ -31,7 +31,6 @@ from vfiouser_tdisp.tsm.sev_tio.abi import SevRet as R
 from vfiouser_tdisp.tsm.sev_tio.host import SevTioError, SevTioHost, SnpGuest, tee_ranges
 from vfiouser_tdisp.tsm.sev_tio.messages import seal
 from vfiouser_tdisp.tsm.sev_tio.psp import Psp
-from vfiouser_tdisp.vfio_user.client import VfioUserClient
 
 RID = 0x0100
 
@@ -486,10 +485,7 @@ def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
         out = capsys.readouterr().out.splitlines()
         assert [ln.split()[:2] for ln in out] == [["connect", "PASS"], ["lock", "FAIL"]]
         assert "INVALID_DEVICE_CONFIGURATION" in out[-1]
-        fn0 = VfioUserClient(path)
-        try:
-            fn0.version()
-            assign_bars(fn0.config_read32, fn0.config_write32)
+        with attached_guest(path):
             steps = ["connect", "lock", "status", "accept", "mmio_validate_rejects",
                      "guest_msg_replay", "report", "measurements", "certificates",
                      "roll_key", "unlock", "disconnect"]
@@ -497,8 +493,6 @@ def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
             root.write_bytes(running.devices[0].identity.root.public_bytes(Encoding.DER))
             assert main(["tsm", "--platform", "sev-tio", "--spdm", spdm, "--root", str(root),
                          *steps]) == 0
-        finally:
-            fn0.close()
         out = capsys.readouterr().out.splitlines()
         assert [ln.split()[:2] for ln in out] == [[s, "PASS"] for s in steps]
         assert "chain anchored" in out[1]

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.platform_support import dmtf_responder_emu, over_spdm_emu, serve_platform
+from tests.platform_support import attached_guest, dmtf_responder_emu, over_spdm_emu, serve_platform
 from vfiouser_tdisp.cli import main
 from vfiouser_tdisp.server import start_devices
-from vfiouser_tdisp.tsm.platform import assign_bars
 from vfiouser_tdisp.tsm.tdx import blob
 from vfiouser_tdisp.tsm.tdx.abi import SpdmMngOp, TdTdiState
 from vfiouser_tdisp.tsm.tdx.host import TdxHost, TdxTd
@@ -59,10 +58,7 @@ def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
         out = capsys.readouterr().out.splitlines()
         assert [ln.split()[:2] for ln in out] == [["connect", "PASS"], ["bind", "FAIL"]]
         assert "TDX_DEVICE_ERROR" in out[-1] and "TDISP" in out[-1]
-        fn0 = VfioUserClient(path)
-        try:
-            fn0.version()
-            assign_bars(fn0.config_read32, fn0.config_write32)
+        with attached_guest(path):
             root = sock_dir / "root.der"
             root.write_bytes(running.devices[0].identity.root.public_bytes(Encoding.DER))
             assert main(["tsm", "--platform", "tdx", "--spdm", spdm, "--root", str(root),
@@ -70,8 +66,6 @@ def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
                          "measurements", "info", "accept", "heartbeat", "key_update",
                          "seamldr_info", "module_update", "update_bad_image",
                          "update_exhausted", "unlock", "unbind", "disconnect"]) == 0
-        finally:
-            fn0.close()
         out = capsys.readouterr().out.splitlines()
         assert [ln.split()[:2] for ln in out] == [
             [s, "PASS"] for s in ("connect", "bind", "lock", "report", "measurements", "info",

@@ -26,44 +26,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vfiouser_tdisp.device.device import Device, get_profile  # noqa: E402
-from vfiouser_tdisp.doe.driver import DoeDriver  # noqa: E402
 from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient, SpdmEmuServer  # noqa: E402
-from vfiouser_tdisp.tsm.cca.host import (  # noqa: E402
-    CcaHost,
-    CcaRealm,
+from vfiouser_tdisp.tsm.cca.host import CcaHost, CcaRealm  # noqa: E402
+from vfiouser_tdisp.tsm.cca.rmm import Rmm  # noqa: E402
+from vfiouser_tdisp.tsm.platform import (  # noqa: E402
     DoeTransport,
-    object_transport,
+    in_process_device,
     socket_transport,
 )
-from vfiouser_tdisp.tsm.cca.rmm import Rmm  # noqa: E402
 
 STEPS = ("connect", "bind", "lock", "accept", "unlock", "unbind", "disconnect")
-
-
-def assign_bars(dev: Device) -> tuple[Callable[[int], int], Callable[[int, int], None]]:
-    fn = dev.dsm
-
-    def read32(off: int) -> int:
-        return int.from_bytes(fn.config.read(off, 4), "little")
-
-    def write32(off: int, value: int) -> None:
-        fn.config.write(off, value.to_bytes(4, "little"))
-    base = 0xE000_0000
-    for index in (0, 2, 4):   # virtio-rng: three 64-bit BARs at most
-        reg = 0x10 + 4 * index
-        write32(reg, 0xFFFF_FFFF)
-        low = read32(reg)
-        if low == 0:
-            continue
-        write32(reg + 4, 0xFFFF_FFFF)
-        size = (~((read32(reg + 4) << 32) | (low & ~0xF)) + 1) & ((1 << 64) - 1)
-        base = (base + size - 1) & ~(size - 1)
-        write32(reg, base & 0xFFFF_FFFF)
-        write32(reg + 4, base >> 32)
-        base += size
-    write32(0x04, read32(0x04) | 0x6)
-    return read32, write32
 
 
 def one_round(transport: DoeTransport) -> tuple[dict[str, float], int]:
@@ -98,11 +70,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=10)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as cache:
-        dev = Device(get_profile("virtio-rng"), identity_options={"identity_dir": cache})
-        _ = dev.identity
-        read32, write32 = assign_bars(dev)
-        report("in-process", object_transport(DoeDriver(read32, write32, 0x100).exchange),
-               args.rounds)
+        transport, dev = in_process_device(identity_dir=cache)
+        report("in-process", transport, args.rounds)
         server = SpdmEmuServer(dev.doe, threading.RLock(), port=0)
         server.start()
         client = SpdmEmuClient("127.0.0.1", server.port)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from vfiouser_tdisp.events import LOG, Recorder
-from vfiouser_tdisp.run.provision import cache_dir
+from vfiouser_tdisp.run.provision import Provisioned, ProvisionError, cache_dir, ensure_provisioned
 from vfiouser_tdisp.server import RunningDevices, start_devices
 
 # Where `setup` provisioned QEMU and the guest (the user's cache, or the one
@@ -57,12 +57,25 @@ class ServerThread:
         return self.running.devices[0]
 
 
-@pytest.fixture
-def events() -> Iterator[Recorder]:
+@pytest.fixture(scope="module")
+def prov() -> Provisioned:
+    """The provisioned QEMU / guest kernel / busybox tree; a VM test fails without it."""
+    try:
+        return ensure_provisioned(PROVISIONED_CACHE)
+    except ProvisionError as exc:
+        pytest.fail(f"not provisioned: {exc}")
+
+
+def _recording() -> Iterator[Recorder]:
+    """Every event emitted while the test runs."""
     rec = Recorder()
     unsubscribe = LOG.subscribe(rec)
     yield rec
     unsubscribe()
+
+
+events = pytest.fixture(_recording, name="events")
+recorder = pytest.fixture(_recording, name="recorder")   # the name the platform tests use
 
 
 @pytest.fixture

@@ -52,6 +52,7 @@ from vfiouser_tdisp.spdm.keylog import KeyLogWriter, load_keylog
 from vfiouser_tdisp.spdm.requester import SpdmRequester
 from vfiouser_tdisp.tdisp import messages as t
 from vfiouser_tdisp.tsm.core import IdeKmRequester, PciSigChannel, TdispRequester
+from vfiouser_tdisp.tsm.platform import assign_bars
 from vfiouser_tdisp.vfio_user.client import VfioUserClient
 
 DOE_OFFSET = 0x100
@@ -166,17 +167,10 @@ def test_serve_rejects_a_symlinked_key_log(sock_dir: Path, tmp_path: Path) -> No
 
 
 # -- a capture made by a served device ---------------------------------------------------
-def program_bars(c: VfioUserClient) -> None:
-    """What a guest kernel does before TDISP can lock the function (BARs, Memory Space)."""
-    for i in range(6):
-        c.config_write32(0x10 + 4 * i, 0xFE000000 + (i << 20) if i % 2 == 0 else 0)
-    c.config_write32(0x04, 0x0006)
-
-
 def drive_full_flow(sock: str, root: object, *, all_keys: bool) -> int:
     with VfioUserClient(sock) as c:
         c.version()
-        program_bars(c)
+        assign_bars(c.config_read32, c.config_write32)  # TDISP locks only a decoding function
         drv = DoeDriver(c.config_read32, c.config_write32, DOE_OFFSET)
         drv.abort()
         drv.discover()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,18 +20,18 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.cca_support import bench, config_accessors, device_identity, program_bars
-from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
-from vfiouser_tdisp.events import LOG, Recorder
+from tests.cca_support import bench, device_identity
+from tests.platform_support import attached_guest, dmtf_responder_emu, over_spdm_emu
+from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.server import start_devices
 from vfiouser_tdisp.tdisp.messages import TdiState
 from vfiouser_tdisp.tsm.cca import abi
 from vfiouser_tdisp.tsm.cca.abi import RhiDaStatus as R
 from vfiouser_tdisp.tsm.cca.abi import RmiDevCommObject, RmiVdevState, RsiVdevState
-from vfiouser_tdisp.tsm.cca.host import CcaError, CcaHost, CcaRealm, socket_transport
+from vfiouser_tdisp.tsm.cca.host import CcaError, CcaHost, CcaRealm
 from vfiouser_tdisp.tsm.cca.rhi import LAYOUTS, RhiObject
 from vfiouser_tdisp.tsm.cca.rmm import Rmm
-from vfiouser_tdisp.vfio_user.client import VfioUserClient
+from vfiouser_tdisp.tsm.platform import config_accessors
 
 VDEV = 0x10
 RHI_OF = {RmiDevCommObject.VCA: RhiObject.VCA, RmiDevCommObject.CERTIFICATE:
@@ -43,14 +42,6 @@ RHI_OF = {RmiDevCommObject.VCA: RhiObject.VCA, RmiDevCommObject.CERTIFICATE:
 @pytest.fixture(scope="session")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cca-identity")
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    rec = Recorder()
-    unsubscribe = LOG.subscribe(rec)
-    yield rec
-    unsubscribe()
 
 
 def transitions(rec: Recorder, machine: str) -> list[str]:
@@ -105,24 +96,9 @@ def test_whole_flow_over_spdm_emu_socket(cache: Path, sock_dir: Path,
                                          recorder: Recorder) -> None:
     """``serve --spdm-port``: the RMM's objects reach the device over DMTF's socket
     protocol; the BARs are assigned over vfio-user first, as a guest's firmware would."""
-    path = str(sock_dir / "cca.sock")
-    running = start_devices([path], "virtio-rng", spdm_port=0,
-                            identity_options={"identity_dir": cache})
-    try:
-        fn0 = VfioUserClient(path)
-        try:
-            fn0.version()
-            program_bars(fn0.config_read32, fn0.config_write32)
-            client = SpdmEmuClient("127.0.0.1", running.spdm_servers[0].port)
-            try:
-                host = CcaHost(Rmm(), socket_transport(client))
-                whole_flow(host, CcaRealm(host))
-            finally:
-                client.close()
-        finally:
-            fn0.close()
-    finally:
-        running.close()
+    with over_spdm_emu(sock_dir, cache) as (transport, _running):
+        host = CcaHost(Rmm(), transport)
+        whole_flow(host, CcaRealm(host))
     assert transitions(recorder, "rmm.pdev")[:5] == \
         ["NEW", "NEEDS_KEY", "HAS_KEY", "READY", "STOPPED"]
     locked = recorder.of("tdisp.locked")
@@ -325,16 +301,11 @@ def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
         assert [ln.split()[:2] for ln in out] == [
             ["connect", "PASS"], ["bind", "PASS"], ["lock", "FAIL"]]
         assert "INVALID_DEVICE_CONFIGURATION" in out[-1]
-        fn0 = VfioUserClient(path)    # the "guest": assigns the BARs, stays attached
-        try:
-            fn0.version()
-            program_bars(fn0.config_read32, fn0.config_write32)
+        with attached_guest(path):  # the "guest": assigns the BARs, stays attached
             root = sock_dir / "root.der"
             root.write_bytes(running.devices[0].identity.root.public_bytes(Encoding.DER))
             assert main(["tsm", "--platform", "cca", "--spdm", spdm, "--root", str(root),
                          "--layout", "linux-rfc-v4"]) == 0
-        finally:
-            fn0.close()
         out = capsys.readouterr().out.splitlines()
         assert [ln.split()[:2] for ln in out] == [
             [step, "PASS"] for step in ("connect", "bind", "lock", "accept", "unlock",
@@ -350,42 +321,9 @@ def test_cli_against_dmtf_spdm_responder_emu(tmp_path: Path,
     (libspdm, its own IDE_KM and TDISP samples).  Built outside the repository; set
     SPDM_RESPONDER_EMU to the binary (its sample keys are looked up next to it in
     ../../libspdm/unit_test/sample_key, or SPDM_EMU_KEYS)."""
-    import os
-    import shutil
-    import socket
-    import subprocess
-    import time
-
     from vfiouser_tdisp.cli import main
-    binary = os.environ.get("SPDM_RESPONDER_EMU")
-    if not binary or not os.access(binary, os.X_OK):
-        pytest.skip("SPDM_RESPONDER_EMU does not name DMTF's spdm_responder_emu")
-    keys = Path(os.environ.get("SPDM_EMU_KEYS") or
-                Path(binary).resolve().parents[2] / "libspdm/unit_test/sample_key")
-    work = tmp_path / "keys"
-    shutil.copytree(keys, work)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--trans", "PCI_DOE", "--ip", "127.0.0.1", "--port",
-                             str(port)], cwd=work, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        # DMTF's server takes one client and stops after it: watch for LISTEN in
-        # /proc/net/tcp instead of probing with a connection.
-        deadline = time.monotonic() + 10
-        listening = f":{port:04X} 00000000:0000 0A"
-        while time.monotonic() < deadline and \
-                listening not in Path("/proc/net/tcp").read_text():
-            time.sleep(0.05)
+    with dmtf_responder_emu(tmp_path) as port:
         assert main(["tsm", "--platform", "cca", "--spdm", f"127.0.0.1:{port}"]) == 0
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     out = capsys.readouterr().out.splitlines()
     assert [ln.split()[:2] for ln in out] == [
         [step, "PASS"] for step in ("connect", "bind", "lock", "accept", "unlock", "unbind",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cca_support import Bench, bench, config_accessors
+from tests.cca_support import Bench, bench
 from vfiouser_tdisp.firmware import CallClass, FirmwareCall
 from vfiouser_tdisp.tsm.cca import abi
 from vfiouser_tdisp.tsm.cca.abi import RmiFid as F
@@ -26,6 +26,7 @@ from vfiouser_tdisp.tsm.cca.abi import RmiStatus as RS
 from vfiouser_tdisp.tsm.cca.abi import RmiVdevState as VS
 from vfiouser_tdisp.tsm.cca.abi import RsiFid
 from vfiouser_tdisp.tsm.cca.abi import RsiStatus as SS
+from vfiouser_tdisp.tsm.platform import config_accessors
 
 VDEV_ID = 0x10
 

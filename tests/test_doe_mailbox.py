@@ -9,7 +9,6 @@ doe_statemachine_work, pci_doe_recv_resp, pci_doe_discovery), written against
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 
 import pytest
 
@@ -28,7 +27,7 @@ from vfiouser_tdisp.doe.mailbox import (
     DoeCapability,
 )
 from vfiouser_tdisp.doe.protocols import DoeDispatcher, DoeError, build_object
-from vfiouser_tdisp.events import LOG, Recorder
+from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.pci.config import ConfigSpace
 
 DOE = 0x100
@@ -166,14 +165,6 @@ def doe(dev: Device) -> LinuxDoe:
     drv = LinuxDoe(dev.dsm.config)
     drv.abort()  # what pci_doe_create_mb does first
     return drv
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    rec = Recorder()
-    unsubscribe = LOG.subscribe(rec)
-    yield rec
-    unsubscribe()
 
 
 def echo_handlers(dev: Device) -> None:

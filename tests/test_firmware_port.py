@@ -10,17 +10,14 @@ ABI document gives them, not taken from the module under test.
 from __future__ import annotations
 
 import io
-import signal
 import struct
-import subprocess
-import sys
-import time
 from argparse import Namespace
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.platform_support import serve_platform
 from vfiouser_tdisp.device.backend import FunctionBackend
 from vfiouser_tdisp.device.firmware_port import build_firmware_port
 from vfiouser_tdisp.firmware import CallClass, FirmwareCall, GuestMemory
@@ -264,15 +261,7 @@ def test_reset_clears_windows(port) -> None:  # type: ignore[no-untyped-def]
 
 def test_serve_platform_cca_serves_the_port(sock_dir: Path) -> None:
     """`serve --platform cca`: the DSM on PATH, the port with the RMM on PATH.fwport."""
-    path = str(sock_dir / "dev.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "vfiouser_tdisp", "serve", "--socket", path,
-                             "--platform", "cca", "--quiet"], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while not (Path(path).exists() and Path(path + ".fwport").exists()):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout
-            time.sleep(0.05)
+    with serve_platform(sock_dir, "cca") as path:
         with VfioUserClient(path + ".fwport") as c:
             c.version()
             assert c.region_read(0, 0, 4) == b"VTFP"
@@ -285,9 +274,6 @@ def test_serve_platform_cca_serves_the_port(sock_dir: Path) -> None:
         with VfioUserClient(path) as c:  # the device is still its own function
             c.version()
             assert struct.unpack("<HH", c.region_read(CONFIG, 0, 4)) == (0x1AF4, 0x1044)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
 
 
 def test_qemu_args_with_platform_prints_the_port() -> None:

@@ -36,7 +36,7 @@ from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.firmware import CallClass, FirmwareCall, GuestMemory
 from vfiouser_tdisp.run.module_build import ensure_module
 from vfiouser_tdisp.run.port_guest import boot_with_port
-from vfiouser_tdisp.run.provision import Provisioned, ProvisionError, ensure_provisioned
+from vfiouser_tdisp.run.provision import Provisioned
 from vfiouser_tdisp.server import platform_firmware
 from vfiouser_tdisp.spdm.der import split_der_certificates
 from vfiouser_tdisp.spdm.requester import SpdmRequester
@@ -274,14 +274,6 @@ class MiniRmmWithStreams(MiniRmm):
             self.log.append(("stream", call.fid, call.args[0]))
             return (RMI_SUCCESS,) if call.args[0] == 0x51 else (RMI_ERROR_INPUT,)
         return super().call(call, mem)
-
-
-@pytest.fixture(scope="module")
-def prov() -> Provisioned:
-    try:
-        return ensure_provisioned()
-    except ProvisionError as exc:
-        pytest.fail(f"not provisioned: {exc}")
 
 
 def test_module_builds_reproducibly(prov: Provisioned) -> None:

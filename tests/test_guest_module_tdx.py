@@ -14,7 +14,7 @@ import pytest
 from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.firmware import CallClass, FirmwareCall, GuestMemory
 from vfiouser_tdisp.run.port_guest import boot_with_port
-from vfiouser_tdisp.run.provision import Provisioned, ProvisionError, ensure_provisioned
+from vfiouser_tdisp.run.provision import Provisioned
 from vfiouser_tdisp.tsm.tdx.module import TdxModule
 
 pytestmark = pytest.mark.vm
@@ -23,14 +23,6 @@ TDX_SUCCESS = f"{0:#018x}"
 TDH_TDI_BIND = 137                           # [MODEL] docs/platform-tdx.md
 TDX_DEVICE_ERROR_TDISP = 0xC0000FF000000004  # [MODEL] TDX_DEVICE_ERROR | TDISP
 TDCM_ERROR, TDCM_TDISP_MESSAGE = 2, 14       # GHCI TDCM status / error ([ISTG])
-
-
-@pytest.fixture(scope="module")
-def prov() -> Provisioned:
-    try:
-        return ensure_provisioned()
-    except ProvisionError as exc:
-        pytest.fail(f"not provisioned: {exc}")
 
 
 def _leaves(events: Recorder) -> list[tuple[str, str]]:

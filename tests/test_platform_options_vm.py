@@ -14,17 +14,9 @@ from pathlib import Path
 import pytest
 
 from vfiouser_tdisp.run.platform import GUEST_STEPS, PlatformRun, run_platform, user_kernel
-from vfiouser_tdisp.run.provision import Provisioned, ProvisionError, ensure_provisioned
+from vfiouser_tdisp.run.provision import Provisioned
 
 pytestmark = pytest.mark.vm
-
-
-@pytest.fixture(scope="module")
-def prov() -> Provisioned:
-    try:
-        return ensure_provisioned()
-    except ProvisionError as exc:
-        pytest.fail(f"not provisioned: {exc}")
 
 
 def _all_pass(pr: PlatformRun) -> None:

@@ -13,27 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.platform_support import step_detail
 from vfiouser_tdisp.run.platform import GUEST_STEPS, HOST_STEPS, PlatformRun, run_platform
-from vfiouser_tdisp.run.provision import ProvisionError, ensure_provisioned
+from vfiouser_tdisp.run.provision import Provisioned
 
 pytestmark = pytest.mark.vm
 
 
 @pytest.fixture(scope="module")
-def flow(tmp_path_factory: pytest.TempPathFactory) -> PlatformRun:
-    try:
-        prov = ensure_provisioned()
-    except ProvisionError as exc:
-        pytest.fail(f"not provisioned: {exc}")
+def flow(prov: Provisioned, tmp_path_factory: pytest.TempPathFactory) -> PlatformRun:
     return run_platform(prov, tmp_path_factory.mktemp("platform"), timeout=240, log=False)
-
-
-def _detail(pr: PlatformRun, name: str) -> str:
-    got = {n: (ok, d) for n, ok, d in pr.results}
-    assert name in got, f"{name} not reported"
-    ok, detail = got[name]
-    assert ok, f"{name}: {detail}\n{pr.main.run.console[-4000:]}"
-    return detail
 
 
 def test_every_step_passes(flow: PlatformRun) -> None:
@@ -46,54 +35,54 @@ def test_every_step_passes(flow: PlatformRun) -> None:
 
 
 def test_kernel_core_connects_and_binds(flow: PlatformRun) -> None:
-    assert "connect=tsm0 authenticated=tsm0 dsm=0000:01:00.0" in _detail(flow, "connect")
-    assert _detail(flow, "bind") == "bound=tsm0 tvm/state=unlocked"
-    assert _detail(flow, "disconnect") == "connect, authenticated and dsm empty"
+    assert "connect=tsm0 authenticated=tsm0 dsm=0000:01:00.0" in step_detail(flow, "connect")
+    assert step_detail(flow, "bind") == "bound=tsm0 tvm/state=unlocked"
+    assert step_detail(flow, "disconnect") == "connect, authenticated and dsm empty"
 
 
 def test_preconditions_of_the_proposed_abi(flow: PlatformRun) -> None:
     # lock while a driver is bound: -EBUSY; accept before lock: -EINVAL
     assert "virtio-pci bound: Device or resource busy; state=unlocked" in \
-        _detail(flow, "lock_busy")
-    assert _detail(flow, "accept_unlocked") == \
+        step_detail(flow, "lock_busy")
+    assert step_detail(flow, "accept_unlocked") == \
         "accept before lock: Invalid argument; state=unlocked"
 
 
 def test_evidence_is_verified_before_accept(flow: PlatformRun) -> None:
-    verify = _detail(flow, "verify")
+    verify = step_detail(flow, "verify")
     assert "chain of 3 to the anchor" in verify and "4 digests (sha256) as attested" in verify
     assert "measurements 1 2 3 = reference" in verify
     assert "in BAR0" in verify and "FAIL" not in verify
-    assert _detail(flow, "accept").startswith("state=run")
-    assert _detail(flow, "probe") == "driver=virtio-pci rng_current=virtio_rng.0"
-    rng = _detail(flow, "hwrng")
+    assert step_detail(flow, "accept").startswith("state=run")
+    assert step_detail(flow, "probe") == "driver=virtio-pci rng_current=virtio_rng.0"
+    rng = step_detail(flow, "hwrng")
     assert len(rng) == 64 and rng != "0" * 64
 
 
 def test_firmware_state_machines(flow: PlatformRun) -> None:
-    assert _detail(flow, "pdev_states") == \
+    assert step_detail(flow, "pdev_states") == \
         "EP PDEV NEW -> NEEDS_KEY -> HAS_KEY -> READY -> STOPPED"
-    assert _detail(flow, "vdev_states").startswith(
+    assert step_detail(flow, "vdev_states").startswith(
         "VDEV NEW -> UNLOCKED -> LOCKED -> STARTED -> UNLOCKED")
-    doe = _detail(flow, "doe_objects")
+    doe = step_detail(flow, "doe_objects")
     for what in ("GET_VERSION 1", "KEY_EXCHANGE 1", "FINISH(secured) 1", "key_prog 6",
                  "k_set_go 6", "LOCK_INTERFACE_REQUEST", "START_INTERFACE_REQUEST"):
         assert what in doe
 
 
 def test_negative_paths(flow: PlatformRun) -> None:
-    assert "gave 0 bytes in 5 s" in _detail(flow, "dma_held")
-    assert "held while the TDI was locked" in _detail(flow, "dma_gate")
-    err = _detail(flow, "tdi_error")
+    assert "gave 0 bytes in 5 s" in step_detail(flow, "dma_held")
+    assert "held while the TDI was locked" in step_detail(flow, "dma_gate")
+    err = step_detail(flow, "tdi_error")
     assert "state=error" in err and err.endswith("unlock: state=unlocked")
-    assert "RUN -> ERROR (bar_change) -> CONFIG_UNLOCKED" in _detail(flow, "tdi_states")
+    assert "RUN -> ERROR (bar_change) -> CONFIG_UNLOCKED" in step_detail(flow, "tdi_states")
 
 
 def test_tampered_evidence_is_refused_and_never_accepted(flow: PlatformRun) -> None:
-    tamper = _detail(flow, "tamper")
+    tamper = step_detail(flow, "tamper")
     assert "FAIL measurement(s) 1 != reference" in tamper
     assert "outside every BAR" in tamper and tamper.endswith("not accepted (state=locked)")
-    assert _detail(flow, "tamper_host").endswith("START_INTERFACE requests: 0")
+    assert step_detail(flow, "tamper_host").endswith("START_INTERFACE requests: 0")
 
 
 def test_step_times_are_reported(flow: PlatformRun, tmp_path: Path) -> None:

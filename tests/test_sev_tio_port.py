@@ -5,16 +5,13 @@ SEV status), every buffer reached by the port's DMA over a real vfio-user socket
 
 from __future__ import annotations
 
-import signal
 import struct
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.platform_support import serve_platform
 from vfiouser_tdisp.device.backend import FunctionBackend
 from vfiouser_tdisp.device.firmware_port import build_firmware_port
 from vfiouser_tdisp.events import LOG, Recorder
@@ -146,15 +143,7 @@ def test_connect_and_bind_through_the_port(port: tuple[VfioUserClient, Psp],
 
 def test_serve_platform_sev_tio_serves_the_psp(sock_dir: Path) -> None:
     """`serve --platform sev-tio`: the port on PATH.fwport with the PSP behind it."""
-    path = str(sock_dir / "dev.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "vfiouser_tdisp", "serve", "--socket", path,
-                             "--platform", "sev-tio", "--quiet"], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while not (Path(path).exists() and Path(path + ".fwport").exists()):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout
-            time.sleep(0.05)
+    with serve_platform(sock_dir, "sev-tio") as path:
         with VfioUserClient(path + ".fwport", memory_size=0x2000) as c:
             c.version()
             c.config_write32(4, 0x6)
@@ -166,6 +155,3 @@ def test_serve_platform_sev_tio_serves_the_psp(sock_dir: Path) -> None:
             c.memory[0:16] = struct.pack("<I12x", 0x10)
             assert ring(c, SevCmd.TIO_INIT, IOVA) == 0
             assert ring(c, SevCmd.TIO_INIT, IOVA) == SevRet.INVALID_PLATFORM_STATE
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)

@@ -13,18 +13,17 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
-from vfiouser_tdisp.events import LOG, Recorder
+from tests.platform_support import attached_guest, dmtf_responder_emu, over_spdm_emu
+from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.firmware import CallClass, FirmwareCall
 from vfiouser_tdisp.server import start_devices
-from vfiouser_tdisp.tsm.platform import assign_bars, in_process_device, socket_transport
+from vfiouser_tdisp.tsm.platform import in_process_device
 from vfiouser_tdisp.tsm.sev_tio import abi
 from vfiouser_tdisp.tsm.sev_tio.abi import MmioValidateStatus as MV
 from vfiouser_tdisp.tsm.sev_tio.abi import SevCmd
@@ -32,7 +31,6 @@ from vfiouser_tdisp.tsm.sev_tio.abi import SevRet as R
 from vfiouser_tdisp.tsm.sev_tio.host import SevTioError, SevTioHost, SnpGuest, tee_ranges
 from vfiouser_tdisp.tsm.sev_tio.messages import seal
 from vfiouser_tdisp.tsm.sev_tio.psp import Psp
-from vfiouser_tdisp.vfio_user.client import VfioUserClient
 
 RID = 0x0100
 
@@ -40,14 +38,6 @@ RID = 0x0100
 @pytest.fixture(scope="session")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("sev-identity")
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    rec = Recorder()
-    unsubscribe = LOG.subscribe(rec)
-    yield rec
-    unsubscribe()
 
 
 class Bench:
@@ -471,26 +461,11 @@ def test_whole_flow_over_spdm_emu_socket(cache: Path, sock_dir: Path,
                                          recorder: Recorder) -> None:
     """`serve --spdm-port`: every object the PSP asks for crosses DMTF's socket protocol;
     the BARs are assigned over vfio-user first, as a guest's firmware would."""
-    path = str(sock_dir / "sev.sock")
-    running = start_devices([path], "virtio-rng", spdm_port=0,
-                            identity_options={"identity_dir": str(cache)})
-    try:
-        fn0 = VfioUserClient(path)
-        try:
-            fn0.version()
-            assign_bars(fn0.config_read32, fn0.config_write32)
-            client = SpdmEmuClient("127.0.0.1", running.spdm_servers[0].port)
-            try:
-                b = Bench(cache)
-                b.host.transport = socket_transport(client)
-                whole_flow(b)
-                assert b.host.objects_sent > 30
-            finally:
-                client.close()
-        finally:
-            fn0.close()
-    finally:
-        running.close()
+    with over_spdm_emu(sock_dir, cache) as (transport, _running):
+        b = Bench(cache)
+        b.host.transport = transport
+        whole_flow(b)
+        assert b.host.objects_sent > 30
     locked = recorder.of("tdisp.locked")
     assert locked and locked[0]["default_stream_id"] == 1
 
@@ -510,10 +485,7 @@ def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
         out = capsys.readouterr().out.splitlines()
         assert [ln.split()[:2] for ln in out] == [["connect", "PASS"], ["lock", "FAIL"]]
         assert "INVALID_DEVICE_CONFIGURATION" in out[-1]
-        fn0 = VfioUserClient(path)
-        try:
-            fn0.version()
-            assign_bars(fn0.config_read32, fn0.config_write32)
+        with attached_guest(path):
             steps = ["connect", "lock", "status", "accept", "mmio_validate_rejects",
                      "guest_msg_replay", "report", "measurements", "certificates",
                      "roll_key", "unlock", "disconnect"]
@@ -521,8 +493,6 @@ def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
             root.write_bytes(running.devices[0].identity.root.public_bytes(Encoding.DER))
             assert main(["tsm", "--platform", "sev-tio", "--spdm", spdm, "--root", str(root),
                          *steps]) == 0
-        finally:
-            fn0.close()
         out = capsys.readouterr().out.splitlines()
         assert [ln.split()[:2] for ln in out] == [[s, "PASS"] for s in steps]
         assert "chain anchored" in out[1]
@@ -637,43 +607,11 @@ def test_cli_against_dmtf_spdm_responder_emu(tmp_path: Path,
     (libspdm, its own IDE_KM and TDISP samples) behind the PSP.  Built outside the
     repository; set SPDM_RESPONDER_EMU to the binary (its sample keys are looked up in
     ../../libspdm/unit_test/sample_key next to it, or SPDM_EMU_KEYS)."""
-    import shutil
-    import socket
-    import subprocess
-    import time
-
     from vfiouser_tdisp.cli import main
-    binary = os.environ.get("SPDM_RESPONDER_EMU")
-    if not binary or not os.access(binary, os.X_OK):
-        pytest.skip("SPDM_RESPONDER_EMU does not name DMTF's spdm_responder_emu")
-    keys = Path(os.environ.get("SPDM_EMU_KEYS") or
-                Path(binary).resolve().parents[2] / "libspdm/unit_test/sample_key")
-    work = tmp_path / "keys"
-    shutil.copytree(keys, work)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--trans", "PCI_DOE", "--ip", "127.0.0.1", "--port",
-                             str(port)], cwd=work, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     steps = ["connect", "lock", "accept", "mmio_validate_rejects", "guest_msg_replay",
              "unlock", "disconnect"]
-    try:
-        # DMTF's server takes one client and stops after it: watch for LISTEN in
-        # /proc/net/tcp instead of probing with a connection.
-        deadline = time.monotonic() + 10
-        listening = f":{port:04X} 00000000:0000 0A"
-        while time.monotonic() < deadline and \
-                listening not in Path("/proc/net/tcp").read_text():
-            time.sleep(0.05)
+    with dmtf_responder_emu(tmp_path) as port:
         rc = main(["tsm", "--platform", "sev-tio", "--spdm", f"127.0.0.1:{port}", *steps])
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     out = capsys.readouterr().out.splitlines()
     assert [ln.split()[:2] for ln in out] == [[step, "PASS"] for step in steps], out
     assert rc == 0

@@ -24,6 +24,7 @@ from vfiouser_tdisp.tsm.core import (
     TsmProtocolError,
     parse_report,
 )
+from vfiouser_tdisp.tsm.platform import assign_bars
 from vfiouser_tdisp.vfio_user.client import VfioUserClient
 
 DOE = 0x100
@@ -43,34 +44,9 @@ def served(sock_dir: Path) -> Iterator[tuple[RunningDevices, str]]:
 
 
 def program_bars(c: VfioUserClient, fn: int) -> dict[int, tuple[int, int]]:
-    """Assign addresses like firmware would: size each BAR, place it, enable MSE."""
-    bars: dict[int, tuple[int, int]] = {}
-    base = BAR_BASE[fn]
-    index = 0
-    while index < 6:
-        reg = 0x10 + 4 * index
-        c.config_write32(reg, 0xFFFFFFFF)
-        low = c.config_read32(reg)
-        if low == 0:
-            index += 1
-            continue
-        is64 = (low >> 1) & 3 == 2
-        size_mask = low & ~0xF
-        if is64:
-            c.config_write32(reg + 4, 0xFFFFFFFF)
-            size_mask |= c.config_read32(reg + 4) << 32
-            size = (~size_mask + 1) & ((1 << 64) - 1)
-        else:
-            size = (~size_mask + 1) & 0xFFFFFFFF
-        base = (base + size - 1) & ~(size - 1)
-        c.config_write32(reg, base & 0xFFFFFFFF)
-        if is64:
-            c.config_write32(reg + 4, base >> 32)
-        bars[index] = (base, size)
-        base += size
-        index += 2 if is64 else 1
-    c.config_write32(0x04, c.config_read32(0x04) | 0x6)  # MSE | BME
-    return bars
+    """Assign addresses like firmware would, through the vfio-user client's config space
+    accessors: size each BAR, place it at ``BAR_BASE[fn]`` on, enable MSE and BME."""
+    return assign_bars(c.config_read32, c.config_write32, BAR_BASE[fn])
 
 
 def test_lock_report_start_error_stop_through_doe_registers(served, events) -> None:  # type: ignore[no-untyped-def]

@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.cca_support import program_bars
+from tests.platform_support import attached_guest, dmtf_responder_emu, over_spdm_emu, serve_platform
 from vfiouser_tdisp.cli import main
-from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient
 from vfiouser_tdisp.server import start_devices
-from vfiouser_tdisp.tsm.platform import socket_transport
 from vfiouser_tdisp.tsm.tdx import blob
 from vfiouser_tdisp.tsm.tdx.abi import SpdmMngOp, TdTdiState
 from vfiouser_tdisp.tsm.tdx.host import TdxHost, TdxTd
@@ -29,37 +27,22 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_whole_flow_over_spdm_emu_socket(cache: Path, sock_dir: Path) -> None:
     """Every object the module produces crosses DMTF's socket protocol to the device; the
     BARs are assigned over vfio-user first, as a guest's firmware would."""
-    path = str(sock_dir / "tdx.sock")
-    running = start_devices([path], "virtio-rng", spdm_port=0,
-                            identity_options={"identity_dir": cache})
-    try:
-        fn0 = VfioUserClient(path)
-        try:
-            fn0.version()
-            program_bars(fn0.config_read32, fn0.config_write32)
-            client = SpdmEmuClient("127.0.0.1", running.spdm_servers[0].port)
-            try:
-                module = TdxModule()
-                host = TdxHost(module, socket_transport(client))
-                td = TdxTd(host)
-                host.connect()
-                host.bind()
-                td.lock()
-                td.accept()
-                assert td.state() is TdTdiState.RUN
-                host.install(blob.build_image((1, 5, 21)))
-                host.mng(SpdmMngOp.HEARTBEAT)
-                assert td.state() is TdTdiState.RUN
-                assert running.devices[0].tdisp.tdis[0].state.name == "RUN"
-                td.unlock()
-                host.disconnect()
-                assert host.objects_sent > 30
-            finally:
-                client.close()
-        finally:
-            fn0.close()
-    finally:
-        running.close()
+    with over_spdm_emu(sock_dir, cache) as (transport, running):
+        module = TdxModule()
+        host = TdxHost(module, transport)
+        td = TdxTd(host)
+        host.connect()
+        host.bind()
+        td.lock()
+        td.accept()
+        assert td.state() is TdTdiState.RUN
+        host.install(blob.build_image((1, 5, 21)))
+        host.mng(SpdmMngOp.HEARTBEAT)
+        assert td.state() is TdTdiState.RUN
+        assert running.devices[0].tdisp.tdis[0].state.name == "RUN"
+        td.unlock()
+        host.disconnect()
+        assert host.objects_sent > 30
 
 
 def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
@@ -75,10 +58,7 @@ def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
         out = capsys.readouterr().out.splitlines()
         assert [ln.split()[:2] for ln in out] == [["connect", "PASS"], ["bind", "FAIL"]]
         assert "TDX_DEVICE_ERROR" in out[-1] and "TDISP" in out[-1]
-        fn0 = VfioUserClient(path)
-        try:
-            fn0.version()
-            program_bars(fn0.config_read32, fn0.config_write32)
+        with attached_guest(path):
             root = sock_dir / "root.der"
             root.write_bytes(running.devices[0].identity.root.public_bytes(Encoding.DER))
             assert main(["tsm", "--platform", "tdx", "--spdm", spdm, "--root", str(root),
@@ -86,8 +66,6 @@ def test_cli_over_spdm_emu_socket(cache: Path, sock_dir: Path,
                          "measurements", "info", "accept", "heartbeat", "key_update",
                          "seamldr_info", "module_update", "update_bad_image",
                          "update_exhausted", "unlock", "unbind", "disconnect"]) == 0
-        finally:
-            fn0.close()
         out = capsys.readouterr().out.splitlines()
         assert [ln.split()[:2] for ln in out] == [
             [s, "PASS"] for s in ("connect", "bind", "lock", "report", "measurements", "info",
@@ -157,21 +135,9 @@ def test_serve_platform_tdx_serves_the_module_behind_the_port(sock_dir: Path) ->
     """`serve --platform tdx`: the firmware port (docs/firmware-port.md) shows ABI_ID "TDX "
     and carries SEAMCALLs: FID = RAX leaf, ARG0 = RCX, ARG1 = RDX; RES0 = RAX, RES3 = R8.
     TDH.SYS.RD(MAJOR_VERSION 0x0800000100000004) answers the boot module's major, 1."""
-    import signal
     import struct
-    import subprocess
-    import sys
-    import time
     host_win, fid, doorbell, status, args, res = 0x100, 0x00, 0x08, 0x0C, 0x20, 0xA0
-    path = str(sock_dir / "dev.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "vfiouser_tdisp", "serve", "--socket", path,
-                             "--platform", "tdx", "--quiet"], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while not (Path(path).exists() and Path(path + ".fwport").exists()):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+    with serve_platform(sock_dir, "tdx") as path:
         with VfioUserClient(path + ".fwport") as c:
             c.version()
             assert c.region_read(0, 0, 4) == b"VTFP"
@@ -185,9 +151,6 @@ def test_serve_platform_tdx_serves_the_module_behind_the_port(sock_dir: Path) ->
             assert struct.unpack("<I", c.region_read(0, host_win + status, 4))[0] & 0x6 == 0x2
             rax, rcx, rdx, r8 = struct.unpack("<4Q", c.region_read(0, host_win + res, 32))
             assert (rax, rdx, r8) == (0, 0x0800000100000004, 1)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
 
 
 def test_cli_against_dmtf_spdm_responder_emu(tmp_path: Path,
@@ -196,38 +159,8 @@ def test_cli_against_dmtf_spdm_responder_emu(tmp_path: Path,
     (libspdm with its own IDE_KM and TDISP samples) answers every object the TDX module
     produces.  Built outside the repository; set SPDM_RESPONDER_EMU to the binary (its sample
     keys next to it in ../../libspdm/unit_test/sample_key, or SPDM_EMU_KEYS)."""
-    import os
-    import shutil
-    import socket
-    import subprocess
-    import time
-    binary = os.environ.get("SPDM_RESPONDER_EMU")
-    if not binary or not os.access(binary, os.X_OK):
-        pytest.skip("SPDM_RESPONDER_EMU does not name DMTF's spdm_responder_emu")
-    keys = Path(os.environ.get("SPDM_EMU_KEYS") or
-                Path(binary).resolve().parents[2] / "libspdm/unit_test/sample_key")
-    work = tmp_path / "keys"
-    shutil.copytree(keys, work)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--trans", "PCI_DOE", "--ip", "127.0.0.1", "--port",
-                             str(port)], cwd=work, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10      # it takes one client: wait for LISTEN
-        listening = f":{port:04X} 00000000:0000 0A"
-        while time.monotonic() < deadline and \
-                listening not in Path("/proc/net/tcp").read_text():
-            time.sleep(0.05)
+    with dmtf_responder_emu(tmp_path) as port:
         assert main(["tsm", "--platform", "tdx", "--spdm", f"127.0.0.1:{port}"]) == 0
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     out = capsys.readouterr().out.splitlines()
     assert [ln.split()[:2] for ln in out] == [
         [step, "PASS"] for step in ("connect", "bind", "lock", "accept", "heartbeat",

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from vfiouser_tdisp.events import LOG, Recorder
+from vfiouser_tdisp.events import Recorder
 from vfiouser_tdisp.firmware import CallClass, FirmwareCall
 from vfiouser_tdisp.tdisp.messages import TdiState as DeviceTdiState
 from vfiouser_tdisp.tsm.platform import in_process_device
@@ -51,14 +50,6 @@ RCX, RDX, R8, R9, R10 = 1, 2, 8, 9, 10
 @pytest.fixture(scope="module")
 def identity_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("tdx-identity")
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    rec = Recorder()
-    unsubscribe = LOG.subscribe(rec)
-    yield rec
-    unsubscribe()
 
 
 class Bench:

@@ -11,19 +11,9 @@ from pathlib import Path
 import pytest
 
 from vfiouser_tdisp.run.job import GuestRun, boot_guest
-from vfiouser_tdisp.run.provision import Provisioned, ProvisionError, ensure_provisioned
-
-from .conftest import PROVISIONED_CACHE
+from vfiouser_tdisp.run.provision import Provisioned
 
 pytestmark = pytest.mark.vm
-
-
-@pytest.fixture(scope="module")
-def prov() -> Provisioned:
-    try:
-        return ensure_provisioned(PROVISIONED_CACHE)
-    except ProvisionError as exc:
-        pytest.fail(f"not provisioned: {exc}")
 
 
 def assert_passed(run: GuestRun, *names: str) -> None:

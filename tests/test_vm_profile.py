@@ -13,21 +13,11 @@ from pathlib import Path
 import pytest
 
 from vfiouser_tdisp.run.job import boot_guest
-from vfiouser_tdisp.run.provision import Provisioned, ProvisionError, ensure_provisioned
-
-from .conftest import PROVISIONED_CACHE
+from vfiouser_tdisp.run.provision import Provisioned
 
 pytestmark = pytest.mark.vm
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "counter" / "counter.toml"
-
-
-@pytest.fixture(scope="module")
-def prov() -> Provisioned:
-    try:
-        return ensure_provisioned(PROVISIONED_CACHE)
-    except ProvisionError as exc:
-        pytest.fail(f"not provisioned: {exc}")
 
 
 def test_example_profile_in_a_real_guest(prov: Provisioned, tmp_path: Path) -> None:

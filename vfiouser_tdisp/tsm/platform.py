@@ -6,8 +6,12 @@
   :class:`~vfiouser_tdisp.doe.driver.DoeDriver` on a function's config space);
 - :class:`ByteArrayMemory`: guest memory for a :class:`~vfiouser_tdisp.firmware.Firmware`
   without a VM, with a page allocator;
-- :func:`in_process_device`: a device of this project in the same process, its BARs
-  assigned as firmware would, reached through its DOE mailbox registers.
+- :func:`assign_bars` over a function's :func:`config_accessors` (or any 32-bit config
+  accessors, e.g. a vfio-user client's), and :func:`in_process_device`: a device of this
+  project in the same process, its BARs assigned as firmware would, reached through its
+  DOE mailbox registers;
+- :func:`spdm_chain_certificates`: the certificates of an SPDM certificate chain, for the
+  guest's check that the device chain starts at its trusted root.
 
 A firmware emulator never touches the device: its host driver carries each object with
 one of these transports (docs/firmware-port.md, ARCHITECTURE.md "The platform").
@@ -15,11 +19,17 @@ one of these transports (docs/firmware-port.md, ARCHITECTURE.md "The platform").
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from ..doe.protocols import PCI_SIG_VENDOR_ID, build_object, parse_object
 from ..firmware import GuestMemoryError
+from ..spdm.der import split_der_certificates
 
 PAGE_SIZE = 0x1000
 
@@ -107,7 +117,19 @@ def assign_bars(read32: Callable[[int], int], write32: Callable[[int, int], None
     return bars
 
 
-def in_process_device(profile: str = "virtio-rng", identity_dir: str | None = None,
+def config_accessors(fn: Any) -> tuple[Callable[[int], int], Callable[[int, int], None]]:
+    """32-bit little-endian config space accessors of a :class:`~vfiouser_tdisp.pci.function
+    .PciFunction` in this process (what a DOE mailbox driver and :func:`assign_bars` use)."""
+    def read32(off: int) -> int:
+        return int.from_bytes(fn.config.read(off, 4), "little")
+
+    def write32(off: int, value: int) -> None:
+        fn.config.write(off, value.to_bytes(4, "little"))
+    return read32, write32
+
+
+def in_process_device(profile: str = "virtio-rng",
+                      identity_dir: str | os.PathLike[str] | None = None,
                       identity: Any = None) -> tuple[DoeTransport, Any]:
     """A device of this project in process, reached through its DOE mailbox registers."""
     from ..device.device import Device, get_profile
@@ -115,14 +137,22 @@ def in_process_device(profile: str = "virtio-rng", identity_dir: str | None = No
 
     dev = Device(get_profile(profile), identity=identity,
                  identity_options={"identity_dir": identity_dir})
-    fn = dev.dsm
-
-    def read32(off: int) -> int:
-        return int.from_bytes(fn.config.read(off, 4), "little")
-
-    def write32(off: int, value: int) -> None:
-        fn.config.write(off, value.to_bytes(4, "little"))
-
+    read32, write32 = config_accessors(dev.dsm)
     assign_bars(read32, write32)
     _ = dev.identity   # generate before the first exchange
     return object_transport(DoeDriver(read32, write32, 0x100).exchange), dev
+
+
+def spdm_chain_certificates(chain: bytes) -> list[x509.Certificate]:
+    """The DER certificates of an SPDM certificate chain (DSP0274: Length, reserved,
+    RootHash, certificates), root first; the RootHash size is found by checking it.
+    ValueError if it is not one."""
+    for hash_size, algo in ((32, "sha256"), (48, "sha384"), (64, "sha512")):
+        try:
+            certs = split_der_certificates(chain[4 + hash_size:])
+        except ValueError:
+            continue
+        if certs and hashlib.new(algo, certs[0].public_bytes(Encoding.DER)).digest() == \
+                chain[4:4 + hash_size]:
+            return certs
+    raise ValueError("not an SPDM certificate chain")

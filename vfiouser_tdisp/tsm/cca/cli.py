@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 # Only light imports here: `vfiouser-tdisp --help` builds this parser.
@@ -54,97 +52,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="print RMM events as they happen")
 
 
-def _in_process_transport(profile: str, cache_dir: str | None) -> Any:
-    from ...device.device import Device, get_profile
-    from ...doe.driver import DoeDriver
-    from ...paths import identity_dir
-    from .host import object_transport
-
-    dev = Device(get_profile(profile), identity_options={"identity_dir": identity_dir(cache_dir)})
-    fn = dev.dsm
-
-    def read32(off: int) -> int:
-        return int.from_bytes(fn.config.read(off, 4), "little")
-
-    def write32(off: int, value: int) -> None:
-        fn.config.write(off, value.to_bytes(4, "little"))
-    # Assign the BARs as firmware would (a TDI is locked only while decoding).
-    base, index = 0xE000_0000, 0
-    while index < 6:
-        reg = 0x10 + 4 * index
-        write32(reg, 0xFFFF_FFFF)
-        low = read32(reg)
-        if low == 0:
-            index += 1
-            continue
-        is64 = (low >> 1) & 3 == 2
-        mask = low & ~0xF
-        if is64:
-            write32(reg + 4, 0xFFFF_FFFF)
-            mask |= read32(reg + 4) << 32
-        size = (~mask + 1) & ((1 << 64) - 1 if is64 else 0xFFFF_FFFF)
-        base = (base + size - 1) & ~(size - 1)
-        write32(reg, base & 0xFFFF_FFFF)
-        if is64:
-            write32(reg + 4, base >> 32)
-        base += size
-        index += 2 if is64 else 1
-    write32(0x04, read32(0x04) | 0x6)
-    _ = dev.identity  # generate before the first exchange
-    return object_transport(DoeDriver(read32, write32, 0x100).exchange), dev
-
-
 def main_tsm(args: argparse.Namespace) -> int:
-    from ...events import LOG, HumanSink, JsonLinesSink
+    from ..steps import main_steps
     if args.platform != "cca":
         print(f"vfiouser-tdisp tsm: platform {args.platform!r} has no emulator yet",
               file=sys.stderr)
         return 2
-    unknown = [s for s in args.steps if s not in STEPS + ("all",)]
-    if unknown:
-        print(f"vfiouser-tdisp tsm: unknown step {unknown[0]!r}; steps: {', '.join(STEPS)}",
-              file=sys.stderr)
-        return 2
-    unsubscribe = []
-    events = None
-    if args.events:
-        events = open(args.events, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
-        unsubscribe.append(LOG.subscribe(JsonLinesSink(events)))
-    if args.verbose:
-        unsubscribe.append(LOG.subscribe(HumanSink(kinds=("rmm.", "cca_host."))))
-    client = None
-    try:
-        if args.spdm:
-            from ...doe.emu_socket import SpdmEmuClient
-            from .host import socket_transport
-            host_name, _, port = args.spdm.rpartition(":")
-            client = SpdmEmuClient(host_name or "127.0.0.1", int(port))
-            transport = socket_transport(client)
-            where = f"spdm-emu {args.spdm}"
-        else:
-            transport, _dev = _in_process_transport(args.profile, args.cache_dir)
-            where = f"in-process {args.profile}"
-        root = None
-        if args.root:
-            from cryptography import x509
-            data = Path(args.root).read_bytes()
-            root = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data \
-                else x509.load_der_x509_certificate(data)
-        return run_steps(args, transport, where, root)
-    except (OSError, ValueError) as exc:
-        print(f"vfiouser-tdisp tsm: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if client is not None:
-            client.close()
-        for u in unsubscribe:
-            u()
-        if events is not None:
-            events.close()
+    return main_steps(args, STEPS, DEFAULT_STEPS, ("rmm.", "cca_host."),
+                      lambda steps, transport, where, root:
+                      run_steps(args, steps, transport, where, root))
 
 
-def run_steps(args: argparse.Namespace, transport: Any, where: str, root: Any) -> int:
-    from ...events import LOG, Recorder
+def run_steps(args: argparse.Namespace, steps: list[str], transport: Any, where: str,
+              root: Any) -> int:
+    from ..steps import run_steps_noting
     from .abi import RmiDevCommObject, RmiFid, RmiVdevState, RsiVdevState
     from .host import CcaError, CcaHost, CcaRealm, check_evidence
     from .rmm import Rmm
@@ -153,8 +74,6 @@ def run_steps(args: argparse.Namespace, transport: Any, where: str, root: Any) -
                    hash_algo=1 if args.hash == "sha512" else 0)
     realm = CcaRealm(host)
     vid = args.vdev_id
-    steps = list(DEFAULT_STEPS) if args.steps in (["all"], []) else \
-        [s for s in args.steps if s != "all"]
 
     def vdev() -> Any:
         if vid not in host.vdevs:
@@ -211,24 +130,7 @@ def run_steps(args: argparse.Namespace, transport: Any, where: str, root: Any) -
         "connect": connect, "bind": bind, "lock": lock, "report": report,
         "measurements": measurements, "info": info, "accept": accept, "unlock": unlock,
         "unbind": unbind, "disconnect": disconnect}
-    failed = False
-    device_errors = Recorder()
-    unsubscribe = LOG.subscribe(device_errors)
-    try:
-        for step in steps:
-            start = time.monotonic()
-            device_errors.events.clear()
-            try:
-                detail = table[step]()
-            except Exception as exc:  # one line per step, whatever went wrong
-                why = [e["error"] for e in device_errors.of("rmm.comm_failed")]
-                print(f"{step:<13} FAIL {time.monotonic() - start:6.3f}s {exc}"
-                      + (f" (RMM: {why[-1]})" if why else ""))
-                failed = True
-                break
-            print(f"{step:<13} PASS {time.monotonic() - start:6.3f}s {detail}")
-    finally:
-        unsubscribe()
+    failed = not run_steps_noting(steps, table, "rmm.comm_failed", "RMM", width=13)
     if failed:   # release what the steps took
         for vdev_id in list(host.vdevs):
             try:

@@ -24,18 +24,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ...doe.protocols import (
-    PCI_DOE_FEATURE_CMA,
-    PCI_DOE_FEATURE_SSESSION,
-    PCI_SIG_VENDOR_ID,
-    build_object,
-    parse_object,
-)
+from ...doe.protocols import PCI_DOE_FEATURE_CMA, PCI_DOE_FEATURE_SSESSION
 from ...events import emit
 from ...firmware import CallClass, FirmwareCall, GuestMemoryError
-from ...spdm.der import split_der_certificates
 from ...tdisp import messages as t
 from ...wire import DecodeError
+from ..platform import ByteArrayMemory, DoeTransport, spdm_chain_certificates
 from . import model
 from .abi import (
     GRANULE_SIZE,
@@ -97,78 +91,23 @@ from .abi import (
 from .rhi import CACHE_OBJECT, LAYOUTS, RhiLayout, RhiObject
 from .rmm import Rmm
 
-# (DOE object type, payload) -> response payload
-DoeTransport = Callable[[int, bytes], bytes]
-
 
 class CcaError(Exception):
     """A step of the host or realm sequence failed (the message says which and why)."""
 
 
-class ByteArrayMemory:
-    """Guest memory backed by a bytearray, with a bump allocator for pages."""
-
-    def __init__(self, size: int = 4 << 20, base: int = 0x8000_0000) -> None:
-        self.base, self.data = base, bytearray(size)
-        self._next = base
-
-    def _span(self, addr: int, size: int) -> int:
-        off = addr - self.base
-        if off < 0 or size < 0 or off + size > len(self.data):
-            raise GuestMemoryError(f"{size} bytes at {addr:#x} outside guest memory")
-        return off
-
-    def read(self, addr: int, size: int) -> bytes:
-        off = self._span(addr, size)
-        return bytes(self.data[off:off + size])
-
-    def write(self, addr: int, data: bytes) -> None:
-        off = self._span(addr, len(data))
-        self.data[off:off + len(data)] = data
-
-    def alloc(self, size: int = GRANULE_SIZE, align: int = GRANULE_SIZE) -> int:
-        addr = (self._next + align - 1) & ~(align - 1)
-        self._span(addr, size)
-        self._next = addr + size
-        return addr
-
-
-def socket_transport(client: Any) -> DoeTransport:
-    """Over DMTF's spdm-emu socket (:class:`~...doe.emu_socket.SpdmEmuClient`)."""
-    def exchange(object_type: int, payload: bytes) -> bytes:
-        rsp = client.doe(build_object(PCI_SIG_VENDOR_ID, object_type, payload))
-        if not rsp:
-            raise CcaError("the responder answered with an empty frame")
-        return parse_object(rsp)[1]
-    return exchange
-
-
-def object_transport(exchange_object: Callable[[bytes], bytes]) -> DoeTransport:
-    """Over anything that exchanges whole DOE objects (a DoeDriver on config space)."""
-    def exchange(object_type: int, payload: bytes) -> bytes:
-        return parse_object(exchange_object(build_object(PCI_SIG_VENDOR_ID, object_type,
-                                                         payload)))[1]
-    return exchange
-
-
-def spdm_chain_certificates(chain: bytes) -> list[x509.Certificate]:
-    """The DER certificates of an SPDM certificate chain (DSP0274: Length, reserved,
-    RootHash, certificates), root first; the RootHash size is found by checking it."""
-    for hash_size, algo in ((32, "sha256"), (48, "sha384"), (64, "sha512")):
-        try:
-            certs = split_der_certificates(chain[4 + hash_size:])
-        except ValueError:
-            continue
-        if certs and hashlib.new(algo, certs[0].public_bytes(Encoding.DER)).digest() == \
-                chain[4:4 + hash_size]:
-            return certs
-    raise CcaError("not an SPDM certificate chain")
+def _chain_certificates(chain: bytes) -> list[x509.Certificate]:
+    """:func:`spdm_chain_certificates`, a chain that is none being a failed CCA step."""
+    try:
+        return spdm_chain_certificates(chain)
+    except ValueError as exc:
+        raise CcaError(str(exc)) from None
 
 
 def leaf_key_params(chain: bytes) -> tuple[RmiPublicKeyParams, Any]:
     """The leaf key of an SPDM certificate chain as rmi_public_key_params (what the Linux
     host hands RMI_PDEV_SET_PUBKEY), and the leaf certificate."""
-    certs = spdm_chain_certificates(chain)
+    certs = _chain_certificates(chain)
     leaf = certs[-1]
     key = leaf.public_key()
     meta = b""
@@ -760,7 +699,7 @@ def check_evidence(ev: Evidence, *, lock_nonce: int,
         if hashlib.new(algo, data).digest() != digest[:size]:
             raise CcaError(f"{name} does not match the digest the RMM attested")
     if root is not None:
-        certs = spdm_chain_certificates(ev.certificate)
+        certs = _chain_certificates(ev.certificate)
         if certs[0] != root:
             raise CcaError("the device chain does not start at the trusted root")
         for parent, child in zip(certs, certs[1:], strict=False):
@@ -770,6 +709,5 @@ def check_evidence(ev: Evidence, *, lock_nonce: int,
                 raise CcaError(f"chain link broken at {child.subject}: {exc}") from None
 
 
-__all__ = ["ByteArrayMemory", "CcaError", "CcaHost", "CcaRealm", "Evidence",
-           "RmiHashAlgo", "check_evidence", "leaf_key_params", "object_transport",
-           "socket_transport"]
+__all__ = ["CcaError", "CcaHost", "CcaRealm", "Evidence", "RmiHashAlgo", "check_evidence",
+           "leaf_key_params"]

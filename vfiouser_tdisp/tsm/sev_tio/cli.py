@@ -9,13 +9,10 @@ passed.  After a failure the remaining steps are skipped and the device is relea
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
-from ...events import LOG, HumanSink, JsonLinesSink, Recorder
-from ..platform import in_process_device, socket_transport
+from ..steps import main_steps, run_steps_noting
 from .abi import (
     PAGE_SIZE,
     MmioValidateStatus,
@@ -47,47 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main_tsm(args: argparse.Namespace) -> int:
-    steps = list(DEFAULT_STEPS) if args.steps in (["all"], []) else \
-        [s for s in args.steps if s != "all"]
-    unknown = [s for s in steps if s not in STEPS]
-    if unknown:
-        print(f"vfiouser-tdisp tsm: unknown step {unknown[0]!r}; steps: {', '.join(STEPS)}",
-              file=sys.stderr)
-        return 2
-    unsubscribe = []
-    if args.events:
-        events = open(args.events, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
-        unsubscribe.append(LOG.subscribe(JsonLinesSink(events)))
-    if args.verbose:
-        unsubscribe.append(LOG.subscribe(HumanSink(kinds=("psp.", "sev_host.", "snp_guest."))))
-    client = None
-    try:
-        if args.spdm:
-            from ...doe.emu_socket import SpdmEmuClient
-            host_name, _, port = args.spdm.rpartition(":")
-            client = SpdmEmuClient(host_name or "127.0.0.1", int(port))
-            transport = socket_transport(client)
-            where = f"spdm-emu {args.spdm}"
-        else:
-            transport, _dev = in_process_device(args.profile, args.cache_dir)
-            where = f"in-process {args.profile}"
-        root = None
-        if args.root:
-            from pathlib import Path
-
-            from cryptography import x509
-            data = Path(args.root).read_bytes()
-            root = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data \
-                else x509.load_der_x509_certificate(data)
-        return run_steps(args, steps, transport, where, root)
-    except (OSError, ValueError) as exc:
-        print(f"vfiouser-tdisp tsm: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if client is not None:
-            client.close()
-        for u in unsubscribe:
-            u()
+    return main_steps(args, STEPS, DEFAULT_STEPS, ("psp.", "sev_host.", "snp_guest."),
+                      lambda steps, transport, where, root:
+                      run_steps(args, steps, transport, where, root))
 
 
 class Session:
@@ -200,24 +159,7 @@ def run_steps(args: argparse.Namespace, steps: list[str], transport: Any, where:
         "mmio_validate_rejects": s.mmio_validate_rejects,
         "guest_msg_replay": s.guest_msg_replay, "roll_key": roll_key, "unlock": unlock,
         "disconnect": disconnect}
-    failed = False
-    device_errors = Recorder()
-    unsubscribe = LOG.subscribe(device_errors)
-    try:
-        for step in steps:
-            start = time.monotonic()
-            device_errors.events.clear()
-            try:
-                detail = table[step]()
-            except Exception as exc:  # one line per step, whatever went wrong
-                why = [e["error"] for e in device_errors.of("psp.device_failed")]
-                print(f"{step:<22} FAIL {time.monotonic() - start:6.3f}s {exc}"
-                      + (f" (PSP: {why[-1]})" if why else ""))
-                failed = True
-                break
-            print(f"{step:<22} PASS {time.monotonic() - start:6.3f}s {detail}")
-    finally:
-        unsubscribe()
+    failed = not run_steps_noting(steps, table, "psp.device_failed", "PSP", width=22)
     if failed and host.dev_ctx is not None:   # release what the steps took
         try:
             host.disconnect(force=True)

@@ -44,42 +44,12 @@ def add_platform_arguments(p: Any) -> None:
 
 
 def main_tsm(args: argparse.Namespace) -> int:
-    from ...events import LOG, HumanSink, JsonLinesSink
-    from ...paths import identity_dir
-    from ..platform import in_process_device, socket_transport
-    from ..steps import chosen_steps, load_root
-    try:
-        steps = chosen_steps(args.steps, STEPS, DEFAULT_STEPS)
-    except ValueError as exc:
-        print(f"vfiouser-tdisp tsm: {exc}", file=sys.stderr)
-        return 2
-    unsubscribe = []
-    if args.events:
-        events = open(args.events, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
-        unsubscribe.append(LOG.subscribe(JsonLinesSink(events)))
-    if args.verbose:
-        unsubscribe.append(LOG.subscribe(HumanSink(kinds=("tdx.", "tdx_host."))))
-    client = None
-    try:
-        if args.spdm:
-            from ...doe.emu_socket import SpdmEmuClient
-            host_name, _, port = args.spdm.rpartition(":")
-            client = SpdmEmuClient(host_name or "127.0.0.1", int(port))
-            transport, where = socket_transport(client), f"spdm-emu {args.spdm}"
-        else:
-            transport, _dev = in_process_device(args.profile,
-                                                str(identity_dir(args.cache_dir)))
-            where = f"in-process {args.profile}"
+    from ..steps import main_steps
+
+    def run(steps: list[str], transport: Any, where: str, root: Any) -> int:
         image = Path(args.image).read_bytes() if args.image else None
-        return run_sequence(args, steps, transport, where, load_root(args.root), image)
-    except (OSError, ValueError) as exc:
-        print(f"vfiouser-tdisp tsm: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if client is not None:
-            client.close()
-        for u in unsubscribe:
-            u()
+        return run_sequence(args, steps, transport, where, root, image)
+    return main_steps(args, STEPS, DEFAULT_STEPS, ("tdx.", "tdx_host."), run)
 
 
 def run_sequence(args: argparse.Namespace, steps: list[str], transport: Any, where: str,

@@ -474,7 +474,7 @@ def check_evidence(report: bytes, dev_info: bytes, report_hash: bytes, info_hash
     parse_report(report)
     _head, chain, _vca, _meas = split_dev_info(dev_info)
     if root is not None:
-        from ..cca.host import spdm_chain_certificates
+        from ..platform import spdm_chain_certificates
         certs = spdm_chain_certificates(chain)
         if certs[0] != root:
             raise TdxError("the device chain does not start at the trusted root")

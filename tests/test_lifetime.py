@@ -89,8 +89,8 @@ def test_sigkill_of_runs_process_group_leaves_no_serve_or_qemu(tmp_path: Path) -
         pytest.skip("not provisioned")
     out = tmp_path / "out"
     run = subprocess.Popen(
-        [sys.executable, "-m", "vfiouser_tdisp", "run", "--platform", "cca", "--out", str(out), "--timeout", "90",
-         "--cache-dir", str(PROVISIONED_CACHE)],
+        [sys.executable, "-m", "vfiouser_tdisp", "run", "--platform", "cca", "--out", str(out),
+         "--timeout", "90", "--cache-dir", str(PROVISIONED_CACHE)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     seen: dict[int, str] = {}

@@ -149,7 +149,8 @@ def _run_as_nobody(tmp_path: Path, stamp: Path) -> None:
     os.chown(home, 65534, 65534)
     r = subprocess.run(
         [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
-         "vfiouser_tdisp", "run", "--platform", "cca", "--cache-dir", str(cache), "--out", str(home / "out")],
+         "vfiouser_tdisp", "run", "--platform", "cca", "--cache-dir", str(cache),
+         "--out", str(home / "out")],
         capture_output=True, text=True, timeout=120, cwd=home,
         env=dict(env(), HOME=str(home)))
     assert r.returncode == 1, r.stderr
@@ -205,8 +206,8 @@ def test_run_by_unprivileged_user_on_readable_root_provisioned_cache_works() -> 
         os.chown(home, 65534, 65534)
         r = subprocess.run(
             [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups",
-             str(venv / "bin" / "vfiouser-tdisp"), "run", "--platform", "cca", "--cache-dir", str(cache),
-             "--out", str(home / "out"), "--timeout", "240"],
+             str(venv / "bin" / "vfiouser-tdisp"), "run", "--platform", "cca",
+             "--cache-dir", str(cache), "--out", str(home / "out"), "--timeout", "240"],
             capture_output=True, text=True, timeout=400, cwd=home,
             env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -141,9 +141,9 @@ def event_row(e: dict[str, object]) -> Row | None:
                    f"TDISP {str(g('message')).removesuffix('_REQUEST')} → {g('result')}")
     if kind == "rmm.call":
         status = str(g("status"))
-        ok = status.endswith("SUCCESS")
-        return Row("fwcall" if ok else "error", MODULE, FIRMWARE,
-                   str(g("call")) + ("" if ok else f" → {status}"))
+        # INCOMPLETE / BUSY are part of the protocol (stateful operations); errors are red
+        return Row("error" if "ERROR" in status else "fwcall", MODULE, FIRMWARE,
+                   str(g("call")) + ("" if status.endswith("SUCCESS") else f" → {status}"))
     if kind == "tdx.call":
         status = str(g("status"))
         ok = set(status.removeprefix("0x")) <= {"0"}
@@ -345,7 +345,7 @@ def evidence_items(boot: BootData, profile: str = "virtio-rng") -> list[tuple[st
         elif kind == "spdm.session.opened":
             out.append(("SPDM session", f"{e.get('session_id')}: {e.get('dhe')}, "
                                         f"{e.get('aead')}, {e.get('hash')}"))
-        elif kind == "rmm.vdev.created":
+        elif kind == "rmm.vdev.created" and e.get("ranges"):
             out.append(("VDEV ranges (RMM)", ", ".join(map(str, e.get("ranges") or []))))  # type: ignore[call-overload]
         elif kind == "spdm.measurements":
             out.append(("measurement blocks signed", f"{e.get('blocks')} blocks (operation "

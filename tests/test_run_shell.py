@@ -83,8 +83,8 @@ class Pty:
         while marker not in self.seen[start:]:
             left = end - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"no {marker!r} within {timeout} s; "
-                                     f"terminal said:\n{self.seen[-3000:].decode(errors='replace')}")
+                said = self.seen[-3000:].decode(errors="replace")
+                raise AssertionError(f"no {marker!r} within {timeout} s; terminal said:\n{said}")
             r, _w, _x = select.select([self.master], [], [], min(left, 1.0))
             if r:
                 try:
@@ -154,3 +154,27 @@ def test_shell_only_on_a_pty(tmp_path: Path) -> None:
     console = (out / "flow" / "console.log").read_text(errors="replace")
     assert "VTDISP-SHELL" in console and "vt-connect" in console
     assert '"spdm.request"' in (out / "flow" / "events.jsonl").read_text()
+
+
+@pytest.mark.vm
+def test_shell_after_the_flow_on_a_pty(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    t = Pty(["--shell", "--out", str(out), "--timeout", "300"])
+    try:
+        before = t.expect(PROMPT, 400)
+        # the whole flow ran first, on this terminal
+        assert b"VTDISP-RESULT disconnect PASS" in before and b"VTDISP-DONE 16 0" in before
+        t.send("vt-lock\n")  # after disconnect: the kernel refuses (not connected/bound)
+        said = t.expect(PROMPT, 60)
+        assert b"failed: tsm1 > /sys/bus/pci/devices/0000:01:00.0/tvm/lock" in said, said
+        t.send("exit\n")
+        tail = t.expect(b"report: ", 120)
+        rc = t.close()
+    finally:
+        if t.proc.poll() is None:
+            os.killpg(t.proc.pid, signal.SIGKILL)
+    # run printed its step lines after the session, and the report
+    assert b"PASS  doe_objects" in tail and b"OK: " in tail, tail[-3000:]
+    assert rc == 0
+    assert not _qemus_for(out)
+    assert (out / "report.html").exists() and not (out / "tamper").exists()

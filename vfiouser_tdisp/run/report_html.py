@@ -488,11 +488,10 @@ def build_html(run_dir: Path, results: Sequence[Result], *, platform: str,
             continue
         h.append(f"<section><h2>Evidence the guest verified — {_esc(b.name)}</h2>"
                  "<table class=\"kv\"><tbody>")
-        for k, v in items:
-            bad = v.startswith("FAIL")
-            cls = ' class="bad"' if bad else ''
-            h.append(f"<tr{cls}><td>{_esc(k)}</td>"
-                     f"<td class=\"mono\">{_esc(v)}</td></tr>")
+        for label, text in items:
+            cls = ' class="bad"' if text.startswith("FAIL") else ''
+            h.append(f"<tr{cls}><td>{_esc(label)}</td>"
+                     f"<td class=\"mono\">{_esc(text)}</td></tr>")
         h.append("</tbody></table></section>")
     # diagrams
     h.append("<section><h2>Sequence</h2><div class=\"legend\">" + "".join(

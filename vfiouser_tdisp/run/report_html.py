@@ -177,14 +177,14 @@ def event_row(e: dict[str, object]) -> Row | None:
 
 
 def _compress(rows: Sequence[Row]) -> list[tuple[Row, int, int]]:
-    """Collapse repeated exchanges: a run of the same 1..4 rows repeated is drawn once
+    """Collapse repeated exchanges: a run of the same 1..6 rows repeated is drawn once
     with its count.  Returns (row, count, group size) with count > 1 on a group's rows."""
     out: list[tuple[Row, int, int]] = []
     i = 0
     keys = [r.key() for r in rows]
     while i < len(rows):
         best_p, best_n = 1, 1
-        for p in (1, 2, 3, 4):
+        for p in range(1, 7):  # 5: relay, call, request, IDE_KM/TDISP, response
             if rows[i].kind == "step":
                 break
             n = 1
@@ -220,7 +220,11 @@ def diagram_rows(boot: BootData) -> list[Row]:
         for t0, n in bounds:
             timed.append((t0, Row("step", KERNEL, DEVICE, n)))
         timed.sort(key=lambda tr: (tr[0], tr[1].kind != "step"))
-    return [r for _t, r in timed]
+    rows = [r for _t, r in timed]
+    # the response that carried an IDE_KM / TDISP answer is already in that row's label
+    return [r for i, r in enumerate(rows)
+            if not (r.label == "SPDM VENDOR_DEFINED_RESPONSE" and i
+                    and rows[i - 1].kind in ("idekm", "tdisp"))]
 
 
 # -- HTML -----------------------------------------------------------------------------------
@@ -391,7 +395,7 @@ td.detail{font-size:13px;color:#334155;word-break:break-word}
 .legend span{display:inline-block;margin-right:14px;font-size:12px}
 .legend i{display:inline-block;width:12px;height:12px;border-radius:3px;margin-right:4px;
  vertical-align:-2px}
-.seq-wrap{overflow:auto;max-height:900px;border:1px solid var(--line);border-radius:8px}
+.seq-wrap{overflow-x:auto;border:1px solid var(--line);border-radius:8px}
 svg.seq{font:11px ui-monospace,monospace;background:#fff}
 svg .lane-head{fill:#1e293b}svg .lane-name{fill:#fff;text-anchor:middle;font:600 12px system-ui}
 svg .life{stroke:#cbd5e1;stroke-dasharray:4 4}

@@ -17,6 +17,8 @@ import pytest
 
 from vfiouser_tdisp.run.shell import console_on_stdio, shell_append, terminal_problem
 
+from .conftest import PROVISIONED_CACHE
+
 PROMPT = b"vtdisp-guest# "
 
 
@@ -71,7 +73,9 @@ class Pty:
 
     def __init__(self, args: list[str]) -> None:
         self.master, slave = os.openpty()
-        self.proc = subprocess.Popen([sys.executable, "-m", "vfiouser_tdisp", "run", *args],
+        # the provisioned tree (each test's own cache is empty: never provision there)
+        self.proc = subprocess.Popen([sys.executable, "-m", "vfiouser_tdisp", "run",
+                                      "--cache-dir", str(PROVISIONED_CACHE), *args],
                                      stdin=slave, stdout=slave, stderr=slave,
                                      start_new_session=True)
         os.close(slave)

@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(connect, bind, lock, evidence, verify, accept, probe, "
                                    "unlock and the paths that must fail) inside it")
     p.add_argument("--out", default="out", metavar="DIR",
-                   help="output directory for console.log and events.jsonl (default: out)")
+                   help="output directory: report.html, flow/ and tamper/ (console.log, "
+                        "events.jsonl, ...) (default: out)")
     p.add_argument("--profile", default=DEFAULT_PROFILE, type=_profile, metavar="PROFILE",
                    help=PROFILE_HELP)
     p.add_argument("--qemu", metavar="PATH", help="qemu-system-x86_64 to use")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .job import parse_console
+from .platform_tdx import SPDM_REQUEST as _TDX_SPDM_REQUEST  # the module asks for a DOE
 
 LANES = ("guest kernel", "guest module", "firmware", "device")
 KERNEL, MODULE, FIRMWARE, DEVICE = range(4)
@@ -146,8 +147,12 @@ def event_row(e: dict[str, object]) -> Row | None:
                    str(g("call")) + ("" if status.endswith("SUCCESS") else f" → {status}"))
     if kind == "tdx.call":
         status = str(g("status"))
+        if status == _TDX_SPDM_REQUEST:  # the module hands the host an object for the DOE
+            return Row("relay", FIRMWARE, KERNEL, f"{g('leaf')}: SPDM object (DOE)")
         ok = set(status.removeprefix("0x")) <= {"0"}
         return Row("fwcall", MODULE, FIRMWARE, str(g("leaf")) + ("" if ok else f" → {status}"))
+    if kind == "psp.command" and g("status") == "SPDM_REQUEST":
+        return Row("relay", FIRMWARE, KERNEL, f"{g('cmd')}: SPDM object (DOE)")
     if kind == "psp.command":
         return Row("fwcall", MODULE, FIRMWARE, f"{g('cmd')} → {g('status')}")
     if kind == "rmm.communicate" and g("req_len"):

@@ -245,3 +245,19 @@ def test_a_real_run_writes_its_report(chromium: str, tmp_path: Path) -> None:
     assert "(DOE)" in page and "flow: " in page and "tamper: " in page
     assert "chain of 3 to the anchor" in page
     check_rendered(chromium, out / "report.html", "ok" if ok else "failed")
+
+
+def test_tdx_sequence_draws_the_modules_doe_requests(tmp_path: Path) -> None:
+    flow = tmp_path / "flow"
+    flow.mkdir()
+    subprocess.run([sys.executable, "-m", "vfiouser_tdisp", "tsm", "--platform", "tdx",
+                    "--events", str(flow / "events.jsonl"), "connect"], check=True,
+                   capture_output=True, timeout=120)
+    rows = rh.diagram_rows(rh.load_boot(flow))
+    arrows = [(r.src, r.dst, r.label) for r in rows]
+    # TDH.SPDM.CONNECT answers TDX_SPDM_REQUEST ([TDXC1]) for every object the host
+    # must carry to the device's DOE mailbox, then the device answers it
+    relay = (rh.FIRMWARE, rh.KERNEL, "TDH.SPDM.CONNECT: SPDM object (DOE)")
+    assert relay in arrows
+    assert arrows.index(relay) < arrows.index((rh.DEVICE, rh.KERNEL, "SPDM VERSION"))
+    assert (rh.MODULE, rh.FIRMWARE, "TDH.SPDM.CREATE") in arrows

@@ -329,6 +329,9 @@ def evidence_items(boot: BootData, profile: str = "virtio-rng") -> list[tuple[st
         res = run.result(name)
         if res is None:
             continue
+        if name in ("lock", "evidence"):  # what the kernel / module checked, as one line
+            out.append((f"{name} step", res[1].strip()))
+            continue
         for part in (p.strip() for p in res[1].split(";")):
             if not part:
                 continue
@@ -336,14 +339,12 @@ def evidence_items(boot: BootData, profile: str = "virtio-rng") -> list[tuple[st
                 out.append(("certificate chain", part))
             elif "digest" in part:
                 out.append(("attested digests", part))
-            elif part.startswith(("measurement", "FAIL measurement")):
+            elif "measurement" in part:
                 out.append(("measurements", part))
             elif part.startswith(("range", "FAIL report")):
                 out.append(("report range vs BAR", part))
             elif part.startswith("FAIL"):
                 out.append(("refused", part))
-            elif name in ("lock", "evidence"):
-                out.append((f"{name}", part))
             else:
                 out.append((name, part))
     for e in boot.events:
@@ -359,6 +360,7 @@ def evidence_items(boot: BootData, profile: str = "virtio-rng") -> list[tuple[st
         elif kind == "spdm.measurements":
             out.append(("measurement blocks signed", f"{e.get('blocks')} blocks (operation "
                                                      f"{e.get('operation')})"))
+    out = list(dict.fromkeys(out))  # each lock signs the same blocks: say it once
     try:
         from .platform import reference_measurements
         ref = [ln for ln in reference_measurements(profile).splitlines()
@@ -498,7 +500,7 @@ def build_html(run_dir: Path, results: Sequence[Result], *, platform: str,
         h.append(f"<section><h2>Evidence the guest verified — {_esc(b.name)}</h2>"
                  "<table class=\"kv\"><tbody>")
         for label, text in items:
-            cls = ' class="bad"' if text.startswith("FAIL") else ''
+            cls = ' class="bad"' if "FAIL" in text else ''
             h.append(f"<tr{cls}><td>{_esc(label)}</td>"
                      f"<td class=\"mono\">{_esc(text)}</td></tr>")
         h.append("</tbody></table></section>")

@@ -261,3 +261,18 @@ def test_tdx_sequence_draws_the_modules_doe_requests(tmp_path: Path) -> None:
     assert relay in arrows
     assert arrows.index(relay) < arrows.index((rh.DEVICE, rh.KERNEL, "SPDM VERSION"))
     assert (rh.MODULE, rh.FIRMWARE, "TDH.SPDM.CREATE") in arrows
+
+
+def test_report_of_a_run_over_several_platforms(runs: dict[str, Path], tmp_path: Path) -> None:
+    # `run --platform all` leaves DIR/<platform>/{flow,tamper}: one page each, an index
+    top = tmp_path / "all"
+    shutil.copytree(runs["pass"], top / "cca")
+    shutil.copytree(runs["fail"], top / "tdx")
+    p = subprocess.run([sys.executable, "-m", "vfiouser_tdisp", "report", str(top)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert (top / "cca" / "report.html").exists() and (top / "tdx" / "report.html").exists()
+    index = (top / "report.html").read_text()
+    assert '<a href="cca/report.html">cca</a>' in index and "FAILED" in index
+    assert re.search(r'<td class="name">lock</td><td class="res ok"[^>]*>PASS</td>'
+                     r'<td class="res bad"[^>]*>FAIL</td>', index)

@@ -16,11 +16,12 @@ the host checks again on the recorded events.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -579,11 +580,69 @@ def report_after_run(run_dir: Path, results: Sequence[Result], platform: str,
     return path
 
 
+def build_index(run_dir: Path, runs: Mapping[str, Sequence[Result]]) -> str:
+    """DIR/report.html of a run over several platforms (``run --platform all``): a row per
+    step, a column per platform, each platform's own page (DIR/<platform>/report.html)
+    linked by a relative path (nothing leaves the directory)."""
+    ok = all(bool(r) and all(x[1] for x in r) for r in runs.values())
+    names: list[str] = []
+    for res in runs.values():
+        for n, _ok, _d in res:
+            if n not in names:
+                names.append(n)
+    h = ["<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+         f"<title>vfiouser-tdisp run: {'OK' if ok else 'FAILED'}</title>",
+         f"<style>{_CSS}</style></head><body data-script-errors=\"0\">",
+         f"<header class=\"{'ok' if ok else 'failed'}\"><h1>vfiouser-tdisp run — "
+         f"{len(runs)} platforms<span class=\"badge {'ok' if ok else 'bad'}\">"
+         f"{'OK' if ok else 'FAILED'}</span></h1><div class=\"sub\">{_esc(run_dir)}</div>"
+         "</header><main><section><h2>Platforms</h2><table><thead><tr><th>step</th>"
+         + "".join(f"<th><a href=\"{_esc(p)}/report.html\">{_esc(p)}</a></th>" for p in runs)
+         + "</tr></thead><tbody>"]
+    for n in names:
+        cells = []
+        for res in runs.values():
+            got = {x[0]: x for x in res}
+            if n not in got:
+                cells.append("<td>–</td>")
+            else:
+                good = got[n][1]
+                cells.append(f"<td class=\"res {'ok' if good else 'bad'}\" "
+                             f"title=\"{_esc(got[n][2])}\">{'PASS' if good else 'FAIL'}</td>")
+        h.append(f"<tr><td class=\"name\">{_esc(n)}</td>{''.join(cells)}</tr>")
+    h.append("</tbody></table></section></main>"
+             "<script>document.body.dataset.ready='1';</script></body></html>")
+    return "".join(h)
+
+
+def report_after_runs(run_dir: Path, runs: Mapping[str, Sequence[Result]], profile: str,
+                      where: Mapping[str, Path]) -> Path | None:
+    """`run --platform all`: each platform's page in its directory, and the index."""
+    for platform, results in runs.items():
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            write_report(where[platform], results, platform=platform, profile=profile)
+    if len(runs) == 1:
+        return report_after_run(run_dir, next(iter(runs.values())), next(iter(runs)), profile)
+    path = run_dir / "report.html"
+    path.write_text(build_index(run_dir, runs))
+    print(f"report: {path}")
+    return path
+
+
 def main_report(args: argparse.Namespace) -> int:
     run_dir = Path(args.dir)
     if not run_dir.is_dir():
         print(f"vfiouser-tdisp report: {run_dir}: not a directory", file=sys.stderr)
         return 2
+    subs = {p.name: p for p in sorted(run_dir.iterdir())
+            if (p / "flow").is_dir() and not (run_dir / "flow").is_dir()}
+    if subs and args.platform is None:  # run --platform all: DIR/<platform>/
+        runs = {}
+        for name, sub in subs.items():
+            boots = [load_boot(d) for d in boot_dirs(sub)]
+            runs[name] = rebuild_results(boots, detect_platform(sub))
+        report_after_runs(run_dir, runs, args.profile, subs)
+        return 0
     if not any((d / "events.jsonl").exists() or (d / "console.log").exists()
                for d in boot_dirs(run_dir)):
         print(f"vfiouser-tdisp report: {run_dir}: no events.jsonl or console.log (a `run "
@@ -595,4 +654,5 @@ def main_report(args: argparse.Namespace) -> int:
 
 
 __all__ = ["BootData", "Row", "build_html", "diagram_rows", "event_row", "load_boot",
-           "main_report", "rebuild_results", "report_after_run", "sequence_svg", "write_report"]
+           "main_report", "rebuild_results", "report_after_run",
+           "report_after_runs", "sequence_svg", "write_report"]

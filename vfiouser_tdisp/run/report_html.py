@@ -618,11 +618,11 @@ def build_index(run_dir: Path, runs: Mapping[str, Sequence[Result]]) -> str:
 def report_after_runs(run_dir: Path, runs: Mapping[str, Sequence[Result]], profile: str,
                       where: Mapping[str, Path]) -> Path | None:
     """`run --platform all`: each platform's page in its directory, and the index."""
+    if len(runs) == 1:
+        return report_after_run(run_dir, next(iter(runs.values())), next(iter(runs)), profile)
     for platform, results in runs.items():
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             write_report(where[platform], results, platform=platform, profile=profile)
-    if len(runs) == 1:
-        return report_after_run(run_dir, next(iter(runs.values())), next(iter(runs)), profile)
     path = run_dir / "report.html"
     path.write_text(build_index(run_dir, runs))
     print(f"report: {path}")

@@ -265,7 +265,7 @@ def sequence_svg(rows: Sequence[Row], max_rows: int = MAX_ROWS) -> str:
     width = LANE_X0 + LANE_DX * (len(LANES) - 1) + 300
     height = TOP + ROW_H * (len(items) + 1) + (ROW_H if note else 0) + 10
     x = [LANE_X0 + i * LANE_DX for i in range(len(LANES))]
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="seq" width="{width}" '
+    parts = [f'<svg class="seq" width="{width}" '
              f'height="{height}" viewBox="0 0 {width} {height}" role="img">',
              '<defs>' + "".join(
                  f'<marker id="ah-{k}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '

@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(connect, bind, lock, evidence, verify, accept, probe, "
                                    "unlock and the paths that must fail) inside it")
     p.add_argument("--out", default="out", metavar="DIR",
-                   help="output directory for console.log and events.jsonl (default: out)")
+                   help="output directory: report.html, flow/ and tamper/ (console.log, "
+                        "events.jsonl, ...) (default: out)")
     p.add_argument("--profile", default=DEFAULT_PROFILE, type=_profile, metavar="PROFILE",
                    help=PROFILE_HELP)
     p.add_argument("--qemu", metavar="PATH", help="qemu-system-x86_64 to use")
@@ -261,9 +262,35 @@ def build_parser() -> argparse.ArgumentParser:
                         "initramfs (default: the provisioned ones, same release only)")
     p.set_defaults(handler="vfiouser_tdisp.run.platform:main_run")
 
+    _add_run_shell_args(p)
     _add_tsm_parser(sub)
     _add_tdx_blob_parser(sub)
+    _add_report_parser(sub)
     return parser
+
+
+def _add_run_shell_args(p: argparse.ArgumentParser) -> None:
+    """`run --shell` / `--shell-only`: the guest's console on this terminal."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--shell", action="store_true",
+                   help="after the flow, leave a shell in the guest on this terminal (the "
+                        "module loaded, vt-connect, vt-lock, vt-evidence, vt-accept, "
+                        "vt-unlock on PATH); exit or Ctrl-D powers the guest off; needs a "
+                        "terminal on stdin")
+    g.add_argument("--shell-only", action="store_true",
+                   help="like --shell, but instead of the flow (only the module loaded)")
+
+
+def _add_report_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`report DIR`: (re)build DIR/report.html for a run directory."""
+    p = sub.add_parser("report", help="(re)build DIR/report.html for a `run --out DIR`: "
+                                      "steps, sequence diagram, evidence, timings")
+    p.add_argument("dir", metavar="DIR", help="the run directory (holding flow/ and tamper/)")
+    p.add_argument("--platform", choices=PLATFORMS,
+                   help="the run's platform (default: read from DIR/flow/qemu-cmdline.txt)")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, type=_profile, metavar="PROFILE",
+                   help="the run's device profile (for the reference values shown)")
+    p.set_defaults(handler="vfiouser_tdisp.run.report_html:main_report")
 
 
 def _add_tsm_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -49,6 +49,7 @@ from ..server import firmware_port_path, function_socket_path
 from ..spdm.algorithms import HASHES
 from ..spdm.identity import IdentityError
 from . import platform_tdx
+from . import shell as term
 from .guest_tools import ensure_openssl
 from .initramfs import build_initramfs
 from .job import GuestRun, ServerProcess, _remove, parse_console, socket_dir
@@ -129,10 +130,11 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                   platform: str = "cca", timeout: float = 300, accel: str = "auto",
                   tamper: Sequence[str] = (), cache_dir: str | None = None,
                   log: bool = True, rhi_layout: str | None = None,
-                  module: Path | None = None) -> Boot:
+                  module: Path | None = None, shell: str = "") -> Boot:
     """Serve the device and the firmware port, boot the guest with check_platform.sh.
     ``module``: a vtfw.ko built for ``prov``'s kernel elsewhere (run --kernel-build);
-    ``rhi_layout``: the RHI layout of RMM and guest module (default: theirs)."""
+    ``rhi_layout``: the RHI layout of RMM and guest module (default: theirs);
+    ``shell``: "after" / "only" the flow, a shell on this terminal (run/shell.py)."""
     out.mkdir(parents=True, exist_ok=True)
     console = out / "console.log"
     console.write_text("")
@@ -165,6 +167,8 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                       f" vtdisp.platform={platform}"
                       + (" vtdisp.tamper=1" if tamper else "")
                       + (f" vtdisp.rhi_layout={rhi_layout}" if rhi_layout else ""))
+            if shell:
+                append = term.shell_append(append, shell)
             chosen, why = accel_decision(prov.qemu, prov.kernel, accel, prov.cache)
             qc = QemuCommand(kernel=prov.kernel, initrd=str(initrd), append=append,
                              sockets=[fn_socks], accel=chosen, console_log=str(console),
@@ -175,7 +179,13 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                       + (f", device tampered: {', '.join(tamper)}" if tamper else ""),
                       file=sys.stderr, flush=True)
             started = time.monotonic()
-            rc, err = run_with_deadline(qc.command(prov.qemu), prov.qemu.environ(), timeout)
+            if shell:
+                rc, err = term.run_on_terminal(
+                    term.console_on_stdio(qc.command(prov.qemu), str(console)),
+                    prov.qemu.environ())
+            else:
+                rc, err = run_with_deadline(qc.command(prov.qemu), prov.qemu.environ(),
+                                            timeout)
             (out / "qemu.log").write_bytes(err)
             text = console.read_text(errors="replace")
             run = parse_console(text)
@@ -400,14 +410,17 @@ def run_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                  platform: str = "cca", timeout: float = 300, accel: str = "auto",
                  cache_dir: str | None = None, tamper: bool = True,
                  log: bool = True, rhi_layout: str | None = None,
-                 module: Path | None = None) -> PlatformRun:
+                 module: Path | None = None, shell: str = "") -> PlatformRun:
     main = boot_platform(prov, out / "flow", profile=profile, platform=platform,
                          timeout=timeout, accel=accel, cache_dir=cache_dir, log=log,
-                         rhi_layout=rhi_layout, module=module)
+                         rhi_layout=rhi_layout, module=module, shell=shell)
+    if shell == "only":  # no flow: only whether the session ended cleanly
+        return PlatformRun(main, None, [r for r in main.run.results if not r[1]]
+                           or [("shell", True, "the guest's shell ended, the guest powered off")])
     results = _guest_results(main, PLATFORM_STEPS[platform]) + host_checks(main, platform,
                                                                            rhi_layout)
     tampered = None
-    if tamper:
+    if tamper and not shell:
         tampered = boot_platform(prov, out / "tamper", profile=profile, platform=platform,
                                  timeout=timeout, accel=accel, cache_dir=cache_dir,
                                  tamper=("measurements", "report"), log=log,
@@ -521,6 +534,11 @@ def main_run(args: argparse.Namespace) -> int:
         print(f"vfiouser-tdisp run: the platform flow needs a virtio-rng profile "
               f"(virtio-rng, virtio-rng-2fn), not {args.profile}", file=sys.stderr)
         return 2
+    shell = term.shell_mode(args)
+    if shell and (why := term.terminal_problem()) is not None:
+        print(f"vfiouser-tdisp run --shell: {why}; run it from a terminal, or without "
+              "--shell", file=sys.stderr)
+        return 2
     old = signal.signal(signal.SIGTERM, _sigterm)  # stop server and QEMU on SIGTERM too
     try:
         try:
@@ -540,6 +558,8 @@ def main_run(args: argparse.Namespace) -> int:
             print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)
             return 2
         platforms = PLATFORMS if args.platform == "all" else (args.platform,)
+        if shell and args.platform == "all":
+            platforms = ("cca",)  # one guest on the terminal: --platform picks another
         runs: dict[str, PlatformRun] = {}
         try:
             for platform in platforms:
@@ -548,7 +568,7 @@ def main_run(args: argparse.Namespace) -> int:
                                               platform=platform, timeout=args.timeout,
                                               accel=args.accel, cache_dir=str(state),
                                               rhi_layout=layout if platform == "cca" else None,
-                                              module=module)
+                                              module=module, shell=shell)
                 if args.platform == "all":
                     (where / "summary.txt").write_text(
                         "\n".join(summary(runs[platform], prov, platform, where, note)) + "\n")
@@ -567,6 +587,9 @@ def main_run(args: argparse.Namespace) -> int:
             print("\n".join(table(runs, prov, out)))
         else:
             print("\n".join(summary(runs[args.platform], prov, args.platform, out, note)))
+        from .report_html import report_after_runs
+        report_after_runs(out, {p: pr.results for p, pr in runs.items()}, args.profile,
+                          {p: (out / p if args.platform == "all" else out) for p in runs})
         return 0 if all(pr.ok for pr in runs.values()) else 1
     finally:
         signal.signal(signal.SIGTERM, old)

@@ -66,7 +66,7 @@ class FaultSpec:
             except ValueError:
                 raise FaultError(f"fault {self.name}: {arg.name}={value!r} is not "
                                  f"{arg.kind.__name__}") from None
-        missing = [n for n, v in values.items() if v is None and by_name[n].kind is not str]
+        missing = [n for n, v in values.items() if v is None]
         if missing:
             raise FaultError(f"fault {self.name}: {', '.join(missing)} required")
         return values

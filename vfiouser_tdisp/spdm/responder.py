@@ -456,8 +456,8 @@ class SpdmResponder:
             injected = self._injected_fault(bytes(data), sess)
             if injected is not None:
                 return injected
-            if code == m.RESPOND_IF_READY_CODE:
-                data = self._respond_if_ready(bytes(data), sess)
+            if code == m.RESPOND_IF_READY_CODE and self._not_ready is not None:
+                data = self._parked_request(bytes(data), sess)
             response = self._dispatch(bytes(data), sess, padded)
         except SpdmFailure as exc:
             emit("spdm.request_failed", endpoint=self.name, request=name,
@@ -487,7 +487,7 @@ class SpdmResponder:
         ext = bytes([fault.args["rdt_exponent"] & 0xFF, code, token, fault.args["rdtm"] & 0xFF])
         return self._error(m.SpdmErrorCode.ResponseNotReady, 0, ext)
 
-    def _respond_if_ready(self, data: bytes, sess: ResponderSession | None) -> bytes:
+    def _parked_request(self, data: bytes, sess: ResponderSession | None) -> bytes:
         """RESPOND_IF_READY (Param1 = RequestCode, Param2 = Token) -> the parked
         request, handled now; without a matching parked request, an ERROR."""
         parked, self._not_ready = self._not_ready, None

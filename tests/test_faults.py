@@ -404,3 +404,13 @@ def test_fw_busy_tdx_interrupted_resumable_and_connect_completes(tmp_path: Path,
     # TDX module ABI: TDX_INTERRUPTED_RESUMABLE = 0x8000000300000000
     assert statuses[:3] == ["0x8000000300000000"] * 3
     assert statuses[-1] == "0x0000000000000000"
+
+
+def test_doe_fault_targets_one_object_type(dev_doe: tuple[Device, LinuxDoe, FaultSet]) -> None:
+    _dev, drv, fs = dev_doe
+    fs.arm("doe-error:type=2")
+    assert drv.task(1, 1, b"type") == b"type"  # type 1 passes
+    assert drv.discovery(0)[:2] == (1, 0)  # discovery (type 0) passes
+    with pytest.raises(DoeIOError, match="ERROR"):
+        drv.task(1, 2, b"secured")  # type 2 is hit
+    assert drv.task(1, 2, b"again") == b"niaga"

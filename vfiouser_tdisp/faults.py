@@ -81,6 +81,9 @@ def _convert(kind: type, text: str) -> Any:
 
 
 COUNT = FaultArg("count", int, 1, "how many times it fires (0: until cleared)")
+# DOE faults can target one data object type (PCIe §6.30.1: 0 discovery, 1 CMA/SPDM,
+# 2 secured CMA/SPDM), e.g. to spare the kernel's discovery at enumeration.
+DOE_TYPE = FaultArg("type", int, -1, "only exchanges of this data object type (-1: any)")
 
 SPECS: dict[str, FaultSpec] = {s.name: s for s in (
     FaultSpec(
@@ -109,21 +112,22 @@ SPECS: dict[str, FaultSpec] = {s.name: s for s in (
         "until the next ABORT (PCIe r6.x §6.30.2), for the next COUNT exchanges",
         "the kernel's DOE driver polls for Data Object Ready, times out after 1 s, "
         "aborts the mailbox and fails the exchange (-EIO)",
-        (COUNT,)),
+        (COUNT, DOE_TYPE)),
     FaultSpec(
         "doe-error", "doe",
         "GO sets DOE Status.ERROR instead of producing a response, for the next COUNT "
         "exchanges; only ABORT clears it",
         "the kernel's DOE driver sees ERROR, aborts the mailbox and fails the "
         "exchange (-EIO)",
-        (COUNT,)),
+        (COUNT, DOE_TYPE)),
     FaultSpec(
         "doe-delay", "doe",
         "the response of the next COUNT exchanges becomes ready (Data Object Ready) "
         "only SECONDS after GO; BUSY reads set meanwhile",
         "past 1 s (PCI_DOE_TIMEOUT) the kernel's DOE driver aborts and fails the "
         "exchange (-EIO); below it the exchange succeeds late",
-        (FaultArg("seconds", float, 1.5, "delay before the response is ready"), COUNT)),
+        (FaultArg("seconds", float, 1.5, "delay before the response is ready"), COUNT,
+         DOE_TYPE)),
     FaultSpec(
         "measurements-change", "device",
         "after AFTER measurement reads the device reports another firmware image's "

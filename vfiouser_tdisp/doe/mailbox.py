@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ..events import emit
 from ..faults import ARMED, FaultSet
@@ -186,15 +187,20 @@ class DoeCapability(Capability):
         if self.fsm.state is DoeState.ERROR or self._stuck_busy or self._delayed():
             return
         request = b"".join(dw.to_bytes(4, "little") for dw in self._write_buf)
+        obj_type = (self._write_buf[0] >> 16) & 0xFF if self._write_buf else -1
         self._write_buf = []
-        if request and self.faults.take("doe-busy", self.mailbox_name):
+
+        def of_type(args: Mapping[str, Any]) -> bool:
+            return args.get("type", -1) in (-1, obj_type)
+
+        if request and self.faults.take("doe-busy", self.mailbox_name, of_type):
             # The request is swallowed; BUSY stays set until ABORT (PCIe §6.30.2).
             self._stuck_busy = True
             return
         try:
             if not request:
                 raise DoeError("GO with an empty write mailbox")
-            if self.faults.take("doe-error", self.mailbox_name):
+            if self.faults.take("doe-error", self.mailbox_name, of_type):
                 raise DoeError("injected fault doe-error")
             response = self.dispatcher.exchange(request)
         except DoeError as exc:
@@ -205,7 +211,7 @@ class DoeCapability(Capability):
         self._read_buf = [int.from_bytes(response[i : i + 4], "little")
                           for i in range(0, len(response), 4)]
         self._read_pos = 0
-        delay = self.faults.take("doe-delay", self.mailbox_name)
+        delay = self.faults.take("doe-delay", self.mailbox_name, of_type)
         if delay is not None:
             self._ready_at = time.monotonic() + delay.args["seconds"]
         self.fsm.fire("go_ok", request_dw=len(request) // 4, response_dw=len(self._read_buf))

@@ -61,11 +61,11 @@ def test_arm_list_clear_at_run_time(sock_dir: Path) -> None:
 
             out = fault("--control", str(control), "doe-error:2")
             assert out.returncode == 0, out.stderr
-            assert out.stdout.strip() == "doe-error:count=2  fired 0"
+            assert out.stdout.strip() == "doe-error:count=2,type=-1  fired 0"
             assert doe_go(client) == 0x00000004  # DOE Status ERROR
             client.config_write32(CTRL, 1)
             listed = fault("--control", str(control), "--list")
-            assert listed.stdout.strip() == "doe-error:count=2  fired 1"
+            assert listed.stdout.strip() == "doe-error:count=2,type=-1  fired 1"
 
             bad = fault("--control", str(control), "doe-error:lots")
             assert bad.returncode == 2 and "not int" in bad.stderr
@@ -82,7 +82,7 @@ def test_arm_list_clear_at_run_time(sock_dir: Path) -> None:
     assert kinds == [("fault.armed", "doe-error"), ("fault.fired", "doe-error"),
                      ("fault.cleared", "doe-error")]
     fired = next(e for e in seen if e["event"] == "fault.fired")
-    assert fired["target"].endswith("doe") and fired["args"] == {"count": 2}
+    assert fired["target"].endswith("doe") and fired["args"] == {"count": 2, "type": -1}
 
 
 def test_serve_fault_arms_from_the_command_line(sock_dir: Path) -> None:
@@ -111,7 +111,7 @@ def test_fault_without_server(sock_dir: Path) -> None:
     out = fault("--control", str(sock_dir / "none"), "doe-busy")
     assert out.returncode == 1 and "vfiouser-tdisp fault:" in out.stderr
     names = fault("--names")
-    assert names.returncode == 0 and "doe-busy:count  [doe]" in names.stdout
+    assert names.returncode == 0 and "doe-busy:count,type  [doe]" in names.stdout
 
 
 @pytest.mark.parametrize("request_line,error", [

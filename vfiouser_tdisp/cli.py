@@ -114,6 +114,17 @@ def _add_fault_args(p: argparse.ArgumentParser) -> None:
                    help=FAULT_HELP)
 
 
+SCENARIOS = ("doe-busy", "doe-error", "doe-delay", "kp-ack", "fw-busy", "spdm-not-ready",
+             "measurements-change", "cert-change", "report-range", "tdi-error")
+
+
+def _add_scenario_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenario", choices=SCENARIOS, metavar="NAME",
+                   help="instead of the flow, one fault scenario: its faults armed, the "
+                        "flow as far as they reach, PASS lines naming the kernel's and the "
+                        f"guest's reaction (docs/faults.md): {', '.join(SCENARIOS)}")
+
+
 def _add_fault_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("fault", help="arm, list or clear faults of a running `serve "
                                      "--control SOCK` (docs/faults.md)")
@@ -296,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the kernel's installed modules (/lib/modules/RELEASE) for the "
                         "initramfs (default: the provisioned ones, same release only)")
     _add_fault_args(p)
-    p.set_defaults(handler="vfiouser_tdisp.run.platform:main_run")
+    _add_scenario_arg(p)
+    p.set_defaults(handler="vfiouser_tdisp.run.scenarios:main_run")
 
     _add_fault_command(sub)
     _add_tsm_parser(sub)

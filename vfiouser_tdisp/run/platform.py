@@ -129,8 +129,11 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                   platform: str = "cca", timeout: float = 300, accel: str = "auto",
                   tamper: Sequence[str] = (), cache_dir: str | None = None,
                   log: bool = True, rhi_layout: str | None = None,
-                  module: Path | None = None) -> Boot:
-    """Serve the device and the firmware port, boot the guest with check_platform.sh.
+                  module: Path | None = None, faults: Sequence[str] = (),
+                  scenario: str | None = None) -> Boot:
+    """Serve the device and the firmware port, boot the guest with check_platform.sh
+    (with ``scenario``: check_fault.sh, run/scenarios.py); ``faults`` are armed in the
+    server (serve --fault, docs/faults.md).
     ``module``: a vtfw.ko built for ``prov``'s kernel elsewhere (run --kernel-build);
     ``rhi_layout``: the RHI layout of RMM and guest module (default: theirs)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -146,6 +149,7 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
     prof = get_profile(profile)
     pers = get_personality(prof.personality)
     extra = ["--platform", platform] + [a for k in tamper for a in ("--tamper", k)]
+    extra += [a for f in faults for a in ("--fault", f)]
     if rhi_layout:
         extra += ["--rhi-layout", rhi_layout]
     if cache_dir:
@@ -161,7 +165,9 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
             append = ("console=ttyS0 panic=-1 loglevel=7"
                       f" vtdisp.vendor=0x{pers.VENDOR_ID:04x}"
                       f" vtdisp.device=0x{pers.DEVICE_ID:04x}"
-                      f" vtdisp.functions={prof.functions} vtdisp.checks=platform"
+                      f" vtdisp.functions={prof.functions}"
+                      + (f" vtdisp.checks=fault vtdisp.scenario={scenario}" if scenario
+                         else " vtdisp.checks=platform")
                       f" vtdisp.platform={platform}"
                       + (" vtdisp.tamper=1" if tamper else "")
                       + (f" vtdisp.rhi_layout={rhi_layout}" if rhi_layout else ""))
@@ -400,10 +406,10 @@ def run_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                  platform: str = "cca", timeout: float = 300, accel: str = "auto",
                  cache_dir: str | None = None, tamper: bool = True,
                  log: bool = True, rhi_layout: str | None = None,
-                 module: Path | None = None) -> PlatformRun:
+                 module: Path | None = None, faults: Sequence[str] = ()) -> PlatformRun:
     main = boot_platform(prov, out / "flow", profile=profile, platform=platform,
                          timeout=timeout, accel=accel, cache_dir=cache_dir, log=log,
-                         rhi_layout=rhi_layout, module=module)
+                         rhi_layout=rhi_layout, module=module, faults=faults)
     results = _guest_results(main, PLATFORM_STEPS[platform]) + host_checks(main, platform,
                                                                            rhi_layout)
     tampered = None
@@ -503,7 +509,8 @@ def main_run(args: argparse.Namespace) -> int:
         try:
             pr = run_platform(prov, out, profile=args.profile, platform=args.platform,
                               timeout=args.timeout, accel=args.accel,
-                              cache_dir=str(state), rhi_layout=layout, module=module)
+                              cache_dir=str(state), rhi_layout=layout, module=module,
+                              faults=getattr(args, "fault", None) or ())
         except IdentityError as exc:
             print(f"vfiouser-tdisp run: device identity in {identity_dir(state)}: {exc}",
                   file=sys.stderr)

@@ -1,0 +1,136 @@
+"""`vfiouser-tdisp run --scenario NAME`: one fault, one boot, the kernel-visible reaction.
+
+Each scenario arms faults in the server (serve --fault, docs/faults.md) and boots the
+guest with guest-scripts/check_fault.sh, which runs the platform flow as far as the
+fault reaches and prints PASS/FAIL lines named after the reaction expected of the
+kernel and the guest (connect_fails + connect_recovers, connect_succeeds,
+lock_succeeds, verifier_refuses, tdi_error_state).  The host adds ``fault_fired``:
+the server's events show the fault really fired where it was meant to (a scenario
+whose fault never fired proves nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..paths import identity_dir
+from ..spdm.identity import IdentityError
+from . import platform as pf
+from .provision import Provisioned, ProvisionError, ensure_provisioned
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    faults: tuple[str, ...]
+    steps: tuple[str, ...]   # the guest's result lines (check_fault.sh)
+    expect: str              # what the kernel/guest should do, in words
+    min_fired: int = 1       # fault.fired events the server must show
+
+
+CONNECT_FAILS = ("tsm_module", "connect_fails", "connect_recovers", "disconnect")
+VERIFIER = ("tsm_module", "verifier_refuses", "disconnect")
+LOCKS = ("tsm_module", "lock_succeeds", "disconnect")
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    # type=1: the first SPDM object (GET_VERSION at connect), not the kernel's DOE
+    # discovery at enumeration
+    Scenario("doe-busy", ("doe-busy:type=1",), CONNECT_FAILS,
+             "the kernel's DOE driver times out (1 s) on a BUSY mailbox, aborts it and "
+             "connect fails; the next connect works"),
+    Scenario("doe-error", ("doe-error:type=1",), CONNECT_FAILS,
+             "the kernel's DOE driver sees ERROR, aborts and connect fails; the next "
+             "connect works"),
+    Scenario("doe-delay", ("doe-delay:seconds=1.5,type=1",), CONNECT_FAILS,
+             "the response comes after the kernel's 1 s DOE timeout: the driver aborts, "
+             "connect fails; the next connect works"),
+    Scenario("kp-ack", ("kp-ack:status=4",), CONNECT_FAILS,
+             "KP_ACK UNSPECIFIED_FAILURE: the firmware's IDE key programming fails, "
+             "connect fails; the next connect works"),
+    Scenario("fw-busy", ("fw-busy:PDEV_COMMUNICATE,count=3",),
+             ("tsm_module", "connect_succeeds", "disconnect"),
+             "RMI_BUSY three extra times: the guest module calls again and connect "
+             "succeeds", min_fired=3),
+    Scenario("spdm-not-ready", ("spdm-not-ready:GET_MEASUREMENTS,rdt_exponent=10",), LOCKS,
+             "ResponseNotReady on GET_MEASUREMENTS: the firmware's requester waits RDT "
+             "and sends RESPOND_IF_READY through the kernel's DOE; lock succeeds"),
+    Scenario("measurements-change", ("measurements-change:after=0",), VERIFIER,
+             "the device's measurements differ from the reference values: the guest's "
+             "verifier refuses"),
+    Scenario("cert-change", ("cert-change:after=0",), VERIFIER,
+             "the device's certificate chain does not verify to the trust anchor: the "
+             "guest's verifier refuses"),
+    Scenario("report-range", ("report-range",), VERIFIER,
+             "a report range outside every BAR: the guest's verifier refuses"),
+    Scenario("tdi-error", ("tdi-error",),
+             ("tsm_module", "tdi_error_state", "disconnect"),
+             "the TDI goes to ERROR on its own while RUN: tvm/state error, refresh "
+             "fails, unlock recovers"),
+)}
+
+
+def fault_fired(boot: pf.Boot, scenario: Scenario) -> tuple[str, bool, str]:
+    fired = [e for e in boot.of("fault.fired")]
+    where = sorted({str(e.get("target")) for e in fired})
+    return ("fault_fired", len(fired) >= scenario.min_fired,
+            f"{len(fired)} x {', '.join(sorted({str(e.get('name')) for e in fired})) or '-'}"
+            f" at {', '.join(where) or '-'}")
+
+
+def run_scenario(prov: Provisioned, out: Path, scenario: Scenario, *,
+                 profile: str = "virtio-rng", platform: str = "cca", timeout: float = 300,
+                 accel: str = "auto", cache_dir: str | None = None,
+                 module: Path | None = None,
+                 log: bool = True) -> tuple[pf.Boot, list[tuple[str, bool, str]]]:
+    boot = pf.boot_platform(prov, out / scenario.name, profile=profile, platform=platform,
+                            timeout=timeout, accel=accel, cache_dir=cache_dir, log=log,
+                            module=module, faults=scenario.faults, scenario=scenario.name)
+    results = pf._guest_results(boot, scenario.steps)
+    results.append(fault_fired(boot, scenario))
+    return boot, results
+
+
+def main_run(args: argparse.Namespace) -> int:
+    """`run`: with --scenario, the scenario's boot; otherwise the platform flow."""
+    if not getattr(args, "scenario", None):
+        return pf.main_run(args)
+    scenario = SCENARIOS[args.scenario]
+    old = signal.signal(signal.SIGTERM, pf._sigterm)
+    try:
+        try:
+            prov = ensure_provisioned(args.cache_dir, args.qemu)
+        except ProvisionError as exc:
+            print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)
+            return 1
+        state = pf.identity_cache(Path(prov.cache))
+        try:
+            boot, results = run_scenario(prov, Path(args.out), scenario, profile=args.profile,
+                                         platform=args.platform, timeout=args.timeout,
+                                         accel=args.accel, cache_dir=str(state))
+        except IdentityError as exc:
+            print(f"vfiouser-tdisp run: device identity in {identity_dir(state)}: {exc}",
+                  file=sys.stderr)
+            return 1
+        except (RuntimeError, OSError, ProvisionError) as exc:
+            print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)
+            return 1
+        ok = bool(results) and all(r[1] for r in results)
+        print(f"scenario {scenario.name} ({', '.join(scenario.faults)}), platform "
+              f"{args.platform}, {boot.run.accel} {boot.run.seconds:.1f} s: expected: "
+              f"{scenario.expect}")
+        for name, passed, detail in results:
+            print(f"  {'PASS' if passed else 'FAIL'}  {name:<18}  {detail}")
+        print(f"{'OK' if ok else 'FAILED'}: {sum(r[1] for r in results)} passed, "
+              f"{sum(not r[1] for r in results)} failed")
+        print(f"console: {Path(args.out) / scenario.name / 'console.log'}   events: "
+              f"{Path(args.out) / scenario.name / 'events.jsonl'}")
+        return 0 if ok else 1
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+__all__ = ["SCENARIOS", "Scenario", "fault_fired", "main_run", "run_scenario"]

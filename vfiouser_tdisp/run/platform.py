@@ -168,7 +168,7 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                       f" vtdisp.functions={prof.functions}"
                       + (f" vtdisp.checks=fault vtdisp.scenario={scenario}" if scenario
                          else " vtdisp.checks=platform")
-                      f" vtdisp.platform={platform}"
+                      + f" vtdisp.platform={platform}"
                       + (" vtdisp.tamper=1" if tamper else "")
                       + (f" vtdisp.rhi_layout={rhi_layout}" if rhi_layout else ""))
             chosen, why = accel_decision(prov.qemu, prov.kernel, accel, prov.cache)

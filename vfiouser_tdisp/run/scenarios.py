@@ -81,6 +81,29 @@ def fault_fired(boot: pf.Boot, scenario: Scenario) -> tuple[str, bool, str]:
             f" at {', '.join(where) or '-'}")
 
 
+def kernel_doe_abort(boot: pf.Boot, timed_out: bool) -> tuple[str, bool, str]:
+    """The kernel's DOE driver aborted the mailbox after the fault: 1 s later when it
+    waited for a response that did not come (PCI_DOE_TIMEOUT, HZ), at once when the
+    mailbox showed ERROR."""
+    fired = boot.of("fault.fired")
+    if not fired:
+        return ("kernel_doe_abort", False, "the fault never fired")
+    t0 = float(str(fired[0]["time"]))
+    aborts = [float(str(e["time"])) - t0 for e in boot.of("doe.transition")
+              if e.get("trigger") == "abort" and float(str(e["time"])) >= t0]
+    if not aborts:
+        return ("kernel_doe_abort", False, "no ABORT of the mailbox after the fault")
+    after = aborts[0]
+    ok = 0.95 <= after <= 3.0 if timed_out else after < 0.5
+    why = "its 1 s timeout" if timed_out else "ERROR seen at once"
+    return ("kernel_doe_abort", ok,
+            f"the kernel's DOE driver aborted the mailbox {after:.3f} s after the fault "
+            f"({why})")
+
+
+DOE_ABORT = {"doe-busy": True, "doe-delay": True, "doe-error": False}
+
+
 def run_scenario(prov: Provisioned, out: Path, scenario: Scenario, *,
                  profile: str = "virtio-rng", platform: str = "cca", timeout: float = 300,
                  accel: str = "auto", cache_dir: str | None = None,
@@ -91,6 +114,8 @@ def run_scenario(prov: Provisioned, out: Path, scenario: Scenario, *,
                             module=module, faults=scenario.faults, scenario=scenario.name)
     results = pf._guest_results(boot, scenario.steps)
     results.append(fault_fired(boot, scenario))
+    if scenario.name in DOE_ABORT:
+        results.append(kernel_doe_abort(boot, DOE_ABORT[scenario.name]))
     return boot, results
 
 
@@ -133,4 +158,4 @@ def main_run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, old)
 
 
-__all__ = ["SCENARIOS", "Scenario", "fault_fired", "main_run", "run_scenario"]
+__all__ = ["SCENARIOS", "Scenario", "fault_fired", "kernel_doe_abort", "main_run", "run_scenario"]

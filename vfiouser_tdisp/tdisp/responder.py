@@ -76,9 +76,9 @@ from .report import (
     NonTeeRange,
     TdispConfigurationRecord,
     build_report,
-    shifted_report,
     configuration_digest,
     configuration_record,
+    shifted_report,
 )
 
 # -- the TDI state machine -------------------------------------------------------------

@@ -94,20 +94,20 @@ case $expect in
         e=$(pf_write_err /sys/bus/pci/devices/$port/tdi_bind "$BDF")
         pf_unbind_driver
         e2=$(pf_write_err $t/lock "$devsec")
-        s=$(pf_state)
+        ls=$(pf_state)
         for f in certificate vca measurements report vdev_info; do
             cat $t/$f > $EV/$f 2>/dev/null
         done
-        if [ -n "$e$e2" ] || [ "$s" != locked ]; then
-            pf_step $expect FAIL "bind '$e' lock '$e2' state=$s: $(fc_kernel_log)"
+        if [ -n "$e$e2" ] || [ "$ls" != locked ]; then
+            pf_step $expect FAIL "bind '$e' lock '$e2' state=$ls: $(fc_kernel_log)"
         else
             pf_verify
             case $expect in
                 lock_succeeds)
                     if [ "$VERIFY_OK" = 1 ]; then
-                        pf_step lock_succeeds PASS "state=$s, evidence verified:$VERIFY_WHY"
+                        pf_step lock_succeeds PASS "state=$ls, evidence verified:$VERIFY_WHY"
                     else
-                        pf_step lock_succeeds FAIL "state=$s but:$VERIFY_WHY"
+                        pf_step lock_succeeds FAIL "state=$ls but:$VERIFY_WHY"
                     fi ;;
                 verifier_refuses)
                     if [ "$VERIFY_OK" = 0 ]; then

@@ -32,7 +32,8 @@ def scenario(prov: Provisioned, tmp_path: Path, name: str) -> dict[str, tuple[bo
     failed = {n: d for n, (ok, d) in got.items() if not ok}
     assert not failed, f"{failed}\n{boot.run.console[-3000:]}"
     assert list(got) == list(SCENARIOS[name].steps) + ["fault_fired"] + (
-        ["kernel_doe_abort"] if name.startswith("doe-") else [])
+        ["kernel_doe_abort"] if name.startswith("doe-") else []) + (
+        ["respond_if_ready"] if name == "spdm-not-ready" else [])
     return got
 
 
@@ -73,6 +74,8 @@ def test_changed_evidence_is_refused_by_the_guest_verifier(prov: Provisioned, tm
 def test_response_not_ready_is_waited_out(prov: Provisioned, tmp_path: Path) -> None:
     got = scenario(prov, tmp_path, "spdm-not-ready")
     assert got["lock_succeeds"][1].startswith("state=locked, evidence verified:")
+    assert got["respond_if_ready"][1].startswith(
+        "GET_MEASUREMENTS -> ResponseNotReady, then RESPOND_IF_READY -> MEASUREMENTS")
 
 
 def test_tdi_error_while_run(prov: Provisioned, tmp_path: Path) -> None:

@@ -101,6 +101,21 @@ def kernel_doe_abort(boot: pf.Boot, timed_out: bool) -> tuple[str, bool, str]:
             f"({why})")
 
 
+def respond_if_ready(boot: pf.Boot) -> tuple[str, bool, str]:
+    """The firmware's requester answered ResponseNotReady the DSP0274 way: after the
+    ERROR it sent RESPOND_IF_READY, which got the real response."""
+    events = [e for e in boot.of("spdm.response")]
+    errs = [e for e in events if e.get("error") == "ResponseNotReady"]
+    ready = [e for e in events if e.get("request") == "RESPOND_IF_READY"]
+    ok = bool(errs) and bool(ready) and ready[0].get("response") == "MEASUREMENTS" and \
+        float(str(ready[0]["time"])) > float(str(errs[0]["time"]))
+    wait = float(str(ready[0]["time"])) - float(str(errs[0]["time"])) if ok else 0.0
+    return ("respond_if_ready", ok,
+            f"{errs[0].get('request') if errs else '-'} -> ResponseNotReady, then "
+            f"RESPOND_IF_READY -> {ready[0].get('response') if ready else '-'} "
+            f"{wait * 1000:.1f} ms later")
+
+
 DOE_ABORT = {"doe-busy": True, "doe-delay": True, "doe-error": False}
 
 
@@ -114,6 +129,8 @@ def run_scenario(prov: Provisioned, out: Path, scenario: Scenario, *,
                             module=module, faults=scenario.faults, scenario=scenario.name)
     results = pf._guest_results(boot, scenario.steps)
     results.append(fault_fired(boot, scenario))
+    if scenario.name == "spdm-not-ready":
+        results.append(respond_if_ready(boot))
     if scenario.name in DOE_ABORT:
         results.append(kernel_doe_abort(boot, DOE_ABORT[scenario.name]))
     return boot, results
@@ -158,4 +175,4 @@ def main_run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, old)
 
 
-__all__ = ["SCENARIOS", "Scenario", "fault_fired", "kernel_doe_abort", "main_run", "run_scenario"]
+__all__ = ["SCENARIOS", "Scenario", "fault_fired", "kernel_doe_abort", "main_run", "respond_if_ready", "run_scenario"]

@@ -175,4 +175,5 @@ def main_run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, old)
 
 
-__all__ = ["SCENARIOS", "Scenario", "fault_fired", "kernel_doe_abort", "main_run", "respond_if_ready", "run_scenario"]
+__all__ = ["SCENARIOS", "Scenario", "fault_fired", "kernel_doe_abort", "main_run",
+           "respond_if_ready", "run_scenario"]

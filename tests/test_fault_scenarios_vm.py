@@ -33,7 +33,9 @@ def scenario(prov: Provisioned, tmp_path: Path, name: str) -> dict[str, tuple[bo
     assert not failed, f"{failed}\n{boot.run.console[-3000:]}"
     assert list(got) == list(SCENARIOS[name].steps) + ["fault_fired"] + (
         ["kernel_doe_abort"] if name.startswith("doe-") else []) + (
-        ["respond_if_ready"] if name == "spdm-not-ready" else [])
+        ["respond_if_ready"] if name == "spdm-not-ready" else []) + (
+        ["firmware_refused"] if name == "cert-change" else []) + (
+        ["dma_held"] if name == "dma-locked" else [])
     return got
 
 
@@ -62,13 +64,29 @@ def test_firmware_busy_is_retried_by_the_module(prov: Provisioned, tmp_path: Pat
 
 @pytest.mark.parametrize("name,why", [
     ("measurements-change", "measurement(s) 1 != reference"),
-    ("cert-change", "chain:"),
     ("report-range", "report"),
 ])
 def test_changed_evidence_is_refused_by_the_guest_verifier(prov: Provisioned, tmp_path: Path,
                                                            name: str, why: str) -> None:
     got = scenario(prov, tmp_path, name)
     assert why in got["verifier_refuses"][1]
+
+
+def test_changed_chain_is_refused_by_the_firmware(prov: Provisioned, tmp_path: Path) -> None:
+    got = scenario(prov, tmp_path, "cert-change")
+    assert got["connect_fails"][1].startswith("tsm/connect: 'Input/output error'")
+    assert "chain link broken" in got["firmware_refused"][1]
+
+
+def test_dma_while_locked_is_held(prov: Provisioned, tmp_path: Path) -> None:
+    got = scenario(prov, tmp_path, "dma-locked")
+    assert got["dma_held"][1].startswith("1 DMA attempt(s) while LOCKED held")
+    assert got["dma_held"][1].endswith("0 let through")
+
+
+def test_ide_fail_fails_connect_then_recovers(prov: Provisioned, tmp_path: Path) -> None:
+    got = scenario(prov, tmp_path, "ide-fail")
+    assert "tsm/connect: '" in got["connect_fails"][1]
 
 
 def test_response_not_ready_is_waited_out(prov: Provisioned, tmp_path: Path) -> None:

@@ -114,8 +114,9 @@ def _add_fault_args(p: argparse.ArgumentParser) -> None:
                    help=FAULT_HELP)
 
 
-SCENARIOS = ("doe-busy", "doe-error", "doe-delay", "kp-ack", "fw-busy", "spdm-not-ready",
-             "measurements-change", "cert-change", "report-range", "tdi-error")
+SCENARIOS = ("doe-busy", "doe-error", "doe-delay", "kp-ack", "ide-fail", "dma-locked",
+             "fw-busy", "spdm-not-ready", "measurements-change", "cert-change",
+             "report-range", "tdi-error")
 
 
 def _add_scenario_arg(p: argparse.ArgumentParser) -> None:

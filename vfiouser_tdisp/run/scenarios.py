@@ -51,6 +51,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("kp-ack", ("kp-ack:status=4",), CONNECT_FAILS,
              "KP_ACK UNSPECIFIED_FAILURE: the firmware's IDE key programming fails, "
              "connect fails; the next connect works"),
+    Scenario("ide-fail", ("ide-fail",), CONNECT_FAILS,
+             "the IDE stream reads INSECURE with IDE_FAIL right after the kernel enables "
+             "it: connect fails; the next connect works"),
+    Scenario("dma-locked", ("dma-locked",), LOCKS,
+             "the device tries DMA while its TDI is CONFIG_LOCKED: the TDISP gate holds "
+             "it, nothing reaches guest memory, lock and verify succeed"),
     Scenario("fw-busy", ("fw-busy:PDEV_COMMUNICATE,count=3",),
              ("tsm_module", "connect_succeeds", "disconnect"),
              "RMI_BUSY three extra times: the guest module calls again and connect "
@@ -61,9 +67,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("measurements-change", ("measurements-change:after=0",), VERIFIER,
              "the device's measurements differ from the reference values: the guest's "
              "verifier refuses"),
-    Scenario("cert-change", ("cert-change:after=0",), VERIFIER,
-             "the device's certificate chain does not verify to the trust anchor: the "
-             "guest's verifier refuses"),
+    Scenario("cert-change", ("cert-change:after=0",), ("tsm_module", "connect_fails"),
+             "the device's certificate chain no longer verifies: the platform firmware, "
+             "which reads it at connect, refuses it and connect fails"),
     Scenario("report-range", ("report-range",), VERIFIER,
              "a report range outside every BAR: the guest's verifier refuses"),
     Scenario("tdi-error", ("tdi-error",),
@@ -101,6 +107,23 @@ def kernel_doe_abort(boot: pf.Boot, timed_out: bool) -> tuple[str, bool, str]:
             f"({why})")
 
 
+def dma_held(boot: pf.Boot) -> tuple[str, bool, str]:
+    """The device's DMA attempt while LOCKED was held by the TDISP gate."""
+    refused = boot.of("tdisp.dma_refused")
+    leaked = boot.of("tdisp.dma_leaked")
+    return ("dma_held", bool(refused) and not leaked,
+            f"{len(refused)} DMA attempt(s) while LOCKED held "
+            f"({'; '.join(str(e.get('reason')) for e in refused) or '-'}), "
+            f"{len(leaked)} let through")
+
+
+def firmware_refused_chain(boot: pf.Boot) -> tuple[str, bool, str]:
+    """The platform firmware's requester refused the changed chain (its own check)."""
+    why = [str(e.get("error")) for e in boot.of("rmm.comm_failed") if "chain" in
+           str(e.get("error"))]
+    return ("firmware_refused", bool(why), why[0] if why else "no chain refusal in the events")
+
+
 def respond_if_ready(boot: pf.Boot) -> tuple[str, bool, str]:
     """The firmware's requester answered ResponseNotReady the DSP0274 way: after the
     ERROR it sent RESPOND_IF_READY, which got the real response."""
@@ -129,6 +152,10 @@ def run_scenario(prov: Provisioned, out: Path, scenario: Scenario, *,
                             module=module, faults=scenario.faults, scenario=scenario.name)
     results = pf._guest_results(boot, scenario.steps)
     results.append(fault_fired(boot, scenario))
+    if scenario.name == "cert-change":
+        results.append(firmware_refused_chain(boot))
+    if scenario.name == "dma-locked":
+        results.append(dma_held(boot))
     if scenario.name == "spdm-not-ready":
         results.append(respond_if_ready(boot))
     if scenario.name in DOE_ABORT:
@@ -175,5 +202,5 @@ def main_run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, old)
 
 
-__all__ = ["SCENARIOS", "Scenario", "fault_fired", "kernel_doe_abort", "main_run",
+__all__ = ["SCENARIOS", "Scenario", "dma_held", "fault_fired", "firmware_refused_chain", "kernel_doe_abort", "main_run",
            "respond_if_ready", "run_scenario"]

@@ -202,5 +202,5 @@ def main_run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, old)
 
 
-__all__ = ["SCENARIOS", "Scenario", "dma_held", "fault_fired", "firmware_refused_chain", "kernel_doe_abort", "main_run",
-           "respond_if_ready", "run_scenario"]
+__all__ = ["SCENARIOS", "Scenario", "dma_held", "fault_fired", "firmware_refused_chain",
+           "kernel_doe_abort", "main_run", "respond_if_ready", "run_scenario"]

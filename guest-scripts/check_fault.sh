@@ -29,12 +29,12 @@ sed -n '/^pf_write_err() {/,/^# -- the flow/p' /guest-scripts/check_platform.sh 
 
 scenario=$(cmdline_opt scenario)
 case $scenario in
-    doe-busy|doe-error|doe-delay|kp-ack|ide-fail) expect=connect_fails ;;
+    doe-busy|doe-error|doe-delay|kp-ack) expect=connect_fails ;;
     cert-change) expect=connect_fails no_recovery=1 ;;  # the change stays until cleared
     fw-busy) expect=connect_succeeds ;;
     spdm-not-ready|spdm-busy|dma-locked) expect=lock_succeeds ;;
     measurements-change|report-range) expect=verifier_refuses ;;
-    tdi-error) expect=tdi_error_state ;;
+    tdi-error|ide-fail) expect=tdi_error_state ;;
     *) expect=unknown ;;
 esac
 # the errno tsm/connect must fail with: pci_doe() returns -EIO on a timeout or ERROR

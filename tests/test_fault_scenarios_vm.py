@@ -84,9 +84,9 @@ def test_dma_while_locked_is_held(prov: Provisioned, tmp_path: Path) -> None:
     assert got["dma_held"][1].endswith("0 let through")
 
 
-def test_ide_fail_fails_connect_then_recovers(prov: Provisioned, tmp_path: Path) -> None:
+def test_ide_fail_while_run_errors_the_tdi(prov: Provisioned, tmp_path: Path) -> None:
     got = scenario(prov, tmp_path, "ide-fail")
-    assert "tsm/connect: '" in got["connect_fails"][1]
+    assert "state=error" in got["tdi_error_state"][1]
 
 
 def test_response_not_ready_is_waited_out(prov: Provisioned, tmp_path: Path) -> None:

@@ -414,3 +414,19 @@ def test_doe_fault_targets_one_object_type(dev_doe: tuple[Device, LinuxDoe, Faul
     with pytest.raises(DoeIOError, match="ERROR"):
         drv.task(1, 2, b"secured")  # type 2 is hit
     assert drv.task(1, 2, b"agai") == b"iaga"
+
+
+def test_ide_fail_while_run_errors_the_tdi_bound_to_the_stream() -> None:
+    from tests.test_tdisp import program_secure_stream
+
+    dev, r = make()
+    fs = dev.ide.faults = r.faults = FaultSet()
+    ctl = program_secure_stream(dev, 3)
+    drive(r, dev.dsm, R, default_stream_id=3)
+    fs.arm("ide-fail")
+    # the next TDISP request while RUN: the stream has failed, the TDI is in ERROR
+    assert state(r) is E
+    sts = int.from_bytes(dev.dsm.config.read(ctl + 4, 4), "little")
+    assert sts == 0x80000000  # Selective IDE Stream Status: Insecure, IDE_FAIL set
+    ask(r, m.STOP_INTERFACE_REQUEST)
+    assert state(r) is U

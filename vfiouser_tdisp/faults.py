@@ -160,10 +160,11 @@ SPECS: dict[str, FaultSpec] = {s.name: s for s in (
     FaultSpec(
         "ide-fail", "ide",
         "a SECURE IDE stream (STREAM: its ID, -1 any) leaves SECURE at the next read of "
-        "its Status register, which reads INSECURE with IDE_FAIL (bit 31) set; a "
-        "TDI bound to it moves to ERROR",
-        "the kernel's IDE code sees the stream insecure; the TDI it protects is in "
-        "ERROR",
+        "its Status register or the next TDISP request while a TDI runs, whichever "
+        "comes first; Status then reads INSECURE with IDE_FAIL (bit 31) set, the keys "
+        "are gone, and a TDI bound to the stream moves to ERROR",
+        "the TDI the stream protects is in ERROR: tvm/state error, a refresh fails, "
+        "unlock recovers; a reader of the Status register sees IDE_FAIL",
         (FaultArg("stream", int, -1, "stream ID (-1: any)"), COUNT)),
     FaultSpec(
         "kp-ack", "ide_km",

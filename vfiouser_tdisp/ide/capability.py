@@ -227,12 +227,23 @@ class IdeCapability(Capability):
     def read_dword(self, rel: int, stored: int) -> int:
         s = self._stream_at(rel)
         if s is not None and rel == s.ctl_rel + 4:  # status register
-            if s.fsm.state is IdeStreamState.SECURE and self.faults.take(
-                    "ide-fail", f"{self.function_name}:{s.kind}{s.index}",
-                    lambda a: a["stream"] in (-1, s.secure_id)):
-                s.fail()
+            self.inject_fail([s])
             return s.fsm.state.value | (PCI_IDE_STS_IDE_FAIL if s.ide_fail else 0)
         return stored
+
+    def inject_fail(self, streams: list[IdeStream] | None = None) -> bool:
+        """Fault ide-fail: a SECURE stream (of ``streams``, default all) it names
+        fails now; True if one did.  Asked where the stream's state is observed: its
+        Status register, and the device's TDISP layer before each request."""
+        for s in self.streams if streams is None else streams:
+            if s.fsm.state is not IdeStreamState.SECURE:
+                continue
+            wanted = (-1, s.secure_id)
+            if self.faults.take("ide-fail", f"{self.function_name}:{s.kind}{s.index}",
+                                lambda a: a["stream"] in wanted):
+                s.fail()
+                return True
+        return False
 
     def write_dword(self, rel: int, old: int, new: int, value: int, byte_mask: int) -> int:
         s = self._stream_at(rel)

@@ -51,9 +51,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("kp-ack", ("kp-ack:status=4",), CONNECT_FAILS,
              "KP_ACK UNSPECIFIED_FAILURE: the firmware's IDE key programming fails, "
              "connect fails; the next connect works"),
-    Scenario("ide-fail", ("ide-fail",), CONNECT_FAILS,
-             "the IDE stream reads INSECURE with IDE_FAIL right after the kernel enables "
-             "it: connect fails; the next connect works"),
+    Scenario("ide-fail", ("ide-fail",), ("tsm_module", "tdi_error_state", "disconnect"),
+             "the IDE stream fails (IDE_FAIL) while the TDI runs: the TDI goes to ERROR, "
+             "tvm/state error, refresh fails, unlock recovers"),
     Scenario("dma-locked", ("dma-locked",), LOCKS,
              "the device tries DMA while its TDI is CONFIG_LOCKED: the TDISP gate holds "
              "it, nothing reaches guest memory, lock and verify succeed"),

@@ -182,6 +182,8 @@ class IdeStreams(Protocol):
 
     def stream_state(self, stream_id: int) -> IdeStreamState | None: ...
 
+    def inject_fail(self) -> bool: ...  # fault ide-fail (faults.py)
+
 
 class DeviceLike(Protocol):
     functions: list[PciFunction]
@@ -568,6 +570,10 @@ class TdispResponder:
         if tdi is None:
             raise TdispFailure(TdispErrorCode.INVALID_INTERFACE,
                                f"no TDI with function_id {header.function_id:#x}")
+        if tdi.state is TdiState.RUN and self.ide is not None:
+            # fault ide-fail: the stream failed while the TDI ran (IDE_FAIL); the IDE
+            # layer tells ide_stream_insecure, which errors the TDI bound to it
+            self.ide.inject_fail()
         if tdi.state is TdiState.RUN and self.faults.take("tdi-error", tdi.function.name):
             tdi.enforce(Enforcement.DEVICE_ERROR, "device internal error (injected)")
         fault = self._take_fault(request)

@@ -33,8 +33,9 @@ clearing EN returns it to INSECURE.  Every change is an event.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..events import emit
 from ..faults import ARMED, FaultSet
@@ -151,6 +152,11 @@ class IdeStream:
             listener(self.secure_id)
 
 
+def _names_stream(stream_id: int) -> Callable[[Mapping[str, Any]], bool]:
+    """ide-fail's ``stream`` argument matches ``stream_id`` (-1: any)."""
+    return lambda args: args["stream"] in (-1, stream_id)
+
+
 class IdeCapability(Capability):
     CAP_ID = PCI_EXT_CAP_ID_IDE
     EXTENDED = True
@@ -238,9 +244,8 @@ class IdeCapability(Capability):
         for s in self.streams if streams is None else streams:
             if s.fsm.state is not IdeStreamState.SECURE:
                 continue
-            wanted = (-1, s.secure_id)
             if self.faults.take("ide-fail", f"{self.function_name}:{s.kind}{s.index}",
-                                lambda a: a["stream"] in wanted):
+                                _names_stream(s.secure_id)):
                 s.fail()
                 return True
         return False

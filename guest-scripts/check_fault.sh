@@ -34,7 +34,7 @@ case $scenario in
     fw-busy) expect=connect_succeeds ;;
     spdm-not-ready|spdm-busy|dma-locked) expect=lock_succeeds ;;
     measurements-change|report-range) expect=verifier_refuses ;;
-    tdi-error|ide-fail) expect=tdi_error_state ;;
+    tdi-error) expect=tdi_error_state ;;
     *) expect=unknown ;;
 esac
 # the errno tsm/connect must fail with: pci_doe() returns -EIO on a timeout or ERROR

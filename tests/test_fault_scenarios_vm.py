@@ -35,7 +35,8 @@ def scenario(prov: Provisioned, tmp_path: Path, name: str) -> dict[str, tuple[bo
         ["kernel_doe_abort"] if name.startswith("doe-") else []) + (
         ["respond_if_ready"] if name == "spdm-not-ready" else []) + (
         ["firmware_refused"] if name == "cert-change" else []) + (
-        ["dma_held"] if name == "dma-locked" else [])
+        ["dma_held"] if name == "dma-locked" else []) + (
+        ["busy_retried"] if name == "spdm-busy" else [])
     return got
 
 
@@ -84,9 +85,9 @@ def test_dma_while_locked_is_held(prov: Provisioned, tmp_path: Path) -> None:
     assert got["dma_held"][1].endswith("0 let through")
 
 
-def test_ide_fail_while_run_errors_the_tdi(prov: Provisioned, tmp_path: Path) -> None:
-    got = scenario(prov, tmp_path, "ide-fail")
-    assert "state=error" in got["tdi_error_state"][1]
+def test_busy_is_retried_by_the_firmware_requester(prov: Provisioned, tmp_path: Path) -> None:
+    got = scenario(prov, tmp_path, "spdm-busy")
+    assert got["busy_retried"][1].startswith("GET_MEASUREMENTS -> Busy, Busy, Busy, MEASUREMENTS")
 
 
 def test_response_not_ready_is_waited_out(prov: Provisioned, tmp_path: Path) -> None:

@@ -430,3 +430,20 @@ def test_ide_fail_while_run_errors_the_tdi_bound_to_the_stream() -> None:
     assert sts == 0x80000000  # Selective IDE Stream Status: Insecure, IDE_FAIL set
     ask(r, m.STOP_INTERFACE_REQUEST)
     assert state(r) is U
+
+
+def test_requester_retries_busy_then_gives_up(events: Recorder) -> None:
+    from tests.spdm_support import requester
+    from vfiouser_tdisp.spdm.requester import BUSY_RETRIES, SpdmRequesterError
+
+    r = responder()
+    fs = r.faults = FaultSet()
+    req = requester(r)
+    fs.arm("spdm-busy:GET_CAPABILITIES,count=2")
+    req.init_connection()  # Busy twice, then CAPABILITIES: the connection is made
+    assert len(fired(events, "spdm-busy")) == 2
+    fs.arm(f"spdm-busy:GET_DIGESTS,count={BUSY_RETRIES + 1}")
+    with pytest.raises(SpdmRequesterError):
+        req.get_digests()
+    assert len(fired(events, "spdm-busy")) == 2 + BUSY_RETRIES + 1
+    assert len(req.get_digests()) == 1  # spent: the next read works

@@ -114,8 +114,8 @@ def _add_fault_args(p: argparse.ArgumentParser) -> None:
                    help=FAULT_HELP)
 
 
-SCENARIOS = ("doe-busy", "doe-error", "doe-delay", "kp-ack", "ide-fail", "dma-locked",
-             "fw-busy", "spdm-not-ready", "measurements-change", "cert-change",
+SCENARIOS = ("doe-busy", "doe-error", "doe-delay", "kp-ack", "dma-locked", "fw-busy",
+             "spdm-busy", "spdm-not-ready", "measurements-change", "cert-change",
              "report-range", "tdi-error")
 
 

@@ -51,9 +51,6 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("kp-ack", ("kp-ack:status=4",), CONNECT_FAILS,
              "KP_ACK UNSPECIFIED_FAILURE: the firmware's IDE key programming fails, "
              "connect fails; the next connect works"),
-    Scenario("ide-fail", ("ide-fail",), ("tsm_module", "tdi_error_state", "disconnect"),
-             "the IDE stream fails (IDE_FAIL) while the TDI runs: the TDI goes to ERROR, "
-             "tvm/state error, refresh fails, unlock recovers"),
     Scenario("dma-locked", ("dma-locked",), LOCKS,
              "the device tries DMA while its TDI is CONFIG_LOCKED: the TDISP gate holds "
              "it, nothing reaches guest memory, lock and verify succeed"),
@@ -61,6 +58,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              ("tsm_module", "connect_succeeds", "disconnect"),
              "RMI_BUSY three extra times: the guest module calls again and connect "
              "succeeds", min_fired=3),
+    Scenario("spdm-busy", ("spdm-busy:GET_MEASUREMENTS,count=3",), LOCKS,
+             "ERROR Busy three times on GET_MEASUREMENTS: the firmware's requester sends "
+             "the request again through the kernel's DOE; lock succeeds", min_fired=3),
     Scenario("spdm-not-ready", ("spdm-not-ready:GET_MEASUREMENTS,rdt_exponent=10",), LOCKS,
              "ResponseNotReady on GET_MEASUREMENTS: the firmware's requester waits RDT "
              "and sends RESPOND_IF_READY through the kernel's DOE; lock succeeds"),
@@ -124,6 +124,14 @@ def firmware_refused_chain(boot: pf.Boot) -> tuple[str, bool, str]:
     return ("firmware_refused", bool(why), why[0] if why else "no chain refusal in the events")
 
 
+def busy_retried(boot: pf.Boot) -> tuple[str, bool, str]:
+    """The firmware's requester sent GET_MEASUREMENTS again after each ERROR Busy."""
+    answers = [str(e.get("error") or e.get("response")) for e in boot.of("spdm.response")
+               if e.get("request") == "GET_MEASUREMENTS"]
+    ok = answers[:4] == ["Busy", "Busy", "Busy", "MEASUREMENTS"]
+    return ("busy_retried", ok, "GET_MEASUREMENTS -> " + ", ".join(answers[:6]))
+
+
 def respond_if_ready(boot: pf.Boot) -> tuple[str, bool, str]:
     """The firmware's requester answered ResponseNotReady the DSP0274 way: after the
     ERROR it sent RESPOND_IF_READY, which got the real response."""
@@ -158,6 +166,8 @@ def run_scenario(prov: Provisioned, out: Path, scenario: Scenario, *,
         results.append(dma_held(boot))
     if scenario.name == "spdm-not-ready":
         results.append(respond_if_ready(boot))
+    if scenario.name == "spdm-busy":
+        results.append(busy_retried(boot))
     if scenario.name in DOE_ABORT:
         results.append(kernel_doe_abort(boot, DOE_ABORT[scenario.name]))
     return boot, results
@@ -202,5 +212,5 @@ def main_run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, old)
 
 
-__all__ = ["SCENARIOS", "Scenario", "dma_held", "fault_fired", "firmware_refused_chain",
+__all__ = ["SCENARIOS", "Scenario", "busy_retried", "dma_held", "fault_fired", "firmware_refused_chain",
            "kernel_doe_abort", "main_run", "respond_if_ready", "run_scenario"]

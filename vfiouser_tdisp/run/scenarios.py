@@ -212,5 +212,6 @@ def main_run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, old)
 
 
-__all__ = ["SCENARIOS", "Scenario", "busy_retried", "dma_held", "fault_fired", "firmware_refused_chain",
-           "kernel_doe_abort", "main_run", "respond_if_ready", "run_scenario"]
+__all__ = ["SCENARIOS", "Scenario", "busy_retried", "dma_held", "fault_fired",
+           "firmware_refused_chain", "kernel_doe_abort", "main_run", "respond_if_ready",
+           "run_scenario"]

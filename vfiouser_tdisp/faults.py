@@ -90,8 +90,8 @@ SPECS: dict[str, FaultSpec] = {s.name: s for s in (
         "spdm-busy", "spdm",
         "the SPDM responder answers the chosen request with ERROR Busy (0x03), "
         "ErrorData 0, leaving its state as it was (DSP0274 ERROR)",
-        "the requester retries the request or gives up; Linux's SPDM library fails "
-        "the exchange (connect fails) when the retry budget is spent",
+        "the requester sends the request again or gives up (the platform firmware "
+        "emulators' requester: up to 8 times, 10 ms apart, then the operation fails)",
         (FaultArg("request", str, None, "request code name (GET_MEASUREMENTS) or number"),
          COUNT)),
     FaultSpec(

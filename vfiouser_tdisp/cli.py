@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "initramfs (default: the provisioned ones, same release only)")
     _add_fault_args(p)
     _add_scenario_arg(p)
-    p.set_defaults(handler="vfiouser_tdisp.run.scenarios:main_run")
+    p.set_defaults(handler="vfiouser_tdisp.run.platform:main_run")
 
     _add_fault_command(sub)
     _add_tsm_parser(sub)

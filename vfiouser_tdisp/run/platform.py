@@ -482,7 +482,11 @@ def user_kernel(prov: Provisioned, args: argparse.Namespace) -> tuple[Provisione
 
 
 def main_run(args: argparse.Namespace) -> int:
-    """`run`: the platform flow against ``args.platform``."""
+    """`run`: the platform flow against ``args.platform`` (`--scenario`: one fault
+    scenario instead, run/scenarios.py)."""
+    if getattr(args, "scenario", None):
+        from .scenarios import main_scenario  # it builds on this module
+        return main_scenario(args)
     if get_profile(args.profile).personality != "virtio-rng":
         # probe, hwrng and dma_held read /dev/hwrng through the device's driver
         print(f"vfiouser-tdisp run: the platform flow needs a virtio-rng profile "

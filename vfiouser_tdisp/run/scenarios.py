@@ -173,10 +173,8 @@ def run_scenario(prov: Provisioned, out: Path, scenario: Scenario, *,
     return boot, results
 
 
-def main_run(args: argparse.Namespace) -> int:
-    """`run`: with --scenario, the scenario's boot; otherwise the platform flow."""
-    if not getattr(args, "scenario", None):
-        return pf.main_run(args)
+def main_scenario(args: argparse.Namespace) -> int:
+    """`run --scenario NAME` (platform.main_run hands it over): the scenario's boot."""
     scenario = SCENARIOS[args.scenario]
     old = signal.signal(signal.SIGTERM, pf._sigterm)
     try:
@@ -213,5 +211,5 @@ def main_run(args: argparse.Namespace) -> int:
 
 
 __all__ = ["SCENARIOS", "Scenario", "busy_retried", "dma_held", "fault_fired",
-           "firmware_refused_chain", "kernel_doe_abort", "main_run", "respond_if_ready",
+           "firmware_refused_chain", "kernel_doe_abort", "main_scenario", "respond_if_ready",
            "run_scenario"]

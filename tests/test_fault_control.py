@@ -142,3 +142,18 @@ def test_bad_control_requests_answer_an_error(sock_dir: Path, request_line: byte
         assert send(str(sock_dir / "c"), {"op": "list"})["ok"] is True  # still serving
     finally:
         srv.close()
+
+
+def test_run_takes_faults_and_scenarios() -> None:
+    from vfiouser_tdisp.cli import build_parser
+    from vfiouser_tdisp.run.scenarios import SCENARIOS
+
+    args = build_parser().parse_args(["run", "--fault", "doe-busy:type=1", "--fault",
+                                      "report-range", "--scenario", "tdi-error"])
+    assert args.fault == ["doe-busy:type=1", "report-range"]
+    assert args.scenario == "tdi-error" and args.handler == "vfiouser_tdisp.run.platform:main_run"
+    for scenario in SCENARIOS.values():
+        for text in scenario.faults:  # every scenario's faults parse
+            build_parser().parse_args(["serve", "--socket", "x", "--fault", text])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--scenario", "nope"])

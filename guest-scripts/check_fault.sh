@@ -37,8 +37,14 @@ case $scenario in
     tdi-error) expect=tdi_error_state ;;
     *) expect=unknown ;;
 esac
-# the errno tsm/connect must fail with: pci_doe() returns -EIO on a timeout or ERROR
-case $scenario in doe-*) want_err="Input/output error" ;; *) want_err="" ;; esac
+# the errno tsm/connect must fail with: pci_doe() returns -EIO on a timeout or ERROR,
+# which the module passes on for CCA; for TDX the module reports it to the TDX module,
+# which ends TDH.SPDM.CONNECT with TDX_DEVICE_ERROR, and the module returns -EPROTO
+case $scenario:$platform in
+    doe-*:tdx) want_err="Protocol error" ;;
+    doe-*) want_err="Input/output error" ;;
+    *) want_err="" ;;
+esac
 echo "VTDISP-INFO scenario $scenario expect $expect"
 
 load_module virtio_rng

@@ -26,8 +26,10 @@ def prov() -> Provisioned:
         pytest.fail(f"not provisioned: {exc}")
 
 
-def scenario(prov: Provisioned, tmp_path: Path, name: str) -> dict[str, tuple[bool, str]]:
-    boot, results = run_scenario(prov, tmp_path, SCENARIOS[name], timeout=240, log=False)
+def scenario(prov: Provisioned, tmp_path: Path, name: str,
+             platform: str = "cca") -> dict[str, tuple[bool, str]]:
+    boot, results = run_scenario(prov, tmp_path, SCENARIOS[name], timeout=240, log=False,
+                                 platform=platform)
     got = {n: (ok, d) for n, ok, d in results}
     failed = {n: d for n, (ok, d) in got.items() if not ok}
     assert not failed, f"{failed}\n{boot.run.console[-3000:]}"
@@ -49,6 +51,15 @@ def test_doe_faults_fail_connect_with_eio_then_recover(prov: Provisioned, tmp_pa
     waited = "its 1 s timeout" if name != "doe-error" else "ERROR seen at once"
     assert waited in got["kernel_doe_abort"][1]
     assert got["connect_recovers"][1] == "the fault spent, a second connect: connect=tsm0"
+
+
+def test_doe_busy_on_tdx_fails_connect_with_eproto(prov: Provisioned, tmp_path: Path) -> None:
+    # the DOE driver's -EIO goes to the TDX module, which ends TDH.SPDM.CONNECT with
+    # TDX_DEVICE_ERROR; the module returns -EPROTO
+    got = scenario(prov, tmp_path, "doe-busy", platform="tdx")
+    assert got["connect_fails"][1].startswith("tsm/connect: 'Protocol error'")
+    assert "DOE type 1 exchange failed: -5" in got["connect_fails"][1]
+    assert "its 1 s timeout" in got["kernel_doe_abort"][1]
 
 
 def test_kp_ack_failure_fails_connect_then_recovers(prov: Provisioned, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/delay.h>
 #include <linux/gfp.h>
 #include <linux/moduleparam.h>
 #include <linux/pci.h>
@@ -37,6 +38,7 @@
 /* COMMUNICATE rounds without progress before giving up */
 #define CCA_MAX_IDLE		4
 #define CCA_MAX_EXCHANGES	512
+#define CCA_MAX_BUSY		64	/* RMI_BUSY answers to one COMMUNICATE before -EBUSY */
 
 static const char * const cca_pdev_states[] = {
 	"NEW", "NEEDS_KEY", "HAS_KEY", "READY", "STOPPED", "ERROR",
@@ -266,7 +268,7 @@ static int cca_exchange(struct cca_dsm *dsm, u64 fid, const u64 *obj, unsigned i
 	u64 res[VTFW_NR_RESULTS];
 	u64 args[4], req_len, id;
 	unsigned long fresh = 0;
-	int rc, n;
+	int rc, n, busy;
 	u8 type;
 
 	if (nobj >= ARRAY_SIZE(args))
@@ -280,7 +282,20 @@ static int cca_exchange(struct cca_dsm *dsm, u64 fid, const u64 *obj, unsigned i
 		put64(dsm->comm, RMI_COMM_ENTER_REQ_ADDR, vtfw_pa(dsm->req));
 		put64(dsm->comm, RMI_COMM_ENTER_RESP_ADDR, vtfw_pa(dsm->rsp));
 		put64(dsm->comm, RMI_COMM_ENTER_RESP_LEN, resp_len);
-		rc = cca_rmi(dsm, "COMMUNICATE", fid, args, nobj + 1, res);
+		/*
+		 * RMI_BUSY: the RMM could not take the call now and did nothing (the
+		 * enter page stays as written): call again, a bounded number of times,
+		 * before giving up with -EBUSY.
+		 */
+		for (busy = 0;; busy++) {
+			rc = vtfw_call(dsm->port, VTFW_CLASS_HOST, fid, args, nobj + 1, res);
+			if (rc || res[0] != RMI_BUSY || busy >= CCA_MAX_BUSY)
+				break;
+			usleep_range(50, 100);
+		}
+		if (busy && !rc && res[0] != RMI_BUSY)
+			vtfw_info(pdev, "COMMUNICATE: RMI_BUSY %d times, called again\n", busy);
+		rc = rc ? rc : cca_status(pdev, "COMMUNICATE", res[0]);
 		if (rc)
 			return rc;
 		status = RMI_COMM_STATUS_NONE;

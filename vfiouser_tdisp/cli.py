@@ -88,6 +88,57 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                         "calls in (default rhi-1.0-bet1; the guest module's rhi_layout "
                         "must match)")
     _add_identity_args(p)
+    _add_fault_args(p)
+    p.add_argument("--control", metavar="SOCK",
+                   help="listen on UNIX socket SOCK (mode 0600) for `vfiouser-tdisp fault "
+                        "--control SOCK`: arm, list and clear faults at run time")
+
+
+def _fault(text: str) -> str:
+    """``--fault NAME[:ARGS]``: parsed now so a mistake is one line."""
+    from .faults import FaultError, parse_fault
+
+    try:
+        parse_fault(text)
+    except FaultError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+FAULT_HELP = ("arm fault NAME with ARGS (a,b,key=value; docs/faults.md), repeatable; "
+              "`vfiouser-tdisp fault --names` lists them")
+
+
+def _add_fault_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fault", action="append", type=_fault, metavar="NAME[:ARGS]",
+                   help=FAULT_HELP)
+
+
+SCENARIOS = ("doe-busy", "doe-error", "doe-delay", "kp-ack", "dma-locked", "fw-busy",
+             "spdm-busy", "spdm-not-ready", "measurements-change", "cert-change",
+             "report-range", "tdi-error")
+
+
+def _add_scenario_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenario", choices=SCENARIOS, metavar="NAME",
+                   help="instead of the flow, one fault scenario: its faults armed, the "
+                        "flow as far as they reach, PASS lines naming the kernel's and the "
+                        f"guest's reaction (docs/faults.md): {', '.join(SCENARIOS)}")
+
+
+def _add_fault_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("fault", help="arm, list or clear faults of a running `serve "
+                                     "--control SOCK` (docs/faults.md)")
+    p.add_argument("--control", metavar="SOCK", help="the server's control socket")
+    p.add_argument("faults", nargs="*", type=_fault, metavar="NAME[:ARGS]",
+                   help="faults to arm")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--list", action="store_true", help="the armed faults and their counts")
+    g.add_argument("--clear", nargs="?", const="", metavar="NAME",
+                   help="disarm every fault (or every NAME fault)")
+    g.add_argument("--names", action="store_true",
+                   help="every fault this version knows, its layer and effect (no socket)")
+    p.set_defaults(handler="vfiouser_tdisp.control:main_fault")
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
@@ -260,9 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel-modules", metavar="MODDIR",
                    help="the kernel's installed modules (/lib/modules/RELEASE) for the "
                         "initramfs (default: the provisioned ones, same release only)")
+    _add_fault_args(p)
+    _add_scenario_arg(p)
     p.set_defaults(handler="vfiouser_tdisp.run.platform:main_run")
 
     _add_run_shell_args(p)
+    _add_fault_command(sub)
     _add_tsm_parser(sub)
     _add_tdx_blob_parser(sub)
     _add_report_parser(sub)

@@ -27,6 +27,7 @@ from .device.tamper import apply_tamper
 from .doe.capture import PcapWriter
 from .doe.emu_socket import SOCKET_SPDM_COMMAND_OOB_ENCAP_KEY_UPDATE, SpdmEmuServer
 from .events import LOG, HumanSink, JsonLinesSink, emit, open_event_log
+from .faults import ARMED
 from .firmware import Firmware
 from .paths import identity_dir
 from .sockets import private_umask
@@ -159,7 +160,8 @@ def serve_forever(paths: list[str], profile_name: str, spdm_port: int | None = N
                   identity_options: dict[str, Any] | None = None,
                   debug_ide_keys: bool = False, platform: str | None = None,
                   tamper: Sequence[str] = (),
-                  platform_options: dict[str, Any] | None = None) -> None:
+                  platform_options: dict[str, Any] | None = None,
+                  faults: Sequence[str] = (), control: str | None = None) -> None:
     # The stop signals are taken synchronously with sigwait() in this thread, never
     # by a handler: a Python handler runs between two bytecodes of the main
     # thread, and one that takes a lock (Event.set) while the main thread is
@@ -170,17 +172,26 @@ def serve_forever(paths: list[str], profile_name: str, spdm_port: int | None = N
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
+        for text in faults:  # armed before the first exchange (docs/faults.md)
+            ARMED.arm(text)
         running = start_devices(paths, profile_name, spdm_port, spdm_host, pcap,
                                 pcap_keys=pcap_keys, identity_options=identity_options,
                                 debug_ide_keys=debug_ide_keys, tamper=tamper,
                                 firmware=platform_firmware(platform, **(platform_options or {}))
                                 if platform else None)
+        control_server = None
         try:
+            if control:
+                from .control import ControlServer
+                control_server = ControlServer(control)
+                control_server.start()
             emit("server.ready", sockets=[s.path for s in running.servers],
                  profile=profile_name, spdm_ports=[e.port for e in running.spdm_servers])
             signum = signal.sigwait(stop_signals)
             emit("server.stopping", signal=signal.Signals(signum).name)
         finally:
+            if control_server is not None:
+                control_server.close()
             running.close()
             emit("server.stopped")
     finally:
@@ -224,7 +235,9 @@ def main_serve(args: argparse.Namespace) -> int:
                           platform=getattr(args, "platform", None),
                           tamper=getattr(args, "tamper", None) or (),
                           platform_options={"rhi_layout": args.rhi_layout}
-                          if getattr(args, "rhi_layout", None) else None)
+                          if getattr(args, "rhi_layout", None) else None,
+                          faults=getattr(args, "fault", None) or (),
+                          control=getattr(args, "control", None))
         except IdentityError as exc:
             print(f"vfiouser-tdisp serve: {exc}", file=sys.stderr)
             return 2

@@ -22,6 +22,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..faults import ARMED, FaultSet
 from ..spdm.algorithms import HashAlgo
 from ..spdm.messages import MeasurementBlock
 from ..wire import Struct, tail, u8, u16, u32, u64
@@ -74,11 +75,25 @@ class DeviceMeasurements:
         # `serve --tamper measurements` (device/tamper.py): a firmware image other
         # than the one the device's reference values describe.
         self.tampered = False
+        # Fault injection (faults.py): measurements-change.
+        self.faults: FaultSet = ARMED
 
-    def firmware_image(self) -> bytes:
+    def _changed(self) -> bool:
+        """One measurement read: has an armed measurements-change fault taken effect
+        (more than its ``after`` reads so far)?"""
+        fault = self.faults.peek("measurements-change")
+        if fault is None:
+            return False
+        fault.state["reads"] = fault.state.get("reads", 0) + 1
+        if fault.state["reads"] <= fault.args["after"]:
+            return False
+        self.faults.fired_sticky(fault, f"{self.device.profile.name}{self.device.instance}")
+        return True
+
+    def firmware_image(self, changed: bool = False) -> bytes:
         p = self.device.profile
         parts = [FIRMWARE_IDENTITY, p.personality.encode(), p.firmware_version.encode()]
-        return b"|".join(parts + [b"tampered"] if self.tampered else parts)
+        return b"|".join(parts + [b"tampered"] if self.tampered or changed else parts)
 
     def hardware_configuration(self) -> bytes:
         out = bytearray()
@@ -107,8 +122,9 @@ class DeviceMeasurements:
             return hash_algo.digest(data), False
 
         blocks = []
+        changed = self._changed()
         for index, vtype, data, tcb in (
-            (1, 0x01, self.firmware_image(), True),
+            (1, 0x01, self.firmware_image(changed), True),
             (3, 0x02, self.hardware_configuration(), True),
             (4, 0x03, self.tdisp_configuration(), False),
         ):

@@ -12,27 +12,16 @@ digests match) and only the verifier's own checks can refuse it:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..events import emit
-from ..tdisp import messages as m
+from ..tdisp.report import REPORT_SHIFT_PAGES, shifted_report
 
 if TYPE_CHECKING:
     from .device import Device
 
 KINDS = ("measurements", "report")
-REPORT_SHIFT_PAGES = 1 << 20  # 4 GiB in 4 KiB pages
-
-
-def shifted_report(report: m.TDI_REPORT_STRUCTURE) -> m.TDI_REPORT_STRUCTURE:
-    """The report with its first MMIO range moved REPORT_SHIFT_PAGES up."""
-    if not report.mmio_range:
-        return report
-    first = report.mmio_range[0]
-    moved = dataclasses.replace(first, first_page=first.first_page + REPORT_SHIFT_PAGES)
-    return dataclasses.replace(report, mmio_range=[moved, *report.mmio_range[1:]])
 
 
 def apply_tamper(dev: Device, kinds: Iterable[str]) -> None:
@@ -46,4 +35,4 @@ def apply_tamper(dev: Device, kinds: Iterable[str]) -> None:
         emit("device.tamper", device=dev.profile.name, instance=dev.instance, evidence=kind)
 
 
-__all__ = ["KINDS", "apply_tamper", "shifted_report"]
+__all__ = ["KINDS", "REPORT_SHIFT_PAGES", "apply_tamper", "shifted_report"]

@@ -22,15 +22,21 @@ everything (including ERROR); GO processes the written object synchronously,
 so BUSY is never observed; the response is read one DW at a time, each read
 acknowledged by a write to the Read Data Mailbox; DATA_OBJECT_READY stays set
 until the last DW is acknowledged.  Objects the dispatcher cannot handle set
-ERROR, which only ABORT clears.  Reads have no side effects.
+ERROR, which only ABORT clears.  Reads have no side effects.  Injected faults
+(faults.py) are the exception to "never BUSY": doe-busy keeps BUSY set after GO
+until ABORT, doe-delay keeps it set until the response is ready, doe-error sets
+ERROR at GO.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ..events import emit
+from ..faults import ARMED, FaultSet
 from ..fsm import StateMachine
 from ..pci.config import Capability, Reg
 from .protocols import DOE_MAX_LENGTH_DW, DoeDispatcher, DoeError
@@ -94,6 +100,13 @@ class DoeCapability(Capability):
         self._write_buf: list[int] = []
         self._read_buf: list[int] = []
         self._read_pos = 0
+        # Fault injection (faults.py): doe-busy, doe-error, doe-delay.
+        self.faults: FaultSet = ARMED
+        self._stuck_busy = False      # doe-busy: BUSY until ABORT, no response
+        self._ready_at = 0.0          # doe-delay: monotonic time the response is ready
+
+    def _delayed(self) -> bool:
+        return self._ready_at > time.monotonic()
 
     def registers(self) -> Iterable[Reg]:
         return [
@@ -110,13 +123,16 @@ class DoeCapability(Capability):
             return 0  # ABORT and GO read as 0; INT_EN is hardwired 0 (no INT_SUP)
         if rel == PCI_DOE_STATUS:
             status = 0
+            if self._stuck_busy or self._delayed():
+                return PCI_DOE_STATUS_BUSY  # still working: no response yet
             if self.fsm.state is DoeState.ERROR:
                 status |= PCI_DOE_STATUS_ERROR
             if self.fsm.state is DoeState.RESPONSE_READY:
                 status |= PCI_DOE_STATUS_DATA_OBJECT_READY
             return status
         if rel == PCI_DOE_READ:
-            if self.fsm.state is DoeState.RESPONSE_READY and self._read_pos < len(self._read_buf):
+            if self.fsm.state is DoeState.RESPONSE_READY and self._read_pos < len(self._read_buf) \
+                    and not self._delayed():
                 return self._read_buf[self._read_pos]
             return 0
         return 0  # WRITE mailbox reads as zero
@@ -151,7 +167,7 @@ class DoeCapability(Capability):
         self._write_buf.append(dw)
 
     def _ack_read(self) -> None:
-        if self.fsm.state is not DoeState.RESPONSE_READY:
+        if self.fsm.state is not DoeState.RESPONSE_READY or self._delayed():
             return
         self._read_pos += 1
         if self._read_pos >= len(self._read_buf):
@@ -160,19 +176,32 @@ class DoeCapability(Capability):
             self.fsm.fire("read_done")
 
     def abort(self, cause: str) -> None:
+        self._stuck_busy = False
+        self._ready_at = 0.0
         self._write_buf = []
         self._read_buf = []
         self._read_pos = 0
         self.fsm.fire("abort", cause=cause)
 
     def go(self) -> None:
-        if self.fsm.state is DoeState.ERROR:
+        if self.fsm.state is DoeState.ERROR or self._stuck_busy or self._delayed():
             return
         request = b"".join(dw.to_bytes(4, "little") for dw in self._write_buf)
+        obj_type = (self._write_buf[0] >> 16) & 0xFF if self._write_buf else -1
         self._write_buf = []
+
+        def of_type(args: Mapping[str, Any]) -> bool:
+            return args.get("type", -1) in (-1, obj_type)
+
+        if request and self.faults.take("doe-busy", self.mailbox_name, of_type):
+            # The request is swallowed; BUSY stays set until ABORT (PCIe §6.30.2).
+            self._stuck_busy = True
+            return
         try:
             if not request:
                 raise DoeError("GO with an empty write mailbox")
+            if self.faults.take("doe-error", self.mailbox_name, of_type):
+                raise DoeError("injected fault doe-error")
             response = self.dispatcher.exchange(request)
         except DoeError as exc:
             emit("doe.error", mailbox=self.mailbox_name, reason=str(exc),
@@ -182,9 +211,14 @@ class DoeCapability(Capability):
         self._read_buf = [int.from_bytes(response[i : i + 4], "little")
                           for i in range(0, len(response), 4)]
         self._read_pos = 0
+        delay = self.faults.take("doe-delay", self.mailbox_name, of_type)
+        if delay is not None:
+            self._ready_at = time.monotonic() + delay.args["seconds"]
         self.fsm.fire("go_ok", request_dw=len(request) // 4, response_dw=len(self._read_buf))
 
     def reset(self) -> None:
+        self._stuck_busy = False
+        self._ready_at = 0.0
         self._write_buf = []
         self._read_buf = []
         self._read_pos = 0

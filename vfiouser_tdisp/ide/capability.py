@@ -33,10 +33,12 @@ clearing EN returns it to INSECURE.  Every change is an event.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..events import emit
+from ..faults import ARMED, FaultSet
 from ..fsm import StateMachine
 from ..pci.config import Capability, Reg
 
@@ -54,6 +56,8 @@ PCI_IDE_SEL_CTL_ID_SHIFT = 24
 
 IDE_STATE_INSECURE = 0
 IDE_STATE_SECURE = 2
+# Stream Status bit 31: an IDE Fail (integrity check failure) was seen/signalled.
+PCI_IDE_STS_IDE_FAIL = 0x80000000
 
 
 class KeySubstream(enum.IntEnum):
@@ -77,6 +81,9 @@ IDE_STREAM_TRANSITIONS: dict[tuple[IdeStreamState, str], IdeStreamState] = {
     (IdeStreamState.SECURE, "disable"): IdeStreamState.INSECURE,
     (IdeStreamState.SECURE, "key_stop"): IdeStreamState.INSECURE,
     (IdeStreamState.SECURE, "reset"): IdeStreamState.INSECURE,
+    # An integrity check failure (PCIe §6.33.5, fault ide-fail): the stream leaves
+    # SECURE and its keys are gone; only new keys and a re-enable bring it back.
+    (IdeStreamState.SECURE, "ide_fail"): IdeStreamState.INSECURE,
 }
 
 ALL_KEY_SLOTS = [(sub, d) for sub in KeySubstream for d in KeyDirection]
@@ -103,6 +110,7 @@ class IdeStream:
         self.ctl_rel = ctl_rel
         self.owner = owner
         self.secure_id = -1  # stream ID it went SECURE with (registers may be reset)
+        self.ide_fail = False  # Status bit 31, set when an IDE Fail took it out of SECURE
         self.fsm: StateMachine[IdeStreamState] = StateMachine(
             "ide_stream", IDE_STREAM_TRANSITIONS, IdeStreamState.INSECURE,
             stream=f"{kind}{index}", function=owner.function_name)
@@ -126,12 +134,27 @@ class IdeStream:
         state = self.fsm.state
         if secure_now and state is IdeStreamState.INSECURE:
             self.secure_id = self.stream_id
+            self.ide_fail = False
             self.fsm.fire("enable_keyed", cause=cause, stream_id=self.stream_id)
         elif not secure_now and state is IdeStreamState.SECURE:
             trigger = cause if (state, cause) in IDE_STREAM_TRANSITIONS else "disable"
             self.fsm.fire(trigger, cause=cause, stream_id=self.secure_id)
             for listener in self.owner.insecure_listeners:
                 listener(self.secure_id)
+
+
+    def fail(self) -> None:
+        """An IDE Fail: SECURE -> INSECURE with IDE_FAIL set, the keys dropped."""
+        self.ide_fail = True
+        self.owner.keys.pop(self.secure_id, None)
+        self.fsm.fire("ide_fail", cause="ide_fail", stream_id=self.secure_id)
+        for listener in self.owner.insecure_listeners:
+            listener(self.secure_id)
+
+
+def _names_stream(stream_id: int) -> Callable[[Mapping[str, Any]], bool]:
+    """ide-fail's ``stream`` argument matches ``stream_id`` (-1: any)."""
+    return lambda args: args["stream"] in (-1, stream_id)
 
 
 class IdeCapability(Capability):
@@ -156,6 +179,8 @@ class IdeCapability(Capability):
         size = PCI_IDE_LINK_STREAM_0 + 8 * link_streams + self.sel_size * selective_streams
         super().__init__(size)
         self.keys: dict[int, StreamKeys] = {}
+        # Fault injection (faults.py): ide-fail.
+        self.faults: FaultSet = ARMED
         self.insecure_listeners: list[Callable[[int], None]] = []
         self.streams: list[IdeStream] = []
         for i in range(link_streams):
@@ -208,8 +233,22 @@ class IdeCapability(Capability):
     def read_dword(self, rel: int, stored: int) -> int:
         s = self._stream_at(rel)
         if s is not None and rel == s.ctl_rel + 4:  # status register
-            return s.fsm.state.value
+            self.inject_fail([s])
+            return s.fsm.state.value | (PCI_IDE_STS_IDE_FAIL if s.ide_fail else 0)
         return stored
+
+    def inject_fail(self, streams: list[IdeStream] | None = None) -> bool:
+        """Fault ide-fail: a SECURE stream (of ``streams``, default all) it names
+        fails now; True if one did.  Asked where the stream's state is observed: its
+        Status register, and the device's TDISP layer before each request."""
+        for s in self.streams if streams is None else streams:
+            if s.fsm.state is not IdeStreamState.SECURE:
+                continue
+            if self.faults.take("ide-fail", f"{self.function_name}:{s.kind}{s.index}",
+                                _names_stream(s.secure_id)):
+                s.fail()
+                return True
+        return False
 
     def write_dword(self, rel: int, old: int, new: int, value: int, byte_mask: int) -> int:
         s = self._stream_at(rel)

@@ -26,6 +26,7 @@ import hashlib
 from dataclasses import dataclass
 
 from ..events import emit
+from ..faults import ARMED, FaultSet
 from ..wire import DecodeError, Struct, raw, tail, u8, u16
 from .capability import IdeCapability, KeyDirection, KeySubstream
 
@@ -125,6 +126,8 @@ class IdeKmResponder:
         self.segment = segment
         self.debug_keys = debug_keys
         self.function_name = function_name
+        # Fault injection (faults.py): kp-ack.
+        self.faults: FaultSet = ARMED
 
     @property
     def max_port_index(self) -> int:
@@ -166,6 +169,15 @@ class IdeKmResponder:
         if len(message) != KEY_PROG.fixed_size():
             return ack(KpAckStatus.INCORRECT_LENGTH)
         req = KEY_PROG.unpack(message)
+        fault = self.faults.take("kp-ack", f"{self.function_name}:stream{req.stream_id}")
+        if fault is not None:  # answered with the armed failure status, key not taken
+            status = fault.args["status"] & 0xFF
+            emit("ide_km.key_prog", function=self.function_name, stream_id=head.stream_id,
+                 port=head.port_index, key_sub_stream=head.key_sub_stream,
+                 status=KpAckStatus(status).name if status in KpAckStatus._value2member_map_
+                 else status)
+            return KP_ACK(IdeKmObject.KP_ACK, 0, head.stream_id, status,
+                          head.key_sub_stream, head.port_index).pack()
         if req.port_index > self.max_port_index:
             return ack(KpAckStatus.UNSUPPORTED_PORT_INDEX)
         try:

@@ -130,8 +130,11 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                   platform: str = "cca", timeout: float = 300, accel: str = "auto",
                   tamper: Sequence[str] = (), cache_dir: str | None = None,
                   log: bool = True, rhi_layout: str | None = None,
-                  module: Path | None = None, shell: str = "") -> Boot:
-    """Serve the device and the firmware port, boot the guest with check_platform.sh.
+                  module: Path | None = None, shell: str = "", faults: Sequence[str] = (),
+                  scenario: str | None = None) -> Boot:
+    """Serve the device and the firmware port, boot the guest with check_platform.sh
+    (with ``scenario``: check_fault.sh, run/scenarios.py); ``faults`` are armed in the
+    server (serve --fault, docs/faults.md).
     ``module``: a vtfw.ko built for ``prov``'s kernel elsewhere (run --kernel-build);
     ``rhi_layout``: the RHI layout of RMM and guest module (default: theirs);
     ``shell``: "after" / "only" the flow, a shell on this terminal (run/shell.py)."""
@@ -148,6 +151,7 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
     prof = get_profile(profile)
     pers = get_personality(prof.personality)
     extra = ["--platform", platform] + [a for k in tamper for a in ("--tamper", k)]
+    extra += [a for f in faults for a in ("--fault", f)]
     if rhi_layout:
         extra += ["--rhi-layout", rhi_layout]
     if cache_dir:
@@ -163,8 +167,10 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
             append = ("console=ttyS0 panic=-1 loglevel=7"
                       f" vtdisp.vendor=0x{pers.VENDOR_ID:04x}"
                       f" vtdisp.device=0x{pers.DEVICE_ID:04x}"
-                      f" vtdisp.functions={prof.functions} vtdisp.checks=platform"
-                      f" vtdisp.platform={platform}"
+                      f" vtdisp.functions={prof.functions}"
+                      + (f" vtdisp.checks=fault vtdisp.scenario={scenario}" if scenario
+                         else " vtdisp.checks=platform")
+                      + f" vtdisp.platform={platform}"
                       + (" vtdisp.tamper=1" if tamper else "")
                       + (f" vtdisp.rhi_layout={rhi_layout}" if rhi_layout else ""))
             if shell:
@@ -410,10 +416,11 @@ def run_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                  platform: str = "cca", timeout: float = 300, accel: str = "auto",
                  cache_dir: str | None = None, tamper: bool = True,
                  log: bool = True, rhi_layout: str | None = None,
-                 module: Path | None = None, shell: str = "") -> PlatformRun:
+                 module: Path | None = None, shell: str = "",
+                 faults: Sequence[str] = ()) -> PlatformRun:
     main = boot_platform(prov, out / "flow", profile=profile, platform=platform,
                          timeout=timeout, accel=accel, cache_dir=cache_dir, log=log,
-                         rhi_layout=rhi_layout, module=module, shell=shell)
+                         rhi_layout=rhi_layout, module=module, shell=shell, faults=faults)
     if shell == "only":  # no flow: only whether the session ended cleanly
         return PlatformRun(main, None, [r for r in main.run.results if not r[1]]
                            or [("shell", True, "the guest's shell ended, the guest powered off")])
@@ -528,7 +535,13 @@ def user_kernel(prov: Provisioned, args: argparse.Namespace) -> tuple[Provisione
 
 def main_run(args: argparse.Namespace) -> int:
     """`run`: the platform flow against ``args.platform`` (``all``: every platform, one
-    table; each platform's boots in DIR/<platform>/)."""
+    table; each platform's boots in DIR/<platform>/; `--scenario`: one fault scenario
+    instead, run/scenarios.py, on one platform: cca unless --platform names another)."""
+    if getattr(args, "scenario", None):
+        from .scenarios import main_scenario  # it builds on this module
+        if args.platform == "all":
+            args.platform = "cca"
+        return main_scenario(args)
     if get_profile(args.profile).personality != "virtio-rng":
         # probe, hwrng and dma_held read /dev/hwrng through the device's driver
         print(f"vfiouser-tdisp run: the platform flow needs a virtio-rng profile "
@@ -568,7 +581,8 @@ def main_run(args: argparse.Namespace) -> int:
                                               platform=platform, timeout=args.timeout,
                                               accel=args.accel, cache_dir=str(state),
                                               rhi_layout=layout if platform == "cca" else None,
-                                              module=module, shell=shell)
+                                              module=module, shell=shell,
+                                              faults=getattr(args, "fault", None) or ())
                 if args.platform == "all":
                     (where / "summary.txt").write_text(
                         "\n".join(summary(runs[platform], prov, platform, where, note)) + "\n")

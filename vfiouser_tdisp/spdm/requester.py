@@ -123,6 +123,10 @@ SpdmFlow = Generator[SpdmRequest, bytes, T]   # yields a request, is .send() the
 Transport = Callable[[SpdmRequest], bytes]
 
 RESPONSE_NOT_READY_RETRIES = 8
+# ERROR Busy (DSP0274: the responder cannot handle the request now; it may be retried):
+# the same request is sent again this often, BUSY_DELAY s apart, before giving up.
+BUSY_RETRIES = 8
+BUSY_DELAY = 0.01
 MAX_RDT_SLEEP = 1.0
 
 
@@ -313,11 +317,20 @@ class SpdmRequester:
 
     def _exchange(self, request: bytes, session: RequesterSession | None,
                   new_response_key: bool = False) -> SpdmFlow[bytes]:
-        """:meth:`_once`, then RESPOND_IF_READY while the answer is ResponseNotReady."""
+        """:meth:`_once`; again while the answer is ERROR Busy (a bounded number of
+        times); then RESPOND_IF_READY while it is ResponseNotReady."""
         before = session.secured.response if session is not None else None
         response = yield from self._once(request, session, new_response_key)
         if session is not None and session.secured.response is not before:
             new_response_key = False   # already on the new key: retries stay there
+        for _ in range(BUSY_RETRIES):
+            if not _is_error(response, m.SpdmErrorCode.Busy):
+                break
+            time.sleep(BUSY_DELAY)
+            before = session.secured.response if session is not None else None
+            response = yield from self._once(request, session, new_response_key)
+            if session is not None and session.secured.response is not before:
+                new_response_key = False
         for _ in range(RESPONSE_NOT_READY_RETRIES):
             if not _is_error(response, m.SpdmErrorCode.ResponseNotReady):
                 return response

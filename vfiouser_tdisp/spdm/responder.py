@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..doe.protocols import DoeError
 from ..events import emit
+from ..faults import ARMED, FaultSet
 from ..fsm import StateMachine
 from ..wire import DecodeError
 from . import messages as m
@@ -337,6 +338,17 @@ class ChunkTransfer:
         self._load(0, b"", 0)
 
 
+def _request_code(text: str) -> int:
+    """A request code by its DSP0274 name (GET_MEASUREMENTS) or number (0xE0)."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        for code, cls in m.REQUESTS.items():
+            if cls.__name__ == text.upper():
+                return code
+    return -1
+
+
 class SpdmResponder:
     """One SPDM endpoint (the DSM).  Not thread-safe: callers hold the device lock."""
 
@@ -353,6 +365,11 @@ class SpdmResponder:
         self._next_handle = 1
         # Receives session keys as they change (serve --pcap-keys); None = never.
         self.key_sink: Callable[[dict[str, Any]], None] | None = None
+        # Fault injection (faults.py): spdm-busy, spdm-not-ready, cert-change.
+        self.faults: FaultSet = ARMED
+        # The request a ResponseNotReady parked: (request code, token, bytes, session).
+        self._not_ready: tuple[int, int, bytes, ResponderSession | None] | None = None
+        self._next_token = 1
 
     # -- registry ------------------------------------------------------------------------
     def register_vendor_protocol(self, standard_id: int, vendor_id: bytes,
@@ -436,12 +453,64 @@ class SpdmResponder:
         emit("spdm.request", endpoint=self.name, request=name, version=f"{version:#x}",
              session_id=None if sess is None else f"{sess.session_id:#010x}")
         try:
+            injected = self._injected_fault(bytes(data), sess)
+            if injected is not None:
+                return injected
+            if code == m.RESPOND_IF_READY_CODE and self._not_ready is not None:
+                data = self._parked_request(bytes(data), sess)
             response = self._dispatch(bytes(data), sess, padded)
         except SpdmFailure as exc:
             emit("spdm.request_failed", endpoint=self.name, request=name,
                  error=m.SpdmErrorCode.name(exc.code), detail=exc.detail)
             return self._error(exc.code, exc.data, exc.extended, exc.version)
         return self._deliver(response)
+
+    def _injected_fault(self, data: bytes, sess: ResponderSession | None) -> bytes | None:
+        """An armed spdm-busy / spdm-not-ready fault for this request code: its ERROR.
+        Nothing else happens, so the transcripts and state stay as they were."""
+        code = data[1]
+
+        def match(args: Any) -> bool:
+            return _request_code(args["request"]) == code
+
+        if self.faults.take("spdm-busy", f"{self.name}:{m.request_name(code)}", match):
+            return self._error(m.SpdmErrorCode.Busy)
+        fault = self.faults.take("spdm-not-ready", f"{self.name}:{m.request_name(code)}",
+                                 match)
+        if fault is None:
+            return None
+        token = self._next_token
+        self._next_token = self._next_token % 255 + 1
+        self._not_ready = (code, token, data, sess)
+        # DSP0274 Table "ResponseNotReady extended error data": RDTExponent (1),
+        # RequestCode (1), Token (1), RDTM (1).
+        ext = bytes([fault.args["rdt_exponent"] & 0xFF, code, token, fault.args["rdtm"] & 0xFF])
+        return self._error(m.SpdmErrorCode.ResponseNotReady, 0, ext)
+
+    def _parked_request(self, data: bytes, sess: ResponderSession | None) -> bytes:
+        """RESPOND_IF_READY (Param1 = RequestCode, Param2 = Token) -> the parked
+        request, handled now; without a matching parked request, an ERROR."""
+        parked, self._not_ready = self._not_ready, None
+        if parked is None or parked[0] != data[2] or parked[1] != data[3] or parked[3] is not sess:
+            self._not_ready = parked
+            # DSP0274 1.2+: UnexpectedRequest for a RESPOND_IF_READY nothing waits for.
+            raise SpdmFailure(m.SpdmErrorCode.UnexpectedRequest,
+                              "RESPOND_IF_READY without a matching ResponseNotReady")
+        return parked[2]
+
+    def _chain_now(self, slot: SlotIdentity, hash_algo: HashAlgo, *, read: bool) -> bytes:
+        """Slot 0's chain; an armed cert-change fault alters it after ``after`` reads
+        (a read = one GET_DIGESTS)."""
+        chain = self._chain(slot, hash_algo)
+        fault = self.faults.peek("cert-change")
+        if fault is None:
+            return chain
+        if read:
+            fault.state["reads"] = fault.state.get("reads", 0) + 1
+        if fault.state.get("reads", 0) <= fault.args["after"]:
+            return chain
+        self.faults.fired_sticky(fault, f"{self.name}:slot0")
+        return chain[:-1] + bytes([chain[-1] ^ 0xFF])
 
     def _deliver(self, response: bytes) -> bytes:
         """Hand out ``response``, or park it for CHUNK_GET when it is too large."""
@@ -709,7 +778,7 @@ class SpdmResponder:
     def _get_digests(self, req: m.GET_DIGESTS, exact: bytes, sess: ResponderSession | None
                      ) -> bytes:
         hash_algo, _, slot = self._require_negotiated()
-        digest = hash_algo.digest(self._chain(slot, hash_algo))
+        digest = hash_algo.digest(self._chain_now(slot, hash_algo, read=True))
         rsp = m.DIGESTS(spdm_version=self.neg.version,
                         param1=0x01 if self.neg.version >= m.V13 else 0,
                         param2=0x01, digest=digest).pack()
@@ -724,7 +793,7 @@ class SpdmResponder:
         slot_id = req.param1 & 0xF
         if slot_id != 0:
             raise SpdmFailure(m.SpdmErrorCode.InvalidRequest, f"slot {slot_id} is empty")
-        chain = self._chain(slot, hash_algo)
+        chain = self._chain_now(slot, hash_algo, read=False)
         # 1.3: Param2 is CertInfo only with MULTI_KEY_CAP, which this device does not
         # advertise, so it is reserved (0).  SlotSizeRequested (request Param2 bit 0)
         # asks only for the chain's size, in RemainderLength.

@@ -22,6 +22,7 @@ SPDM measurement block reports, so any such change changes the measurement.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 from collections.abc import Iterable
@@ -192,3 +193,16 @@ def configuration_digest(records: Iterable[TdispConfigurationRecord]) -> bytes:
     for record in records:
         h.update(record.pack())
     return h.digest()
+
+
+REPORT_SHIFT_PAGES = 1 << 20  # 4 GiB in 4 KiB pages
+
+
+def shifted_report(report: TDI_REPORT_STRUCTURE) -> TDI_REPORT_STRUCTURE:
+    """The report with its first MMIO range moved REPORT_SHIFT_PAGES up, so it lies
+    outside every BAR (serve --tamper report, fault report-range)."""
+    if not report.mmio_range:
+        return report
+    first = report.mmio_range[0]
+    moved = dataclasses.replace(first, first_page=first.first_page + REPORT_SHIFT_PAGES)
+    return dataclasses.replace(report, mmio_range=[moved, *report.mmio_range[1:]])

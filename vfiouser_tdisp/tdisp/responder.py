@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..events import emit
+from ..faults import ARMED, FaultSet
 from ..fsm import StateMachine
 from ..ide.capability import IdeStreamState
 from ..ide.km import IdeKmError
@@ -50,6 +51,7 @@ from ..pci.function import (
     PCI_COMMAND_MASTER,
     PCI_COMMAND_MEMORY,
     BarKind,
+    DmaError,
     PciFunction,
 )
 from ..wire import DecodeError
@@ -76,6 +78,7 @@ from .report import (
     build_report,
     configuration_digest,
     configuration_record,
+    shifted_report,
 )
 
 # -- the TDI state machine -------------------------------------------------------------
@@ -93,6 +96,7 @@ class Enforcement(enum.Enum):
     MSIX_CHANGE = "msix_change"
     IDE_STREAM_INSECURE = "ide_stream_insecure"
     FIRMWARE_UPDATE = "firmware_update"
+    DEVICE_ERROR = "device_error"  # an internal error of the device (fault tdi-error)
 
 
 CONVENTIONAL_RESET = "conventional_reset"
@@ -178,6 +182,8 @@ class IdeStreams(Protocol):
 
     def stream_state(self, stream_id: int) -> IdeStreamState | None: ...
 
+    def inject_fail(self) -> bool: ...  # fault ide-fail (faults.py)
+
 
 class DeviceLike(Protocol):
     functions: list[PciFunction]
@@ -244,8 +250,11 @@ class Tdi:
         return self.state in (TdiState.CONFIG_LOCKED, TdiState.RUN)
 
     def fire(self, trigger: str, cause: str, **detail: Any) -> None:
+        old = self.state
         new = self.fsm.fire(trigger, cause=cause, function_id=f"{self.function_id:#x}",
                             **detail)
+        if new is TdiState.CONFIG_LOCKED and old is not new:
+            self._dma_while_locked()
         if new is TdiState.CONFIG_UNLOCKED:
             self.lock = None
             self.p2p_streams.clear()
@@ -306,6 +315,19 @@ class Tdi:
         # function ("device_reset", "disconnect") wipe the same configuration
         # and are treated the same way.
         self.enforce(Enforcement.RESET, cause)
+
+    def _dma_while_locked(self) -> None:
+        """Fault dma-locked: the device tries a DMA read right after the lock; the
+        gate below must hold it, so nothing reaches guest memory."""
+        fault = self.responder.faults.take("dma-locked", self.function.name)
+        if fault is None:
+            return
+        try:
+            self.function.dma.read(fault.args["addr"], fault.args["size"])
+        except DmaError as exc:
+            emit("tdisp.dma_refused", function=self.function.name, reason=str(exc))
+        else:  # a gate that let it through is a defect the events must show
+            emit("tdisp.dma_leaked", function=self.function.name, address=fault.args["addr"])
 
     def _dma_gate(self, direction: str, addr: int, size: int) -> str | None:
         # PCIe r7.0 §11 (TDI states): in CONFIG_LOCKED the TDI issues no DMA
@@ -386,6 +408,8 @@ class TdispResponder:
         self.scrub_on_stop = scrub_on_stop
         self.dev_addr_width = dev_addr_width
         self._faults: list[_InjectedError] = []
+        # Fault injection (faults.py): report-range, tdi-error, dma-locked.
+        self.faults: FaultSet = ARMED
         # `serve --tamper report` (device/tamper.py): alters each report at LOCK.
         self.report_filter: Callable[[m.TDI_REPORT_STRUCTURE], m.TDI_REPORT_STRUCTURE] | None \
             = None
@@ -546,6 +570,12 @@ class TdispResponder:
         if tdi is None:
             raise TdispFailure(TdispErrorCode.INVALID_INTERFACE,
                                f"no TDI with function_id {header.function_id:#x}")
+        if tdi.state is TdiState.RUN and self.ide is not None:
+            # fault ide-fail: the stream failed while the TDI ran (IDE_FAIL); the IDE
+            # layer tells ide_stream_insecure, which errors the TDI bound to it
+            self.ide.inject_fail()
+        if tdi.state is TdiState.RUN and self.faults.take("tdi-error", tdi.function.name):
+            tdi.enforce(Enforcement.DEVICE_ERROR, "device internal error (injected)")
         fault = self._take_fault(request)
         if fault is not None:
             raise TdispFailure(fault.code, "injected", fault.error_data, fault.extended)
@@ -617,6 +647,8 @@ class TdispResponder:
             xt_mode=bool(self.dsm_config & m.DsmConfig.XT_MODE_ENABLE))
         if self.report_filter is not None:
             report = self.report_filter(report)
+        if self.faults.take("report-range", fn.name):
+            report = shifted_report(report)
         tdi.lock = LockState(flags, req.default_stream_id, req.mmio_reporting_offset,
                              req.bind_p2p_address_mask, nonce, report.pack(), ide_stream)
         emit("tdisp.locked", function=fn.name, flags=int(flags),

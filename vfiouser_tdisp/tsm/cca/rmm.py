@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ...events import emit
+from ...faults import ARMED, FaultSet, call_matches
 from ...firmware import CallClass, FirmwareCall, GuestMemory, GuestMemoryError
 from ...fsm import StateMachine
 from ...wire import DecodeError
@@ -307,6 +308,8 @@ class Rmm:
 
     def __init__(self, name: str = "rmm", rhi_layout: str = DEFAULT_LAYOUT) -> None:
         self.name = name
+        # Fault injection (faults.py): fw-busy answers RMI_BUSY.
+        self.faults: FaultSet = ARMED
         # the layout the realm's host calls are named in (events): the RMM passes them
         # on untouched, the host answers them (rhi.py)
         self.rhi_layout = LAYOUTS[rhi_layout]
@@ -380,7 +383,13 @@ class Rmm:
         args = tuple(call.args) + (0,) * (8 - len(call.args))
         with self._lock:
             try:
-                result = handler(mem, args)
+                if call.cls is CallClass.HOST and self.faults.take(
+                        "fw-busy", f"{self.name}:{RmiFid(call.fid).name}",
+                        lambda a: call_matches(a["call"], RmiFid(call.fid).name)):
+                    # RMI_BUSY: nothing done, the host calls again (RMM spec B4).
+                    result: Result = (RmiStatus.RMI_BUSY,)
+                else:
+                    result = handler(mem, args)
             except GuestMemoryError as exc:
                 emit("rmm.memory_error", fid=f"{call.fid:#x}", error=str(exc))
                 result = ((RmiStatus.RMI_ERROR_INPUT if call.cls is CallClass.HOST

@@ -44,6 +44,7 @@ from ...doe.protocols import (
     parse_object,
 )
 from ...events import emit
+from ...faults import ARMED, FaultSet, call_matches
 from ...firmware import CallClass, FirmwareCall, GuestMemory, GuestMemoryError
 from ...fsm import StateMachine
 from ...spdm.requester import (
@@ -315,6 +316,8 @@ class TdxModule:
                  key_refresh_after: int = model.KEY_REFRESH_AFTER, name: str = "tdx") -> None:
         self.name = name
         self.lock = threading.RLock()
+        # Fault injection (faults.py): fw-busy answers TDX_INTERRUPTED_RESUMABLE.
+        self.faults: FaultSet = ARMED
         self.fsm = StateMachine("tdx.module", MODULE_TRANSITIONS, ModuleState.READY)
         self.version = model.BOOT_MODULE_VERSION
         boot = model.boot_module_pages()
@@ -382,6 +385,11 @@ class TdxModule:
             elif (call.cls is CallClass.HOST and self.fsm.state is not ModuleState.READY
                   and call.fid not in self._update_leaves):
                 out = regs(model.TDX_MODULE_SHUT_DOWN, args=args)
+            elif call.cls is CallClass.HOST and self.faults.take(
+                    "fw-busy", f"{self.name}:{self._name(call.cls, call.fid)}",
+                    lambda a: call_matches(a["call"], self._name(call.cls, call.fid))):
+                # No progress; the host calls the same leaf again (as preempt_every).
+                out = regs(TdxStatus.TDX_INTERRUPTED_RESUMABLE, args=args)
             else:
                 try:
                     out = handler(mem, args)

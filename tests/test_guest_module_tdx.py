@@ -54,7 +54,8 @@ def test_module_connects_binds_locks_accepts_and_unloads(
     # the host's order (B.4): SPDM context, CONNECT loop, stream, KM loop; teardown reversed
     order = ["TDH.IOMMU.SETUP", "TDH.SPDM.CREATE", "TDH.SPDM.CONNECT", "TDH.IDE.STREAM.CREATE",
              "TDH.IDE.STREAM.KM", "TDH.TDI.BIND", "TDH.MMIO.MAP", "TDH.DMAR.ADD",
-             "TDH.TDI.REPORT", "TDG.MMIO.ACCEPT", "TDG.DMAR.ACCEPT", "TDG.TDI.START", "TDH.TDI.START",
+             "TDH.TDI.REPORT", "TDG.MMIO.ACCEPT", "TDG.DMAR.ACCEPT", "TDG.TDI.START",
+             "TDH.TDI.START",
              "TDH.TDI.STOP", "TDH.TDI.UNBIND", "TDH.IDE.STREAM.BLOCK", "TDH.IDE.STREAM.DELETE",
              "TDH.SPDM.DISCONNECT", "TDH.SPDM.DELETE", "TDH.IOMMU.CLEAR"]
     it = iter(names)

@@ -13,8 +13,8 @@
  * requests (GHCI TDG.VP.VMCALL<TDCM>, B.5) reach the host as the one TD's
  * TDH.VP.ENTER exit and go through the kernel's pci_tsm_guest_req(), whose
  * op serves them with the [MODEL] host TDI calls (TDH.TDI.BIND + TDH.MMIO.MAP
- * per report range + TDH.DMAR.ADD, TDH.TDI.START, TDH.TDI.STOP +
- * TDH.TDI.UNBIND).
+ * per report range + TDH.DMAR.ADD, TDH.TDI.START, TDH.TDI.STATE and
+ * TDH.TDI.REPORT (the device asked again), TDH.TDI.STOP + TDH.TDI.UNBIND).
  *
  * Runtime update (B.2, Linux v7.2 drivers/virt/coco/tdx-host): the faux
  * device /sys/devices/faux/tdx_host with version (0444), seamldr_version and
@@ -497,6 +497,46 @@ static int tdx_tdi_fw_bind(struct tdx_dsm *dsm, struct tdx_tdi *tdi)
 	return rc;
 }
 
+/*
+ * [MODEL] TDH.TDI.STATE: the module asks the device (GET_DEVICE_INTERFACE_STATE)
+ * and answers the TD's view of the TDI; a device that left CONFIG_LOCKED / RUN
+ * (ERROR after a BAR moved) makes it ERROR in the module.
+ */
+static int tdx_tdi_state(struct tdx_dsm *dsm, struct tdx_tdi *tdi, u32 *state)
+{
+	u64 regs[TDX_NR_REGS] = { dsm->spdm_id, tdi->func_id, vtfw_pa(dsm->rsp),
+				  vtfw_pa(dsm->req) };
+	u64 out[TDX_NR_REGS + 1];
+	int rc = tdx_loop(dsm, "TDH.TDI.STATE[MODEL]", TDH_TDI_STATE, regs, out);
+
+	if (rc)
+		return rc;
+	*state = out[1 + TDX_RCX];
+	if (*state == TDX_TDI_ERROR)
+		vtfw_warn(tdi->base.pdev, "TDI in ERROR at the device (TDH.TDI.STATE)\n");
+	return 0;
+}
+
+/*
+ * [MODEL] TDH.TDI.REPORT: the module reads the interface report from the
+ * device again (GET_DEVICE_INTERFACE_REPORT, then its state) into dsm->out;
+ * a device in ERROR refuses it and the module marks the TDI ERROR.
+ */
+static int tdx_tdi_report(struct tdx_dsm *dsm, struct tdx_tdi *tdi, size_t *len)
+{
+	u64 regs[TDX_NR_REGS] = { dsm->spdm_id, tdi->func_id, vtfw_pa(dsm->rsp),
+				  vtfw_pa(dsm->req), hpa_array(dsm->out_root, TDX_OUT_PAGES) };
+	u64 out[TDX_NR_REGS + 1];
+	int rc = tdx_loop(dsm, "TDH.TDI.REPORT[MODEL]", TDH_TDI_REPORT, regs, out);
+
+	if (rc)
+		return rc;
+	if (out[1 + TDX_RCX] > TDX_OUT_PAGES * PAGE_SIZE)
+		return -EPROTO;
+	*len = out[1 + TDX_RCX];
+	return 0;
+}
+
 static struct pci_tdi *tdx_bind(struct pci_dev *pdev, struct kvm *kvm, u32 tdi_id)
 {
 	struct tdx_tdi *tdi = kzalloc_obj(*tdi);
@@ -571,10 +611,12 @@ static ssize_t tdx_guest_req(struct pci_tdi *base, enum pci_tsm_req_scope scope,
 		len = dsm->dev_info_len;
 		break;
 	case TDCM_GET_TDI_REPORT:
-		if (!tdi->fw_bound)
+		if (!tdi->fw_bound) {
 			err = TDCM_ERR_INVALID_STATE;
-		payload = tdi->report;
-		len = tdi->report_len;
+			break;
+		}
+		rc = tdx_tdi_report(dsm, tdi, &len);
+		payload = dsm->out;
 		break;
 	case TDCM_START_TDI: {
 		u64 regs[TDX_NR_REGS] = { dsm->spdm_id, tdi->func_id, vtfw_pa(dsm->rsp),
@@ -593,8 +635,9 @@ static ssize_t tdx_guest_req(struct pci_tdi *base, enum pci_tsm_req_scope scope,
 		break;
 	}
 	case TDCM_GET_TDI_STATE:
-		word = !tdi->fw_bound ? TDX_TDI_UNLOCKED :
-			tdi->started ? TDX_TDI_RUN : TDX_TDI_LOCKED;
+		word = TDX_TDI_UNLOCKED;
+		if (tdi->fw_bound)
+			rc = tdx_tdi_state(dsm, tdi, &word);
 		payload = &word;
 		len = sizeof(word);
 		break;

@@ -9,7 +9,10 @@
  * the report and the device info hashed and compared with the module's
  * [MODEL] REPORT_HASH / DEVICE_INFO_HASH fields, the bind session read again;
  * accept = TDG.MMIO.ACCEPT per report range, TDG.DMAR.ACCEPT, TDG.TDI.START,
- * TDCM START_TDI, TDG.TDI.RD(TDISP_STATE) = RUN; unlock = TDCM UNBIND.
+ * TDCM START_TDI, TDG.TDI.RD(TDISP_STATE) = RUN; refresh = TDCM
+ * GET_TDI_STATE, TDG.TDI.RD(TDISP_STATE), the evidence again (the module asks
+ * the device for both: a TDI the device put in ERROR shows state 3 and the
+ * refresh fails with -EIO); unlock = TDCM UNBIND (STOP recovers an ERROR).
  *
  * TDCM requests go as the GHCI has them: the struct tdvmcall_tdcm in a
  * buffer of the TD, TDG.VP.VMCALL<TDCM> (R11 0x10007, R12 device, R13
@@ -299,6 +302,27 @@ static int td_accept(struct vtfw_tvm_dev *t)
 	return 0;
 }
 
+/*
+ * refresh: the evidence again under the same lock.  TDCM GET_TDI_STATE makes
+ * the host have the module ask the device ([MODEL] TDH.TDI.STATE; the host's
+ * answer is not trusted), TDG.TDI.RD(TDISP_STATE) is the module's view and
+ * must still be LOCKED or RUN, then the report is read from the device again
+ * (TDCM GET_TDI_REPORT -> [MODEL] TDH.TDI.REPORT) and checked as at lock.  A
+ * TDI the device put in ERROR fails with -EIO; tvm/state then reads error.
+ */
+static int td_refresh(struct vtfw_tvm_dev *t)
+{
+	int rc, state;
+
+	rc = td_tdcm(t, TDCM_GET_TDI_STATE, NULL, NULL);
+	state = rc ? rc : td_state(t);
+	if (state == VTFW_TVM_LOCKED || state == VTFW_TVM_RUN)
+		return td_collect(t);
+	vtfw_err(t->pdev, "refresh: TDI %s (TDG.TDI.RD)\n",
+		 state == VTFW_TVM_ERROR ? "in ERROR" : "not locked");
+	return state < 0 ? state : -EIO;
+}
+
 static int td_unlock(struct vtfw_tvm_dev *t)
 {
 	td_of(t)->session = 0;
@@ -348,7 +372,7 @@ static const struct vtfw_tvm_ops tdx_td_ops = {
 	.lock = td_lock,
 	.accept = td_accept,
 	.unlock = td_unlock,
-	.refresh = td_collect,
+	.refresh = td_refresh,
 	.state = td_state,
 };
 

@@ -43,6 +43,8 @@ enum tdx_reg { TDX_RCX, TDX_RDX, TDX_R8, TDX_R9, TDX_R10, TDX_R11, TDX_R12, TDX_
 #define TDH_TDI_START		138
 #define TDH_TDI_STOP		139
 #define TDH_TDI_UNBIND		140
+#define TDH_TDI_STATE		136	/* the device's TDISP state -> RCX (TD view 0-3) */
+#define TDH_TDI_REPORT		141	/* the report read from the device again */
 #define TDH_DMAR_ADD		150
 #define TDH_DMAR_REMOVE		153
 #define TDH_MMIO_MAP		158

@@ -18,7 +18,7 @@
 # Each step also prints "VTDISP-INFO step_time <name> <seconds>".
 # vtdisp.platform=tdx (guest-scripts/platform_tdx.sh): the TDX module runtime
 # update steps seamldr_info module_update update_bad_image update_exhausted
-# after hwrng, no tdi_error (the modeled TDX module cannot see it).
+# after hwrng.
 
 d=/sys/bus/pci/devices/$BDF
 t=$d/tvm
@@ -403,10 +403,9 @@ else
     pf_write_err $t/unlock "$devsec" > /dev/null
 
     # a BAR moved while RUN: the device puts the TDI in ERROR, the firmware
-    # finds out at its next exchange (refresh), RSI_VDEV_GET_INFO says so, and
-    # unlock (TDISP STOP_INTERFACE) recovers it.  Not for tdx: the TDX module as
-    # modeled has no call that asks the device for the TDI's state after START
-    [ "$platform" = tdx ] || {
+    # finds out at its next exchange (refresh), its view says so (RSI_VDEV_GET_INFO,
+    # TDG.TDI.RD), and unlock (TDISP STOP_INTERFACE) recovers it
+    {
     e1=$(pf_write_err $t/lock "$devsec")
     e2=$(pf_write_err $t/accept 1)
     s1=$(pf_state)

@@ -26,9 +26,11 @@
 # The images come from the host (vfiouser_tdisp/tsm/tdx/blob.py) in
 # /etc/vtdisp/tdx: update-M.m.u.bin, bad-<kind>.bin.
 #
-# No tdi_error step: the TDX module as modeled has no call that asks the
-# device for the TDI's TDISP state after START (docs/platform-tdx.md), so a
-# TDI the device put in ERROR is not visible to the TD.
+# tdi_error (check_platform.sh, as for CCA): tvm/refresh asks again with TDCM
+# GET_TDI_STATE and GET_TDI_REPORT; the host serves them with the [MODEL]
+# TDH.TDI.STATE / TDH.TDI.REPORT, which ask the device over the SPDM session;
+# the device in ERROR makes the module's TDI ERROR: refresh fails (EIO),
+# TDG.TDI.RD reads 3 (tvm/state error), TDCM UNBIND (STOP) recovers it.
 
 TH=/sys/devices/faux/tdx_host
 FW=/sys/class/firmware/tdx_module

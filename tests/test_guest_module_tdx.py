@@ -46,14 +46,16 @@ def test_module_connects_binds_locks_accepts_and_unloads(
     # the host's order (B.4): SPDM context, CONNECT loop, stream, KM loop; teardown reversed
     order = ["TDH.IOMMU.SETUP", "TDH.SPDM.CREATE", "TDH.SPDM.CONNECT", "TDH.IDE.STREAM.CREATE",
              "TDH.IDE.STREAM.KM", "TDH.TDI.BIND", "TDH.MMIO.MAP", "TDH.DMAR.ADD",
-             "TDG.MMIO.ACCEPT", "TDG.DMAR.ACCEPT", "TDG.TDI.START", "TDH.TDI.START",
+             "TDH.TDI.REPORT", "TDG.MMIO.ACCEPT", "TDG.DMAR.ACCEPT", "TDG.TDI.START",
+             "TDH.TDI.START",
              "TDH.TDI.STOP", "TDH.TDI.UNBIND", "TDH.IDE.STREAM.BLOCK", "TDH.IDE.STREAM.DELETE",
              "TDH.SPDM.DISCONNECT", "TDH.SPDM.DELETE", "TDH.IOMMU.CLEAR"]
     it = iter(names)
     assert all(any(n == want for n in it) for want in order), names
     # every TDX_SPDM_REQUEST was answered: the leaf was called again and ended in SUCCESS
-    for leaf in ("TDH.SPDM.CONNECT", "TDH.IDE.STREAM.KM", "TDH.TDI.BIND", "TDH.TDI.START",
-                 "TDH.SPDM.DISCONNECT"):
+    # (TDCM GET_TDI_REPORT at lock: [MODEL] TDH.TDI.REPORT reads it from the device)
+    for leaf in ("TDH.SPDM.CONNECT", "TDH.IDE.STREAM.KM", "TDH.TDI.BIND", "TDH.TDI.REPORT",
+                 "TDH.TDI.START", "TDH.SPDM.DISCONNECT"):
         assert (leaf, TDX_SUCCESS) in leaves, leaf
     # rmmod gave the IOMMU back and left no SPDM context, stream or TDI behind
     assert ("TDH.IOMMU.CLEAR", TDX_SUCCESS) in leaves

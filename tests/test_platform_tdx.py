@@ -84,7 +84,10 @@ def _good_events() -> list[dict[str, object]]:
         ev.append({"event": "tdx.seamldr.install", "status": status})
     ev += [{"event": "tdx.tdi.transition", "old": o, "new": n,
             "trigger": "stop" if n == "STOPPING" else "x"}
-           for o, n in zip(tdi[3:], tdi[4:], strict=False)]         # RUN -> ... UNLOCKED
+           for o, n in (("RUN", "STOPPING"), ("STOPPING", "UNLOCKED"),
+                        # tdi_error: bound again, started, the device's ERROR seen, stopped
+                        ("BINDING", "LOCKED"), ("LOCKED", "STARTING"), ("STARTING", "RUN"),
+                        ("RUN", "ERROR"), ("ERROR", "STOPPING"), ("STOPPING", "UNLOCKED"))]
     return ev
 
 
@@ -117,13 +120,28 @@ def test_module_updates_need_each_refusal(status: str) -> None:
     assert not _checks(ev)["module_updates"][0]
 
 
-def test_tdi_states_need_the_bar_error_only_where_the_flow_has_tdi_error() -> None:
-    assert "tdi_error" not in PLATFORM_STEPS["tdx"] and "tdi_error" in PLATFORM_STEPS["cca"]
-    ev: list[dict[str, object]] = [
+def test_module_tdi_must_have_seen_the_device_error() -> None:
+    ev = [e for e in _good_events() if e.get("new") != "ERROR"]
+    ok, detail = _checks(ev)["tdi_fw_states"]
+    assert not ok and "ERROR" not in detail
+    assert _checks(_good_events())["tdi_fw_states"][1].endswith(
+        "RUN -> ERROR -> STOPPING -> UNLOCKED")
+
+
+def test_tdi_states_need_the_bar_error_as_for_cca() -> None:
+    # the step at CCA's place: after dma_held, before unbind
+    for platform in ("tdx", "cca"):
+        steps = PLATFORM_STEPS[platform]
+        assert steps[steps.index("tdi_error") - 1:steps.index("tdi_error") + 2] == \
+            ("dma_held", "tdi_error", "unbind")
+    run: list[dict[str, object]] = [
         {"event": "tdi.transition", "old": "CONFIG_LOCKED", "new": "RUN", "trigger": "x"}]
-    for platform, want in (("tdx", True), ("cca", False)):
-        got = {n: ok for n, ok, _d in host_checks(Boot(GuestRun(), ev), platform)}
-        assert got["tdi_states"] is want
+    bar = run + [{"event": "tdi.transition", "old": "RUN", "new": "ERROR",
+                  "trigger": "bar_change"}]
+    for platform in ("tdx", "cca"):
+        for ev, want in ((run, False), (bar, True)):
+            got = {n: ok for n, ok, _d in host_checks(Boot(GuestRun(), ev), platform)}
+            assert got["tdi_states"] is want
 
 
 def test_run_accepts_tdx() -> None:

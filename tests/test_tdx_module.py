@@ -618,3 +618,119 @@ def test_tdcm_bad_buffers_are_not_served(bench: Bench) -> None:
         assert out[5] == 0
         assert h.serve_vmcall() is None
     assert struct.unpack("<I", td.tdcm(TdcmOperation.CHECK_TEEIO_SUPP))[0] == 1
+
+
+# -- the device's TDISP ERROR reaching the TD ([MODEL] TDH.TDI.STATE / GET_REPORT) ---------
+TDCM_HEAD = "<HBBIBBHII"    # struct tdvmcall_tdcm ([ISTG] tdx_connect.c), data at 0x14
+
+
+def _move_bar0(bench: Bench) -> None:
+    """PCIe r7.0 §11 Figure 11-5: a BAR of a CONFIG_LOCKED / RUN TDI reprogrammed -> ERROR."""
+    cfg = bench.dev.dsm.config
+    bar0 = int.from_bytes(cfg.read(0x10, 4), "little")
+    cfg.write(0x10, (bar0 + 0x10_0000).to_bytes(4, "little"))
+    assert bench.device_tdi() is DeviceTdiState.ERROR
+
+
+def _device_answers(rec: Recorder, message: str) -> list[str]:
+    return [str(e["result"]) for e in rec.of("tdisp.request") if e["message"] == message]
+
+
+def test_refresh_reads_the_report_from_the_device_again(bench: Bench, recorder: Recorder) -> None:
+    bench.running()
+    before = len(_device_answers(recorder, "GET_DEVICE_INTERFACE_REPORT"))
+    bench.td.refresh()
+    # the TD asking again is the module asking the device again (TDISP 1.0: a locked
+    # TDI's report is answered in CONFIG_LOCKED and RUN), not the host's copy
+    assert _device_answers(recorder, "GET_DEVICE_INTERFACE_REPORT")[before:] == \
+        ["DEVICE_INTERFACE_REPORT"]
+    assert _device_answers(recorder, "GET_DEVICE_INTERFACE_STATE")[-2:] == \
+        ["DEVICE_INTERFACE_STATE", "DEVICE_INTERFACE_STATE"]
+    assert bench.td_call(TdcallLeaf.TDG_TDI_RD, 0, 2, 0)[:2] == (0, TdTdiState.RUN)
+
+
+def test_device_error_reaches_the_td_through_get_tdi_report(bench: Bench,
+                                                            recorder: Recorder) -> None:
+    """The device in ERROR refuses the report (PCIe r7.0 §11: GET_DEVICE_INTERFACE_REPORT
+    is legal in CONFIG_LOCKED and RUN only -> TDISP_ERROR INVALID_INTERFACE_STATE) and
+    answers GET_DEVICE_INTERFACE_STATE with ERROR; the TD then reads state 3 (ERROR,
+    firmware-abi.md B.6) and unlock (TDCM UNBIND: STOP_INTERFACE) recovers."""
+    h, td = bench.host, bench.td
+    bench.running()
+    _move_bar0(bench)
+    # nobody asked the device yet: the module still shows RUN (2)
+    assert bench.td_call(TdcallLeaf.TDG_TDI_RD, 0, 2, 0)[:2] == (0, TdTdiState.RUN)
+    with pytest.raises(TdxError, match="status ERROR, error TDISP_MESSAGE"):
+        td.tdcm(TdcmOperation.GET_TDI_REPORT)
+    # the shared buffer: operation 4, status ERROR (2) @8, error TDISP_MESSAGE (14) @9,
+    # data_length 0 @16
+    assert h.mem.read(td.buffer, 20) == struct.pack(TDCM_HEAD, 4, 0, 0, 0, 2, 14, 0, 0, 0)
+    assert _device_answers(recorder, "GET_DEVICE_INTERFACE_REPORT")[-1] == \
+        "INVALID_INTERFACE_STATE"
+    assert _device_answers(recorder, "GET_DEVICE_INTERFACE_STATE")[-1] == \
+        "DEVICE_INTERFACE_STATE"
+    assert bench.td_call(TdcallLeaf.TDG_TDI_RD, 0, 2, 0)[:2] == (0, TdTdiState.ERROR)
+    assert transitions(recorder, "tdx.tdi")[-2:] == ["RUN", "ERROR"]
+    assert [e["trigger"] for e in recorder.of("tdx.tdi.transition")][-1] == "device_error"
+    # the host's SEAMCALL: TDX_DEVICE_ERROR | TDISP ([MODEL]); a second one finds the TDI
+    # in ERROR: TDX_OBJECT_STATE_INCORRECT on RDX, the device not asked
+    calls = [(n, s) for n, s in h.calls if n == "TDH.TDI.REPORT"]
+    assert calls[-1][1] == model.TDX_DEVICE_ERROR | 4
+    assert h.seamcall(HostTdiLeaf.TDH_TDI_REPORT, h.link.spdm_id, 0, h.rsp, h.req,
+                      hpa_array(h.out_root, 4))[0] == model.TDX_OBJECT_STATE_INCORRECT | RDX
+    with pytest.raises(TdxError, match="TDI ERROR"):
+        td.refresh()
+    # unlock: STOP_INTERFACE takes the device's TDI from ERROR to CONFIG_UNLOCKED
+    td.unlock()
+    assert bench.device_tdi() is DeviceTdiState.CONFIG_UNLOCKED
+    assert transitions(recorder, "tdx.tdi")[-3:] == ["ERROR", "STOPPING", "UNLOCKED"]
+    assert bench.td_call(TdcallLeaf.TDG_TDI_RD, 0, 2, 0)[0] == TDI_NOT_PRESENT
+    h.disconnect()
+    assert not bench.module.spdm
+
+
+def test_device_error_reaches_the_td_through_get_tdi_state(bench: Bench,
+                                                           recorder: Recorder) -> None:
+    h, td = bench.host, bench.td
+    bench.running()
+    _move_bar0(bench)
+    # TDCM GET_TDI_STATE: COMPLETED (1), data_length 4, data u32 3 = ERROR (B.6 TD states)
+    assert td.tdcm(TdcmOperation.GET_TDI_STATE) == struct.pack("<I", 3)
+    assert h.mem.read(td.buffer, 24) == struct.pack(TDCM_HEAD, 6, 0, 0, 0, 1, 0, 0, 0, 4) + \
+        struct.pack("<I", 3)
+    out = h.seamcall(HostTdiLeaf.TDH_TDI_STATE, h.link.spdm_id, 0, h.rsp, h.req)
+    while out[0] == SPDM_REQUEST:                  # asked again: still ERROR
+        h._exchange(out[1])
+        out = h.seamcall(HostTdiLeaf.TDH_TDI_STATE, h.link.spdm_id, 0, h.rsp, h.req)
+    assert out[:2] == (0, TdTdiState.ERROR)
+    assert bench.td_call(TdcallLeaf.TDG_TDI_RD, 0, 2, 0)[:2] == (0, TdTdiState.ERROR)
+    # a report is not served for a TDI in ERROR: INVALID_STATE (15)
+    with pytest.raises(TdxError, match="error INVALID_STATE"):
+        td.tdcm(TdcmOperation.GET_TDI_REPORT)
+    td.unlock()
+    assert bench.device_tdi() is DeviceTdiState.CONFIG_UNLOCKED
+    # recovered: the BAR back, the same TDI locks and runs again
+    cfg = bench.dev.dsm.config
+    bar0 = int.from_bytes(cfg.read(0x10, 4), "little")
+    cfg.write(0x10, (bar0 - 0x10_0000).to_bytes(4, "little"))
+    td.lock()
+    td.accept()
+    assert bench.td_call(TdcallLeaf.TDG_TDI_RD, 0, 2, 0)[:2] == (0, TdTdiState.RUN)
+
+
+def test_get_state_and_report_operand_errors(bench: Bench) -> None:
+    h = bench.host
+    h.connect()
+    sid = h.link.spdm_id
+    out = hpa_array(h.out_root, 4)
+    assert bench.host_call(HostTdiLeaf.TDH_TDI_STATE, 0x7777, 0, h.rsp, h.req)[0] == \
+        OPERAND_INVALID | RCX
+    assert bench.host_call(HostTdiLeaf.TDH_TDI_STATE, sid, 0, h.rsp, h.req)[0] == \
+        OPERAND_INVALID | RDX                                    # not bound
+    h.bind()
+    assert bench.host_call(HostTdiLeaf.TDH_TDI_REPORT, sid, 0, h.rsp + 8, h.req, out)[0] \
+        == OPERAND_INVALID | R8                                  # rsp not page-aligned
+    assert bench.host_call(HostTdiLeaf.TDH_TDI_REPORT, sid, 0, h.rsp, h.req,
+                           0x4000_0000)[0] == OPERAND_INVALID | R10   # out beyond memory
+    assert bench.host_call(HostTdiLeaf.TDH_TDI_REPORT, sid, 0, h.rsp, h.req, out)[0] == \
+        SPDM_REQUEST                                             # LOCKED: asks the device

@@ -1,10 +1,10 @@
 """What `run --platform tdx` adds to the platform flow (run/platform.py).
 
-The guest's steps (check_platform.sh with guest-scripts/platform_tdx.sh): the common ones
-without ``tdi_error`` (the TDX module as modeled has no call that asks the device for the
-TDI's state after START, so it cannot see a TDI the device put in ERROR), plus the runtime
-update of the TDX module through Linux v7.2's ABI while the TDI runs: ``seamldr_info``,
-``module_update``, ``update_bad_image``, ``update_exhausted``.
+The guest's steps (check_platform.sh with guest-scripts/platform_tdx.sh): the common ones,
+``tdi_error`` included (the TD asks again with TDCM GET_TDI_STATE / GET_TDI_REPORT, the
+[MODEL] TDH.TDI.STATE / TDH.TDI.REPORT ask the device, whose ERROR the module then shows
+the TD), plus the runtime update of the TDX module through Linux v7.2's ABI while the TDI
+runs: ``seamldr_info``, ``module_update``, ``update_bad_image``, ``update_exhausted``.
 
 The update images come from the host (``tsm/tdx/blob.py``, the same code as ``tdx-blob``)
 in /etc/vtdisp/tdx of the guest image.  The host checks read the TDX module's events:
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 STEPS = ("tsm_module", "connect", "bind", "lock_busy", "accept_unlocked", "lock", "evidence",
          "verify", "accept", "probe", "hwrng", "seamldr_info", "module_update",
-         "update_bad_image", "update_exhausted", "unlock", "dma_held", "unbind", "disconnect")
+         "update_bad_image", "update_exhausted", "unlock", "dma_held", "tdi_error", "unbind",
+         "disconnect")
 # images for module_update and update_exhausted: one per update the P-SEAMLDR allows, and
 # one more that it must refuse
 BAD_IMAGES = ("bad-signature", "module-hash", "magic")
@@ -36,7 +37,10 @@ BAD_IMAGES = ("bad-signature", "module-hash", "magic")
 HOST_STEPS = ("spdm_states", "tdi_fw_states", "module_updates", "doe_objects", "tdi_states",
               "dma_gate")
 SPDM_PATH = ["CREATED", "CONNECTING", "CONNECTED", "DISCONNECTING", "DISCONNECTED"]
-TDI_PATH = ["BINDING", "LOCKED", "STARTING", "RUN", "STOPPING", "UNLOCKED"]
+# the module's TDI: bound, started, stopped; later (tdi_error) RUN -> ERROR when the device
+# says so, and stopped from ERROR
+TDI_PATH = ["BINDING", "LOCKED", "STARTING", "RUN", "STOPPING", "UNLOCKED",
+            "RUN", "ERROR", "STOPPING", "UNLOCKED"]
 SPDM_REQUEST = f"{int(TdxStatus.TDX_SPDM_REQUEST):#018x}"
 
 

@@ -10,7 +10,9 @@ P-SEAMLDR exactly as Linux ``seamldr.c`` orders it (SHUTDOWN, INSTALL per CPU, L
 per CPU, TDH.SYS.UPDATE).  :class:`TdxTd` plays the TD's kernel ([ISTG] connect.c):
 lock (TDCM CHECK_TEEIO_SUPP, BIND, TDG.TDI.RD, GET_TDI_REPORT, GET_DEV_INFO, hashes
 checked), accept (TDG.MMIO.ACCEPT per range, TDG.DMAR.ACCEPT, TDG.TDI.START, TDCM
-START_TDI), unlock (TDCM UNBIND).  The guest module does the same in C.
+START_TDI), refresh (TDCM GET_TDI_STATE and GET_TDI_REPORT, which the host serves with
+the [MODEL] TDH.TDI.STATE / GET_REPORT: the module asks the device again), unlock
+(TDCM UNBIND).  The guest module does the same in C.
 """
 
 from __future__ import annotations
@@ -296,10 +298,12 @@ class TdxHost:
                 supported = device == self.tdi and self.link.spdm_id != 0
                 return (*done, struct.pack("<I", int(supported)))
             if op is TdcmOperation.GET_TDI_STATE:
-                view = self.module.td_view(device)
-                if view is None:
+                if self.module.td_view(device) is None:
                     return TdcmStatus.ERROR, TdcmError.INVALID_STATE, b""
-                return (*done, struct.pack("<I", int(view)))
+                # [MODEL] TDH.TDI.STATE: the module asks the device, then answers
+                view = self.loop(HostTdiLeaf.TDH_TDI_STATE, self.link.spdm_id, device,
+                                 self.rsp, self.req)[1]
+                return (*done, struct.pack("<I", view))
             if op is TdcmOperation.BIND:
                 if device not in self.link.bound:
                     if not self.link.spdm_id:
@@ -311,7 +315,10 @@ class TdxHost:
             if op is TdcmOperation.GET_DEV_INFO:
                 return (*done, self.link.dev_info)
             if op is TdcmOperation.GET_TDI_REPORT:
-                return (*done, self.module.tdis[device].report)
+                # [MODEL] TDH.TDI.REPORT: read from the device again, not a copy
+                n = self.loop(HostTdiLeaf.TDH_TDI_REPORT, self.link.spdm_id, device,
+                              self.rsp, self.req, hpa_array(self.out_root, 4))[1]
+                return (*done, self.mem.read(self.out, n))
             if op is TdcmOperation.START_TDI:
                 self.start(device)
                 return (*done, b"")
@@ -448,6 +455,21 @@ class TdxTd:
         self.tdcm(TdcmOperation.START_TDI)
         if self.state() is not TdTdiState.RUN:
             raise TdxError(f"TDI {self.state().name} after START_TDI, expected RUN")
+
+    def refresh(self, root: Any = None) -> None:
+        """The evidence again under the same lock (tvm/refresh): TDCM GET_TDI_STATE (the
+        module asks the device), the module's own view (TDG.TDI.RD) still LOCKED or RUN,
+        then GET_TDI_REPORT (the module reads it from the device again) and GET_DEV_INFO,
+        checked against the module's hashes as at lock."""
+        self.tdcm(TdcmOperation.GET_TDI_STATE)     # the host's answer is not trusted
+        state = self.state()
+        if state not in (TdTdiState.LOCKED, TdTdiState.RUN):
+            raise TdxError(f"TDI {state.name} (TDG.TDI.RD), evidence not refreshed")
+        report = self.tdcm(TdcmOperation.GET_TDI_REPORT)
+        dev_info = self.tdcm(TdcmOperation.GET_DEV_INFO)
+        check_evidence(report, dev_info, self.rd_hash(TdiRdModelField.REPORT_HASH),
+                       self.rd_hash(TdiRdModelField.DEVICE_INFO_HASH), root)
+        self.report, self.dev_info = report, dev_info
 
     def unlock(self) -> None:
         self.tdcm(TdcmOperation.UNBIND)

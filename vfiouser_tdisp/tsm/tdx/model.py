@@ -53,11 +53,27 @@ ABI_VERSION = 0x0001_0000
 #   TDH.MMIO.UNMAP  RCX func_id, RDX GPA, R8 page count.
 #   TDH.DMAR.ADD    RCX func_id: let the TDI DMA into TD private memory, pending TDG.DMAR.ACCEPT.
 #   TDH.DMAR.REMOVE RCX func_id.
+#   TDH.TDI.STATE   RCX spdm_id, RDX func_id, R8 rsp page, R9 req page -> RCX the TD's
+#                   view (TdTdiState 0-3) after asking the device.  Device:
+#                   GET_DEVICE_INTERFACE_STATE.  A LOCKED / RUN TDI whose device answers
+#                   another state (ERROR after a BAR moved, PCIe r7.0 11) goes to ERROR:
+#                   TDG.TDI.RD shows 3 from then on.  Serves TDCM GET_TDI_STATE.
+#   TDH.TDI.REPORT  RCX spdm_id, RDX func_id, R8 rsp page, R9 req page, R10 report out
+#                   (hpa_array_t) -> RCX report length.  Only LOCKED / RUN TDIs.  Device:
+#                   GET_DEVICE_INTERFACE_REPORT, then GET_DEVICE_INTERFACE_STATE.  The
+#                   device in ERROR refuses the report (TDISP_ERROR); its state says
+#                   ERROR: the TDI goes to ERROR and the call ends TDX_DEVICE_ERROR |
+#                   TDISP.  A report other than the one locked is an ERROR too (TDISP
+#                   keeps it fixed while locked).  Serves TDCM GET_TDI_REPORT, so the TD
+#                   asking again is the module asking the device again.
+#   Leaves 136 and 141 are the free slots around the TDI group in the current numbering.
 class HostTdiLeaf(enum.IntEnum):
+    TDH_TDI_STATE = 136
     TDH_TDI_BIND = 137
     TDH_TDI_START = 138
     TDH_TDI_STOP = 139
     TDH_TDI_UNBIND = 140
+    TDH_TDI_REPORT = 141
     TDH_DMAR_ADD = 150
     TDH_DMAR_REMOVE = 153
     TDH_MMIO_MAP = 158

@@ -358,6 +358,8 @@ class TdxModule:
             HostTdiLeaf.TDH_TDI_START: partial(tdi_calls.tdh_tdi_start, self),
             HostTdiLeaf.TDH_TDI_STOP: partial(tdi_calls.tdh_tdi_stop, self),
             HostTdiLeaf.TDH_TDI_UNBIND: partial(tdi_calls.tdh_tdi_unbind, self),
+            HostTdiLeaf.TDH_TDI_STATE: partial(tdi_calls.tdh_tdi_state, self),
+            HostTdiLeaf.TDH_TDI_REPORT: partial(tdi_calls.tdh_tdi_report, self),
             HostTdiLeaf.TDH_MMIO_MAP: partial(tdi_calls.tdh_mmio_map, self),
             HostTdiLeaf.TDH_MMIO_UNMAP: partial(tdi_calls.tdh_mmio_unmap, self),
             HostTdiLeaf.TDH_DMAR_ADD: partial(tdi_calls.tdh_dmar_add, self),

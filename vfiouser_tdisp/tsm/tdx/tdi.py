@@ -11,15 +11,16 @@ state table, the TD's view of it) is shared with the public TD-side calls.
 from __future__ import annotations
 
 from ...events import emit
-from ...firmware import GuestMemory
+from ...firmware import GuestMemory, GuestMemoryError
 from ...fsm import StateMachine
 from ...spdm.requester import SpdmFlow
 from ...tdisp import messages as t
-from ..core import PciSigChannel, TdispRequester, parse_report
+from ..core import PciSigChannel, TdispRequester, TsmProtocolError, parse_report
 from . import model
 from .abi import FUNC_ID_RESERVED_MASK, NO_PAGE, PAGE_SIZE, OperandId, TdxStatus
 from .model import DeviceErrorKind, HostTdiLeaf
 from .module import (
+    TD_VIEW,
     TDI_TRANSITIONS,
     D,
     DeviceFailure,
@@ -190,6 +191,90 @@ def tdh_tdi_unbind(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result
     del m.tdis[func_id]
     emit("tdx.tdi.unbound", func_id=f"{func_id:#x}")
     return regs(TdxStatus.TDX_SUCCESS, args=a)
+
+def tdh_tdi_state(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
+    """The device's TDISP state, as the module then shows it to the TD (RCX, 0-3)."""
+    spdm_id, func_id = a[0], a[1]   # R8 rsp, R9 req page
+    ctx = m._ctx(spdm_id)
+    if ctx is None:
+        return regs(invalid(OperandId.RCX), args=a)
+    tdi = m._tdi(func_id)
+    if tdi is None or tdi.spdm_id != spdm_id:
+        return regs(invalid(OperandId.RDX), args=a)
+
+    def start() -> Operation | int:
+        if tdi.fsm.state not in (D.LOCKED, D.RUN, D.ERROR) or ctx.session is None:
+            return wrong_state(OperandId.RDX)
+        return Operation(HostTdiLeaf.TDH_TDI_STATE, func_id, "tdi_get_state",
+                         _get_state_flow(ctx, tdi), lambda _: finish(), lambda f: None, ctx,
+                         protocol=DeviceErrorKind.TDISP)
+
+    def finish() -> Result:
+        return regs(TdxStatus.TDX_SUCCESS, int(TD_VIEW[tdi.fsm.state]), args=a)
+
+    return m._extension(mem, a, HostTdiLeaf.TDH_TDI_STATE, func_id, 2, 3, start, ctx)
+
+def _get_state_flow(ctx: SpdmContext, tdi: Tdi) -> SpdmFlow[t.TdiState]:
+    tdisp = TdispRequester(PciSigChannel(ctx.spdm, ctx.session))
+    state = yield from tdisp.state_flow(tdi.func_id)
+    _compare(tdi, state)
+    return state
+
+def _compare(tdi: Tdi, device: t.TdiState) -> None:
+    """A TDI the module holds LOCKED or RUN must be in that state at the device; any other
+    answer (ERROR after a locked BAR moved, PCIe r7.0 §11 Figure 11-5; UNLOCKED after a
+    reset) is the device leaving the binding: the module's TDI goes to ERROR."""
+    want = {D.LOCKED: t.TdiState.CONFIG_LOCKED, D.RUN: t.TdiState.RUN}.get(tdi.fsm.state)
+    if want is not None and device is not want:
+        tdi.fsm.fire("device_error", device_state=device.name)
+
+def tdh_tdi_report(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
+    """The interface report read from the device again (TDCM GET_TDI_REPORT), RCX length."""
+    spdm_id, func_id, out = a[0], a[1], a[4]   # R8 rsp, R9 req page, R10 report out
+    ctx = m._ctx(spdm_id)
+    if ctx is None:
+        return regs(invalid(OperandId.RCX), args=a)
+    tdi = m._tdi(func_id)
+    if tdi is None or tdi.spdm_id != spdm_id:
+        return regs(invalid(OperandId.RDX), args=a)
+
+    def start() -> Operation | int:
+        if tdi.fsm.state not in (D.LOCKED, D.RUN) or ctx.session is None:
+            return wrong_state(OperandId.RDX)
+        try:
+            pages = m._pages(mem, out)
+        except GuestMemoryError:
+            return invalid(OperandId.R10)
+        if len(tdi.report) > len(pages) * PAGE_SIZE:
+            return invalid(OperandId.R10)
+        return Operation(HostTdiLeaf.TDH_TDI_REPORT, func_id, "tdi_get_report",
+                         _get_report_flow(ctx, tdi), finish, lambda f: None, ctx,
+                         protocol=DeviceErrorKind.TDISP)
+
+    def finish(report: bytes) -> Result:
+        m._write_pages(mem, m._pages(mem, out), report)
+        return regs(TdxStatus.TDX_SUCCESS, len(report), args=a)
+
+    return m._extension(mem, a, HostTdiLeaf.TDH_TDI_REPORT, func_id, 2, 3, start, ctx)
+
+def _get_report_flow(ctx: SpdmContext, tdi: Tdi) -> SpdmFlow[bytes]:
+    tdisp = TdispRequester(PciSigChannel(ctx.spdm, ctx.session))
+    try:
+        report: bytes | None = yield from tdisp.report_flow(tdi.func_id)
+        refused = ""
+    except TsmProtocolError as exc:   # TDISP_ERROR: e.g. INVALID_INTERFACE_STATE in ERROR
+        report, refused = None, str(exc)
+    # the report alone does not say the TDI is still bound as locked: ask its state too
+    state = yield from _get_state_flow(ctx, tdi)
+    if tdi.fsm.state is D.ERROR:
+        raise DeviceFailure(DeviceErrorKind.TDISP, f"TDI {state.name} at the device"
+                            + (f" ({refused})" if refused else ""))
+    if report is None:
+        raise DeviceFailure(DeviceErrorKind.TDISP, refused)
+    if report != tdi.report:
+        tdi.fsm.fire("device_error", device_state=state.name, report="changed")
+        raise DeviceFailure(DeviceErrorKind.TDISP, "interface report changed since the lock")
+    return report
 
 def tdh_mmio_map(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
     func_id, gpa, hpa, count = a[0], a[1], a[2], a[3]

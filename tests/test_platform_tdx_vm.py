@@ -43,9 +43,9 @@ def test_every_step_passes(flow: PlatformRun) -> None:
 
 
 def test_connect_goes_through_the_tdx_module_and_the_kernel_doe_path(flow: PlatformRun) -> None:
-    assert "connected through the TDX module" in stepstep_detail(flow, "connect")
-    assert stepstep_detail(flow, "bind") == "bound=tsm0 tvm/state=unlocked"
-    doe = stepstep_detail(flow, "doe_objects")
+    assert "connected through the TDX module" in step_detail(flow, "connect")
+    assert step_detail(flow, "bind") == "bound=tsm0 tvm/state=unlocked"
+    doe = step_detail(flow, "doe_objects")
     m = re.match(r"(\d+) objects the firmware handed .* (\d+) SPDM requests at the device", doe)
     assert m and m.group(1) == m.group(2)
     # each of them a TDX_SPDM_REQUEST of the leaf that was running (doe-objects.txt)
@@ -58,25 +58,25 @@ def test_connect_goes_through_the_tdx_module_and_the_kernel_doe_path(flow: Platf
                  "k_set_go 6", "LOCK_INTERFACE_REQUEST", "START_INTERFACE_REQUEST",
                  "END_SESSION(secured) 1"):
         assert what in doe
-    assert stepstep_detail(flow, "spdm_states") == \
+    assert step_detail(flow, "spdm_states") == \
         "SPDM context CREATED -> CONNECTING -> CONNECTED -> DISCONNECTING -> DISCONNECTED"
-    assert stepstep_detail(flow, "disconnect") == "connect, authenticated and dsm empty"
+    assert step_detail(flow, "disconnect") == "connect, authenticated and dsm empty"
 
 
 def test_td_lock_and_accept(flow: PlatformRun) -> None:
-    assert "Device or resource busy; state=unlocked" in stepstep_detail(flow, "lock_busy")
-    assert stepstep_detail(flow, "accept_unlocked") == \
+    assert "Device or resource busy; state=unlocked" in step_detail(flow, "lock_busy")
+    assert step_detail(flow, "accept_unlocked") == \
         "accept before lock: Invalid argument; state=unlocked"
-    assert stepstep_detail(flow, "lock").startswith("state=locked")
-    assert "tdi_info=128" in stepstep_detail(flow, "evidence")
-    verify = stepstep_detail(flow, "verify")
+    assert step_detail(flow, "lock").startswith("state=locked")
+    assert "tdi_info=128" in step_detail(flow, "evidence")
+    verify = step_detail(flow, "verify")
     assert "report and dev_info digests (sha384) as TDG.TDI.RD attests" in verify or \
         "2 digests (sha384) as attested" in verify
     assert "measurements 1 2 3 = reference" in verify and "FAIL" not in verify
-    assert "MMIO ranges accepted, DMA accepted, TDI RUN" in stepstep_detail(flow, "accept")
-    assert stepstep_detail(flow, "tdi_fw_states").startswith(
+    assert "MMIO ranges accepted, DMA accepted, TDI RUN" in step_detail(flow, "accept")
+    assert step_detail(flow, "tdi_fw_states").startswith(
         "module TDI BINDING -> LOCKED -> STARTING -> RUN -> STOPPING -> UNLOCKED")
-    assert "gave 0 bytes in 5 s" in stepstep_detail(flow, "dma_held")
+    assert "gave 0 bytes in 5 s" in step_detail(flow, "dma_held")
 
 
 def test_tdi_error_reaches_the_td_and_unlock_recovers(flow: PlatformRun) -> None:
@@ -94,7 +94,7 @@ def test_tdi_error_reaches_the_td_and_unlock_recovers(flow: PlatformRun) -> None
 
 
 def test_update_abi_files(flow: PlatformRun) -> None:
-    info = stepstep_detail(flow, "seamldr_info")
+    info = step_detail(flow, "seamldr_info")
     # boot module 1.5.20 and P-SEAMLDR 2.0.00 in TDX_VERSION_FMT, 4 updates left
     assert info.startswith("version=1.5.20 seamldr_version=2.0.00 num_remaining_updates=4")
     assert "(modes 444 400 400)" in info
@@ -102,26 +102,26 @@ def test_update_abi_files(flow: PlatformRun) -> None:
 
 
 def test_td_preserving_update_while_the_tdi_runs(flow: PlatformRun) -> None:
-    upd = stepstep_detail(flow, "module_update")
+    upd = step_detail(flow, "module_update")
     assert upd.startswith("1.5.20 -> 1.5.21, num_remaining_updates 4 -> 3, TDI run, hwrng ")
     rng = upd.rsplit(" ", 1)[1]
     assert len(rng) == 64 and rng != "0" * 64
-    assert "4 TD-preserving updates" in stepstep_detail(flow, "module_updates")
+    assert "4 TD-preserving updates" in step_detail(flow, "module_updates")
 
 
 def test_bad_images_and_exhaustion_are_refused_as_the_kernel_reports(flow: PlatformRun) -> None:
-    bad = stepstep_detail(flow, "update_bad_image")
+    bad = step_detail(flow, "update_bad_image")
     for kind, why in (("bad-signature", "EBADSIG"), ("module-hash", "EBADHASH"),
                       ("magic", "TDX-BLOB")):
         assert f"{kind}: transferring:firmware-invalid ({why})" in bad
     assert bad.endswith("version 1.5.21, remaining 3, TDI run")
-    ex = stepstep_detail(flow, "update_exhausted")
+    ex = step_detail(flow, "update_exhausted")
     assert ex == ("1.5.21 -> 1.5.22 1.5.23 1.5.24, num_remaining_updates 3 -> 0; next: "
                   "transferring:firmware-invalid (EBADCALL), version 1.5.24")
 
 
 def test_tampered_evidence_is_refused(flow: PlatformRun) -> None:
-    tamper = stepstep_detail(flow, "tamper")
+    tamper = step_detail(flow, "tamper")
     assert "FAIL measurement(s) 1 != reference" in tamper
     assert tamper.endswith("not accepted (state=locked)")
-    assert stepstep_detail(flow, "tamper_host").endswith("START_INTERFACE requests: 0")
+    assert step_detail(flow, "tamper_host").endswith("START_INTERFACE requests: 0")

@@ -233,8 +233,9 @@ def test_the_browser_check_sees_script_errors(chromium: str, tmp_path: Path) -> 
 @pytest.mark.vm
 def test_a_real_run_writes_its_report(chromium: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", "vfiouser_tdisp", "run", "--out", str(out),
-                        "--timeout", "300", "--cache-dir", str(PROVISIONED_CACHE)],
+    p = subprocess.run([sys.executable, "-m", "vfiouser_tdisp", "run", "--platform", "cca",
+                        "--out", str(out), "--timeout", "300",
+                        "--cache-dir", str(PROVISIONED_CACHE)],
                        capture_output=True, text=True, timeout=900)
     assert f"report: {out / 'report.html'}" in p.stdout, p.stdout[-3000:] + p.stderr[-2000:]
     page = (out / "report.html").read_text()

@@ -570,9 +570,9 @@ def main_run(args: argparse.Namespace) -> int:
         except ProvisionError as exc:
             print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)
             return 2
-        platforms = PLATFORMS if args.platform == "all" else (args.platform,)
         if shell and args.platform == "all":
-            platforms = ("cca",)  # one guest on the terminal: --platform picks another
+            args.platform = "cca"  # one guest on the terminal: --platform picks another
+        platforms = PLATFORMS if args.platform == "all" else (args.platform,)
         runs: dict[str, PlatformRun] = {}
         try:
             for platform in platforms:

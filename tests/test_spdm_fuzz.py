@@ -178,7 +178,11 @@ class SessionFixture:
         if self.s.session_id in self.r.sessions:
             try:
                 self.req.heartbeat(self.s)
-                return
+                # the probe itself may have been the last message of a session the
+                # fuzzer had already ended (END_SESSION inside a chunked transfer ends
+                # it after the next response): reuse only a session still there after it
+                if self.s.session_id in self.r.sessions:
+                    return
             except SpdmRequesterError:
                 pass
         self.fresh()

@@ -599,8 +599,10 @@ static int cca_set_pubkey(struct cca_dsm *dsm)
  * The selective IDE stream between the root port and the endpoint.  The
  * RMM keys both ends (IDE_KM to the endpoint, through the DOE relay); the
  * kernel's own IDE programming cannot run here because QEMU's root port has
- * no IDE capability, so pci_ide_stream_alloc() is not used.
+ * no IDE capability, so pci_ide_stream_alloc() is not used: the endpoint's
+ * stream registers are the module's (vtfw-ide.c).
  */
+#define CCA_IDE_SID	0
 static int cca_stream_connect(struct cca_dsm *dsm)
 {
 	struct pci_dev *pdev = dsm->pf0.base_tsm.pdev;
@@ -625,7 +627,7 @@ static int cca_stream_connect(struct cca_dsm *dsm)
 	put64(dsm->params, RMI_STREAM_PARAMS_TYPE, RMI_STREAM_NCOH);
 	put64(dsm->params, RMI_STREAM_PARAMS_PDEV_1, vtfw_pa(dsm->ep.granule));
 	put64(dsm->params, RMI_STREAM_PARAMS_PDEV_2, vtfw_pa(dsm->rp.granule));
-	put64(dsm->params, RMI_STREAM_PARAMS_IDE_SID, 0);
+	put64(dsm->params, RMI_STREAM_PARAMS_IDE_SID, CCA_IDE_SID);
 	args[0] = vtfw_pa(dsm->params);
 	rc = cca_rmi(dsm, "RMI_PDEV_STREAM_CONNECT", RMI_PDEV_STREAM_CONNECT, args, 1, res);
 	if (rc)
@@ -656,9 +658,9 @@ static int cca_stream_connect(struct cca_dsm *dsm)
 	rc = cca_rmi(dsm, "RMI_PDEV_STREAM_COMPLETE", RMI_PDEV_STREAM_COMPLETE, args, 1, res);
 	if (rc)
 		return rc;
-	vtfw_info(pdev, "IDE stream %#llx set up by the firmware (keys to the endpoint by IDE_KM over DOE); %s has no IDE capability: kernel IDE registers untouched\n",
+	vtfw_info(pdev, "IDE stream %#llx keyed by the firmware (IDE_KM over DOE to the endpoint; %s has no IDE capability)\n",
 		  dsm->stream, pci_name(rp));
-	return 0;
+	return vtfw_ide_stream_enable(pdev, CCA_IDE_SID);
 }
 
 static void cca_stream_disconnect(struct cca_dsm *dsm)
@@ -669,6 +671,7 @@ static void cca_stream_disconnect(struct cca_dsm *dsm)
 
 	if (!dsm->stream_connected)
 		return;
+	vtfw_ide_stream_disable(dsm->pf0.base_tsm.pdev);
 	/* the endpoint's keys are stopped by IDE_KM; the root port follows if asked */
 	if (!cca_rmi(dsm, "RMI_PDEV_STREAM_DISCONNECT", RMI_PDEV_STREAM_DISCONNECT,
 		     args, 1, res) &&

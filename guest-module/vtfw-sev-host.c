@@ -40,6 +40,7 @@
 #include "vtfw-sev.h"
 
 #define SEV_MAX_EXCHANGES	1024
+#define SEV_IDE_STREAM_ID	0	/* the selective stream TIO_DEV_CONNECT keys */
 #define SEV_STATUS_OFF		0x800	/* status outputs in the second half of a command page */
 
 /* an SLA buffer: physically contiguous data pages, a scatter page when more than one */
@@ -246,8 +247,8 @@ static int sev_spdm(struct sev_dsm *dsm, u32 id, u32 *status)
 {
 	struct spdm_ctrl *ctrl = dsm->cmd + 8;
 	struct sla_buffer_hdr *out = dsm->output.va;
+	int rc, n, expanded = 0;
 	bool grew;
-	int rc, n;
 
 	out->payload_sz = 0;
 	for (n = 0; n < SEV_MAX_EXCHANGES; n++) {
@@ -268,10 +269,16 @@ static int sev_spdm(struct sev_dsm *dsm, u32 id, u32 *status)
 			if (rc)
 				return rc;
 			out = dsm->output.va;
+			expanded++;
 			continue;
 		}
-		if (*status != SEV_RET_SPDM_REQUEST)
+		if (*status != SEV_RET_SPDM_REQUEST) {
+			if (expanded)
+				vtfw_info(dsm->pf0.base_tsm.pdev,
+					  "command %#x: EXPAND_BUFFER_LENGTH_REQUEST %d times, called again with buffers of %zu/%zu bytes\n",
+					  id, expanded, dsm->output.cap, dsm->scratch.cap);
 			return 0;
+		}
 		rc = sev_carry(dsm);
 		if (rc)
 			return rc;
@@ -333,6 +340,8 @@ static void sev_dev_disconnect(struct sev_dsm *dsm)
 	struct sev_data_tio_dev_disconnect *c = dsm->cmd;
 	u32 status;
 
+	if (dsm->connected)
+		vtfw_ide_stream_disable(dsm->pf0.base_tsm.pdev);
 	memset(dsm->cmd, 0, PAGE_SIZE);
 	c->length = cpu_to_le32(sizeof(*c));
 	c->dev_ctx_sla = cpu_to_le64(dsm->dev_ctx.sla);
@@ -416,13 +425,16 @@ static int sev_connect(struct pci_dev *pdev)
 	conn->dev_ctx_sla = cpu_to_le64(dsm->dev_ctx.sla);
 	conn->tc_mask = BIT(0);		/* traffic class 0 */
 	conn->cert_slot = 0;
-	conn->ide_stream_id[0] = 0;
+	conn->ide_stream_id[0] = SEV_IDE_STREAM_ID;
 	rc = sev_spdm_ok(dsm, SEV_CMD_TIO_DEV_CONNECT, "TIO_DEV_CONNECT");
 	if (rc)
 		goto err;
 	dsm->connected = true;
 	sev_outputs(dsm, NULL);
-	/* the kernel cannot program IDE here (QEMU's root port has none): the PSP keyed it */
+	/* the PSP keyed the stream; QEMU's root port has no IDE: the endpoint's half is ours */
+	rc = vtfw_ide_stream_enable(pdev, SEV_IDE_STREAM_ID);
+	if (rc)
+		goto err;
 	vtfw_info(pdev, "connected through the PSP: %u DOE exchanges, certificates %zu, measurements %zu bytes\n",
 		  dsm->relayed, dsm->cert_len, dsm->meas_len);
 	return 0;

@@ -195,7 +195,7 @@ static int tdx_mng(struct tdx_dsm *dsm, u64 op);
 static int tdx_loop(struct tdx_dsm *dsm, const char *what, u64 leaf, const u64 *regs, u64 *out)
 {
 	struct pci_dev *pdev = dsm->pf0.base_tsm.pdev;
-	int rc, n;
+	int rc, n, resumed = 0;
 
 	for (n = 0; n < TDX_MAX_CALLS; n++) {
 		rc = vtfw_tdx_call(dsm->port, 0, leaf, regs, out);
@@ -203,11 +203,15 @@ static int tdx_loop(struct tdx_dsm *dsm, const char *what, u64 leaf, const u64 *
 			return rc;
 		switch (TDX_STATUS_CLASS(out[0])) {
 		case TDX_SUCCESS:
+			if (resumed)
+				vtfw_info(pdev, "%s: TDX_INTERRUPTED_RESUMABLE %d times, called again\n",
+					  what, resumed);
 			return 0;
 		case TDX_SPDM_REQUEST:
 			tdx_relay(dsm, out[1 + TDX_RCX]);
 			continue;
 		case TDX_INTERRUPTED_RESUMABLE:
+			resumed++;
 			cond_resched();
 			continue;
 		case TDX_SPDM_SESSION_KEY_REQUIRE_REFRESH:
@@ -278,6 +282,7 @@ static void tdx_teardown(struct tdx_dsm *dsm)
 	u64 regs[TDX_NR_REGS], out[TDX_NR_REGS + 1];
 
 	if (dsm->stream_id) {
+		vtfw_ide_stream_disable(pdev);
 		memset(regs, 0, sizeof(regs));
 		regs[TDX_RCX] = dsm->spdm_id;
 		regs[TDX_RDX] = dsm->stream_id;
@@ -391,9 +396,11 @@ static int tdx_connect(struct pci_dev *pdev)
 	regs[TDX_R9] = vtfw_pa(dsm->rsp);
 	regs[TDX_R10] = vtfw_pa(dsm->req);
 	rc = tdx_loop(dsm, "TDH.IDE.STREAM.KM(SETUP)", TDH_IDE_STREAM_KM, regs, out);
+	if (!rc)
+		rc = vtfw_ide_stream_enable(pdev, dsm->stream_id);
 	if (rc)
 		goto err;
-	/* QEMU's root port has no IDE capability: the module keyed both halves */
+	/* QEMU's root port has no IDE capability: the endpoint's half is the module's */
 	vtfw_info(pdev, "connected through the TDX module: %u DOE exchanges, IDE stream %llu keyed, dev_info %zu bytes\n",
 		  dsm->relayed, dsm->stream_id, dsm->dev_info_len);
 	return 0;

@@ -177,6 +177,13 @@ int vtfw_cca_serve_host_call(struct vtfw_port *port, struct pci_dev *pdev);
 int vtfw_cca_realm_init(struct vtfw_port *port);
 void vtfw_cca_realm_exit(struct vtfw_port *port);
 
+/*
+ * The endpoint's half of the selective IDE stream the firmware keyed, as
+ * pci_ide_stream_setup()/enable() would program it (vtfw-ide.c).
+ */
+int vtfw_ide_stream_enable(struct pci_dev *pdev, u8 stream_id);
+void vtfw_ide_stream_disable(struct pci_dev *pdev);
+
 /* DER walking, vtfw-der.c */
 struct vtfw_spki {
 	const u8 *alg_oid;	/* contents of the algorithm OBJECT IDENTIFIER */

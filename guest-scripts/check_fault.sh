@@ -12,6 +12,9 @@
 #   verifier_refuses   the relying party refuses the evidence; accept is not written
 #   tdi_error_state    after accept (RUN) the TDI ends in error (tvm/state), a
 #                      refresh fails; unlock brings it back to unlocked
+#   ide_fail_state     the same, and the endpoint's selective IDE stream Status
+#                      register (which the module enabled at connect) reads
+#                      INSECURE with IDE_FAIL (bit 31) once the TDI runs
 # vtdisp.scenario=NAME picks the expectation (the table below).
 
 d=/sys/bus/pci/devices/$BDF
@@ -26,6 +29,8 @@ mkdir -p $EV
 # check_platform.sh without running its flow: one copy of the relying party.
 sed -n '/^pf_write_err() {/,/^# -- the flow/p' /guest-scripts/check_platform.sh > /tmp/pf_lib.sh
 . /tmp/pf_lib.sh
+# TDX's verifier rebuilds the dev_info the module hashed (tdx_dev_info)
+[ "$platform" = tdx ] && . /guest-scripts/platform_tdx.sh
 
 scenario=$(cmdline_opt scenario)
 case $scenario in
@@ -35,6 +40,7 @@ case $scenario in
     spdm-not-ready|spdm-busy|dma-locked) expect=lock_succeeds ;;
     measurements-change|report-range) expect=verifier_refuses ;;
     tdi-error) expect=tdi_error_state ;;
+    ide-fail) expect=ide_fail_state ;;
     *) expect=unknown ;;
 esac
 # the errno tsm/connect must fail with: pci_doe() returns -EIO on a timeout or ERROR,
@@ -62,6 +68,17 @@ if [ -z "$BDF" ] || [ -z "$link" ] || [ -z "$devsec" ]; then
 fi
 pf_step tsm_module PASS "link TSM $link, devsec TSM $devsec, port $port"
 
+# the endpoint's selective IDE stream 0 Status register (PCIe r6.x 7.9.26: the
+# selective blocks follow the link blocks, LINK_TC_NUM+1 of 8 bytes if LINK)
+fc_ide_sts() {
+    ide=$(find_ext_cap "$BDF" 48)
+    [ -n "$ide" ] || { echo none; return; }
+    cap=$(cfg_read "$BDF" $((ide + 4)) 4)
+    sel=$((ide + 12))
+    [ $((cap & 1)) -ne 0 ] && sel=$((sel + 8 * (((cap >> 13) & 7) + 1)))
+    cfg_read "$BDF" $((sel + 8)) 4
+}
+
 fc_kernel_log() {  # what the kernel's DOE/TSM code and the module logged
     dmesg | grep -i 'doe\|vtfw\|tsm\|ide' | tail -n "${1:-4}" | sed 's/^\[[ 0-9.]*\] //' | tr '\n' '|'
 }
@@ -85,7 +102,7 @@ if [ "$expect" = connect_fails ]; then
 else
     if [ -z "$e" ] && [ "$c" = "$link" ]; then
         if [ "$expect" = connect_succeeds ]; then
-            retried=$(dmesg | grep 'RMI_BUSY [0-9]* times, called again' | tail -n 1 | sed 's/.*vtfw: //')
+            retried=$(dmesg | grep '[A-Z_]* [0-9]* times, called again' | tail -n 1 | sed 's/.*vtfw: //')
             if [ -n "$retried" ]; then
                 pf_step connect_succeeds PASS "connect=$c; the module: $retried"
             else
@@ -99,12 +116,12 @@ else
 fi
 
 case $expect in
-    lock_succeeds|verifier_refuses|tdi_error_state)
+    lock_succeeds|verifier_refuses|tdi_error_state|ide_fail_state)
         e=$(pf_write_err /sys/bus/pci/devices/$port/tdi_bind "$BDF")
         pf_unbind_driver
         e2=$(pf_write_err $t/lock "$devsec")
         ls=$(pf_state)
-        for f in certificate vca measurements report vdev_info; do
+        for f in certificate vca measurements report vdev_info tdi_info; do
             cat $t/$f > $EV/$f 2>/dev/null
         done
         if [ -n "$e$e2" ] || [ "$ls" != locked ]; then
@@ -135,6 +152,22 @@ case $expect in
                         pf_step tdi_error_state PASS "accept '${e3:-ok}' state=$s1; refresh '${e4:-ok}' state=$s2; unlock '${e5:-ok}' state=$s3"
                     else
                         pf_step tdi_error_state FAIL "accept '${e3:-ok}' state=$s1; refresh '${e4:-ok}' state=$s2; unlock '${e5:-ok}' state=$s3: $(fc_kernel_log)"
+                    fi ;;
+                ide_fail_state)
+                    sts0=$(fc_ide_sts)
+                    e3=$(pf_write_err $t/accept 1)
+                    s1=$(pf_state)
+                    sts=$(fc_ide_sts)
+                    e4=$(pf_write_err $t/refresh 1)
+                    s2=$(pf_state)
+                    e5=$(pf_write_err $t/unlock "$devsec")
+                    s3=$(pf_state)
+                    what="IDE Status $(printf 0x%08x "$sts0") while locked, $(printf 0x%08x "$sts") after accept; accept '${e3:-ok}' state=$s1; refresh '${e4:-ok}' state=$s2; unlock '${e5:-ok}' state=$s3"
+                    if [ "$sts0" = 2 ] && [ "$sts" = 2147483648 ] && [ "$s2" = error ] && \
+                       [ -n "$e3$e4" ] && [ "$s3" = unlocked ]; then
+                        pf_step ide_fail_state PASS "$what"
+                    else
+                        pf_step ide_fail_state FAIL "$what: $(fc_kernel_log)"
                     fi ;;
             esac
         fi

@@ -152,8 +152,11 @@ def test_run_takes_faults_and_scenarios() -> None:
                                       "report-range", "--scenario", "tdi-error"])
     assert args.fault == ["doe-busy:type=1", "report-range"]
     assert args.scenario == "tdi-error" and args.handler == "vfiouser_tdisp.run.platform:main_run"
+    from vfiouser_tdisp.cli import SCENARIOS as CHOICES
+    assert set(CHOICES) == set(SCENARIOS)  # --scenario offers exactly the declared ones
     for scenario in SCENARIOS.values():
-        for text in scenario.faults:  # every scenario's faults parse
-            build_parser().parse_args(["serve", "--socket", "x", "--fault", text])
+        for platform in ("cca", "tdx", "sev-tio"):
+            for text in scenario.faults_for(platform):  # every scenario's faults parse
+                build_parser().parse_args(["serve", "--socket", "x", "--fault", text])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--scenario", "nope"])

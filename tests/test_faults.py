@@ -63,8 +63,14 @@ def test_every_fault_is_declared_with_effect_expectation_and_layer() -> None:
 
 def test_docs_describe_every_fault() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "faults.md").read_text()
-    for name in SPECS:
+    for name, spec in SPECS.items():
         assert f"### `{name}`" in doc, name
+        # the declared effect, expectation and arguments, word for word
+        assert f"- effect: {spec.effect}\n" in doc, name
+        assert f"- expected of the kernel/guest: {spec.expect}\n" in doc, name
+        for arg in spec.args:
+            assert f"`{arg.name}` ({arg.kind.__name__}, default {arg.default}): {arg.help}" \
+                in doc, (name, arg.name)
 
 
 def test_parse_positional_keyword_and_errors() -> None:
@@ -430,6 +436,54 @@ def test_ide_fail_while_run_errors_the_tdi_bound_to_the_stream() -> None:
     assert sts == 0x80000000  # Selective IDE Stream Status: Insecure, IDE_FAIL set
     ask(r, m.STOP_INTERFACE_REQUEST)
     assert state(r) is U
+
+
+def test_ide_fail_when_run_waits_for_the_tdi_bound_to_the_stream_to_run() -> None:
+    from tests.test_tdisp import lock, program_secure_stream, start
+
+    dev, r = make()
+    fs = dev.ide.faults = r.faults = FaultSet()
+    ctl = program_secure_stream(dev, 3)
+    fs.arm("ide-fail")  # when=run, the default
+    nonce = lock(r, default_stream_id=3)
+    # CONFIG_LOCKED: Status reads and requests leave the stream alone (PCIe r6.x
+    # 7.9.26.5.3: state 2 = Secure, bit 31 clear)
+    assert int.from_bytes(dev.dsm.config.read(ctl + 4, 4), "little") == 2
+    assert state(r) is L
+    assert fs.active("ide-fail")
+    start(r, nonce)
+    # RUN: the next Status read sees the failure -- Insecure with IDE_FAIL -- and the
+    # TDI bound to the stream is in ERROR
+    assert int.from_bytes(dev.dsm.config.read(ctl + 4, 4), "little") == 0x80000000
+    assert state(r) is E and not fs.active("ide-fail")
+
+
+def test_ide_fail_when_any_fails_a_secure_stream_at_once() -> None:
+    from tests.test_tdisp import program_secure_stream
+
+    dev, r = make()
+    fs = dev.ide.faults = r.faults = FaultSet()
+    ctl = program_secure_stream(dev, 3)
+    fs.arm("ide-fail:when=any")
+    assert int.from_bytes(dev.dsm.config.read(ctl + 4, 4), "little") == 0x80000000
+    assert state(r) is U  # no TDI was bound to it
+
+
+def test_fw_busy_sev_expand_buffer_then_connect_completes(tmp_path: Path,
+                                                          events: Recorder) -> None:
+    from tests.test_sev_tio_psp import Bench
+
+    bench = Bench(tmp_path / "identity")
+    fs = bench.psp.faults = FaultSet()
+    fs.arm("fw-busy:TIO_DEV_CONNECT,count=3")
+    bench.host.connect()  # the host grows the output buffer each time and issues again
+    assert [e["target"] for e in fired(events, "fw-busy")] == ["psp:TIO_DEV_CONNECT"] * 3
+    statuses = [e["status"] for e in events.events
+                if e["event"] == "psp.command" and e["cmd"] == "TIO_DEV_CONNECT"]
+    # AMD SEV-TIO: EXPAND_BUFFER_LENGTH_REQUEST 0x31 before the SPDM_REQUEST loop
+    assert statuses[:3] == ["EXPAND_BUFFER_LENGTH_REQUEST"] * 3
+    assert statuses[3] == "SPDM_REQUEST" and statuses[-1] == "SUCCESS"
+    assert bench.host.output.capacity >= 4 * 0x1000  # three pages more than one
 
 
 def test_requester_retries_busy_then_gives_up(events: Recorder) -> None:

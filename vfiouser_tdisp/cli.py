@@ -116,7 +116,7 @@ def _add_fault_args(p: argparse.ArgumentParser) -> None:
 
 SCENARIOS = ("doe-busy", "doe-error", "doe-delay", "kp-ack", "dma-locked", "fw-busy",
              "spdm-busy", "spdm-not-ready", "measurements-change", "cert-change",
-             "report-range", "tdi-error")
+             "report-range", "tdi-error", "ide-fail")
 
 
 def _add_scenario_arg(p: argparse.ArgumentParser) -> None:

@@ -160,12 +160,15 @@ SPECS: dict[str, FaultSpec] = {s.name: s for s in (
     FaultSpec(
         "ide-fail", "ide",
         "a SECURE IDE stream (STREAM: its ID, -1 any) leaves SECURE at the next read of "
-        "its Status register or the next TDISP request while a TDI runs, whichever "
-        "comes first; Status then reads INSECURE with IDE_FAIL (bit 31) set, the keys "
-        "are gone, and a TDI bound to the stream moves to ERROR",
+        "its Status register or the next TDISP request, whichever comes first -- with "
+        "WHEN=run (the default) only once a TDI bound to the stream is in RUN, with "
+        "WHEN=any at once; Status then reads INSECURE with IDE_FAIL (bit 31) set, the "
+        "keys are gone, and a TDI bound to the stream moves to ERROR",
         "the TDI the stream protects is in ERROR: tvm/state error, a refresh fails, "
         "unlock recovers; a reader of the Status register sees IDE_FAIL",
-        (FaultArg("stream", int, -1, "stream ID (-1: any)"), COUNT)),
+        (FaultArg("stream", int, -1, "stream ID (-1: any)"), COUNT,
+         FaultArg("when", str, "run", "run: once a TDI bound to the stream runs; "
+                                      "any: whenever the stream is SECURE"))),
     FaultSpec(
         "kp-ack", "ide_km",
         "the next COUNT IDE_KM KEY_PROG are answered with KP_ACK Status STATUS "
@@ -184,10 +187,14 @@ SPECS: dict[str, FaultSpec] = {s.name: s for s in (
     FaultSpec(
         "fw-busy", "firmware",
         "the platform firmware answers the named call busy COUNT more times without "
-        "doing anything: RMI_BUSY (CCA RMM), TDX_INTERRUPTED_RESUMABLE (TDX module)",
-        "the host side calls again; the operation completes as usual",
+        "doing anything: RMI_BUSY (CCA RMM), TDX_INTERRUPTED_RESUMABLE (TDX module), "
+        "EXPAND_BUFFER_LENGTH_REQUEST asking a page more of output buffer (AMD PSP, "
+        "the SPDM-aware TIO commands)",
+        "the host side calls again (on the PSP after growing the buffer); the operation "
+        "completes as usual",
         (FaultArg("call", str, None, "call name as the platform names it "
-                                     "(e.g. PDEV_COMMUNICATE, TDH_SPDM_CONNECT)"),
+                                     "(e.g. PDEV_COMMUNICATE, TDH_SPDM_CONNECT, "
+                                     "TIO_DEV_CONNECT)"),
          FaultArg("count", int, 3, "how many extra busy answers"))),
 )}
 

@@ -152,9 +152,16 @@ class IdeStream:
             listener(self.secure_id)
 
 
-def _names_stream(stream_id: int) -> Callable[[Mapping[str, Any]], bool]:
-    """ide-fail's ``stream`` argument matches ``stream_id`` (-1: any)."""
-    return lambda args: args["stream"] in (-1, stream_id)
+def _fails_stream(stream_id: int, running: Callable[[int], bool] | None
+                  ) -> Callable[[Mapping[str, Any]], bool]:
+    """ide-fail's arguments name ``stream_id`` (``stream`` -1: any) and, with
+    ``when=run``, a TDI bound to it runs (``running``; without a TDISP layer
+    attached every SECURE stream counts)."""
+    def match(args: Mapping[str, Any]) -> bool:
+        if args["stream"] not in (-1, stream_id):
+            return False
+        return args.get("when", "run") == "any" or running is None or running(stream_id)
+    return match
 
 
 class IdeCapability(Capability):
@@ -182,6 +189,9 @@ class IdeCapability(Capability):
         # Fault injection (faults.py): ide-fail.
         self.faults: FaultSet = ARMED
         self.insecure_listeners: list[Callable[[int], None]] = []
+        # Set by the TDISP layer: does a TDI bound to this stream ID run (ide-fail
+        # with when=run fires only then)?
+        self.stream_running: Callable[[int], bool] | None = None
         self.streams: list[IdeStream] = []
         for i in range(link_streams):
             self.streams.append(IdeStream("link", i, PCI_IDE_LINK_STREAM_0 + 8 * i, self))
@@ -245,7 +255,7 @@ class IdeCapability(Capability):
             if s.fsm.state is not IdeStreamState.SECURE:
                 continue
             if self.faults.take("ide-fail", f"{self.function_name}:{s.kind}{s.index}",
-                                _names_stream(s.secure_id)):
+                                _fails_stream(s.secure_id, self.stream_running)):
                 s.fail()
                 return True
         return False

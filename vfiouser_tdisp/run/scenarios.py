@@ -4,7 +4,8 @@ Each scenario arms faults in the server (serve --fault, docs/faults.md) and boot
 guest with guest-scripts/check_fault.sh, which runs the platform flow as far as the
 fault reaches and prints PASS/FAIL lines named after the reaction expected of the
 kernel and the guest (connect_fails + connect_recovers, connect_succeeds,
-lock_succeeds, verifier_refuses, tdi_error_state).  The host adds ``fault_fired``:
+lock_succeeds, verifier_refuses, tdi_error_state, ide_fail_state).  The host adds
+``fault_fired``:
 the server's events show the fault really fired where it was meant to (a scenario
 whose fault never fired proves nothing).
 """
@@ -14,7 +15,8 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..paths import identity_dir
@@ -30,6 +32,11 @@ class Scenario:
     steps: tuple[str, ...]   # the guest's result lines (check_fault.sh)
     expect: str              # what the kernel/guest should do, in words
     min_fired: int = 1       # fault.fired events the server must show
+    # faults that differ by platform (a firmware call's name), else ``faults``
+    per_platform: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def faults_for(self, platform: str) -> tuple[str, ...]:
+        return self.per_platform.get(platform, self.faults)
 
 
 CONNECT_FAILS = ("tsm_module", "connect_fails", "connect_recovers", "disconnect")
@@ -56,8 +63,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "it, nothing reaches guest memory, lock and verify succeed"),
     Scenario("fw-busy", ("fw-busy:PDEV_COMMUNICATE,count=3",),
              ("tsm_module", "connect_succeeds", "disconnect"),
-             "RMI_BUSY three extra times: the guest module calls again and connect "
-             "succeeds", min_fired=3),
+             "the firmware busy three extra times on the connect call (RMI_BUSY, "
+             "TDX_INTERRUPTED_RESUMABLE, EXPAND_BUFFER_LENGTH_REQUEST): the guest module "
+             "calls again and connect succeeds", min_fired=3,
+             per_platform={"tdx": ("fw-busy:TDH_SPDM_CONNECT,count=3",),
+                           "sev-tio": ("fw-busy:TIO_DEV_CONNECT,count=3",)}),
     Scenario("spdm-busy", ("spdm-busy:GET_MEASUREMENTS,count=3",), LOCKS,
              "ERROR Busy three times on GET_MEASUREMENTS: the firmware's requester sends "
              "the request again through the kernel's DOE; lock succeeds", min_fired=3),
@@ -76,6 +86,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              ("tsm_module", "tdi_error_state", "disconnect"),
              "the TDI goes to ERROR on its own while RUN: tvm/state error, refresh "
              "fails, unlock recovers"),
+    Scenario("ide-fail", ("ide-fail",),
+             ("tsm_module", "ide_fail_state", "disconnect"),
+             "the IDE stream the module enabled after the firmware keyed it fails while "
+             "the TDI runs: its Status register reads INSECURE with IDE_FAIL, the TDI is "
+             "in ERROR (tvm/state error), refresh fails, unlock recovers"),
 )}
 
 
@@ -117,10 +132,14 @@ def dma_held(boot: pf.Boot) -> tuple[str, bool, str]:
             f"{len(leaked)} let through")
 
 
+# where each platform's firmware reports a device operation it gave up on
+FIRMWARE_FAILED = ("rmm.comm_failed", "tdx.device_error", "psp.device_failed")
+
+
 def firmware_refused_chain(boot: pf.Boot) -> tuple[str, bool, str]:
     """The platform firmware's requester refused the changed chain (its own check)."""
-    why = [str(e.get("error")) for e in boot.of("rmm.comm_failed") if "chain" in
-           str(e.get("error"))]
+    why = [f"{name}: {e.get('error')}" for name in FIRMWARE_FAILED for e in boot.of(name)
+           if "chain" in str(e.get("error"))]
     return ("firmware_refused", bool(why), why[0] if why else "no chain refusal in the events")
 
 
@@ -147,6 +166,29 @@ def respond_if_ready(boot: pf.Boot) -> tuple[str, bool, str]:
             f"{wait * 1000:.1f} ms later")
 
 
+def ide_failed(boot: pf.Boot) -> tuple[str, bool, str]:
+    """The device's side of ide-fail: the stream the module enabled went SECURE, left
+    it by an IDE Fail only after the TDI bound to it ran, and that TDI went to ERROR
+    because of it (PCIe r7.0 §11 with §6.33)."""
+    streams = boot.of("ide_stream.transition")
+    tdis = boot.of("tdi.transition")
+    secure = [e for e in streams if e.get("new") == "SECURE"]
+    failed = [e for e in streams if e.get("trigger") == "ide_fail"]
+    run = [e for e in tdis if e.get("new") == "RUN"]
+    errored = [e for e in tdis if e.get("trigger") == "ide_stream_insecure"]
+    ok = bool(secure and failed and run and errored) and \
+        float(str(run[0]["time"])) <= float(str(failed[0]["time"])) <= \
+        float(str(errored[0]["time"]))
+    if not ok:
+        return ("ide_failed", False,
+                f"{len(secure)} SECURE, {len(failed)} IDE Fail, {len(run)} RUN, "
+                f"{len(errored)} TDI errored by the stream")
+    return ("ide_failed", True,
+            f"stream {failed[0].get('stream_id')} ({failed[0].get('stream')}) SECURE -> "
+            f"INSECURE by IDE Fail while {run[0].get('function')} ran; the TDI "
+            f"{errored[0].get('old')} -> {errored[0].get('new')} ({errored[0].get('cause')})")
+
+
 DOE_ABORT = {"doe-busy": True, "doe-delay": True, "doe-error": False}
 
 
@@ -157,7 +199,8 @@ def run_scenario(prov: Provisioned, out: Path, scenario: Scenario, *,
                  log: bool = True) -> tuple[pf.Boot, list[tuple[str, bool, str]]]:
     boot = pf.boot_platform(prov, out / scenario.name, profile=profile, platform=platform,
                             timeout=timeout, accel=accel, cache_dir=cache_dir, log=log,
-                            module=module, faults=scenario.faults, scenario=scenario.name)
+                            module=module, faults=scenario.faults_for(platform),
+                            scenario=scenario.name)
     results = pf._guest_results(boot, scenario.steps)
     results.append(fault_fired(boot, scenario))
     if scenario.name == "cert-change":
@@ -168,6 +211,8 @@ def run_scenario(prov: Provisioned, out: Path, scenario: Scenario, *,
         results.append(respond_if_ready(boot))
     if scenario.name == "spdm-busy":
         results.append(busy_retried(boot))
+    if scenario.name == "ide-fail":
+        results.append(ide_failed(boot))
     if scenario.name in DOE_ABORT:
         results.append(kernel_doe_abort(boot, DOE_ABORT[scenario.name]))
     return boot, results
@@ -196,7 +241,8 @@ def main_scenario(args: argparse.Namespace) -> int:
             print(f"vfiouser-tdisp run: {exc}", file=sys.stderr)
             return 1
         ok = bool(results) and all(r[1] for r in results)
-        print(f"scenario {scenario.name} ({', '.join(scenario.faults)}), platform "
+        print(f"scenario {scenario.name} ({', '.join(scenario.faults_for(args.platform))}), "
+              f"platform "
               f"{args.platform}, {boot.run.accel} {boot.run.seconds:.1f} s: expected: "
               f"{scenario.expect}")
         for name, passed, detail in results:
@@ -210,6 +256,6 @@ def main_scenario(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, old)
 
 
-__all__ = ["SCENARIOS", "Scenario", "busy_retried", "dma_held", "fault_fired",
-           "firmware_refused_chain", "kernel_doe_abort", "main_scenario", "respond_if_ready",
-           "run_scenario"]
+__all__ = ["FIRMWARE_FAILED", "SCENARIOS", "Scenario", "busy_retried", "dma_held",
+           "fault_fired", "firmware_refused_chain", "ide_failed", "kernel_doe_abort",
+           "main_scenario", "respond_if_ready", "run_scenario"]

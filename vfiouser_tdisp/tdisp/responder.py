@@ -179,6 +179,7 @@ class IdeStreams(Protocol):
     """The DSM's IDE capability as far as TDISP needs it."""
 
     insecure_listeners: list[Callable[[int], None]]
+    stream_running: Callable[[int], bool] | None
 
     def stream_state(self, stream_id: int) -> IdeStreamState | None: ...
 
@@ -421,6 +422,7 @@ class TdispResponder:
         ]
         if ide is not None:
             ide.insecure_listeners.append(self.ide_stream_insecure)
+            ide.stream_running = self.stream_running
         self._handlers: dict[TdispRequest, Callable[[Tdi, Any], TdispMessage]] = {
             TdispRequest.GET_TDISP_VERSION: self._get_version,
             TdispRequest.GET_TDISP_CAPABILITIES: self._get_capabilities,
@@ -451,6 +453,8 @@ class TdispResponder:
             tdi.detach()
         if self.ide is not None and self.ide_stream_insecure in self.ide.insecure_listeners:
             self.ide.insecure_listeners.remove(self.ide_stream_insecure)
+        if self.ide is not None and self.ide.stream_running == self.stream_running:
+            self.ide.stream_running = None
 
     # -- lookup ---------------------------------------------------------------------
     def find(self, function_id: int) -> Tdi | None:
@@ -474,6 +478,12 @@ class TdispResponder:
         raise KeyError(fn.name)
 
     # -- device-side events -----------------------------------------------------------
+    def stream_running(self, stream_id: int) -> bool:
+        """Does a TDI bound to IDE stream ``stream_id`` (default or P2P) run?"""
+        return any(t.state is TdiState.RUN and t.lock is not None and
+                   (t.lock.ide_stream == stream_id or stream_id in t.p2p_streams)
+                   for t in self.tdis)
+
     def ide_stream_insecure(self, stream_id: int) -> None:
         """Called by the IDE layer when a stream leaves SECURE (PCIe §6.33)."""
         for tdi in self.tdis:

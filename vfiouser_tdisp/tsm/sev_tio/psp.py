@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...events import emit
+from ...faults import ARMED, FaultSet, call_matches
 from ...firmware import CallClass, FirmwareCall, GuestMemory, GuestMemoryError
 from ...fsm import StateMachine
 from ...spdm.requester import (
@@ -384,6 +385,8 @@ class Psp:
         self.guests: dict[int, GuestCtx] = {}
         # What SEV_TIO_OP / SEV_TIO_GUEST_REQUEST exits reach: (exit code, args) -> regs.
         self.hypervisor: Callable[[int, tuple[int, ...]], tuple[int, ...]] | None = None
+        # Fault injection (faults.py): fw-busy.
+        self.faults: FaultSet = ARMED
         self._lock = threading.RLock()
 
     # -- Firmware ------------------------------------------------------------------------
@@ -461,6 +464,14 @@ class Psp:
         passed their checks, so an EXPAND_BUFFER_LENGTH_REQUEST leaves every state alone."""
         for sla in (ctrl.req, ctrl.resp, ctrl.output):
             SlaBuffer(mem, sla)       # reachable and well-formed before anything moves
+        if self.faults.take("fw-busy", f"psp:{cmd.name}",
+                            lambda a: call_matches(a["call"], cmd.name)):
+            # fw-busy: one EXPAND_BUFFER_LENGTH_REQUEST more than the command needs,
+            # asking a page more of output buffer; nothing else done (the host grows
+            # the buffer and issues the command again)
+            grow = SlaBuffer(mem, ctrl.output)
+            grow.set_header(capacity_sz=grow.capacity + PAGE_SIZE)
+            return SevRet.EXPAND_BUFFER_LENGTH_REQUEST
         scratch = SlaBuffer(mem, ctrl.scratch)
         if scratch.capacity < model.SPDM_SCRATCH_SIZE_MIN:
             scratch.set_header(capacity_sz=model.SPDM_SCRATCH_SIZE_MIN)

@@ -243,7 +243,7 @@ static int sev_carry(struct sev_dsm *dsm)
  * it while the PSP answers SPDM_REQUEST (carry the object, re-issue) or
  * EXPAND_BUFFER_LENGTH_REQUEST (grow the output and scratch buffers).
  */
-static int sev_spdm(struct sev_dsm *dsm, u32 id, u32 *status)
+static int sev_spdm(struct sev_dsm *dsm, u32 id, const char *what, u32 *status)
 {
 	struct spdm_ctrl *ctrl = dsm->cmd + 8;
 	struct sla_buffer_hdr *out = dsm->output.va;
@@ -275,8 +275,8 @@ static int sev_spdm(struct sev_dsm *dsm, u32 id, u32 *status)
 		if (*status != SEV_RET_SPDM_REQUEST) {
 			if (expanded)
 				vtfw_info(dsm->pf0.base_tsm.pdev,
-					  "command %#x: EXPAND_BUFFER_LENGTH_REQUEST %d times, called again with buffers of %zu/%zu bytes\n",
-					  id, expanded, dsm->output.cap, dsm->scratch.cap);
+					  "%s: EXPAND_BUFFER_LENGTH_REQUEST %d times, called again with buffers of %zu/%zu bytes\n",
+					  what, expanded, dsm->output.cap, dsm->scratch.cap);
 			return 0;
 		}
 		rc = sev_carry(dsm);
@@ -289,7 +289,7 @@ static int sev_spdm(struct sev_dsm *dsm, u32 id, u32 *status)
 static int sev_spdm_ok(struct sev_dsm *dsm, u32 id, const char *what)
 {
 	u32 status;
-	int rc = sev_spdm(dsm, id, &status);
+	int rc = sev_spdm(dsm, id, what, &status);
 
 	return rc ? rc : sev_errno(dsm->pf0.base_tsm.pdev, what, status);
 }
@@ -345,7 +345,8 @@ static void sev_dev_disconnect(struct sev_dsm *dsm)
 	memset(dsm->cmd, 0, PAGE_SIZE);
 	c->length = cpu_to_le32(sizeof(*c));
 	c->dev_ctx_sla = cpu_to_le64(dsm->dev_ctx.sla);
-	if (dsm->connected && !sev_spdm(dsm, SEV_CMD_TIO_DEV_DISCONNECT, &status) &&
+	if (dsm->connected &&
+	    !sev_spdm(dsm, SEV_CMD_TIO_DEV_DISCONNECT, "TIO_DEV_DISCONNECT", &status) &&
 	    status == SEV_RET_SUCCESS)
 		return;
 	/* not connected, or the orderly way failed: no traffic, TDIs force-unbound */
@@ -487,7 +488,7 @@ static u32 sev_tdi_bind_cmd(struct sev_dsm *dsm, struct sev_tdi *tdi, u16 run_fl
 	c->guest_device_id = cpu_to_le16(tdi->base.tdi_id);
 	c->tdisp_lock_if_flags = cpu_to_le16(TIO_TDI_BIND_FLAG_NO_FW_UPDATE);
 	c->run_flags = cpu_to_le16(run_flags);
-	if (sev_spdm(dsm, SEV_CMD_TIO_TDI_BIND, &status))
+	if (sev_spdm(dsm, SEV_CMD_TIO_TDI_BIND, "TIO_TDI_BIND", &status))
 		return SEV_RET_INVALID_PARAM;
 	if (status == SEV_RET_SUCCESS)
 		sev_outputs(dsm, tdi);
@@ -505,7 +506,8 @@ static u32 sev_tdi_unbind_cmd(struct sev_dsm *dsm, struct sev_tdi *tdi)
 	c->dev_ctx_sla = cpu_to_le64(dsm->dev_ctx.sla);
 	c->tdi_ctx_sla = cpu_to_le64(tdi->ctx.sla);
 	c->gctx_paddr = cpu_to_le64(vtfw_pa(dsm->host->gctx));
-	if (!sev_spdm(dsm, SEV_CMD_TIO_TDI_UNBIND, &status) && status == SEV_RET_SUCCESS)
+	if (!sev_spdm(dsm, SEV_CMD_TIO_TDI_UNBIND, "TIO_TDI_UNBIND", &status) &&
+	    status == SEV_RET_SUCCESS)
 		return status;
 	vtfw_warn(tdi->base.pdev, "TIO_TDI_UNBIND: SEV status %#x, unbinding with FORCE\n",
 		  status);
@@ -526,7 +528,7 @@ static u32 sev_tdi_report_cmd(struct sev_dsm *dsm, struct sev_tdi *tdi)
 	c->dev_ctx_sla = cpu_to_le64(dsm->dev_ctx.sla);
 	c->tdi_ctx_sla = cpu_to_le64(tdi->ctx.sla);
 	c->gctx_paddr = cpu_to_le64(vtfw_pa(dsm->host->gctx));
-	if (sev_spdm(dsm, SEV_CMD_TIO_TDI_REPORT, &status))
+	if (sev_spdm(dsm, SEV_CMD_TIO_TDI_REPORT, "TIO_TDI_REPORT", &status))
 		return SEV_RET_INVALID_PARAM;
 	if (status == SEV_RET_SUCCESS)
 		sev_outputs(dsm, tdi);
@@ -728,7 +730,7 @@ static u32 sev_guest_request(struct sev_dsm *dsm, struct sev_tdi *tdi,
 	c->gctx_paddr = cpu_to_le64(vtfw_pa(dsm->host->gctx));
 	c->req_paddr = cpu_to_le64(ex->regs[0]);
 	c->res_paddr = cpu_to_le64(ex->regs[1]);
-	if (sev_spdm(dsm, SEV_CMD_TIO_GUEST_REQUEST, &status))
+	if (sev_spdm(dsm, SEV_CMD_TIO_GUEST_REQUEST, "TIO_GUEST_REQUEST", &status))
 		return SEV_RET_INVALID_PARAM;
 	if (status != SEV_RET_SUCCESS)
 		return status;

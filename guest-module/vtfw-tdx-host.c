@@ -38,6 +38,7 @@
 #include <linux/sysfs.h>
 #include <linux/tsm.h>
 #include <linux/unaligned.h>
+#include <linux/workqueue.h>
 
 #include "vtfw.h"
 #include "vtfw-tdx.h"
@@ -76,6 +77,8 @@ struct tdx_dsm {
 	u8 *dev_info;
 	size_t dev_info_len;
 	unsigned int relayed;
+	struct mutex spdm_lock;		/* one SPDM context operation at a time (req/rsp pages) */
+	struct delayed_work heartbeat;	/* TDH.SPDM.MNG(HEARTBEAT) while connected */
 };
 
 /* a TDI the host bound to the TD; the module binds it at the TD's TDCM BIND */
@@ -184,15 +187,16 @@ static void tdx_relay(struct tdx_dsm *dsm, u64 req_len)
 	put_unaligned_le32(DIV_ROUND_UP(DOE_HEADER_SIZE + n, 4), dsm->rsp + 4);
 }
 
-static int tdx_mng(struct tdx_dsm *dsm, u64 op);
+static int __tdx_mng(struct tdx_dsm *dsm, u64 op);
 
 /*
  * Call @leaf until it stops asking for the device: TDX_SPDM_REQUEST (relay
  * the object, call again with the same registers), TDX_INTERRUPTED_RESUMABLE
  * (call again), TDX_SPDM_SESSION_KEY_REQUIRE_REFRESH (TDH.SPDM.MNG KEY_UPDATE
- * first).
+ * first).  Called with spdm_lock held.
  */
-static int tdx_loop(struct tdx_dsm *dsm, const char *what, u64 leaf, const u64 *regs, u64 *out)
+static int __tdx_loop(struct tdx_dsm *dsm, const char *what, u64 leaf, const u64 *regs,
+		      u64 *out)
 {
 	struct pci_dev *pdev = dsm->pf0.base_tsm.pdev;
 	int rc, n, resumed = 0;
@@ -217,7 +221,7 @@ static int tdx_loop(struct tdx_dsm *dsm, const char *what, u64 leaf, const u64 *
 		case TDX_SPDM_SESSION_KEY_REQUIRE_REFRESH:
 			if (leaf == TDH_SPDM_MNG)
 				break;
-			rc = tdx_mng(dsm, TDX_SPDM_MNG_KEY_UPDATE);
+			rc = __tdx_mng(dsm, TDX_SPDM_MNG_KEY_UPDATE);
 			if (rc)
 				return rc;
 			continue;
@@ -233,14 +237,52 @@ static int tdx_loop(struct tdx_dsm *dsm, const char *what, u64 leaf, const u64 *
 	return -ELOOP;
 }
 
-static int tdx_mng(struct tdx_dsm *dsm, u64 op)
+static int tdx_loop(struct tdx_dsm *dsm, const char *what, u64 leaf, const u64 *regs, u64 *out)
+{
+	guard(mutex)(&dsm->spdm_lock);
+	return __tdx_loop(dsm, what, leaf, regs, out);
+}
+
+static int __tdx_mng(struct tdx_dsm *dsm, u64 op)
 {
 	u64 regs[TDX_NR_REGS] = {
 		dsm->spdm_id, op, TDX_NO_PAGE, vtfw_pa(dsm->rsp), vtfw_pa(dsm->req), TDX_NO_PAGE,
 	};
 	u64 out[TDX_NR_REGS + 1];
 
-	return tdx_loop(dsm, "TDH.SPDM.MNG", TDH_SPDM_MNG, regs, out);
+	return __tdx_loop(dsm, "TDH.SPDM.MNG", TDH_SPDM_MNG, regs, out);
+}
+
+/*
+ * The TDX module asks for the device's HeartbeatPeriod (it can send HEARTBEAT
+ * when the host calls TDH.SPDM.MNG), and the device ends a session that hears
+ * nothing for twice that period (DSP0274 HEARTBEAT): while connected the host
+ * calls TDH.SPDM.MNG(HEARTBEAT) every heartbeat_secs seconds.
+ */
+static unsigned int heartbeat_secs = 60;
+module_param(heartbeat_secs, uint, 0644);
+MODULE_PARM_DESC(heartbeat_secs,
+		 "TDX: seconds between TDH.SPDM.MNG(HEARTBEAT) calls while connected, below the device's HeartbeatPeriod (0: none)");
+
+static void tdx_heartbeat_arm(struct tdx_dsm *dsm)
+{
+	if (heartbeat_secs)
+		schedule_delayed_work(&dsm->heartbeat, secs_to_jiffies(heartbeat_secs));
+}
+
+static void tdx_heartbeat(struct work_struct *work)
+{
+	struct tdx_dsm *dsm = container_of(to_delayed_work(work), struct tdx_dsm, heartbeat);
+	int rc;
+
+	scoped_guard(mutex, &dsm->spdm_lock) {
+		if (!dsm->spdm_id)
+			return;
+		rc = __tdx_mng(dsm, TDX_SPDM_MNG_HEARTBEAT);
+	}
+	if (rc)
+		vtfw_warn(dsm->pf0.base_tsm.pdev, "TDH.SPDM.MNG(HEARTBEAT): %d\n", rc);
+	tdx_heartbeat_arm(dsm);
 }
 
 static int tdx_iommu_setup(struct vtfw_port *port)
@@ -403,6 +445,7 @@ static int tdx_connect(struct pci_dev *pdev)
 	/* QEMU's root port has no IDE capability: the endpoint's half is the module's */
 	vtfw_info(pdev, "connected through the TDX module: %u DOE exchanges, IDE stream %llu keyed, dev_info %zu bytes\n",
 		  dsm->relayed, dsm->stream_id, dsm->dev_info_len);
+	tdx_heartbeat_arm(dsm);
 	return 0;
 err:
 	vtfw_err(pdev, "connect failed: %d\n", rc);
@@ -414,6 +457,7 @@ static void tdx_disconnect(struct pci_dev *pdev)
 {
 	struct tdx_dsm *dsm = to_tdx_dsm(pdev);
 
+	cancel_delayed_work_sync(&dsm->heartbeat);
 	tdx_teardown(dsm);
 	vtfw_info(pdev, "disconnected (%u DOE exchanges in all)\n", dsm->relayed);
 }
@@ -737,6 +781,8 @@ static struct pci_tsm *tdx_probe(struct tsm_dev *tsm_dev, struct pci_dev *pdev)
 			return NULL;
 		}
 		dsm->port = pci_get_drvdata(to_pci_dev(tsm_dev->dev.parent));
+		mutex_init(&dsm->spdm_lock);
+		INIT_DELAYED_WORK(&dsm->heartbeat, tdx_heartbeat);
 		return &dsm->pf0.base_tsm;
 	}
 	/* a further function of the DSM's device: a TDI */
@@ -755,6 +801,7 @@ static void tdx_remove(struct pci_tsm *tsm)
 	if (is_pci_tsm_pf0(tsm->pdev) && tsm->dsm_dev == tsm->pdev) {
 		struct tdx_dsm *dsm = container_of(tsm, struct tdx_dsm, pf0.base_tsm);
 
+		cancel_delayed_work_sync(&dsm->heartbeat);
 		pci_tsm_pf0_destructor(&dsm->pf0);
 		kfree(dsm);
 	} else {

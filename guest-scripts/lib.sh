@@ -17,11 +17,20 @@ result() {  # name PASS|FAIL detail...
 }
 
 # Load kernel module $1 and what it depends on (modules.dep in the initramfs).
+# The parameters of module $1 on the kernel command line, MODULE.PARAM=VALUE (the
+# convention kmod's modprobe follows; `run --module-param`), as insmod takes them.
+module_params() {
+    tr ' ' '\n' < /proc/cmdline | sed -n "s/^$(echo "$1" | tr - _)\.\([A-Za-z0-9_]*=\)/\1/p" |
+        tr '\n' ' '
+}
+
 load_module() {
     grep -q "^$(echo "$1" | tr - _) " /proc/modules && return 0
-    modprobe "$1" 2>/dev/null && return 0
+    params=$(module_params "$1")
+    [ -z "$params" ] && modprobe "$1" 2>/dev/null && return 0
     f=$(find /lib/modules -name "$1.ko" -o -name "$(echo "$1" | tr _ -).ko" | head -n 1)
-    [ -n "$f" ] && insmod "$f"
+    # shellcheck disable=SC2086
+    [ -n "$f" ] && insmod "$f" $params
 }
 
 # All PCI functions with our vendor:device, one BDF per line.

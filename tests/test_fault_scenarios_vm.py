@@ -89,7 +89,8 @@ def test_kp_ack_failure_fails_connect_then_recovers(prov: Provisioned, tmp_path:
     ("cca", "COMMUNICATE: RMI_BUSY 3 times, called again", "rmm:RMI_PDEV_COMMUNICATE"),
     ("tdx", "TDH.SPDM.CONNECT: TDX_INTERRUPTED_RESUMABLE 3 times, called again",
      "tdx:TDH.SPDM.CONNECT"),
-    ("sev-tio", "EXPAND_BUFFER_LENGTH_REQUEST 3 times, called again", "psp:TIO_DEV_CONNECT"),
+    ("sev-tio", "TIO_DEV_CONNECT: EXPAND_BUFFER_LENGTH_REQUEST 3 times, called again",
+     "psp:TIO_DEV_CONNECT"),
 ])
 def test_firmware_busy_is_retried_by_the_module(prov: Provisioned, tmp_path: Path,
                                                 platform: str, says: str, where: str) -> None:

@@ -396,20 +396,34 @@ def test_fw_busy_cca_rmi_busy_then_the_real_answer(events: Recorder) -> None:
     assert [e["target"] for e in fired(events, "fw-busy")] == ["rmm:RMI_VERSION"] * 2
 
 
-def test_fw_busy_tdx_interrupted_resumable_and_connect_completes(tmp_path: Path,
-                                                                 events: Recorder) -> None:
-    from tests.test_tdx_module import Bench
-
-    bench = Bench(tmp_path / "identity")
-    fs = bench.module.faults = FaultSet()
-    fs.arm("fw-busy:tdh.spdm.connect,count=3")
-    bench.host.connect()  # the host calls the leaf again on each and still connects
-    assert len(fired(events, "fw-busy")) == 3
-    statuses = [e["status"] for e in events.events
-                if e["event"] == "tdx.call" and e["leaf"] == "TDH.SPDM.CONNECT"]
-    # TDX module ABI: TDX_INTERRUPTED_RESUMABLE = 0x8000000300000000
-    assert statuses[:3] == ["0x8000000300000000"] * 3
-    assert statuses[-1] == "0x0000000000000000"
+@pytest.mark.parametrize("platform", ["tdx", "sev-tio"])
+def test_fw_busy_extra_answers_then_connect_completes(tmp_path: Path, events: Recorder,
+                                                     platform: str) -> None:
+    """The host calls again on each extra busy answer and still connects: TDX module ABI
+    TDX_INTERRUPTED_RESUMABLE = 0x8000000300000000; AMD SEV-TIO EXPAND_BUFFER_LENGTH_REQUEST
+    (0x31) with a larger capacity_sz, after which the host grows the output buffer."""
+    if platform == "tdx":
+        from tests.test_tdx_module import Bench as TdxBench
+        tdx = TdxBench(tmp_path / "identity")
+        fs = tdx.module.faults = FaultSet()
+        call, event, key, target = "TDH_SPDM_CONNECT", "tdx.call", "leaf", "tdx:TDH.SPDM.CONNECT"
+        busy, connect = "0x8000000300000000", tdx.host.connect
+        ok, status = "0x0000000000000000", "status"
+    else:
+        from tests.test_sev_tio_psp import Bench as SevBench
+        sev = SevBench(tmp_path / "identity")
+        fs = sev.psp.faults = FaultSet()
+        call, event, key, target = "TIO_DEV_CONNECT", "psp.command", "cmd", "psp:TIO_DEV_CONNECT"
+        busy, connect = "EXPAND_BUFFER_LENGTH_REQUEST", sev.host.connect
+        ok, status = "SUCCESS", "status"
+    fs.arm(f"fw-busy:{call},count=3")
+    connect()
+    assert [e["target"] for e in fired(events, "fw-busy")] == [target] * 3
+    name = target.split(":")[1]
+    statuses = [e[status] for e in events.events if e["event"] == event and e[key] == name]
+    assert statuses[:3] == [busy] * 3 and busy not in statuses[3:] and statuses[-1] == ok
+    if platform == "sev-tio":
+        assert sev.host.output.capacity >= 4 * 0x1000  # three pages more than one
 
 
 def test_doe_fault_targets_one_object_type(dev_doe: tuple[Device, LinuxDoe, FaultSet]) -> None:
@@ -467,23 +481,6 @@ def test_ide_fail_when_any_fails_a_secure_stream_at_once() -> None:
     fs.arm("ide-fail:when=any")
     assert int.from_bytes(dev.dsm.config.read(ctl + 4, 4), "little") == 0x80000000
     assert state(r) is U  # no TDI was bound to it
-
-
-def test_fw_busy_sev_expand_buffer_then_connect_completes(tmp_path: Path,
-                                                          events: Recorder) -> None:
-    from tests.test_sev_tio_psp import Bench
-
-    bench = Bench(tmp_path / "identity")
-    fs = bench.psp.faults = FaultSet()
-    fs.arm("fw-busy:TIO_DEV_CONNECT,count=3")
-    bench.host.connect()  # the host grows the output buffer each time and issues again
-    assert [e["target"] for e in fired(events, "fw-busy")] == ["psp:TIO_DEV_CONNECT"] * 3
-    statuses = [e["status"] for e in events.events
-                if e["event"] == "psp.command" and e["cmd"] == "TIO_DEV_CONNECT"]
-    # AMD SEV-TIO: EXPAND_BUFFER_LENGTH_REQUEST 0x31 before the SPDM_REQUEST loop
-    assert statuses[:3] == ["EXPAND_BUFFER_LENGTH_REQUEST"] * 3
-    assert statuses[3] == "SPDM_REQUEST" and statuses[-1] == "SUCCESS"
-    assert bench.host.output.capacity >= 4 * 0x1000  # three pages more than one
 
 
 def test_requester_retries_busy_then_gives_up(events: Recorder) -> None:

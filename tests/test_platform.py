@@ -253,3 +253,36 @@ def test_run_command_runs_the_platform_flow() -> None:
     serve = build_parser().parse_args(["serve", "--socket", "s", "--tamper", "report",
                                        "--tamper", "measurements"])
     assert serve.tamper == ["report", "measurements"]
+
+
+@pytest.mark.parametrize("platform,period", [("cca", 0), ("sev-tio", 0), ("tdx", 255)])
+def test_heartbeat_period_follows_what_the_firmware_can_send(tmp_path: Path, recorder: Recorder,
+                                                           platform: str, period: int) -> None:
+    """DSP0274 KEY_EXCHANGE_RSP: HeartbeatPeriod is 0 unless both sides set HBEAT_CAP.
+    The RMM and the PSP run only when called and have no call that sends HEARTBEAT, so
+    they leave HBEAT_CAP out (as TF-RMM's requester does) and their sessions never time
+    out; the TDX module has TDH.SPDM.MNG(HEARTBEAT) and asks for the device's period
+    (the profile's 255 s)."""
+    if platform == "cca":
+        from tests.cca_support import bench
+        bench(tmp_path).host.connect()
+    elif platform == "sev-tio":
+        from tests.test_sev_tio_psp import Bench as SevBench
+        SevBench(tmp_path).host.connect()
+    else:
+        from tests.test_tdx_module import Bench as TdxBench
+        TdxBench(tmp_path).host.connect()
+    opened = recorder.of("spdm.session.opened")
+    assert [e["heartbeat_period"] for e in opened] == [period]
+
+
+def test_run_module_param_takes_name_value_pairs() -> None:
+    from vfiouser_tdisp.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--module-param", "heartbeat_secs=1",
+                                      "--module-param", "rhi_layout=linux-rfc-v4"])
+    assert args.module_param == ["heartbeat_secs=1", "rhi_layout=linux-rfc-v4"]
+    assert build_parser().parse_args(["run"]).module_param == []
+    for bad in ("heartbeat_secs", "1x=2", "a=", "a=b c", "=3", "a.b=1"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["run", "--module-param", bad])

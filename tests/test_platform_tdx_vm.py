@@ -125,3 +125,23 @@ def test_tampered_evidence_is_refused(flow: PlatformRun) -> None:
     assert "FAIL measurement(s) 1 != reference" in tamper
     assert tamper.endswith("not accepted (state=locked)")
     assert step_detail(flow, "tamper_host").endswith("START_INTERFACE requests: 0")
+
+
+def test_module_heartbeats_keep_the_session(prov: Provisioned,
+                                            tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The TDX module asks for the device's HeartbeatPeriod, so the host must call
+    TDH.SPDM.MNG(HEARTBEAT) while connected (the guest module's heartbeat_secs,
+    `run --module-param`): each call is a HEARTBEAT the device answers with
+    HEARTBEAT_ACK inside the session (DSP0274), and the flow is unchanged."""
+    from vfiouser_tdisp.run.platform import _guest_results, boot_platform, host_checks
+
+    boot = boot_platform(prov, tmp_path_factory.mktemp("tdx-heartbeat"), platform="tdx",
+                         timeout=240, log=False, module_params=("heartbeat_secs=1",))
+    results = _guest_results(boot, STEPS) + host_checks(boot, "tdx", None)
+    failed = [(n, d) for n, ok, d in results if not ok]
+    assert not failed, failed
+    mng = [e for e in boot.of("tdx.call") if e.get("leaf") == "TDH.SPDM.MNG"]
+    beats = [e for e in boot.of("spdm.response") if e.get("request") == "HEARTBEAT"]
+    assert len(mng) >= 2 and len(beats) >= 2, (len(mng), len(beats))
+    assert all(e.get("response") == "HEARTBEAT_ACK" for e in beats)
+    assert "TDH.SPDM.MNG(HEARTBEAT):" not in boot.run.console

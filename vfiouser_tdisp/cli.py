@@ -10,6 +10,7 @@ import argparse
 import importlib
 import importlib.metadata
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -102,6 +103,16 @@ def _fault(text: str) -> str:
         parse_fault(text)
     except FaultError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _module_param(text: str) -> str:
+    """``NAME=VALUE`` of a module parameter: a C identifier, a value without spaces."""
+    name, eq, value = text.partition("=")
+    if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or not value or \
+            any(c.isspace() for c in value):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected NAME=VALUE (a parameter name, a value without spaces)")
     return text
 
 
@@ -311,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel-modules", metavar="MODDIR",
                    help="the kernel's installed modules (/lib/modules/RELEASE) for the "
                         "initramfs (default: the provisioned ones, same release only)")
+    p.add_argument("--module-param", action="append", type=_module_param, default=[],
+                   metavar="NAME=VALUE",
+                   help="a parameter of the guest module vtfw.ko (docs/firmware-port.md: "
+                        "lock_at_bind, rhi_layout, heartbeat_secs), repeatable; given on "
+                        "the guest's kernel command line as vtfw.NAME=VALUE, which the "
+                        "guest scripts pass to insmod")
     _add_fault_args(p)
     _add_scenario_arg(p)
     p.set_defaults(handler="vfiouser_tdisp.run.platform:main_run")

@@ -131,13 +131,15 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                   tamper: Sequence[str] = (), cache_dir: str | None = None,
                   log: bool = True, rhi_layout: str | None = None,
                   module: Path | None = None, shell: str = "", faults: Sequence[str] = (),
-                  scenario: str | None = None) -> Boot:
+                  scenario: str | None = None, module_params: Sequence[str] = ()) -> Boot:
     """Serve the device and the firmware port, boot the guest with check_platform.sh
     (with ``scenario``: check_fault.sh, run/scenarios.py); ``faults`` are armed in the
     server (serve --fault, docs/faults.md).
     ``module``: a vtfw.ko built for ``prov``'s kernel elsewhere (run --kernel-build);
     ``rhi_layout``: the RHI layout of RMM and guest module (default: theirs);
-    ``shell``: "after" / "only" the flow, a shell on this terminal (run/shell.py)."""
+    ``shell``: "after" / "only" the flow, a shell on this terminal (run/shell.py);
+    ``module_params``: ``NAME=VALUE`` parameters of vtfw.ko (kernel command line
+    ``vtfw.NAME=VALUE``, passed to insmod by guest-scripts/lib.sh)."""
     out.mkdir(parents=True, exist_ok=True)
     console = out / "console.log"
     console.write_text("")
@@ -172,7 +174,8 @@ def boot_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                          else " vtdisp.checks=platform")
                       + f" vtdisp.platform={platform}"
                       + (" vtdisp.tamper=1" if tamper else "")
-                      + (f" vtdisp.rhi_layout={rhi_layout}" if rhi_layout else ""))
+                      + (f" vtdisp.rhi_layout={rhi_layout}" if rhi_layout else "")
+                      + "".join(f" vtfw.{p}" for p in module_params))
             if shell:
                 append = term.shell_append(append, shell)
             chosen, why = accel_decision(prov.qemu, prov.kernel, accel, prov.cache)
@@ -417,10 +420,11 @@ def run_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
                  cache_dir: str | None = None, tamper: bool = True,
                  log: bool = True, rhi_layout: str | None = None,
                  module: Path | None = None, shell: str = "",
-                 faults: Sequence[str] = ()) -> PlatformRun:
+                 faults: Sequence[str] = (), module_params: Sequence[str] = ()) -> PlatformRun:
     main = boot_platform(prov, out / "flow", profile=profile, platform=platform,
                          timeout=timeout, accel=accel, cache_dir=cache_dir, log=log,
-                         rhi_layout=rhi_layout, module=module, shell=shell, faults=faults)
+                         rhi_layout=rhi_layout, module=module, shell=shell, faults=faults,
+                         module_params=module_params)
     if shell == "only":  # no flow: only whether the session ended cleanly
         return PlatformRun(main, None, [r for r in main.run.results if not r[1]]
                            or [("shell", True, "the guest's shell ended, the guest powered off")])
@@ -431,7 +435,8 @@ def run_platform(prov: Provisioned, out: Path, *, profile: str = "virtio-rng",
         tampered = boot_platform(prov, out / "tamper", profile=profile, platform=platform,
                                  timeout=timeout, accel=accel, cache_dir=cache_dir,
                                  tamper=("measurements", "report"), log=log,
-                                 rhi_layout=rhi_layout, module=module)
+                                 rhi_layout=rhi_layout, module=module,
+                                 module_params=module_params)
         results += [r for r in _guest_results(tampered, TAMPER_STEPS) if r[0] == "tamper"
                     or not r[1]]
         results += tamper_checks(tampered)
@@ -582,7 +587,9 @@ def main_run(args: argparse.Namespace) -> int:
                                               accel=args.accel, cache_dir=str(state),
                                               rhi_layout=layout if platform == "cca" else None,
                                               module=module, shell=shell,
-                                              faults=getattr(args, "fault", None) or ())
+                                              faults=getattr(args, "fault", None) or (),
+                                              module_params=getattr(args, "module_param",
+                                                                    None) or ())
                 if args.platform == "all":
                     (where / "summary.txt").write_text(
                         "\n".join(summary(runs[platform], prov, platform, where, note)) + "\n")

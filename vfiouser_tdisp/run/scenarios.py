@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,12 +195,12 @@ DOE_ABORT = {"doe-busy": True, "doe-delay": True, "doe-error": False}
 def run_scenario(prov: Provisioned, out: Path, scenario: Scenario, *,
                  profile: str = "virtio-rng", platform: str = "cca", timeout: float = 300,
                  accel: str = "auto", cache_dir: str | None = None,
-                 module: Path | None = None,
+                 module: Path | None = None, module_params: Sequence[str] = (),
                  log: bool = True) -> tuple[pf.Boot, list[tuple[str, bool, str]]]:
     boot = pf.boot_platform(prov, out / scenario.name, profile=profile, platform=platform,
                             timeout=timeout, accel=accel, cache_dir=cache_dir, log=log,
                             module=module, faults=scenario.faults_for(platform),
-                            scenario=scenario.name)
+                            scenario=scenario.name, module_params=module_params)
     results = pf._guest_results(boot, scenario.steps)
     results.append(fault_fired(boot, scenario))
     if scenario.name == "cert-change":
@@ -232,7 +232,9 @@ def main_scenario(args: argparse.Namespace) -> int:
         try:
             boot, results = run_scenario(prov, Path(args.out), scenario, profile=args.profile,
                                          platform=args.platform, timeout=args.timeout,
-                                         accel=args.accel, cache_dir=str(state))
+                                         accel=args.accel, cache_dir=str(state),
+                                         module_params=getattr(args, "module_param",
+                                                               None) or ())
         except IdentityError as exc:
             print(f"vfiouser-tdisp run: device identity in {identity_dir(state)}: {exc}",
                   file=sys.stderr)

@@ -227,9 +227,11 @@ class SpdmRequester:
                  data_transfer_size: int = 4096, max_spdm_msg_size: int = 65536,
                  chunk: bool = True, handshake_in_the_clear: bool = False,
                  secured_versions: tuple[int, ...] = SECURED_MESSAGE_VERSIONS[::-1],
-                 name: str = "requester") -> None:
+                 name: str = "requester", cap_flags: int | None = None) -> None:
         """``transport`` (whole DOE object in, whole DOE object out) is needed only
-        by the blocking methods; flows work without it."""
+        by the blocking methods; flows work without it.  ``cap_flags`` replaces
+        :attr:`CAP_FLAGS` (GET_CAPABILITIES Flags) for a requester that lacks some,
+        e.g. HBEAT_CAP where nothing can send HEARTBEAT on its own."""
         self.transport: Transport | None = doe_transport(transport) if transport else None
         self.versions = versions
         self.hashes, self.asyms, self.dhes, self.aeads = hashes, asyms, dhes, aeads
@@ -239,6 +241,8 @@ class SpdmRequester:
         self.handshake_in_the_clear = handshake_in_the_clear
         self.secured_versions = secured_versions
         self.name = name
+        if cap_flags is not None:
+            self.CAP_FLAGS = cap_flags
         self.conn = Connection()
         self.transcript = Transcript()
         self.sessions: dict[int, RequesterSession] = {}

@@ -968,7 +968,8 @@ class SpdmResponder:
                                    last_heard=self.config.clock())
         self.sessions[session_id] = session
         emit("spdm.session.opened", endpoint=self.name, session_id=f"{session_id:#010x}",
-             dhe=neg.dhe.name, aead=neg.aead.name, hash=hash_algo.name)
+             dhe=neg.dhe.name, aead=neg.aead.name, hash=hash_algo.name,
+             heartbeat_period=period)
         self._log_keys(session, "request", "response", dhe_secret=shared)
         return unsigned + signature + verify
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ...ide.capability import KeyDirection, KeySubstream
+from ...spdm import messages as m
 from ...spdm.requester import RequesterSession, SpdmFlow, SpdmRequester, SpdmRequesterError
 from ...tdisp import messages as t
 from ..core import ALL_SUBSTREAMS, IdeKmRequester, PciSigChannel, TdispRequester, parse_report
@@ -25,6 +26,13 @@ from .abi import RmiSignatureAlgorithm as Sig
 from .devcomm import Cache, DevFlow, Send, StreamWait
 
 T = TypeVar("T")
+
+# The RMM's GET_CAPABILITIES Flags: without HBEAT_CAP.  The RMM runs only when the
+# host calls it and has no call that would make it send HEARTBEAT, so it must not ask
+# for heartbeats (TF-RMM's CMA_SPDM_GET_CAPABILITIES_REQUEST_FLAGS leave HBEAT_CAP out
+# too): the device then answers HeartbeatPeriod 0 and an idle session lasts (DSP0274
+# KEY_EXCHANGE_RSP).
+RMM_REQUESTER_FLAGS = SpdmRequester.CAP_FLAGS & ~m.CapFlags.HBEAT_CAP
 
 
 def spdm(flow: SpdmFlow[T]) -> DevFlow[T]:
@@ -51,7 +59,7 @@ class SpdmContext:
 
     def __post_init__(self) -> None:
         # No transport: the RMM only steps flows; the host carries every object.
-        self.spdm = SpdmRequester(name=f"rmm.{self.name}")
+        self.spdm = SpdmRequester(name=f"rmm.{self.name}", cap_flags=RMM_REQUESTER_FLAGS)
 
     def channel(self) -> PciSigChannel:
         if self.session is None:

@@ -27,6 +27,7 @@ from ...events import emit
 from ...faults import ARMED, FaultSet, call_matches
 from ...firmware import CallClass, FirmwareCall, GuestMemory, GuestMemoryError
 from ...fsm import StateMachine
+from ...spdm.messages import CapFlags
 from ...spdm.requester import (
     RequesterSession,
     SpdmRequest,
@@ -108,6 +109,11 @@ from .abi import (
 )
 from .messages import GuestMessageError, open_message, seal
 from .model import DevState, GuestState, TdiState
+
+# The PSP's GET_CAPABILITIES Flags, without HBEAT_CAP [MODEL]: the PSP runs only for a
+# command and no SEV-TIO command sends HEARTBEAT, so it does not ask for heartbeats; the
+# device answers HeartbeatPeriod 0 and an idle session lasts (DSP0274 KEY_EXCHANGE_RSP).
+PSP_REQUESTER_FLAGS = SpdmRequester.CAP_FLAGS & ~CapFlags.HBEAT_CAP
 
 
 class PspError(Exception):
@@ -212,7 +218,8 @@ class DevCtx:
     def __post_init__(self) -> None:
         self.fsm = StateMachine("psp.dev", model.DEV_TABLE, DevState.CREATED,
                                 dev_ctx=f"{self.sla:#x}", device_id=f"{self.device_id:#06x}")
-        self.spdm = SpdmRequester(name=f"psp.{self.device_id:04x}")
+        self.spdm = SpdmRequester(name=f"psp.{self.device_id:04x}",
+                                  cap_flags=PSP_REQUESTER_FLAGS)
 
     def channel(self) -> PciSigChannel:
         if self.session is None:
@@ -660,7 +667,8 @@ def dev_connect(psp: Psp, cmd: TioDevConnectCmd, mem: GuestMemory) -> SevRet:
         if not cmd.tc_mask & 1:
             raise PspError(SevRet.INVALID_PARAM, "tc_mask bit 0 (TC0) is required")
         dev.cert_slot, dev.stream_id = cmd.cert_slot, cmd.ide_stream_id[0]
-        dev.spdm = SpdmRequester(name=f"psp.{dev.device_id:04x}")
+        dev.spdm = SpdmRequester(name=f"psp.{dev.device_id:04x}",
+                                 cap_flags=PSP_REQUESTER_FLAGS)
         def start() -> DevFlow:
             dev.fsm.fire("connect", cert_slot=cmd.cert_slot, stream_id=dev.stream_id)
             return connect_flow(dev)

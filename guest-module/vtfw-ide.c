@@ -42,8 +42,9 @@ static int vtfw_ide_sel_block(struct pci_dev *pdev)
  * @pdev: the endpoint (the DSM)
  * @stream_id: the Stream ID the firmware programmed the keys for
  *
- * Returns 0 when the stream reads SECURE, -ENXIO (and EN cleared again) when
- * it does not, -ENODEV without a selective IDE capability.
+ * Returns 0 when the stream reads SECURE (or the endpoint has no selective
+ * IDE capability: nothing to enable), -ENXIO (and EN cleared again) when it
+ * does not read SECURE.
  */
 int vtfw_ide_stream_enable(struct pci_dev *pdev, u8 stream_id)
 {
@@ -51,8 +52,10 @@ int vtfw_ide_stream_enable(struct pci_dev *pdev, u8 stream_id)
 	int pos = vtfw_ide_sel_block(pdev);
 	u32 ctl, sts;
 
-	if (pos < 0)
-		return pos;
+	if (pos == -ENODEV) {
+		vtfw_info(pdev, "no selective IDE capability: no IDE stream to enable\n");
+		return 0;
+	}
 	/* the partner of the endpoint's stream is its root port */
 	pci_write_config_dword(pdev, pos + PCI_IDE_SEL_RID_1,
 			       FIELD_PREP(PCI_IDE_SEL_RID_1_LIMIT, rp ? pci_dev_id(rp) : 0));

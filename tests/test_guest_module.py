@@ -16,6 +16,7 @@ a test counterpart of the C loop, not the RMM.
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import struct
@@ -101,6 +102,7 @@ class Pdev:
     stopping: bool = False
     busy: bool = False
     relay: RelayedRequester = field(default_factory=RelayedRequester)
+    keying: int | None = None  # the IDE stream ID whose keys go next (stream connect)
 
 
 class MiniRmm:
@@ -259,7 +261,9 @@ class MiniRmm:
 
 
 class MiniRmmWithStreams(MiniRmm):
-    """Stream calls: accepted for two READY PDEVs (IDE_KM is not exercised here)."""
+    """Stream calls, accepted for two READY PDEVs; the endpoint's six keys go by IDE_KM
+    KEY_PROG and K_SET_GO over the session at its next COMMUNICATE (PCIe r6.x §6.33.3),
+    so the stream the module then enables reads SECURE."""
 
     def call(self, call: FirmwareCall, mem: GuestMemory) -> tuple[int, ...]:
         if call.fid == RMI_PDEV_STREAM_CONNECT:
@@ -269,11 +273,30 @@ class MiniRmmWithStreams(MiniRmm):
                 self.problems.append(f"STREAM_CONNECT params {t}")
                 return (RMI_ERROR_INPUT,)
             self.log.append(("stream_connect", t))
+            ep.keying = t[4]  # IDE_SID
             return (RMI_SUCCESS, 0x51)
         if call.fid in (RMI_PDEV_STREAM_COMPLETE, RMI_PDEV_STREAM_DISCONNECT):
             self.log.append(("stream", call.fid, call.args[0]))
             return (RMI_SUCCESS,) if call.args[0] == 0x51 else (RMI_ERROR_INPUT,)
         return super().call(call, mem)
+
+    def _work(self, p: Pdev) -> Callable[[SpdmRequester], None] | None:
+        if p.keying is None or self.session is None or p.stopping:
+            return super()._work(p)
+        stream_id, session, p.keying = p.keying, self.session, None
+
+        def keys(r: SpdmRequester) -> None:
+            from vfiouser_tdisp.ide.capability import KeyDirection, KeySubstream
+            from vfiouser_tdisp.tsm.core import IdeKmRequester, PciSigChannel
+
+            km = IdeKmRequester(PciSigChannel(r, session))
+            slots = [(d, sub) for d in KeyDirection for sub in KeySubstream]
+            for d, sub in slots:
+                km.key_prog(stream_id, 0, d, sub, os.urandom(32), os.urandom(8))
+            for d, sub in slots:
+                km.k_set(True, stream_id, 0, d, sub)
+
+        return keys
 
 
 def test_module_builds_reproducibly(prov: Provisioned) -> None:

@@ -143,6 +143,9 @@ def test_deadline_kills_the_whole_process_group(tmp_path: Path) -> None:
 def test_ctrl_c_still_kills_the_process_group(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     script = f"sleep 60 & echo $$ $! > {pids}; wait"
+    # Ctrl-C as a terminal gives it, even when the suite was started in the background
+    # by a non-interactive shell (which hands it SIGINT ignored)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     t = time.monotonic()
@@ -151,6 +154,7 @@ def test_ctrl_c_still_kills_the_process_group(tmp_path: Path) -> None:
             run_with_deadline(["sh", "-c", script], SH_ENV, 60)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, old)
     assert time.monotonic() - t < 10
     parent, child = _pids(pids)
     assert _gone(parent) and _gone(child)

@@ -295,13 +295,21 @@ def test_serve_quiet_prints_nothing_and_verbose_prints_fields(
             assert len(err.splitlines()) == sum(1 for _ in events.open())
 
 
+def _sigint_default() -> None:
+    """Ctrl-C as a terminal gives it: a suite started in the background by a
+    non-interactive shell inherits SIGINT ignored (POSIX asynchronous lists), and a
+    Python child would then never see KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_events_follow_renders_lines_as_they_are_appended(tmp_path: Path) -> None:
     """Like tail -F: waits for the file, reads lines written in pieces whole, and
     starts over on a new file (`run` replaces events.jsonl)."""
     path = tmp_path / "events.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "vfiouser_tdisp", "events", "--follow",
                              str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, TZ="UTC"))
+                            text=True, env=dict(os.environ, TZ="UTC"),
+                            preexec_fn=_sigint_default)
 
     def next_line() -> str:
         assert proc.stdout is not None

@@ -277,3 +277,28 @@ def test_report_of_a_run_over_several_platforms(runs: dict[str, Path], tmp_path:
     assert '<a href="cca/report.html">cca</a>' in index and "FAILED" in index
     assert re.search(r'<td class="name">lock</td><td class="res ok"[^>]*>PASS</td>'
                      r'<td class="res bad"[^>]*>FAIL</td>', index)
+
+
+@pytest.mark.vm
+def test_a_scenario_run_writes_its_report_with_the_fault_marked(chromium: str,
+                                                               tmp_path: Path) -> None:
+    out = tmp_path / "scenario"
+    p = subprocess.run([sys.executable, "-m", "vfiouser_tdisp", "run", "--platform", "sev-tio",
+                        "--scenario", "ide-fail", "--out", str(out), "--timeout", "300",
+                        "--cache-dir", str(PROVISIONED_CACHE)],
+                       capture_output=True, text=True, timeout=900)
+    page_path = out / "ide-fail" / "report.html"
+    assert f"report: {page_path}" in p.stdout, p.stdout[-3000:] + p.stderr[-2000:]
+    assert p.returncode == 0, p.stdout[-3000:]
+    page = page_path.read_text()
+    assert "scenario ide-fail (ide-fail)" in page
+    assert "⚡ fault ide-fail" in page and "ide_fail_state" in page and "ide_failed" in page
+    check_rendered(chromium, page_path, "ok")
+    # `report DIR` rebuilds the same verdict from the recorded console and events: the
+    # scenario's own lines, not the platform flow's
+    page_path.unlink()
+    r = subprocess.run([sys.executable, "-m", "vfiouser_tdisp", "report", str(out / "ide-fail")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rebuilt = page_path.read_text()
+    assert "ide_failed" in rebuilt and "the guest did not report this step" not in rebuilt

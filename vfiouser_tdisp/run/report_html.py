@@ -24,9 +24,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .job import parse_console
 from .platform_tdx import SPDM_REQUEST as _TDX_SPDM_REQUEST  # the module asks for a DOE
+
+if TYPE_CHECKING:
+    from .scenarios import Scenario
 
 LANES = ("guest kernel", "guest module", "firmware", "device")
 KERNEL, MODULE, FIRMWARE, DEVICE = range(4)
@@ -559,6 +563,9 @@ def rebuild_results(boots: Sequence[BootData], platform: str) -> list[Result]:
             results += [r for r in pf._guest_results(boot, pf.TAMPER_STEPS)
                         if r[0] == "tamper" or not r[1]]
             results += pf.tamper_checks(boot)
+        elif (scenario := _scenario_of(run.console)) is not None:
+            from .scenarios import scenario_results
+            results += scenario_results(boot, scenario)
         else:
             steps = pf.PLATFORM_STEPS.get(platform, pf.GUEST_STEPS)
             results += pf._guest_results(boot, steps)
@@ -567,12 +574,21 @@ def rebuild_results(boots: Sequence[BootData], platform: str) -> list[Result]:
     return results
 
 
+def _scenario_of(console: str) -> Scenario | None:
+    """The fault scenario a boot ran (check_fault.sh's ``VTDISP-INFO scenario NAME``)."""
+    from .scenarios import SCENARIOS
+
+    m = re.search(r"VTDISP-INFO scenario (\S+)", console)
+    return SCENARIOS.get(m.group(1)) if m else None
+
+
 def report_after_run(run_dir: Path, results: Sequence[Result], platform: str,
-                     profile: str) -> Path | None:
+                     profile: str, title_note: str = "") -> Path | None:
     """`run`'s last act: DIR/report.html from the results it printed.  A page that
     cannot be built is reported, never allowed to change the run's verdict."""
     try:
-        path = write_report(run_dir, results, platform=platform, profile=profile)
+        path = write_report(run_dir, results, platform=platform, profile=profile,
+                            title_note=title_note)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"report: not written: {exc}", file=sys.stderr)
         return None

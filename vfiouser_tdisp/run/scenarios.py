@@ -201,6 +201,12 @@ def run_scenario(prov: Provisioned, out: Path, scenario: Scenario, *,
                             timeout=timeout, accel=accel, cache_dir=cache_dir, log=log,
                             module=module, faults=scenario.faults_for(platform),
                             scenario=scenario.name, module_params=module_params)
+    return boot, scenario_results(boot, scenario)
+
+
+def scenario_results(boot: pf.Boot, scenario: Scenario) -> list[tuple[str, bool, str]]:
+    """The guest's lines of ``scenario`` and the host's checks on the server's events
+    (also what `vfiouser-tdisp report` rebuilds for a scenario's directory)."""
     results = pf._guest_results(boot, scenario.steps)
     results.append(fault_fired(boot, scenario))
     if scenario.name == "cert-change":
@@ -215,7 +221,7 @@ def run_scenario(prov: Provisioned, out: Path, scenario: Scenario, *,
         results.append(ide_failed(boot))
     if scenario.name in DOE_ABORT:
         results.append(kernel_doe_abort(boot, DOE_ABORT[scenario.name]))
-    return boot, results
+    return results
 
 
 def main_scenario(args: argparse.Namespace) -> int:
@@ -253,6 +259,10 @@ def main_scenario(args: argparse.Namespace) -> int:
               f"{sum(not r[1] for r in results)} failed")
         print(f"console: {Path(args.out) / scenario.name / 'console.log'}   events: "
               f"{Path(args.out) / scenario.name / 'events.jsonl'}")
+        from .report_html import report_after_run
+        report_after_run(Path(args.out) / scenario.name, results, args.platform, args.profile,
+                         title_note=f" · scenario {scenario.name} "
+                                    f"({', '.join(scenario.faults_for(args.platform))})")
         return 0 if ok else 1
     finally:
         signal.signal(signal.SIGTERM, old)
@@ -260,4 +270,4 @@ def main_scenario(args: argparse.Namespace) -> int:
 
 __all__ = ["FIRMWARE_FAILED", "SCENARIOS", "Scenario", "busy_retried", "dma_held",
            "fault_fired", "firmware_refused_chain", "ide_failed", "kernel_doe_abort",
-           "main_scenario", "respond_if_ready", "run_scenario"]
+           "main_scenario", "respond_if_ready", "run_scenario", "scenario_results"]

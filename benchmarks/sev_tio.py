@@ -16,23 +16,17 @@ step, PSP commands issued (SPDM_REQUEST re-issues included) and DOE objects per 
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vfiouser_tdisp.doe.emu_socket import SpdmEmuClient, SpdmEmuServer  # noqa: E402
+from benchmarks import _steps  # noqa: E402
 from vfiouser_tdisp.events import LOG, Recorder  # noqa: E402
 from vfiouser_tdisp.tsm.platform import (  # noqa: E402
     DoeTransport,
-    in_process_device,
-    socket_transport,
 )
 from vfiouser_tdisp.tsm.sev_tio.host import SevTioHost, SnpGuest  # noqa: E402
 from vfiouser_tdisp.tsm.sev_tio.psp import Psp  # noqa: E402
@@ -66,31 +60,9 @@ def one_round(transport: DoeTransport) -> tuple[dict[str, float], int, int]:
     return times, len(rec.of("psp.command")), host.objects_sent
 
 
-def report(name: str, transport: DoeTransport, rounds: int) -> None:
-    runs = [one_round(transport) for _ in range(rounds)]
-    cols = "  ".join(f"{s} {statistics.median(r[0][s] for r in runs) * 1e3:7.2f} ms"
-                     for s in STEPS)
-    total = statistics.median(sum(r[0].values()) for r in runs)
-    print(f"{name:<16} {cols}  whole {total * 1e3:7.2f} ms  "
-          f"({runs[0][1]} PSP commands, {runs[0][2]} DOE objects)")
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=10)
-    args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as cache:
-        transport, dev = in_process_device(identity_dir=cache)
-        report("in-process", transport, args.rounds)
-        server = SpdmEmuServer(dev.doe, threading.RLock(), port=0)
-        server.start()
-        client = SpdmEmuClient("127.0.0.1", server.port)
-        try:
-            report("spdm-emu socket", socket_transport(client), args.rounds)
-        finally:
-            client.close()
-            server.close()
-    return 0
+    return _steps.main(__doc__ or "", STEPS, one_round,
+                       lambda c: f"{c[0]} PSP commands, {c[1]} DOE objects")
 
 
 if __name__ == "__main__":

@@ -1325,32 +1325,20 @@ static struct pci_tsm *cca_probe_dsm(struct tsm_dev *tsm_dev, struct pci_dev *pd
 
 static struct pci_tsm *cca_probe(struct tsm_dev *tsm_dev, struct pci_dev *pdev)
 {
-	struct pci_tsm *tsm;
-
 	if (is_pci_tsm_pf0(pdev))
 		return cca_probe_dsm(tsm_dev, pdev);
-
-	/* a further function of the DSM's device: a TDI */
-	tsm = kzalloc_obj(*tsm);
-	if (!tsm)
-		return NULL;
-	if (pci_tsm_link_constructor(pdev, tsm, tsm_dev)) {
-		kfree(tsm);
-		return NULL;
-	}
-	return tsm;
+	return vtfw_link_tdi_probe(tsm_dev, pdev);
 }
 
 static void cca_remove(struct pci_tsm *tsm)
 {
-	if (is_pci_tsm_pf0(tsm->pdev) && tsm->dsm_dev == tsm->pdev) {
-		struct cca_dsm *dsm = container_of(tsm, struct cca_dsm, pf0.base_tsm);
+	struct cca_dsm *dsm;
 
-		pci_tsm_pf0_destructor(&dsm->pf0);
-		kfree(dsm);
-	} else {
-		kfree(tsm);
-	}
+	if (vtfw_link_tdi_remove(tsm))
+		return;
+	dsm = container_of(tsm, struct cca_dsm, pf0.base_tsm);
+	pci_tsm_pf0_destructor(&dsm->pf0);
+	kfree(dsm);
 }
 
 static struct pci_tsm_ops cca_link_ops = {

@@ -20,8 +20,35 @@
 #include <linux/module.h>
 #include <linux/pci.h>
 #include <linux/pci-tsm.h>
+#include <linux/slab.h>
 
 #include "vtfw.h"
+
+/*
+ * The link TSMs' probe and remove for a further function of the DSM's device
+ * (not function 0): a TDI, which only needs the core's link constructor.
+ */
+struct pci_tsm *vtfw_link_tdi_probe(struct tsm_dev *tsm_dev, struct pci_dev *pdev)
+{
+	struct pci_tsm *tsm = kzalloc_obj(*tsm);
+
+	if (!tsm)
+		return NULL;
+	if (pci_tsm_link_constructor(pdev, tsm, tsm_dev)) {
+		kfree(tsm);
+		return NULL;
+	}
+	return tsm;
+}
+
+/* true if @tsm was a TDI's and is gone; false for the DSM, which is the platform's */
+bool vtfw_link_tdi_remove(struct pci_tsm *tsm)
+{
+	if (is_pci_tsm_pf0(tsm->pdev) && tsm->dsm_dev == tsm->pdev)
+		return false;
+	kfree(tsm);
+	return true;
+}
 
 static int vtfw_cca_init(struct vtfw_port *port)
 {

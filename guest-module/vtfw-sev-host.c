@@ -822,40 +822,29 @@ const u8 *vtfw_sev_secrets(struct vtfw_port *port)
 static struct pci_tsm *sev_probe(struct tsm_dev *tsm_dev, struct pci_dev *pdev)
 {
 	struct sev_dsm *dsm;
-	struct pci_tsm *tsm;
 
-	if (is_pci_tsm_pf0(pdev)) {
-		dsm = kzalloc_obj(*dsm);
-		if (!dsm)
-			return NULL;
-		if (pci_tsm_pf0_constructor(pdev, &dsm->pf0, tsm_dev)) {
-			kfree(dsm);
-			return NULL;
-		}
-		dsm->host = tsm_to_host(tsm_dev);
-		return &dsm->pf0.base_tsm;
-	}
-	/* a further function of the DSM's device: a TDI */
-	tsm = kzalloc_obj(*tsm);
-	if (!tsm)
+	if (!is_pci_tsm_pf0(pdev))
+		return vtfw_link_tdi_probe(tsm_dev, pdev);
+	dsm = kzalloc_obj(*dsm);
+	if (!dsm)
 		return NULL;
-	if (pci_tsm_link_constructor(pdev, tsm, tsm_dev)) {
-		kfree(tsm);
+	if (pci_tsm_pf0_constructor(pdev, &dsm->pf0, tsm_dev)) {
+		kfree(dsm);
 		return NULL;
 	}
-	return tsm;
+	dsm->host = tsm_to_host(tsm_dev);
+	return &dsm->pf0.base_tsm;
 }
 
 static void sev_remove(struct pci_tsm *tsm)
 {
-	if (is_pci_tsm_pf0(tsm->pdev) && tsm->dsm_dev == tsm->pdev) {
-		struct sev_dsm *dsm = container_of(tsm, struct sev_dsm, pf0.base_tsm);
+	struct sev_dsm *dsm;
 
-		pci_tsm_pf0_destructor(&dsm->pf0);
-		kfree(dsm);
-	} else {
-		kfree(tsm);
-	}
+	if (vtfw_link_tdi_remove(tsm))
+		return;
+	dsm = container_of(tsm, struct sev_dsm, pf0.base_tsm);
+	pci_tsm_pf0_destructor(&dsm->pf0);
+	kfree(dsm);
 }
 
 static struct pci_tsm_ops sev_link_ops = {

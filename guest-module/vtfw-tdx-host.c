@@ -770,43 +770,32 @@ int vtfw_tdx_serve_tdcm(struct vtfw_port *port)
 static struct pci_tsm *tdx_probe(struct tsm_dev *tsm_dev, struct pci_dev *pdev)
 {
 	struct tdx_dsm *dsm;
-	struct pci_tsm *tsm;
 
-	if (is_pci_tsm_pf0(pdev)) {
-		dsm = kzalloc_obj(*dsm);
-		if (!dsm)
-			return NULL;
-		if (pci_tsm_pf0_constructor(pdev, &dsm->pf0, tsm_dev)) {
-			kfree(dsm);
-			return NULL;
-		}
-		dsm->port = pci_get_drvdata(to_pci_dev(tsm_dev->dev.parent));
-		mutex_init(&dsm->spdm_lock);
-		INIT_DELAYED_WORK(&dsm->heartbeat, tdx_heartbeat);
-		return &dsm->pf0.base_tsm;
-	}
-	/* a further function of the DSM's device: a TDI */
-	tsm = kzalloc_obj(*tsm);
-	if (!tsm)
+	if (!is_pci_tsm_pf0(pdev))
+		return vtfw_link_tdi_probe(tsm_dev, pdev);
+	dsm = kzalloc_obj(*dsm);
+	if (!dsm)
 		return NULL;
-	if (pci_tsm_link_constructor(pdev, tsm, tsm_dev)) {
-		kfree(tsm);
+	if (pci_tsm_pf0_constructor(pdev, &dsm->pf0, tsm_dev)) {
+		kfree(dsm);
 		return NULL;
 	}
-	return tsm;
+	dsm->port = pci_get_drvdata(to_pci_dev(tsm_dev->dev.parent));
+	mutex_init(&dsm->spdm_lock);
+	INIT_DELAYED_WORK(&dsm->heartbeat, tdx_heartbeat);
+	return &dsm->pf0.base_tsm;
 }
 
 static void tdx_remove(struct pci_tsm *tsm)
 {
-	if (is_pci_tsm_pf0(tsm->pdev) && tsm->dsm_dev == tsm->pdev) {
-		struct tdx_dsm *dsm = container_of(tsm, struct tdx_dsm, pf0.base_tsm);
+	struct tdx_dsm *dsm;
 
-		cancel_delayed_work_sync(&dsm->heartbeat);
-		pci_tsm_pf0_destructor(&dsm->pf0);
-		kfree(dsm);
-	} else {
-		kfree(tsm);
-	}
+	if (vtfw_link_tdi_remove(tsm))
+		return;
+	dsm = container_of(tsm, struct tdx_dsm, pf0.base_tsm);
+	cancel_delayed_work_sync(&dsm->heartbeat);
+	pci_tsm_pf0_destructor(&dsm->pf0);
+	kfree(dsm);
 }
 
 static struct pci_tsm_ops tdx_link_ops = {

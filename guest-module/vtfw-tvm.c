@@ -18,7 +18,10 @@
  *
  * A devsec TSM is registered next to the platform's link TSM: 7.3 counts it
  * and never calls its lock/unlock operations; a kernel with tsm/lock would,
- * and they do what tvm/lock and tvm/unlock do.  What each operation does
+ * and they do what tvm/lock and tvm/unlock do.  On kernels whose devsec ops
+ * have the proposed accept ([IO2]) or run ([ISTG]) operation
+ * (VTFW_DEVSEC_OP_ACCEPT / _RUN, detected by the Kbuild) that one does what
+ * tvm/accept does.  What each operation does
  * with the firmware is the platform's (struct vtfw_tvm_ops).
  */
 
@@ -125,6 +128,21 @@ static ssize_t lock_store(struct device *dev, struct device_attribute *attr,
 }
 static DEVICE_ATTR_WO(lock);
 
+static int tvm_accept(struct vtfw_tvm_dev *t)
+{
+	int rc = tvm_check(t);
+
+	if (!rc && !t->locked)
+		rc = -EINVAL;	/* accept before lock */
+	if (!rc && t->accepted)
+		rc = -EBUSY;
+	if (!rc)
+		rc = t->ops->accept(t);
+	if (!rc)
+		t->accepted = true;
+	return rc;
+}
+
 static ssize_t accept_store(struct device *dev, struct device_attribute *attr,
 			    const char *buf, size_t count)
 {
@@ -137,17 +155,8 @@ static ssize_t accept_store(struct device *dev, struct device_attribute *attr,
 	if (kstrtobool(buf, &yes) || !yes)
 		return -EINVAL;
 	guard(mutex)(&t->lock);
-	rc = tvm_check(t);
-	if (!rc && !t->locked)
-		rc = -EINVAL;	/* accept before lock */
-	if (!rc && t->accepted)
-		rc = -EBUSY;
-	if (!rc)
-		rc = t->ops->accept(t);
-	if (rc)
-		return rc;
-	t->accepted = true;
-	return count;
+	rc = tvm_accept(t);
+	return rc ? rc : count;
 }
 static DEVICE_ATTR_WO(accept);
 
@@ -304,10 +313,42 @@ static void vtfw_devsec_unlock(struct pci_tsm *tsm)
 		tvm_unlock(t);
 }
 
+#if defined(VTFW_DEVSEC_OP_ACCEPT) || defined(VTFW_DEVSEC_OP_RUN)
+/*
+ * The proposed tsm/accept: [IO2] calls devsec accept(pdev), [ISTG] renamed
+ * it run (firmware-abi.md A.3; [INF] same arguments).  The core checks that
+ * no driver is bound; the TVM's own preconditions are tvm/accept's.
+ */
+static int vtfw_devsec_accept(struct pci_dev *pdev)
+{
+	struct vtfw_tvm_dev *t = vtfw_tvm_of(&pdev->dev);
+
+	if (!t)
+		return -ENXIO;
+	guard(mutex)(&t->lock);
+	return tvm_accept(t);
+}
+#endif
+
 static struct pci_tsm_ops vtfw_devsec_ops = {
 	.lock = vtfw_devsec_lock,
 	.unlock = vtfw_devsec_unlock,
+#if defined(VTFW_DEVSEC_OP_RUN)
+	.run = vtfw_devsec_accept,
+#elif defined(VTFW_DEVSEC_OP_ACCEPT)
+	.accept = vtfw_devsec_accept,
+#endif
 };
+
+/* which devsec operations this build wired (the Kbuild's detection): modinfo */
+#if defined(VTFW_DEVSEC_OP_RUN)
+#define VTFW_DEVSEC_OPS	"lock,unlock,run"
+#elif defined(VTFW_DEVSEC_OP_ACCEPT)
+#define VTFW_DEVSEC_OPS	"lock,unlock,accept"
+#else
+#define VTFW_DEVSEC_OPS	"lock,unlock"
+#endif
+MODULE_INFO(vtfw_devsec_ops, VTFW_DEVSEC_OPS);
 
 static void tvm_free(struct vtfw_tvm_dev *t)
 {
@@ -359,8 +400,8 @@ int vtfw_tvm_init(struct vtfw_port *port, const struct vtfw_tvm_ops *ops)
 				 PTR_ERR(vtfw_devsec_tsm));
 			vtfw_devsec_tsm = NULL;
 		} else {
-			pci_info(port->pdev, "%s devsec TSM registered as %s\n", ops->name,
-				 dev_name(&vtfw_devsec_tsm->dev));
+			pci_info(port->pdev, "%s devsec TSM registered as %s (ops: %s)\n",
+				 ops->name, dev_name(&vtfw_devsec_tsm->dev), VTFW_DEVSEC_OPS);
 		}
 	}
 	return 0;

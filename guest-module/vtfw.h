@@ -88,6 +88,10 @@ struct vtfw_port {
 int vtfw_call(struct vtfw_port *port, enum vtfw_class cls, u64 fid,
 	      const u64 *args, unsigned int nargs, u64 *res);
 
+/* the link TSMs' probe / remove of a TDI (a function other than the DSM's 0) */
+struct pci_tsm *vtfw_link_tdi_probe(struct tsm_dev *tsm_dev, struct pci_dev *pdev);
+bool vtfw_link_tdi_remove(struct pci_tsm *tsm);
+
 /* the guest physical address of kernel memory the firmware reaches by DMA */
 static inline u64 vtfw_pa(void *va)
 {

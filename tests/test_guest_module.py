@@ -560,7 +560,8 @@ def _headers_copy(prov: Provisioned, name: str, op: str | None) -> Path:
 
 
 def _devsec_slots(ko: Path) -> dict[int, str]:
-    """Which functions fill the devsec slots of cca_devsec_ops, from the module's ELF
+    """Which functions fill the devsec slots of vtfw_devsec_ops (the TVM core's, for every
+    platform), from the module's ELF
     (readelf: the .data relocations at the symbol's offset, section + addend resolved to
     the function symbol there): slot offset -> function name."""
     import re
@@ -578,7 +579,7 @@ def _devsec_slots(ko: Path) -> dict[int, str]:
         if len(f) == 8 and f[0].endswith(":") and f[6].isdigit():
             if f[3] == "FUNC":
                 funcs[(int(f[6]), int(f[1], 16))] = f[7]
-            if f[7] == "cca_devsec_ops":
+            if f[7] == "vtfw_devsec_ops":
                 base = int(f[1], 16)
     assert base is not None
     slots: dict[int, str] = {}
@@ -602,7 +603,7 @@ def _devsec_slots(ko: Path) -> dict[int, str]:
 def test_devsec_operation_detected_at_build_time(prov: Provisioned, op: str | None) -> None:
     """Built with `run --kernel-build`'s path (ensure_user_module) against a copy of the
     Debian headers: stock 7.3.4 wires lock and unlock only; a pci-tsm.h with the proposed
-    accept ([IO2]) or run ([ISTG]) devsec operation gets cca_devsec_accept in that slot."""
+    accept ([IO2]) or run ([ISTG]) devsec operation gets vtfw_devsec_accept in that slot."""
     import shutil
 
     from vfiouser_tdisp.run.module_build import ensure_user_module
@@ -615,10 +616,10 @@ def test_devsec_operation_detected_at_build_time(prov: Provisioned, op: str | No
         shutil.rmtree(tree, ignore_errors=True)
         shutil.rmtree(tree.with_name(f"vtfw-test-{op or 'stock'}-common"), ignore_errors=True)
     assert b"vermagic=" + prov.kernel_version.encode() in elf
-    assert slots.get(0, "").startswith("cca_devsec_lock")
-    assert slots.get(8, "").startswith("cca_devsec_unlock")
+    assert slots.get(0, "").startswith("vtfw_devsec_lock")
+    assert slots.get(8, "").startswith("vtfw_devsec_unlock")
     if op is None:
         assert 16 not in slots and b"vtfw_devsec_ops=lock,unlock\0" in elf
     else:
-        assert slots.get(16, "").startswith("cca_devsec_accept")
+        assert slots.get(16, "").startswith("vtfw_devsec_accept")
         assert f"vtfw_devsec_ops=lock,unlock,{op}\0".encode() in elf

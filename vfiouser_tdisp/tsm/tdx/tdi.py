@@ -39,6 +39,20 @@ from .module import (
 )
 
 
+def _operands(m: TdxModule, spdm_id: int, func_id: int) -> tuple[SpdmContext, Tdi] | None:
+    """RCX an SPDM context and RDX a TDI bound through it, or None."""
+    ctx, tdi = m._ctx(spdm_id), m._tdi(func_id)
+    if ctx is None or tdi is None or tdi.spdm_id != spdm_id:
+        return None
+    return ctx, tdi
+
+
+def _bad_operand(m: TdxModule, spdm_id: int) -> int:
+    """TDX_OPERAND_INVALID naming the operand _operands refused: RCX if no such
+    context, else RDX."""
+    return invalid(OperandId.RCX if m._ctx(spdm_id) is None else OperandId.RDX)
+
+
 def tdh_tdi_bind(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
     spdm_id, func_id, td, stream_id = a[0], a[1], a[2], a[5]   # R9 rsp, R10 req
     ctx = m._ctx(spdm_id)
@@ -105,12 +119,10 @@ def _bind_flow(m: TdxModule, ctx: SpdmContext, tdi: Tdi) -> SpdmFlow[None]:
 
 def tdh_tdi_start(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
     spdm_id, func_id = a[0], a[1]   # R8 rsp, R9 req page
-    ctx = m._ctx(spdm_id)
-    if ctx is None:
-        return regs(invalid(OperandId.RCX), args=a)
-    tdi = m._tdi(func_id)
-    if tdi is None or tdi.spdm_id != spdm_id:
-        return regs(invalid(OperandId.RDX), args=a)
+    found = _operands(m, spdm_id, func_id)
+    if found is None:
+        return regs(_bad_operand(m, spdm_id), args=a)
+    ctx, tdi = found
 
     def start() -> Operation | int:
         if tdi.fsm.state is not D.LOCKED or not tdi.td_start:
@@ -135,12 +147,10 @@ def _start_flow(tdisp: TdispRequester, tdi: Tdi) -> SpdmFlow[None]:
 
 def tdh_tdi_stop(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
     spdm_id, func_id = a[0], a[1]   # R8 rsp, R9 req page
-    ctx = m._ctx(spdm_id)
-    if ctx is None:
-        return regs(invalid(OperandId.RCX), args=a)
-    tdi = m._tdi(func_id)
-    if tdi is None or tdi.spdm_id != spdm_id:
-        return regs(invalid(OperandId.RDX), args=a)
+    found = _operands(m, spdm_id, func_id)
+    if found is None:
+        return regs(_bad_operand(m, spdm_id), args=a)
+    ctx, tdi = found
 
     def start() -> Operation | int:
         if not tdi.fsm.can("stop"):
@@ -195,12 +205,10 @@ def tdh_tdi_unbind(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result
 def tdh_tdi_state(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
     """The device's TDISP state, as the module then shows it to the TD (RCX, 0-3)."""
     spdm_id, func_id = a[0], a[1]   # R8 rsp, R9 req page
-    ctx = m._ctx(spdm_id)
-    if ctx is None:
-        return regs(invalid(OperandId.RCX), args=a)
-    tdi = m._tdi(func_id)
-    if tdi is None or tdi.spdm_id != spdm_id:
-        return regs(invalid(OperandId.RDX), args=a)
+    found = _operands(m, spdm_id, func_id)
+    if found is None:
+        return regs(_bad_operand(m, spdm_id), args=a)
+    ctx, tdi = found
 
     def start() -> Operation | int:
         if tdi.fsm.state not in (D.LOCKED, D.RUN, D.ERROR) or ctx.session is None:
@@ -231,12 +239,10 @@ def _compare(tdi: Tdi, device: t.TdiState) -> None:
 def tdh_tdi_report(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
     """The interface report read from the device again (TDCM GET_TDI_REPORT), RCX length."""
     spdm_id, func_id, out = a[0], a[1], a[4]   # R8 rsp, R9 req page, R10 report out
-    ctx = m._ctx(spdm_id)
-    if ctx is None:
-        return regs(invalid(OperandId.RCX), args=a)
-    tdi = m._tdi(func_id)
-    if tdi is None or tdi.spdm_id != spdm_id:
-        return regs(invalid(OperandId.RDX), args=a)
+    found = _operands(m, spdm_id, func_id)
+    if found is None:
+        return regs(_bad_operand(m, spdm_id), args=a)
+    ctx, tdi = found
 
     def start() -> Operation | int:
         if tdi.fsm.state not in (D.LOCKED, D.RUN) or ctx.session is None:

@@ -3,7 +3,8 @@
 
 Run on demand (not part of the tests; needs `vfiouser-tdisp setup`):
 
-    python3 benchmarks/platform.py [--runs N] [--accel tcg|kvm|auto] [--platform cca|tdx|sev-tio]
+    python3 benchmarks/platform_flow.py [--runs N] [--accel tcg|kvm|auto]
+                                        [--platform cca|tdx|sev-tio]
 
 Each run boots the guest once with the device and the firmware port (the RMM or
 PSP emulator behind it) and runs guest-scripts/check_platform.sh.  The guest stamps every

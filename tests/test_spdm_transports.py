@@ -166,8 +166,11 @@ def test_capture_decodes_and_secured_records_open(served) -> None:  # type: igno
         types.append(hdr.data_object_type)
     assert types.count(1) >= 12 and types.count(2) >= 12  # plain and secured, both ways
     secured_bytes = b"".join(p for p in packets if p[2] == 2)
-    assert b"\x12\xe8" not in secured_bytes and b"\x13\xe8" not in secured_bytes
     opened = decrypt_capture(packets, load_keylog((sock_dir / "keys.jsonl").read_text()))
+    # no message travels in the clear: none of the opened plaintexts (each at least the
+    # 4-byte SPDM header) is in the captured records (a 2-byte code alone could be part of
+    # the random session ID or of the ciphertext)
+    assert all(len(msg) >= 4 and msg not in secured_bytes for _i, _d, msg in opened)
     codes = [(direction, msg[1]) for _i, direction, msg in opened]
     assert codes == [
         ("request", m.FINISH_CODE), ("response", m.FINISH_RSP_CODE),

@@ -273,8 +273,11 @@ static void tdx_heartbeat_arm(struct tdx_dsm *dsm)
 static void tdx_heartbeat(struct work_struct *work)
 {
 	struct tdx_dsm *dsm = container_of(to_delayed_work(work), struct tdx_dsm, heartbeat);
+	struct tdx_host *host = dsm->port->platform;
 	int rc;
 
+	/* never inside a module update (Linux runs those under stop_machine()) */
+	guard(mutex)(&host->update_lock);
 	scoped_guard(mutex, &dsm->spdm_lock) {
 		if (!dsm->spdm_id)
 			return;

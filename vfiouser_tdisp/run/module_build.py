@@ -120,6 +120,15 @@ def _make_in_tree(tree: Path, kver: str, workdir: str, log: Progress) -> None:
          f"building {MODULE_NAME}.ko against {kver}", log, timeout=BUILD_TIMEOUT)
 
 
+def _publish(built: Path, ko: Path) -> None:
+    """Put a built module in the cache in one step: readers see the old file or the
+    whole new one, never a partial copy."""
+    ko.parent.mkdir(parents=True, exist_ok=True)
+    part = ko.with_name(ko.name + ".partial")
+    shutil.copy(built, part)
+    os.replace(part, ko)
+
+
 @contextlib.contextmanager
 def _locked(root: Path) -> Iterator[None]:
     root.mkdir(parents=True, exist_ok=True)
@@ -163,10 +172,7 @@ def ensure_module(prov: Provisioned, src: Path | None = None,
             for p in source_files(src):
                 shutil.copy(p, work / p.name)
             _make_in_tree(tree, kver, "/" + str(work.relative_to(tree)), log)
-            ko.parent.mkdir(parents=True, exist_ok=True)
-            part = ko.with_name(ko.name + ".partial")
-            shutil.copy(work / f"{MODULE_NAME}.ko", part)
-            os.replace(part, ko)
+            _publish(work / f"{MODULE_NAME}.ko", ko)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         log(f"{MODULE_NAME}.ko for {kver} built in {time.monotonic() - started:.1f} s "
@@ -318,10 +324,7 @@ def ensure_user_module(prov: Provisioned, build: Path, release: str,
                 if shutil.which("strip"):
                     _run(["strip", "--strip-debug", str(work / f"{MODULE_NAME}.ko")],
                          f"stripping {MODULE_NAME}.ko", log)
-            ko.parent.mkdir(parents=True, exist_ok=True)
-            part = ko.with_name(ko.name + ".partial")
-            shutil.copy(work / f"{MODULE_NAME}.ko", part)
-            os.replace(part, ko)
+            _publish(work / f"{MODULE_NAME}.ko", ko)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         log(f"{MODULE_NAME}.ko for {release} ({build}) built in "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,7 +189,19 @@ def ide_failed(boot: pf.Boot) -> tuple[str, bool, str]:
             f"{errored[0].get('old')} -> {errored[0].get('new')} ({errored[0].get('cause')})")
 
 
-DOE_ABORT = {"doe-busy": True, "doe-delay": True, "doe-error": False}
+HostCheck = Callable[[pf.Boot], tuple[str, bool, str]]
+
+# each scenario's host check beyond fault_fired: the reaction where the events show it
+HOST_CHECKS: dict[str, HostCheck] = {
+    "doe-busy": lambda boot: kernel_doe_abort(boot, timed_out=True),
+    "doe-delay": lambda boot: kernel_doe_abort(boot, timed_out=True),
+    "doe-error": lambda boot: kernel_doe_abort(boot, timed_out=False),
+    "cert-change": firmware_refused_chain,
+    "dma-locked": dma_held,
+    "spdm-not-ready": respond_if_ready,
+    "spdm-busy": busy_retried,
+    "ide-fail": ide_failed,
+}
 
 
 def run_scenario(prov: Provisioned, out: Path, scenario: Scenario, *,
@@ -209,18 +221,9 @@ def scenario_results(boot: pf.Boot, scenario: Scenario) -> list[tuple[str, bool,
     (also what `vfiouser-tdisp report` rebuilds for a scenario's directory)."""
     results = pf._guest_results(boot, scenario.steps)
     results.append(fault_fired(boot, scenario))
-    if scenario.name == "cert-change":
-        results.append(firmware_refused_chain(boot))
-    if scenario.name == "dma-locked":
-        results.append(dma_held(boot))
-    if scenario.name == "spdm-not-ready":
-        results.append(respond_if_ready(boot))
-    if scenario.name == "spdm-busy":
-        results.append(busy_retried(boot))
-    if scenario.name == "ide-fail":
-        results.append(ide_failed(boot))
-    if scenario.name in DOE_ABORT:
-        results.append(kernel_doe_abort(boot, DOE_ABORT[scenario.name]))
+    check = HOST_CHECKS.get(scenario.name)
+    if check is not None:
+        results.append(check(boot))
     return results
 
 
@@ -250,8 +253,7 @@ def main_scenario(args: argparse.Namespace) -> int:
             return 1
         ok = bool(results) and all(r[1] for r in results)
         print(f"scenario {scenario.name} ({', '.join(scenario.faults_for(args.platform))}), "
-              f"platform "
-              f"{args.platform}, {boot.run.accel} {boot.run.seconds:.1f} s: expected: "
+              f"platform {args.platform}, {boot.run.accel} {boot.run.seconds:.1f} s: expected: "
               f"{scenario.expect}")
         for name, passed, detail in results:
             print(f"  {'PASS' if passed else 'FAIL'}  {name:<18}  {detail}")
@@ -268,6 +270,6 @@ def main_scenario(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, old)
 
 
-__all__ = ["FIRMWARE_FAILED", "SCENARIOS", "Scenario", "busy_retried", "dma_held",
+__all__ = ["FIRMWARE_FAILED", "HOST_CHECKS", "SCENARIOS", "Scenario", "busy_retried", "dma_held",
            "fault_fired", "firmware_refused_chain", "ide_failed", "kernel_doe_abort",
            "main_scenario", "respond_if_ready", "run_scenario", "scenario_results"]

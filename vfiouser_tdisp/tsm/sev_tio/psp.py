@@ -218,8 +218,11 @@ class DevCtx:
     def __post_init__(self) -> None:
         self.fsm = StateMachine("psp.dev", model.DEV_TABLE, DevState.CREATED,
                                 dev_ctx=f"{self.sla:#x}", device_id=f"{self.device_id:#06x}")
-        self.spdm = SpdmRequester(name=f"psp.{self.device_id:04x}",
-                                  cap_flags=PSP_REQUESTER_FLAGS)
+        self.spdm = self.new_requester()
+
+    def new_requester(self) -> SpdmRequester:
+        """The PSP's SPDM requester for this device, with no connection yet."""
+        return SpdmRequester(name=f"psp.{self.device_id:04x}", cap_flags=PSP_REQUESTER_FLAGS)
 
     def channel(self) -> PciSigChannel:
         if self.session is None:
@@ -667,8 +670,7 @@ def dev_connect(psp: Psp, cmd: TioDevConnectCmd, mem: GuestMemory) -> SevRet:
         if not cmd.tc_mask & 1:
             raise PspError(SevRet.INVALID_PARAM, "tc_mask bit 0 (TC0) is required")
         dev.cert_slot, dev.stream_id = cmd.cert_slot, cmd.ide_stream_id[0]
-        dev.spdm = SpdmRequester(name=f"psp.{dev.device_id:04x}",
-                                 cap_flags=PSP_REQUESTER_FLAGS)
+        dev.spdm = dev.new_requester()
         def start() -> DevFlow:
             dev.fsm.fire("connect", cert_slot=cmd.cert_slot, stream_id=dev.stream_id)
             return connect_flow(dev)

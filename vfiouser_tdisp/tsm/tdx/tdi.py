@@ -39,18 +39,16 @@ from .module import (
 )
 
 
-def _operands(m: TdxModule, spdm_id: int, func_id: int) -> tuple[SpdmContext, Tdi] | None:
-    """RCX an SPDM context and RDX a TDI bound through it, or None."""
-    ctx, tdi = m._ctx(spdm_id), m._tdi(func_id)
-    if ctx is None or tdi is None or tdi.spdm_id != spdm_id:
-        return None
+def _operands(m: TdxModule, spdm_id: int, func_id: int) -> tuple[SpdmContext, Tdi] | int:
+    """RCX an SPDM context and RDX a TDI bound through it, or the TDX_OPERAND_INVALID
+    status naming the one that is not."""
+    ctx = m._ctx(spdm_id)
+    if ctx is None:
+        return invalid(OperandId.RCX)
+    tdi = m._tdi(func_id)
+    if tdi is None or tdi.spdm_id != spdm_id:
+        return invalid(OperandId.RDX)
     return ctx, tdi
-
-
-def _bad_operand(m: TdxModule, spdm_id: int) -> int:
-    """TDX_OPERAND_INVALID naming the operand _operands refused: RCX if no such
-    context, else RDX."""
-    return invalid(OperandId.RCX if m._ctx(spdm_id) is None else OperandId.RDX)
 
 
 def tdh_tdi_bind(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
@@ -120,8 +118,8 @@ def _bind_flow(m: TdxModule, ctx: SpdmContext, tdi: Tdi) -> SpdmFlow[None]:
 def tdh_tdi_start(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
     spdm_id, func_id = a[0], a[1]   # R8 rsp, R9 req page
     found = _operands(m, spdm_id, func_id)
-    if found is None:
-        return regs(_bad_operand(m, spdm_id), args=a)
+    if isinstance(found, int):
+        return regs(found, args=a)
     ctx, tdi = found
 
     def start() -> Operation | int:
@@ -148,8 +146,8 @@ def _start_flow(tdisp: TdispRequester, tdi: Tdi) -> SpdmFlow[None]:
 def tdh_tdi_stop(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
     spdm_id, func_id = a[0], a[1]   # R8 rsp, R9 req page
     found = _operands(m, spdm_id, func_id)
-    if found is None:
-        return regs(_bad_operand(m, spdm_id), args=a)
+    if isinstance(found, int):
+        return regs(found, args=a)
     ctx, tdi = found
 
     def start() -> Operation | int:
@@ -206,8 +204,8 @@ def tdh_tdi_state(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result:
     """The device's TDISP state, as the module then shows it to the TD (RCX, 0-3)."""
     spdm_id, func_id = a[0], a[1]   # R8 rsp, R9 req page
     found = _operands(m, spdm_id, func_id)
-    if found is None:
-        return regs(_bad_operand(m, spdm_id), args=a)
+    if isinstance(found, int):
+        return regs(found, args=a)
     ctx, tdi = found
 
     def start() -> Operation | int:
@@ -240,8 +238,8 @@ def tdh_tdi_report(m: TdxModule, mem: GuestMemory, a: tuple[int, ...]) -> Result
     """The interface report read from the device again (TDCM GET_TDI_REPORT), RCX length."""
     spdm_id, func_id, out = a[0], a[1], a[4]   # R8 rsp, R9 req page, R10 report out
     found = _operands(m, spdm_id, func_id)
-    if found is None:
-        return regs(_bad_operand(m, spdm_id), args=a)
+    if isinstance(found, int):
+        return regs(found, args=a)
     ctx, tdi = found
 
     def start() -> Operation | int:
